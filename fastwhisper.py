@@ -3,6 +3,8 @@
     python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
     python fastwhisper.py bench [FILES...] [--model A --model B ...]
     python fastwhisper.py bench kernels
+    python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
+    python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
 from __future__ import annotations
 
@@ -102,6 +104,46 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+    import data
+    import model as M
+    import askd
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    try:
+        config = askd.TrainConfig(**options)
+        results = askd.train(config)
+    except (askd.TrainError, data.DataError, M.ModelError) as e:
+        fail(str(e))
+    except torch.cuda.OutOfMemoryError as e:
+        fail(f"out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size or --max-frames, "
+             f"or raise --accum; continue with --resume")
+    return 130 if "stopped" in results else 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+    import data
+    import model as M
+    import askd
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        utts = askd.load_source(args.data)
+        if args.limit:
+            utts = utts[: args.limit]
+        rows = askd.evaluate(args.model or ["tiny.en"], utts, device=pick_device(args.device),
+                             batch_size=args.batch_size, quiet=args.quiet)
+    except (data.DataError, M.ModelError) as e:
+        fail(str(e))
+    print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(askd.format_table(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +183,96 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(run=cmd_bench)
+
+    # train: an option left out keeps askd.TrainConfig's default (argparse.SUPPRESS), so the defaults
+    # live in one place; the help texts repeat them
+    p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
+                       argument_default=argparse.SUPPRESS,
+                       description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
+                                   "prompts), ~10-15 minutes on a 2-core CPU, then a test table. Writes "
+                                   "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
+                                   "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
+                                   "fastwhisper.py train ...")
+    g = p.add_argument_group("what and where")
+    g.add_argument("--teacher", help="teacher model: a name or a path (default tiny.en)")
+    g.add_argument("--train", help="training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl "
+                   "with audio and text columns; empty text = use the teacher's transcript) or a LibriSpeech "
+                   "folder, each optionally :train, :dev or :test (default asterisk:train)")
+    g.add_argument("--dev", help="data for the dev WER after each epoch (default asterisk:dev, or 10%% of a "
+                   "custom --train)")
+    g.add_argument("--test", help="data for the final table (default asterisk:test with the default corpus)")
+    g.add_argument("--limit", type=int, help="use only the first N training utterances")
+    g.add_argument("--name", help="run name: files go to RUNS_DIR/NAME (default askd)")
+    g.add_argument("--runs-dir", help="default runs")
+    g.add_argument("--cache-dir", help="where the teacher's outputs are cached "
+                   "(default $FASTWHISPER_CACHE or ~/.cache/fastwhisper)")
+    g.add_argument("--resume", action="store_true", help="continue RUNS_DIR/NAME exactly where it stopped")
+    g.add_argument("--overwrite", action="store_true", help="start RUNS_DIR/NAME over")
+    g = p.add_argument_group("the student")
+    g.add_argument("--decoder-layers", type=int, help="decoder layers, maximally spaced teacher layers (default 2)")
+    g.add_argument("--encoder-layers", type=int, help="encoder layers (default: all of the teacher's)")
+    g.add_argument("--input", choices=("trimmed", "padded"), help="trimmed (default): the encoder reads the "
+                   "audio's real length and is trained toward the teacher's states; padded: 30 s windows, "
+                   "frozen encoder (the classic setting)")
+    g.add_argument("--round-frames", type=int, help="trimmed input is rounded up to a multiple of this many "
+                   "mel frames (default 100 = 1 s)")
+    g.add_argument("--enc-weight", type=float, help="weight of the MSE pulling the student's encoder states "
+                   "(trimmed input) toward the teacher's (padded input) (default 1.0)")
+    g = p.add_argument_group("the loss")
+    g.add_argument("--loss", choices=("ce", "kd", "askd"), help="ce: plain fine-tuning; kd: classic KD "
+                   "(0.8 CE + 1.0 KL at T = 2); askd: adaptive self-knowledge distillation (default)")
+    g.add_argument("--T", "--temperature", dest="T", type=float, help="distillation temperature (default 2)")
+    g.add_argument("--alpha", help="askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or "
+                   "exp:A:B (default cosine:1:0)")
+    g.add_argument("--beta", help="askd: self-teacher weight over training (default linear:0:1)")
+    g.add_argument("--trust", choices=("prob", "argmax", "none"), help="askd: per-token trust in the teacher: "
+                   "its probability of the right token (default), whether its best guess is right, or none")
+    g.add_argument("--self-teacher", choices=("ema", "epoch"), help="askd: the student's earlier self: an EMA "
+                   "of its weights (default) or its snapshot from the end of the last epoch")
+    g.add_argument("--ema-decay", type=float, help="default 0.99")
+    g.add_argument("--kd-ce-weight", type=float, help="kd: CE weight (default 0.8)")
+    g.add_argument("--kd-weight", type=float, help="kd: KL weight (default 1.0)")
+    g.add_argument("--labels", choices=("auto", "reference", "pseudo"), help="targets: the reference text, the "
+                   "teacher's transcript, or auto (default): the reference where there is one")
+    g.add_argument("--max-label-wer", type=float, help="--labels pseudo: drop utterances whose pseudo-label is "
+                   "further than this WER from their reference (default 0.2)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="default 6")
+    g.add_argument("--batch-size", type=int, help="utterances per micro-batch (default 16)")
+    g.add_argument("--max-frames", type=int, help="mel frames per micro-batch, padding included (default 8000)")
+    g.add_argument("--accum", type=int, help="micro-batches per optimiser step (default 1)")
+    g.add_argument("--lr", type=float, help="AdamW peak learning rate (default 3e-4)")
+    g.add_argument("--warmup", type=float, help="a fraction of the steps (< 1) or a number of steps (default 0.1)")
+    g.add_argument("--lr-schedule", choices=("linear", "cosine"), help="decay to 0 after warmup (default linear)")
+    g.add_argument("--weight-decay", type=float, help="default 0.01")
+    g.add_argument("--clip", type=float, help="gradient norm clipping (default 1.0)")
+    g.add_argument("--spec-augment", action="store_true", help="SpecAugment on the student's input")
+    g.add_argument("--seed", type=int, help="default 0")
+    g = p.add_argument_group("machinery")
+    g.add_argument("--device", help="cpu, cuda, ... (default: cuda if available); under torchrun each process "
+                   "takes its LOCAL_RANK's GPU, or the CPU with gloo")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="auto (default): bf16 "
+                   "autocast on GPUs, fp32 on the CPU")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--save-every", type=int, help="steps between checkpoints, besides every epoch's end "
+                   "(default 50)")
+    g.add_argument("--eval-batch-size", type=int, help="dev-set decoding batch (default 8)")
+    g.add_argument("--max-bad-steps", type=int, help="give up after this many non-finite steps in a row "
+                   "(default 20)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="WER and speed of models side by side on a data set")
+    p.add_argument("--model", action="append", help="a model (repeat to compare; the first is the speed baseline); "
+                   "students from `train` are read the way they were trained (default tiny.en)")
+    p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
+                   "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT (default asterisk:test)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(run=cmd_eval)
 
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:

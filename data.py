@@ -1,0 +1,885 @@
+"""Everything between a file on disk and a batch of log-mel features.
+
+The chapter follows the data: audio files are decoded to 16 kHz mono float32
+(WAV parsed here, everything else through ffmpeg), resampled with a windowed-sinc
+filter when needed, turned into Whisper's exact log-mel spectrogram, paired
+with transcripts read from manifests or corpora, and finally grouped into
+length-bucketed batches (optionally with SpecAugment masks). Text for scoring
+goes through an English normaliser so that "Press one." and "press 1" count as
+the same words when we compute the word error rate.
+"""
+
+import csv
+import functools
+import gzip
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import unicodedata
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Whisper's fixed audio front end: 25 ms windows every 10 ms over 30 s chunks.
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30                                # seconds of audio the encoder sees
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE           # 480000 samples in a chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH               # 3000 mel frames in a chunk
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH    # 100: one frame per 10 ms
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2             # the encoder's convs halve the frames
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 50: one audio token per 20 ms
+
+# The default corpus: Debian's packaged Asterisk telephone prompts (one speaker, ~550 clips).
+ASTERISK_PACKAGES = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")
+ASTERISK_SOUNDS = "usr/share/asterisk/sounds/en_US_f_Allison"
+ASTERISK_TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded audio live; read at call time so tests can redirect it."""
+    return Path(os.environ.get("FASTWHISPER_CACHE") or Path.home() / ".cache" / "fastwhisper")
+
+
+class DataError(ValueError):
+    """Bad input data; the message always reads "PATH: problem"."""
+
+
+class AudioError(DataError):
+    """An audio file that cannot be read."""
+
+
+# ---------------------------------------------------------------------------
+# 1. Audio in: WAV parsed here, everything else decoded by ffmpeg
+# ---------------------------------------------------------------------------
+
+def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
+    """Decode an audio file to a 1-D float32 mono waveform at `sr` Hz, values in [-1, 1].
+
+    cache=True keeps the decoded array under cache_dir()/audio, keyed by the file's
+    path, size and mtime, which turns re-reading a corpus from ffmpeg seconds into
+    a few milliseconds per file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    st = os.stat(path)
+    if st.st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    if not cache:
+        return _decode(path, sr)
+
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{sr}"
+    cached = cache_dir() / "audio" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
+    try:
+        return np.load(cached)
+    except (OSError, ValueError):
+        pass  # not cached yet (or a damaged entry): decode and (re)write it
+    audio = _decode(path, sr)
+    _save_atomic(cached, audio)
+    return audio
+
+
+def _save_atomic(dest: Path, array: np.ndarray):
+    # Write to a temporary name in the same folder, then rename: a reader never
+    # sees a half-written file, even with several processes filling the cache.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _decode(path: str, sr: int) -> np.ndarray:
+    wav = _read_wav(path)
+    if wav is None:  # not a WAV, or a WAV codec we do not parse (mu-law, ADPCM...)
+        return _decode_ffmpeg(path, sr)
+    samples, rate = wav
+    return resample(samples, rate, sr) if rate != sr else samples
+
+
+# WAV format tags (the "fmt " chunk's first field).
+WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+
+
+def _read_wav(path: str):
+    """Parse a RIFF/WAVE file: returns (mono float32 samples, sample rate), or None to
+    hand the file to ffmpeg. Python's `wave` module rejects float and extensible
+    24-bit files, hence this small chunk walker."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        fmt = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                raise AudioError(f"{path}: WAV file has no data chunk")
+            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = f.read(chunk_size)
+                f.seek(chunk_size & 1, 1)  # chunks are padded to an even length
+            elif chunk_id == b"data":
+                break
+            else:
+                f.seek(chunk_size + (chunk_size & 1), 1)
+        if fmt is None or len(fmt) < 16:
+            raise AudioError(f"{path}: WAV file has no valid fmt chunk before its data")
+        # Streaming writers leave the size at 0xFFFFFFFF (or just wrong): read what is there.
+        raw = f.read(min(chunk_size, size - f.tell()))
+
+    tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]  # first two bytes of the SubFormat GUID
+    if channels == 0 or rate == 0 or block_align == 0:
+        raise AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz)")
+    width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
+    raw = raw[: len(raw) // block_align * block_align]  # drop a truncated final frame
+
+    if tag == WAVE_FORMAT_PCM and width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif tag == WAVE_FORMAT_PCM and width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif tag == WAVE_FORMAT_PCM and width == 3:
+        # Put each 3-byte sample in the top of an int32 so the sign comes for free.
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        wide = np.zeros((len(b), 4), np.uint8)
+        wide[:, 1:] = b
+        x = (wide.view("<i4")[:, 0] / 2.0**31).astype(np.float32)
+    elif tag == WAVE_FORMAT_PCM and width == 4:
+        x = (np.frombuffer(raw, "<i4") / 2.0**31).astype(np.float32)
+    elif tag == WAVE_FORMAT_IEEE_FLOAT and width in (4, 8):
+        x = np.frombuffer(raw, "<f4" if width == 4 else "<f8").astype(np.float32)
+        x = np.clip(x, -1.0, 1.0)  # as ffmpeg's conversion to 16-bit would
+    else:
+        return None
+    x = x.reshape(-1, channels)
+    mono = x[:, 0] if channels == 1 else x.mean(axis=1)
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
+
+
+def _decode_ffmpeg(path: str, sr: int) -> np.ndarray:
+    if shutil.which("ffmpeg") is None:
+        kind = os.path.splitext(path)[1] or "non-WAV"
+        raise AudioError(f"{path}: ffmpeg is not installed; it is needed to decode {kind} files "
+                         f"(install it, e.g. `apt-get install ffmpeg`, or convert to WAV)")
+    # "file:" stops ffmpeg from reading a name like "a:b.mp3" as a protocol.
+    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(path),
+           "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sr), "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace")
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        last = last.split(": ", 1)[1] if last.startswith("file:") and ": " in last else last
+        raise AudioError(f"{path}: cannot decode audio (ffmpeg: {last})")
+    return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
+
+
+def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.95,
+             beta: float = 10.0):
+    """Band-limited resampling along the last axis (numpy in -> numpy out, tensor -> tensor).
+
+    Windowed-sinc polyphase filter: the rate ratio is reduced to up/down, output
+    sample n sits at input time n*down/up, and each of the `up` phases gets its own
+    Kaiser-windowed sinc taps (`zeros` zero crossings each side) low-passed at
+    rolloff * min(orig_sr, new_sr) / 2. All phases run as one strided conv1d.
+    """
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return x
+    is_numpy = not torch.is_tensor(x)
+    t = torch.as_tensor(np.asarray(x, np.float32) if is_numpy else x)
+    if not t.is_floating_point():
+        t = t.float()
+    shape, n = t.shape[:-1], t.shape[-1]
+    up, down, width, offsets, taps = _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta)
+    n_out = -(-n * up // down)  # ceil: the output covers the whole input
+    n_blocks = -(-n_out // up)  # each conv step produces one output per phase
+    # Left pad so the first taps reach back before sample 0; right pad covers the last block.
+    signal = F.pad(t.reshape(math.prod(shape), 1, n),
+                   (width - 1, (n_blocks + 1) * down + 2 * width))
+    out = torch.empty(signal.shape[0], n_blocks, up, dtype=t.dtype, device=t.device)
+    # Phases are packed into one kernel of width (offset spread + 2*width); for odd
+    # ratios with thousands of phases that would be huge, so go a group at a time.
+    group = max(1, 2**22 // (down + 2 * width))
+    for p0 in range(0, up, group):
+        p1 = min(up, p0 + group)
+        base = offsets[p0]
+        kernel = np.zeros((p1 - p0, offsets[p1 - 1] - base + 2 * width))
+        for p in range(p0, p1):
+            kernel[p - p0, offsets[p] - base: offsets[p] - base + 2 * width] = taps[p]
+        k = torch.as_tensor(kernel, dtype=t.dtype, device=t.device)[:, None]
+        y = F.conv1d(signal[..., base:], k, stride=down)[..., :n_blocks]
+        out[..., p0:p1] = y.transpose(1, 2)
+    y = out.reshape(*shape, n_blocks * up)[..., :n_out]
+    return y.numpy() if is_numpy else y
+
+
+@functools.lru_cache(maxsize=16)
+def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
+    g = math.gcd(orig_sr, new_sr)
+    up, down = new_sr // g, orig_sr // g
+    cutoff = rolloff * min(orig_sr, new_sr) / 2 / orig_sr  # in cycles per input sample
+    width = math.ceil(zeros / (2 * cutoff))  # half-length of the filter in input samples
+    phase = np.arange(up)
+    offsets = phase * down // up          # whole input samples before each phase's time
+    frac = phase * down / up - offsets    # and the fraction of a sample left over
+    t = frac[:, None] - np.arange(-width + 1, width + 1)[None, :]  # distance to each tap
+    window = np.i0(beta * np.sqrt(np.clip(1 - (t / width) ** 2, 0, None))) / np.i0(beta)
+    taps = 2 * cutoff * np.sinc(2 * cutoff * t) * window
+    return up, down, width, offsets, taps
+
+
+# ---------------------------------------------------------------------------
+# 2. Whisper's log-mel spectrogram
+# ---------------------------------------------------------------------------
+
+def pad_or_trim(array, length: int = N_SAMPLES, axis: int = -1):
+    """Zero-pad or cut `array` (numpy or torch) to `length` along `axis`."""
+    n = array.shape[axis]
+    if torch.is_tensor(array):
+        if n > length:
+            return array.narrow(axis, 0, length)
+        if n < length:
+            pads = [0, 0] * array.ndim
+            # F.pad lists (left, right) pairs starting from the last dimension.
+            pads[2 * (array.ndim - 1 - axis % array.ndim) + 1] = length - n
+            return F.pad(array, pads)
+        return array
+    if n > length:
+        return np.take(array, np.arange(length), axis=axis)
+    if n < length:
+        widths = [(0, 0)] * array.ndim
+        widths[axis] = (0, length - n)
+        return np.pad(array, widths)
+    return array
+
+
+def hz_to_mel(f):
+    """Slaney's mel scale: linear (3 per 200 Hz) below 1 kHz, logarithmic above."""
+    f = np.asarray(f, np.float64)
+    linear = f / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log, linear)
+
+
+def mel_to_hz(m):
+    m = np.asarray(m, np.float64)
+    linear = m * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
+    return np.where(m >= 15.0, log, linear)
+
+
+def _mel_filters_np(n_mels: int, sr: int, n_fft: int) -> np.ndarray:
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    # n_mels triangles need n_mels + 2 edges, evenly spaced on the mel axis.
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sr / 2), n_mels + 2))
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (fft_freqs - lo) / (mid - lo)
+    falling = (hi - fft_freqs) / (hi - mid)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    # Slaney normalisation: each triangle has unit area, so wide high bands are not louder.
+    weights *= 2.0 / (hi - lo)
+    return weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filters(n_mels: int = 80, device=None) -> torch.Tensor:
+    """The [n_mels, N_FFT//2 + 1] Slaney mel filterbank Whisper uses (same as librosa's).
+    Cached per device: treat the result as read-only."""
+    return torch.from_numpy(_mel_filters_np(n_mels, SAMPLE_RATE, N_FFT)).to(device)
+
+
+def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0, device=None) -> torch.Tensor:
+    """Whisper's input features: [n_mels, n_frames] (or [B, n_mels, n_frames] for a batch).
+
+    `audio` is a path, or a 16 kHz waveform as a numpy array / tensor of shape
+    [samples] or [B, samples]; `padding` zero samples are appended first.
+    n_frames = samples // HOP_LENGTH. For a batch, the 8-decade dynamic range
+    floor is taken per example (openai-whisper takes it over the whole batch), so
+    each row equals what that example gives on its own.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        audio = load_audio(audio)
+    x = torch.as_tensor(audio)
+    if device is not None:
+        x = x.to(device)
+    x = x.float()
+    if padding > 0:
+        x = F.pad(x, (0, padding))
+    n_frames = x.shape[-1] // HOP_LENGTH
+    if x.shape[-1] <= N_FFT // 2:
+        # Reflect padding needs more than N_FFT/2 samples; tiny inputs get zeros instead.
+        x = F.pad(x, (0, N_FFT // 2 + 1 - x.shape[-1]))
+    window = torch.hann_window(N_FFT, device=x.device)
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
+                      return_complex=True)
+    power = stft[..., :n_frames].abs() ** 2  # the last centred frame is dropped, as in Whisper
+    mel = mel_filters(n_mels, x.device) @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    if n_frames > 0:
+        peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)  # keep 80 dB below the loudest bin
+    return (log_spec + 4.0) / 4.0
+
+
+# ---------------------------------------------------------------------------
+# 3. Text normalisation and word error rate
+# ---------------------------------------------------------------------------
+
+FILLERS = {"hmm", "hm", "mm", "mmm", "mhm", "uh", "uhm", "um", "umm", "er", "erm"}
+
+# Contractions and casual forms, applied while apostrophes are still present.
+CONTRACTIONS = [
+    (r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\bshan't\b", "shall not"),
+    (r"\bain't\b", "is not"), (r"\blet's\b", "let us"), (r"\by'all\b", "you all"),
+    (r"\bma'am\b", "madam"), (r"\bgonna\b", "going to"), (r"\bwanna\b", "want to"),
+    (r"\bgotta\b", "got to"), (r"\bgimme\b", "give me"), (r"\blemme\b", "let me"),
+    (r"\bkinda\b", "kind of"), (r"\bsorta\b", "sort of"), (r"\bo'clock\b", "oclock"),
+    (r"n't\b", " not"), (r"'re\b", " are"), (r"'m\b", " am"), (r"'ll\b", " will"),
+    (r"'ve\b", " have"), (r"'d\b", " would"),
+    # "'s" is only expanded after pronouns: elsewhere it is usually a possessive.
+    (r"\b(it|that|there|here|what|where|who|how|he|she|when|why|everyone|everybody|someone"
+     r"|somebody|nobody|everything|something|nothing)'s\b", r"\1 is"),
+]
+
+# Whole-word rewrites: abbreviations, a few standard forms, British -> American spelling.
+WORD_MAP = {
+    "mr": "mister", "mrs": "missus", "ms": "miss", "dr": "doctor", "prof": "professor",
+    "jr": "junior", "sr": "senior", "vs": "versus", "ok": "okay", "alright": "all right",
+    "fourty": "forty", "fourtieth": "fortieth",  # misspellings found in real transcripts
+}
+WORD_MAP.update(dict(pair.split("=") for pair in """
+colour=color colours=colors coloured=colored favour=favor favours=favors favourite=favorite
+favourites=favorites favourable=favorable honour=honor honours=honors honourable=honorable
+humour=humor labour=labor neighbour=neighbor neighbours=neighbors neighbourhood=neighborhood
+behaviour=behavior behaviours=behaviors flavour=flavor flavours=flavors harbour=harbor
+rumour=rumor rumours=rumors armour=armor endeavour=endeavor odour=odor vapour=vapor
+saviour=savior parlour=parlor vigour=vigor centre=center centres=centers centred=centered
+metre=meter metres=meters kilometre=kilometer kilometres=kilometers centimetre=centimeter
+millimetre=millimeter litre=liter litres=liters theatre=theater theatres=theaters fibre=fiber
+calibre=caliber sombre=somber lustre=luster meagre=meager spectre=specter organise=organize
+organised=organized organising=organizing organisation=organization organisations=organizations
+realise=realize realised=realized realising=realizing recognise=recognize recognised=recognized
+apologise=apologize apologised=apologized emphasise=emphasize criticise=criticize
+summarise=summarize prioritise=prioritize memorise=memorize minimise=minimize maximise=maximize
+customise=customize authorise=authorize authorised=authorized authorisation=authorization
+utilise=utilize finalise=finalize specialise=specialize standardise=standardize analyse=analyze
+analysed=analyzed paralysed=paralyzed defence=defense offence=offense licence=license
+pretence=pretense catalogue=catalog dialogue=dialog analogue=analog travelled=traveled
+travelling=traveling traveller=traveler cancelled=canceled cancelling=canceling
+labelled=labeled labelling=labeling modelled=modeled modelling=modeling fuelled=fueled
+signalled=signaled counsellor=counselor jewellery=jewelry marvellous=marvelous enrol=enroll
+fulfil=fulfill instalment=installment skilful=skillful wilful=willful grey=gray tyre=tire
+tyres=tires cheque=check cheques=checks programme=program programmes=programs
+aluminium=aluminum mould=mold plough=plow sceptical=skeptical aeroplane=airplane
+pyjamas=pajamas storey=story kerb=curb manoeuvre=maneuver ageing=aging judgement=judgment
+acknowledgement=acknowledgment anaemia=anemia encyclopaedia=encyclopedia paediatric=pediatric
+practise=practice practised=practiced draught=draft
+""".split()))
+
+UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+TEENS = {w: i + 10 for i, w in enumerate(
+    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+TENS = {w: 10 * i for i, w in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+ORDINAL_UNITS = {w: i for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth".split(), start=1)}
+ORDINAL_TEENS = {w: i + 10 for i, w in enumerate("tenth eleventh twelfth thirteenth fourteenth "
+                 "fifteenth sixteenth seventeenth eighteenth nineteenth".split())}
+ORDINAL_TENS = {w: 10 * i for i, w in enumerate("twentieth thirtieth fortieth fiftieth sixtieth "
+                "seventieth eightieth ninetieth".split(), start=2)}
+ORDINAL_SCALES = {"thousandth": 10**3, "millionth": 10**6, "billionth": 10**9,
+                  "trillionth": 10**12}
+DIGIT_WORDS = {**UNITS, "oh": 0}  # digits after "point" are read one by one
+GROUP_WORDS = {*UNITS, *TEENS, *TENS} - {"zero"}  # words that can start a group below 100
+ORDINAL_WORDS = {*ORDINAL_UNITS, *ORDINAL_TEENS, *ORDINAL_TENS, *ORDINAL_SCALES, "hundredth"}
+CURRENCY = {"dollar": "$", "dollars": "$", "pounds": "£", "euro": "€", "euros": "€"}
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _is_number(tok: str) -> bool:
+    return re.fullmatch(r"\d+(\.\d+)?", tok) is not None
+
+
+def _parse_number(toks, i):
+    """Read one spelled-out number starting at toks[i]: returns (digits, next index) or None.
+
+    A number is groups below a thousand ("one hundred and twenty one") joined by
+    decreasing scales ("two million three thousand"). A word that cannot continue
+    the number ends it, so "one two" reads as two numbers, "1 2".
+    """
+    total, group, last, top_scale, j = 0, 0, None, math.inf, i
+    ordinal = False
+    while j < len(toks):
+        w = toks[j]
+        after_group_start = last in (None, "hundred", "scale", "and")
+        if w == "zero" and last is None:
+            j, last = j + 1, "zero"
+            break
+        if w in UNITS and w != "zero" or w in ORDINAL_UNITS:
+            v = UNITS.get(w) or ORDINAL_UNITS.get(w)
+            if not (after_group_start or last == "tens" and group % 10 == 0):
+                break
+            if w == "second" and last is None:  # "one second" is a unit of time, not 2nd
+                break
+            group, last = group + v, "unit"
+        elif w in TEENS or w in ORDINAL_TEENS or w in TENS or w in ORDINAL_TENS:
+            if not after_group_start:
+                break
+            group += TEENS.get(w) or ORDINAL_TEENS.get(w) or TENS.get(w) or ORDINAL_TENS[w]
+            last = "tens" if w in TENS or w in ORDINAL_TENS else "teen"
+        elif w in ("hundred", "hundredth"):
+            if last is None:
+                group = 100  # a bare "hundred" (or "a hundred") means one hundred
+            elif last in ("unit", "teen", "tens") and group < 100:
+                group *= 100
+            else:
+                break
+            last = "hundred"
+        elif w in SCALES or w in ORDINAL_SCALES:
+            scale = SCALES.get(w) or ORDINAL_SCALES[w]
+            if scale >= top_scale or last in ("scale", "and"):
+                break
+            total, group, last, top_scale = total + max(group, 1) * scale, 0, "scale", scale
+        elif w == "and" and last in ("hundred", "scale") and j + 1 < len(toks) and (
+                toks[j + 1] in GROUP_WORDS):  # "one hundred and five", not "...hundred and me"
+            last = "and"
+        else:
+            break
+        j += 1
+        if w in ORDINAL_WORDS:
+            ordinal = True
+            break  # an ordinal always ends its number: "twenty first"
+    if last is None:
+        return None
+    value = total + group
+    if ordinal:
+        return _ordinal(value), j
+    text = str(value)
+    # "three point one four" -> 3.14
+    if j + 1 < len(toks) and toks[j] == "point" and toks[j + 1] in DIGIT_WORDS:
+        digits, j = "", j + 1
+        while j < len(toks) and toks[j] in DIGIT_WORDS:
+            digits, j = digits + str(DIGIT_WORDS[toks[j]]), j + 1
+        text += "." + digits
+    return text, j
+
+
+def _numbers_to_digits(toks):
+    out, i = [], 0
+    while i < len(toks):
+        w = toks[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else ""
+        if w == "a" and nxt in ("hundred", "thousand", "million", "billion", "trillion"):
+            i += 1  # "a hundred" is one hundred
+            continue
+        if w == "oh" and (out and _is_number(out[-1]) or nxt in UNITS or _is_number(nxt)):
+            out.append("0")  # "oh" is a digit only next to other digits ("two oh one")
+            i += 1
+            continue
+        if re.fullmatch(r"\d+", w) and nxt in SCALES:  # "3 million" -> 3000000
+            out.append(str(int(w) * SCALES[nxt]))
+            i += 2
+            continue
+        parsed = _parse_number(toks, i)
+        if parsed is None:
+            out.append(w)
+            i += 1
+        else:
+            out.append(parsed[0])
+            i = parsed[1]
+    return out
+
+
+def _units_and_money(toks):
+    out, i = [], 0
+    while i < len(toks):
+        w = toks[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else ""
+        if _is_number(w) and nxt == "percent":
+            out.append(w + "%")
+            i += 2
+        elif _is_number(w) and nxt == "per" and i + 2 < len(toks) and toks[i + 2] == "cent":
+            out.append(w + "%")
+            i += 3
+        elif _is_number(w) and nxt in CURRENCY:
+            out.append(CURRENCY[nxt] + w)
+            i += 2
+        else:
+            out.append(w)
+            i += 1
+    s = " ".join(out)
+    # "$5 and 20 cents" -> "$5.20"; "$5.00" -> "$5"
+    s = re.sub(r"([$£€])(\d+) (?:and )?(\d{1,2}) cents?\b",
+               lambda m: f"{m[1]}{m[2]}.{int(m[3]):02d}", s)
+    return re.sub(r"([$£€]\d+)\.00\b", r"\1", s)
+
+
+def normalize_text(s: str) -> str:
+    """Normalise English text for WER: lowercase words, digits for numbers, no punctuation.
+
+    "Press one." and "press 1" both become "press 1"; "Twenty-one" becomes "21";
+    "It's five percent." becomes "it is 5%"; British spellings become American.
+    """
+    s = s.lower().replace("’", "'").replace("‘", "'")
+    s = re.sub(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)|\{[^}]*\}", " ", s)  # notes like [noise], (laughs)
+    for pattern, repl in CONTRACTIONS:
+        s = re.sub(pattern, repl, s)
+    # Drop accents (café -> cafe) by decomposing and discarding combining marks.
+    s = "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
+    s = s.replace("&", " and ")
+    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)     # 1,000 -> 1000
+    s = re.sub(r"(?<=\d)\s*%", "%", s)            # 5 % -> 5%
+    s = re.sub(r"([$£€])\s+(?=\d)", r"\1", s)     # $ 5 -> $5
+    s = s.replace("'", "")                        # possessives and leftovers: waldo's -> waldos
+    # Keep '.' only inside numbers, '%' after them, currency signs before them.
+    s = re.sub(r"\b(?:[a-z]\.){2,}", lambda m: m[0].replace(".", ""), s)  # a.m. -> am
+    s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", s)
+    s = re.sub(r"(?<!\d)%", " ", s)
+    s = re.sub(r"[$£€](?!\d)", " ", s)
+    s = re.sub(r"[^\w\s.%$£€]|_", " ", s)          # everything else, hyphens included
+    s = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])(?!(?:st|nd|rd|th|s)\b)", " ", s)
+    toks = [WORD_MAP.get(t, t) for t in s.split() if t not in FILLERS]
+    toks = " ".join(toks).split()  # a WORD_MAP value may hold two words ("all right")
+    return _units_and_money(_numbers_to_digits(toks))
+
+
+def wer(refs, hyps) -> float:
+    """Corpus word error rate of hypotheses against references, after normalize_text.
+
+    Total (substitutions + deletions + insertions) / total reference words. Empty
+    references are allowed: their hypothesis words count as insertions; if there are
+    no reference words at all, the result is the number of inserted words (0.0 when
+    both sides are empty).
+    """
+    import jiwer  # scoring only; imported late so decoding never needs it
+
+    if isinstance(refs, str):
+        refs, hyps = [refs], [hyps]
+    if len(refs) != len(hyps):
+        raise ValueError(f"wer: {len(refs)} references but {len(hyps)} hypotheses")
+    refs = [normalize_text(r) for r in refs]
+    hyps = [normalize_text(h) for h in hyps]
+    errors = sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    n_words = 0
+    if pairs:
+        m = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
+        errors += m.substitutions + m.deletions + m.insertions
+        n_words = m.hits + m.substitutions + m.deletions
+    return errors / n_words if n_words else float(errors)
+
+
+# ---------------------------------------------------------------------------
+# 4. Data sets: manifests, LibriSpeech, the Asterisk prompts
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Utterance:
+    id: str
+    audio: str                        # path to the audio file
+    text: str                         # reference transcript
+    duration: Optional[float] = None  # seconds, when known without decoding
+
+
+AUDIO_KEYS = ("audio", "path", "audio_path", "file", "filename")
+TEXT_KEYS = ("text", "sentence", "transcript", "transcription")
+
+
+def read_manifest(path) -> list:
+    """Read utterances from a .tsv / .csv (with a header row) or .jsonl manifest.
+
+    Columns/keys: audio|path (relative paths are resolved against the manifest's
+    folder), text|sentence|transcript, optional duration and id. Blank lines are
+    ignored; bad lines (missing fields, bad JSON, bad duration, missing audio file)
+    are skipped and reported in one warning naming file:line for each.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: manifest not found" if not os.path.exists(path)
+                        else f"{path}: is not a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1].lower()
+    utts, bad = [], []
+    for lineno, record in _manifest_records(path, ext):
+        if record is None:
+            bad.append(f"{path}:{lineno}: not valid JSON")
+            continue
+        try:
+            utts.append(_utterance_from_record(record, folder))
+        except ValueError as e:
+            bad.append(f"{path}:{lineno}: {e}")
+    if bad:
+        shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        warnings.warn(f"{path}: skipped {len(bad)} bad line(s): {shown}", stacklevel=2)
+    return utts
+
+
+def _manifest_records(path, ext):
+    """Yield (line number, dict or None for unparsable) for each non-blank line."""
+    with open(path, newline="", encoding="utf-8") as f:
+        if ext in (".jsonl", ".json", ".ndjson"):
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                yield lineno, record if isinstance(record, dict) else None
+            return
+        if ext == ".tsv":  # transcripts may contain quotes: no CSV quoting in TSV
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        elif ext == ".csv":
+            reader = csv.reader(f)
+        else:
+            raise DataError(f"{path}: unknown manifest type '{ext}' (use .tsv, .csv or .jsonl)")
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [h.strip().lower() for h in header]
+        if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
+            raise DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
+                            f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            record = dict(zip(names, row)) if len(row) == len(names) else {"_columns": len(row)}
+            yield reader.line_num, record
+
+
+def _utterance_from_record(record, folder):
+    if "_columns" in record:
+        raise ValueError(f"expected the header's number of columns, got {record['_columns']}")
+    audio = next((record[k] for k in AUDIO_KEYS if record.get(k) not in (None, "")), None)
+    text = next((record[k] for k in TEXT_KEYS if record.get(k) is not None), None)
+    if audio is None:
+        raise ValueError("no audio path")
+    if text is None:
+        raise ValueError("no text")
+    audio_path = os.path.join(folder, str(audio))  # join keeps absolute paths as they are
+    if not os.path.isfile(audio_path):
+        raise ValueError(f"audio file not found: {audio_path}")
+    duration = record.get("duration")
+    if duration in (None, ""):
+        duration = None
+    else:
+        try:
+            duration = float(duration)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad duration {duration!r}") from None
+    uid = record.get("id") or os.path.splitext(str(audio))[0]
+    return Utterance(str(uid), audio_path, str(text).strip(), duration)
+
+
+def librispeech(folder) -> list:
+    """Utterances of a LibriSpeech split (e.g. .../LibriSpeech/dev-clean): every
+    *.trans.txt line "ID TEXT" paired with ID.flac in the same folder."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: LibriSpeech folder not found")
+    utts, missing = [], 0
+    for trans in sorted(Path(folder).rglob("*.trans.txt")):
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            audio = trans.parent / f"{uid}.flac"
+            if audio.is_file():
+                utts.append(Utterance(uid, str(audio), text.strip()))
+            else:
+                missing += 1
+    if missing:
+        warnings.warn(f"{folder}: skipped {missing} transcript line(s) without a .flac file")
+    if not utts:
+        raise DataError(f"{folder}: no LibriSpeech transcripts (*.trans.txt) with audio found")
+    return utts
+
+
+def asterisk_corpus(root=None) -> list:
+    """The default corpus: Debian's English Asterisk prompts (G.722, 16 kHz) with their
+    transcripts, cleaned (see read_asterisk).
+
+    The unpacked packages are looked for in `root`, then $FASTWHISPER_ASTERISK, then
+    cache_dir()/asterisk; if absent there, they are fetched with `apt-get download`
+    and unpacked with `dpkg-deb -x` (nothing is installed).
+    """
+    root = root or os.environ.get("FASTWHISPER_ASTERISK") or None
+    if root is None:
+        root = cache_dir() / "asterisk"
+        if not (root / ASTERISK_TRANSCRIPTS).is_file():
+            fetch_asterisk(root)
+    utts, _ = read_asterisk(root)
+    return utts
+
+
+def fetch_asterisk(dest) -> Path:
+    """Download the two Debian packages and unpack them to `dest` (atomically)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    how = (f"get them with `apt-get download {' '.join(ASTERISK_PACKAGES)}` and "
+           f"`dpkg-deb -x PACKAGE.deb {dest}` for each, or set FASTWHISPER_ASTERISK "
+           f"to a folder where they are unpacked")
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise DataError(f"{dest}: Asterisk prompts missing and `{tool}` not available; {how}")
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".asterisk-") as tmp:
+        proc = subprocess.run(["apt-get", "download", *ASTERISK_PACKAGES], cwd=tmp,
+                              capture_output=True, text=True)
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or len(debs) != len(ASTERISK_PACKAGES):
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+            raise DataError(f"{dest}: could not download the Asterisk prompts ({why}); {how}")
+        unpacked = Path(tmp) / "root"
+        for deb in debs:
+            proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise DataError(f"{deb.name}: dpkg-deb could not unpack it "
+                                f"({proc.stderr.strip()}); {how}")
+        try:
+            os.replace(unpacked, dest)
+        except OSError:
+            if not (dest / ASTERISK_TRANSCRIPTS).is_file():  # not a concurrent fetch: real error
+                raise
+    return dest
+
+
+def read_asterisk(root):
+    """Read and clean the transcripts of an unpacked Asterisk sounds root.
+
+    Returns (utterances, counts). Lines are "name: text"; notes in brackets or
+    parentheses are removed ("at [@]" -> "at"), lines that were only a note (tones,
+    silence) are dropped, '*' and '#' become "star" and "pound", and lines whose
+    .g722 file is missing are skipped. counts has keys kept, notes, missing.
+    """
+    root = Path(root)
+    transcripts = root / ASTERISK_TRANSCRIPTS
+    if not transcripts.is_file():
+        raise DataError(f"{transcripts}: Asterisk transcripts not found "
+                        f"(is {root} an unpacked asterisk-core-sounds-en root?)")
+    sounds = root / ASTERISK_SOUNDS
+    utts, counts = [], {"kept": 0, "notes": 0, "missing": 0}
+    with gzip.open(transcripts, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            name, sep, text = line.partition(":")
+            if line.startswith(";") or not sep or not name.strip():
+                continue
+            text = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", text)
+            text = text.replace("*", " star ").replace("#", " pound ")
+            text = " ".join(text.split())
+            if not re.search(r"[A-Za-z0-9]", text):
+                counts["notes"] += 1
+                continue
+            audio = sounds / f"{name.strip()}.g722"
+            if not audio.is_file():
+                counts["missing"] += 1
+                continue
+            # G.722 is a constant 64 kbit/s: 8000 bytes per second of 16 kHz audio.
+            utts.append(Utterance(name.strip(), str(audio), text, audio.stat().st_size / 8000))
+    counts["kept"] = len(utts)
+    return utts, counts
+
+
+def split_corpus(utts, dev: float = 0.1, test: float = 0.2) -> dict:
+    """Split into {"train", "dev", "test"} by a hash of each utterance id, so an
+    utterance always lands in the same split whatever else is in the corpus."""
+    splits = {"train": [], "dev": [], "test": []}
+    for u in utts:
+        h = zlib.crc32(u.id.encode("utf-8")) / 2**32
+        splits["test" if h < test else "dev" if h < test + dev else "train"].append(u)
+    return splits
+
+
+# ---------------------------------------------------------------------------
+# 5. Batching and augmentation
+# ---------------------------------------------------------------------------
+
+def bucket_batches(lengths, batch_size: Optional[int] = None, max_frames: Optional[int] = None,
+                   shuffle: bool = False, seed: int = 0) -> list:
+    """Group indices of similar length into batches (lists of indices into `lengths`).
+
+    A batch holds at most `batch_size` items and, if `max_frames` is given, at most
+    max_frames of padded length (items x longest item); an item longer than
+    max_frames gets a batch of its own. Sorting by length keeps padding small;
+    shuffle=True adds seeded randomness to the order within equal-ish lengths and
+    to the order of the batches, and is reproducible for a given seed.
+    """
+    if batch_size is None and max_frames is None:
+        raise ValueError("bucket_batches needs batch_size, max_frames or both")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)  # ties in length are then broken randomly by the stable sort
+    order.sort(key=lambda i: lengths[i])
+    batches, batch, longest = [], [], 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        full = batch_size is not None and len(batch) >= batch_size
+        too_long = max_frames is not None and (len(batch) + 1) * longest_if_added > max_frames
+        if batch and (full or too_long):
+            batches.append(batch)
+            batch, longest_if_added = [], lengths[i]
+        batch.append(i)
+        longest = longest_if_added
+    if batch:
+        batches.append(batch)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def spec_augment(mel: torch.Tensor, freq_masks: int = 2, F: int = 27, time_masks: int = 2,
+                 T: int = 100, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """SpecAugment: blank `freq_masks` bands of up to F mel bins and `time_masks` spans of
+    up to T frames, filling them with the example's mean. Works on [n_mels, frames] or
+    [B, n_mels, frames] (fresh masks per example); returns a new tensor."""
+    out = mel.clone()
+    examples = out if out.ndim == 3 else out[None]
+    n_mels, n_frames = examples.shape[-2:]
+
+    def randint(high):  # uniform in [0, high]
+        return int(torch.randint(0, high + 1, (1,), generator=generator))
+
+    for x in examples:
+        fill = x.mean()
+        for _ in range(freq_masks):
+            width = randint(min(F, n_mels))
+            start = randint(n_mels - width)
+            x[start:start + width, :] = fill
+        for _ in range(time_masks):
+            width = randint(min(T, n_frames))
+            start = randint(n_frames - width)
+            x[:, start:start + width] = fill
+    return out

@@ -1,0 +1,449 @@
+"""Fused softmax + distillation loss over the vocabulary, in Triton, with a plain PyTorch twin.
+
+Per token i, with student logits s, teacher logits t, self-teacher logits e (all [V]), label y
+and temperature T, the loss is
+
+    loss_i = w_ce   * CE(y, softmax(s))
+           + w_kd   * T^2 * KL(softmax(t/T) || softmax(s/T))
+           + w_self * T^2 * KL(softmax(e/T) || softmax(s/T))
+
+with its own weight per term and per token; a token labelled ignore_index contributes 0.
+These are the losses askd.py calls; 'mean' divides by the number of non-ignored tokens.
+
+Written with log-sum-exps (lse(x) = log sum_j exp x_j):
+
+    CE           = lse(s) - s_y
+    KL(p || q)   = sum_j p_j (t_j/T - s_j/T) - lse(t/T) + lse(s/T)       p = softmax(t/T)
+
+and the gradients with respect to the student logits are
+
+    d CE / ds              = softmax(s) - onehot(y)
+    d T^2 KL(p || q) / ds  = T (softmax(s/T) - softmax(t/T))
+
+Every sum above can be gathered in one streaming pass over the vocabulary with the online
+log-sum-exp: keep a running max m and a running sum z = sum exp(x - m); when a new block
+raises the max to m', rescale z by exp(m - m').  The teacher's sum_j exp(t_j/T - m)(t_j/T - s_j/T)
+is rescaled the same way.  So the kernel gives each token one program that
+
+    1. walks the vocabulary in blocks once, gathering lse(s), lse(s/T), lse(t/T), lse(e/T)
+       and the two cross sums: that is the loss;
+    2. walks it again and writes the gradient above, now that the normalisers are known.
+
+Both passes live in one kernel, which runs in the forward pass (the gradient is kept for
+backward, scaled by grad_output there).  Extra memory is O(tokens): a few floats per row, plus
+the gradient itself, which is the size of the student logits and which autograd needs anyway.
+
+fused_linear_kd_loss goes one step further for training: it takes the hidden states and the
+output embedding instead of the logits, and forms the logits a chunk of tokens at a time
+(the gradient overwrites each chunk's logits in place), so the [N, V] logits of a big batch
+(28k tokens x 51,865 = 5.9 GB in fp32) never exist at once.
+"""
+import torch
+import torch.nn.functional as F
+
+from kernels import triton, tl, use_triton
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ----------------------------------------------------------------------------------------
+# The PyTorch twin: the oracle for the tests, and what runs on the CPU.
+# ----------------------------------------------------------------------------------------
+
+def _is_zero(weight):
+    """A weight given as the number 0 switches its term off (a tensor never does)."""
+    return not torch.is_tensor(weight) and float(weight) == 0.0
+
+
+def _kl(log_p, log_q):
+    """KL(p || q) per row from log-probabilities; terms with p = 0 count 0 (even if log p = -inf)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+
+
+def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
+                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", backend=None):
+    """Plain PyTorch version of `kd_loss` (same arguments, same result), differentiated by autograd."""
+    _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
+    s = student.float()
+    labels = labels.to(s.device).long()
+    valid = labels != ignore_index
+    weight_of = lambda w: torch.as_tensor(w, dtype=torch.float32, device=s.device)  # noqa: E731
+    loss = torch.zeros(s.shape[0], device=s.device)
+    if not _is_zero(ce_weight):
+        ce = -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
+        loss = loss + weight_of(ce_weight) * ce
+    if not (_is_zero(kd_weight) and _is_zero(self_weight)):
+        log_q = F.log_softmax(s / T, -1)
+        for weight, target in ((kd_weight, teacher), (self_weight, self_teacher)):
+            if not _is_zero(weight):
+                log_p = F.log_softmax(target.detach().float() / T, -1)
+                loss = loss + weight_of(weight) * T * T * _kl(log_p, log_q)
+    loss = torch.where(valid, loss, 0.0)
+    return _reduce(loss, valid, reduction)
+
+
+def _reduce(loss, valid, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().clamp(min=1)
+
+
+def _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction):
+    """Shapes and arguments; a one-line ValueError otherwise."""
+    if student.dim() != 2:
+        raise ValueError(f"kd_loss: student logits must be [tokens, vocab], got {tuple(student.shape)}")
+    for name, other, weight in (("teacher", teacher, kd_weight), ("self_teacher", self_teacher, self_weight)):
+        if other is None and not _is_zero(weight):
+            raise ValueError(f"kd_loss: a weight is given for {name} but {name} is None")
+        if other is not None and other.shape != student.shape:
+            raise ValueError(f"kd_loss: {name} shape {tuple(other.shape)} != student shape {tuple(student.shape)}")
+    if labels.shape != student.shape[:1] or labels.is_floating_point():
+        raise ValueError(f"kd_loss: labels must be integers of shape ({student.shape[0]},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"kd_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# The Triton kernel.
+# ----------------------------------------------------------------------------------------
+
+@triton.jit
+def _load_block(ptr, cols, mask):
+    """A block of one row in fp32.  Lanes past the vocabulary read -1e30: exp() makes them 0,
+    yet unlike -inf their differences stay finite (no 0 * NaN in the cross sums)."""
+    return tl.where(mask, tl.load(ptr + cols, mask=mask, other=0.0).to(tl.float32), -1e30)
+
+
+@triton.jit
+def _lse(m, z, valid):
+    """log-sum-exp from a running max and sum; 0 for an ignored token, whose pass 1 was skipped."""
+    return tl.where(valid, m + tl.log(tl.maximum(z, 1e-30)), 0.0)
+
+
+@triton.jit
+def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, GRAD,
+                    stride_s, stride_t, stride_e, stride_g, V, ignore_index, inv_T, T,
+                    HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
+                    WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per token: pass 1 gathers the log-sum-exps (the loss), pass 2 writes the gradient.
+
+    GRAD may be S itself: pass 2 reads each element before it overwrites that same element."""
+    row = tl.program_id(0).to(tl.int64)
+    S += row * stride_s
+    TCH += row * stride_t
+    SELF += row * stride_e
+    GRAD += row * stride_g
+    label = tl.load(LABELS + row).to(tl.int32)
+    valid = label != ignore_index
+    n_vocab = tl.where(valid, V, 0)  # an ignored token skips pass 1 entirely
+    offs = tl.arange(0, BLOCK_V)
+    # Running max (m) and running sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teacher
+    # and self-teacher also keep a = sum exp(x - m) (x - s/T).  The max starts at -1e30, not
+    # -inf, so a block whose entries are all -inf rescales by exp(0) instead of making NaN.
+    m_s = -1e30
+    z_s = 0.0
+    m_q = -1e30
+    z_q = 0.0
+    m_t = -1e30
+    z_t = 0.0
+    a_t = 0.0
+    m_e = -1e30
+    z_e = 0.0
+    a_e = 0.0
+    for start in range(0, n_vocab, BLOCK_V):
+        cols = start + offs
+        mask = cols < V
+        s = _load_block(S, cols, mask)
+        if HAS_CE:
+            m_new = tl.maximum(m_s, tl.max(s, 0))
+            z_s = z_s * tl.exp(m_s - m_new) + tl.sum(tl.exp(s - m_new), 0)
+            m_s = m_new
+        if HAS_KD or HAS_SELF:
+            sT = s * inv_T
+            m_new = tl.maximum(m_q, tl.max(sT, 0))
+            z_q = z_q * tl.exp(m_q - m_new) + tl.sum(tl.exp(sT - m_new), 0)
+            m_q = m_new
+        if HAS_KD:
+            t = _load_block(TCH, cols, mask) * inv_T
+            m_new = tl.maximum(m_t, tl.max(t, 0))
+            alpha = tl.exp(m_t - m_new)
+            p = tl.exp(t - m_new)
+            z_t = z_t * alpha + tl.sum(p, 0)
+            a_t = a_t * alpha + tl.sum(tl.where(p > 0, p * (t - sT), 0.0), 0)  # p = 0: no 0 * inf
+            m_t = m_new
+        if HAS_SELF:
+            e = _load_block(SELF, cols, mask) * inv_T
+            m_new = tl.maximum(m_e, tl.max(e, 0))
+            alpha = tl.exp(m_e - m_new)
+            p = tl.exp(e - m_new)
+            z_e = z_e * alpha + tl.sum(p, 0)
+            a_e = a_e * alpha + tl.sum(tl.where(p > 0, p * (e - sT), 0.0), 0)
+            m_e = m_new
+
+    loss = 0.0
+    if HAS_CE:
+        lse_s = _lse(m_s, z_s, valid)
+        w_ce = tl.load(W_CE + row)
+        s_label = tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
+        loss += w_ce * (lse_s - s_label)
+    if HAS_KD or HAS_SELF:
+        lse_q = _lse(m_q, z_q, valid)
+    if HAS_KD:
+        lse_t = _lse(m_t, z_t, valid)
+        w_kd = tl.load(W_KD + row) * T  # T^2 on the loss, T on the gradient
+        loss += w_kd * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
+    if HAS_SELF:
+        lse_e = _lse(m_e, z_e, valid)
+        w_self = tl.load(W_SELF + row) * T
+        loss += w_self * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
+    tl.store(LOSS + row, tl.where(valid, loss, 0.0))
+
+    if WRITE_GRAD:
+        grad_scale = tl.load(GRAD_SCALE)
+        for start in range(0, V, BLOCK_V):
+            cols = start + offs
+            mask = cols < n_vocab  # an ignored token loads nothing and writes zeros
+            s = tl.load(S + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.zeros([BLOCK_V], tl.float32)
+            if HAS_CE:
+                g += w_ce * (tl.exp(s - lse_s) - tl.where(cols == label, 1.0, 0.0))
+            if HAS_KD or HAS_SELF:
+                q = tl.exp(s * inv_T - lse_q)
+            if HAS_KD:
+                t = tl.load(TCH + cols, mask=mask, other=0.0).to(tl.float32)
+                g += w_kd * (q - tl.exp(t * inv_T - lse_t))
+            if HAS_SELF:
+                e = tl.load(SELF + cols, mask=mask, other=0.0).to(tl.float32)
+                g += w_self * (q - tl.exp(e * inv_T - lse_e))
+            g = tl.where(valid, g * grad_scale, 0.0)
+            tl.store(GRAD + cols, g.to(GRAD.dtype.element_ty), mask=cols < V)
+
+
+# ----------------------------------------------------------------------------------------
+# Launcher, autograd wrappers and the public functions.
+# ----------------------------------------------------------------------------------------
+
+BLOCK_V = 4096  # vocabulary entries per step: 13 steps for Whisper's 51,865
+
+
+def _row_weights(weight, n, device):
+    """A weight given as a number or a [N] tensor, as a contiguous fp32 tensor [N]."""
+    w = torch.as_tensor(weight, dtype=torch.float32, device=device)
+    if w.dim() == 1 and w.shape[0] != n:
+        raise ValueError(f"kd_loss: a weight tensor must have shape ({n},), got {tuple(w.shape)}")
+    return w.expand(n).contiguous()
+
+
+def _last_dim_contiguous(x):
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad):
+    """Run the kernel: per-token losses [N] (fp32), and the gradient written into `grad` if given.
+
+    weights: (ce, kd, self) as fp32 [N] tensors, or None where the term is off.
+    grad_scale: fp32 tensor [1] multiplying the gradient (1 / tokens for 'mean').
+    grad may be `student` itself (the fused-linear path overwrites its logit chunks)."""
+    N, V = student.shape
+    loss = torch.empty(N, device=student.device, dtype=torch.float32)
+    w_ce, w_kd, w_self = (w if w is not None else loss for w in weights)  # unused slots: any pointer
+    teacher = teacher if teacher is not None else student
+    self_teacher = self_teacher if self_teacher is not None else student
+    _kd_loss_kernel[(N,)](
+        student, teacher, self_teacher, labels, w_ce, w_kd, w_self, grad_scale, loss,
+        grad if grad is not None else student,
+        student.stride(0), teacher.stride(0), self_teacher.stride(0),
+        grad.stride(0) if grad is not None else 0, V, ignore_index, 1.0 / T, T,
+        HAS_CE=weights[0] is not None, HAS_KD=weights[1] is not None, HAS_SELF=weights[2] is not None,
+        WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)), num_warps=8)
+    return loss
+
+
+def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V):
+    """Checked labels and per-token weight tensors (None for a term switched off)."""
+    n = labels.shape[0]
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
+    if bad.any():
+        raise ValueError(f"kd_loss: labels must be in [0, {V}) or ignore_index={ignore_index}, "
+                         f"got {labels[bad][0].item()}")
+    weights = tuple(None if _is_zero(w) else _row_weights(w, n, student.device)
+                    for w in (ce_weight, kd_weight, self_weight))
+    return labels.contiguous(), weights
+
+
+def _grad_scale(valid, reduction):
+    """fp32 [1]: the factor on each token's gradient (1 / non-ignored tokens for 'mean')."""
+    if reduction == "mean":
+        return (1.0 / valid.sum().clamp(min=1).float()).reshape(1)
+    return torch.ones(1, device=valid.device)
+
+
+def _scale_kept_grads(ctx, grad_output, per_row=False):
+    """The gradients kept from the forward pass, times grad_output.
+
+    Scaled in place, to need no second N x V buffer; so a second backward through the same
+    loss (retain_graph=True) would scale them twice, and is refused."""
+    if ctx.used:
+        raise RuntimeError("kd_loss: backward through the same loss twice is not supported "
+                           "(the gradient kept from the forward pass is scaled in place)")
+    ctx.used = True
+    grads = ctx.saved_tensors
+    if per_row:
+        factor = grad_output[:, None]
+    elif grad_output.item() == 1.0:  # loss.backward(): nothing to do
+        return grads
+    else:
+        factor = grad_output
+    return tuple(None if g is None else g.mul_(factor.to(g.dtype)) for g in grads)
+
+
+class _KDLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction):
+        valid = labels != ignore_index
+        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        rows = _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index,
+                        _grad_scale(valid, reduction), grad)
+        ctx.save_for_backward(grad)
+        ctx.rows, ctx.used = reduction == "none", False
+        return _reduce(rows, valid, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = _scale_kept_grads(ctx, grad_output, per_row=ctx.rows)
+        return (grad,) + (None,) * 7
+
+
+def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0, self_weight=0.0,
+            T=1.0, ignore_index=-100, reduction="mean", backend=None):
+    """Cross-entropy plus distillation from a teacher and a self-teacher, fused over the vocabulary.
+
+    student, teacher, self_teacher: logits [N, V] (teacher/self_teacher may be None when their
+    weight is 0); labels [N] integers; each weight a number or a [N] tensor; T the temperature.
+    Returns the 'mean' (over non-ignored tokens; 0 if none), 'sum' or per-token ('none') loss
+    in fp32.  Gradient flows to the student only.  `backend` as in kernels.use_triton.
+    """
+    _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
+    if not use_triton(student, backend) or student.numel() == 0:
+        return kd_loss_reference(student, teacher, labels, self_teacher=self_teacher, ce_weight=ce_weight,
+                                 kd_weight=kd_weight, self_weight=self_weight, T=T,
+                                 ignore_index=ignore_index, reduction=reduction)
+    labels, weights = _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
+                               ignore_index, student.shape[1])
+    teacher = None if weights[1] is None else _last_dim_contiguous(teacher.detach())
+    self_teacher = None if weights[2] is None else _last_dim_contiguous(self_teacher.detach())
+    return _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
+                         float(T), int(ignore_index), reduction)
+
+
+# ----------------------------------------------------------------------------------------
+# Fused linear + loss: the logits are formed and consumed a chunk of tokens at a time.
+# ----------------------------------------------------------------------------------------
+
+def _chunk_logits(source, rows):
+    """Teacher logits for a chunk: a slice of [N, V] logits, or formed from (hidden, weight)."""
+    if source is None or torch.is_tensor(source):
+        return None if source is None else source[rows].detach()
+    hidden, weight = source
+    with torch.no_grad():
+        return hidden[rows] @ weight.T
+
+
+def _chunk_loss_and_grad(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
+                         want_grad, triton_kernel):
+    """Per-token losses of one chunk, with the gradient written over `logits` (if wanted)."""
+    if triton_kernel:
+        return _kd_rows(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
+                        logits if want_grad else None)
+    # The twin: autograd through the reference loss, one chunk at a time.
+    w_ce, w_kd, w_self = (0.0 if w is None else w for w in weights)
+    with torch.enable_grad():
+        s = logits.detach().requires_grad_(want_grad)
+        rows = kd_loss_reference(s, teacher, labels, self_teacher=self_teacher, ce_weight=w_ce,
+                                 kd_weight=w_kd, self_weight=w_self, T=T, ignore_index=ignore_index,
+                                 reduction="none")
+        if want_grad:
+            (g,) = torch.autograd.grad(rows, s, grad_scale.expand_as(rows))
+            logits.copy_(g)
+    return rows.detach()
+
+
+class _FusedLinearKDLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, teacher, self_teacher, labels, weights, T, ignore_index, reduction,
+                chunk_size, triton_kernel):
+        N = hidden.shape[0]
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid = labels != ignore_index
+        grad_scale = _grad_scale(valid, reduction)
+        rows = torch.empty(N, device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if want_grad else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grad else None
+        for start in range(0, N, chunk_size):
+            chunk = slice(start, min(start + chunk_size, N))
+            h = hidden[chunk]
+            logits = h @ weight.T  # [chunk, V]; becomes the gradient d loss / d logits in place
+            rows[chunk] = _chunk_loss_and_grad(
+                logits, _chunk_logits(teacher, chunk), _chunk_logits(self_teacher, chunk), labels[chunk],
+                tuple(None if w is None else w[chunk] for w in weights), T, ignore_index, grad_scale,
+                want_grad, triton_kernel)
+            if want_grad:
+                grad_hidden[chunk] = logits @ weight
+                if grad_weight.dtype == logits.dtype:
+                    grad_weight.addmm_(logits.T, h)
+                else:  # half-precision chunks, fp32 running sum
+                    grad_weight += (logits.T @ h).float()
+            del logits
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
+        ctx.used = False
+        return _reduce(rows, valid, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _scale_kept_grads(ctx, grad_output) + (None,) * 9
+
+
+def default_chunk_size(V):
+    """Tokens per chunk so that a chunk's fp32 logits take about 256 MB (1024 tokens at V = 51,865)."""
+    tokens = max(1, 2 ** 26 // V)
+    return 1 << (tokens.bit_length() - 1)  # rounded down to a power of two
+
+
+def fused_linear_kd_loss(hidden, weight, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
+                         self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", chunk_size=None,
+                         backend=None):
+    """kd_loss(hidden @ weight.T, teacher, labels, ...) without ever holding all N x V logits.
+
+    hidden [N, d], weight [V, d] (the output embedding); gradients flow to both.  teacher and
+    self_teacher are logits [N, V], or (hidden_t [N, d_t], weight_t [V, d_t]) pairs so that
+    their logits too are formed a chunk at a time.  reduction: 'mean' or 'sum' (the gradient is
+    summed into the weight chunk by chunk, so per-token losses cannot be differentiated).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"fused_linear_kd_loss: hidden [N, d] and weight [V, d] do not fit: "
+                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"fused_linear_kd_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    N, V = hidden.shape[0], weight.shape[0]
+    for name, source in (("teacher", teacher), ("self_teacher", self_teacher)):
+        if isinstance(source, (tuple, list)):
+            h_t, w_t = source
+            if h_t.shape[0] != N or w_t.shape[0] != V or h_t.shape[1] != w_t.shape[1]:
+                raise ValueError(f"fused_linear_kd_loss: {name} (hidden, weight) shapes {tuple(h_t.shape)}, "
+                                 f"{tuple(w_t.shape)} do not give [{N}, {V}] logits")
+        elif source is not None and tuple(source.shape) != (N, V):
+            raise ValueError(f"fused_linear_kd_loss: {name} shape {tuple(source.shape)} != ({N}, {V})")
+    fake = torch.empty(N, V, device="meta")  # checks the remaining arguments like kd_loss does
+    _check(fake, None if teacher is None else fake, labels, None if self_teacher is None else fake,
+           kd_weight, self_weight, reduction)
+    labels, weights = _prepare(hidden, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
+                               ignore_index, V)
+    teacher = teacher if weights[1] is not None else None
+    self_teacher = self_teacher if weights[2] is not None else None
+    return _FusedLinearKDLoss.apply(hidden, weight, teacher, self_teacher, labels, weights, float(T),
+                                    int(ignore_index), reduction, int(chunk_size or default_chunk_size(V)),
+                                    use_triton(hidden, backend))

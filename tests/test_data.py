@@ -1,0 +1,511 @@
+"""data.py: audio decoding, resampling, Whisper's log-mel, text normalisation, corpora, batching.
+
+The mel filterbank and log-mel features are compared with golden values produced by
+openai-whisper (tests/golden/data_*.npz), the latter on a real Asterisk recording.
+"""
+
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "golden"
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+
+# ---------------------------------------------------------------------------
+# WAV files written by hand, byte by byte
+# ---------------------------------------------------------------------------
+
+def write_wav(path, payload: bytes, tag=1, channels=1, rate=16000, bits=16,
+              extensible=False, before_fmt=b"", before_data=b"", data_size=None):
+    """A RIFF/WAVE file; `tag` is the real format, optionally wrapped in EXTENSIBLE."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * block,
+                      block, bits)
+    if extensible:  # cbSize, valid bits, channel mask, SubFormat GUID (tag + fixed tail)
+        fmt += struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", tag) + \
+            b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    chunks = before_fmt + b"fmt " + struct.pack("<I", len(fmt)) + fmt + before_data
+    chunks += b"data" + struct.pack("<I", len(payload) if data_size is None else data_size)
+    chunks += payload
+    Path(path).write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    return str(path)
+
+
+EXPECTED = np.array([0.0, 0.5, -0.5, 0.25, -1.0, 0.75], np.float32)
+
+
+def int_bytes(values, nbytes):
+    return b"".join(int(v).to_bytes(nbytes, "little", signed=True) for v in values)
+
+
+@pytest.mark.parametrize("case", ["u8", "s16", "s24", "s32", "f32", "f64", "ext24", "extf32"])
+def test_wav_sample_formats(tmp_path, case):
+    x = EXPECTED.astype(np.float64)
+    if case == "u8":
+        payload, tag, bits = bytes((x * 128 + 128).clip(0, 255).astype(np.uint8)), 1, 8
+    elif case in ("s16", "s24", "s32", "ext24"):
+        bits = {"s16": 16, "s24": 24, "ext24": 24, "s32": 32}[case]
+        payload, tag = int_bytes(x * 2 ** (bits - 1), bits // 8), 1
+    elif case in ("f32", "extf32"):
+        payload, tag, bits = x.astype("<f4").tobytes(), 3, 32
+    else:
+        payload, tag, bits = x.astype("<f8").tobytes(), 3, 64
+    path = write_wav(tmp_path / f"{case}.wav", payload, tag=tag, bits=bits,
+                     extensible=case.startswith("ext"))
+    audio = data.load_audio(path)
+    assert audio.dtype == np.float32 and audio.shape == EXPECTED.shape
+    np.testing.assert_allclose(audio, EXPECTED, atol=1e-6)
+
+
+def test_wav_24bit_sign_and_full_scale(tmp_path):
+    values = [-(2**23), -1, 0, 1, 2**23 - 1]
+    audio = data.load_audio(write_wav(tmp_path / "a.wav", int_bytes(values, 3), bits=24))
+    np.testing.assert_allclose(audio, np.array(values) / 2**23, rtol=0, atol=1e-7)
+
+
+def test_wav_multichannel_is_mean_of_channels(tmp_path):
+    left = np.array([1000, -2000, 3000, 0], np.int16)
+    right = np.array([3000, 2000, -1000, 500], np.int16)
+    third = np.array([-1000, 0, 1000, -500], np.int16)
+    frames = np.stack([left, right, third], axis=1).astype("<i2").tobytes()
+    audio = data.load_audio(write_wav(tmp_path / "c3.wav", frames, channels=3))
+    expected = (left.astype(np.float64) + right + third) / 3 / 32768
+    np.testing.assert_allclose(audio, expected, atol=1e-6)
+
+
+def test_wav_extra_chunks_padding_and_truncation(tmp_path):
+    # An odd-sized chunk before fmt (padded to even), a LIST chunk before data,
+    # a data size that overstates the file (streamed writers), and a half frame.
+    odd = b"junk" + struct.pack("<I", 3) + b"abc\x00"
+    listing = b"LIST" + struct.pack("<I", 4) + b"INFO"
+    payload = EXPECTED.astype("<f4").tobytes() + b"\x01\x02"
+    path = write_wav(tmp_path / "odd.wav", payload, tag=3, bits=32, before_fmt=odd,
+                     before_data=listing, data_size=0xFFFFFFFF)
+    np.testing.assert_allclose(data.load_audio(path), EXPECTED, atol=1e-7)
+
+
+def test_wav_float_is_clipped_and_resampled(tmp_path):
+    loud = np.array([2.0, -3.0, 0.5], np.float32)
+    audio = data.load_audio(write_wav(tmp_path / "loud.wav", loud.tobytes(), tag=3, bits=32))
+    np.testing.assert_allclose(audio, [1.0, -1.0, 0.5])
+
+    t = np.arange(8000) / 8000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    path = write_wav(tmp_path / "8k.wav", tone.tobytes(), rate=8000)
+    assert data.load_audio(path, sr=8000).shape == (8000,)
+    up = data.load_audio(path)
+    assert up.shape == (16000,)
+    t16 = np.arange(16000) / 16000
+    np.testing.assert_allclose(up[1000:-1000], 0.5 * np.sin(2 * np.pi * 440 * t16)[1000:-1000],
+                               atol=2e-3)
+
+
+@needs_ffmpeg
+def test_ffmpeg_path_decodes_flac_and_mulaw(tmp_path):
+    rng = np.random.default_rng(0)
+    pcm = (rng.uniform(-0.5, 0.5, 16000) * 32768).astype("<i2")
+    wav = write_wav(tmp_path / "x.wav", pcm.tobytes())
+    flac, mulaw = str(tmp_path / "x.flac"), str(tmp_path / "mu.wav")
+    for out, codec in ((flac, "flac"), (mulaw, "pcm_mulaw")):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, "-acodec", codec,
+                        out], check=True)
+    # FLAC is lossless: ffmpeg's decode must equal our own WAV parse exactly.
+    np.testing.assert_array_equal(data.load_audio(flac), data.load_audio(wav))
+    # mu-law WAV is a format we do not parse: it must fall back to ffmpeg, not fail.
+    np.testing.assert_allclose(data.load_audio(mulaw), data.load_audio(wav), atol=0.02)
+
+
+def test_audio_errors_name_the_file(tmp_path, monkeypatch):
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(data.AudioError, match=r"nope\.wav: file not found"):
+        data.load_audio(missing)
+    with pytest.raises(data.AudioError, match="is a directory"):
+        data.load_audio(tmp_path)
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    with pytest.raises(data.AudioError, match=r"empty\.mp3: empty file"):
+        data.load_audio(empty)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEdata\x00\x00\x00\x00")
+    with pytest.raises(data.AudioError, match=r"broken\.wav: .*fmt"):
+        data.load_audio(broken)
+    assert issubclass(data.AudioError, ValueError)
+
+    text = tmp_path / "notes.mp3"
+    text.write_text("this is not audio\n" * 50)
+    if shutil.which("ffmpeg"):
+        with pytest.raises(data.AudioError) as err:
+            data.load_audio(text)
+        message = str(err.value)
+        assert message.startswith(f"{text}: cannot decode audio (ffmpeg: ") and "\n" not in message
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    with pytest.raises(data.AudioError, match=r"notes\.mp3: ffmpeg is not installed"):
+        data.load_audio(text)
+
+
+def test_load_audio_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    path = write_wav(tmp_path / "c.wav", int_bytes(EXPECTED * 32768 // 2, 2))
+    first = data.load_audio(path, cache=True)
+    entries = list((tmp_path / "cache" / "audio").glob("*.npy"))
+    assert len(entries) == 1
+    np.testing.assert_array_equal(np.load(entries[0]), first)
+    np.testing.assert_array_equal(data.load_audio(path, cache=True), first)
+    # Changing the file changes its key: the stale entry is not returned.
+    write_wav(path, int_bytes(EXPECTED[:3] * 32768 // 2, 2))
+    os.utime(path, ns=(0, 10**18))
+    assert data.load_audio(path, cache=True).shape == (3,)
+    assert not list((tmp_path / "cache" / "audio").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------
+# Resampling
+# ---------------------------------------------------------------------------
+
+def sine(freq, sr, seconds=1.0, amp=0.8):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
+
+
+def test_resample_identity():
+    x = sine(440, 16000)
+    assert data.resample(x, 16000, 16000) is x
+
+
+@pytest.mark.parametrize("orig", [44100, 48000, 22050, 8000, 11025])
+def test_resample_keeps_tones_below_nyquist(orig):
+    freq = 440 if orig <= 11025 else 3000
+    y = data.resample(sine(freq, orig), orig, 16000)
+    assert y.dtype == np.float32 and len(y) == math.ceil(orig * 1.0 * 16000 / orig)
+    # Same amplitude, frequency and timing as the tone sampled directly at 16 kHz.
+    expected = sine(freq, 16000)
+    np.testing.assert_allclose(y[800:-800], expected[800:-800], atol=2e-3)
+
+
+def test_resample_removes_tones_above_new_nyquist():
+    for freq in (8800, 10000, 15000):
+        y = data.resample(sine(freq, 44100), 44100, 16000)
+        assert np.abs(y[800:-800]).max() < 1e-3, freq  # would alias to audible tones
+
+
+def test_resample_tensor_and_batch_and_odd_ratio():
+    x = torch.from_numpy(np.stack([sine(1000, 44100), sine(2000, 44100)]))
+    y = data.resample(x, 44100, 16000)
+    assert torch.is_tensor(y) and y.shape == (2, 16000)
+    torch.testing.assert_close(y[1], torch.from_numpy(data.resample(x[1].numpy(), 44100, 16000)))
+    # A ratio that does not reduce (16001 phases) still works.
+    z = data.resample(sine(1000, 44100, 0.1), 44100, 16001)
+    assert len(z) == math.ceil(4410 * 16001 / 44100)
+    assert abs(np.abs(z[200:-200]).max() - 0.8) < 5e-3
+    assert data.resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
+
+
+# ---------------------------------------------------------------------------
+# Log-mel front end
+# ---------------------------------------------------------------------------
+
+def test_constants():
+    assert (data.SAMPLE_RATE, data.N_FFT, data.HOP_LENGTH, data.CHUNK_LENGTH) == (16000, 400, 160, 30)
+    assert (data.N_SAMPLES, data.N_FRAMES, data.FRAMES_PER_SECOND) == (480000, 3000, 100)
+
+
+def test_slaney_mel_scale():
+    assert data.hz_to_mel(1000.0) == pytest.approx(15.0)
+    assert data.hz_to_mel(200.0) == pytest.approx(3.0)
+    f = np.array([0.0, 500.0, 1000.0, 4000.0, 8000.0])
+    np.testing.assert_allclose(data.mel_to_hz(data.hz_to_mel(f)), f, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_match_whisper(n_mels):
+    golden = np.load(GOLDEN / "data_mel_filters.npz")
+    expected = np.zeros((n_mels, 201), np.float32)
+    expected[golden[f"rows_{n_mels}"], golden[f"cols_{n_mels}"]] = golden[f"vals_{n_mels}"]
+    ours = data.mel_filters(n_mels).numpy()
+    assert ours.shape == (n_mels, 201)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_log_mel_matches_whisper_on_real_audio(asterisk):
+    golden = np.load(GOLDEN / "data_logmel_digits-1.npz")
+    name = str(golden["name"])
+    utt = next(u for u in asterisk if u.id == name)
+    audio = data.load_audio(utt.audio)
+    for n_mels in (80, 128):
+        expected = torch.from_numpy(golden[f"mel{n_mels}"])
+        for source in (utt.audio, audio, torch.from_numpy(audio)):
+            ours = data.log_mel_spectrogram(source, n_mels=n_mels)
+            assert ours.shape == expected.shape == (n_mels, len(audio) // 160)
+            assert (ours - expected).abs().max() < 1e-4
+
+
+def test_log_mel_batch_padding_and_short_inputs(asterisk):
+    a = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    b = a[: len(a) // 2] * 0.1
+    batch = np.stack([a, data.pad_or_trim(b, len(a))])
+    mels = data.log_mel_spectrogram(batch)
+    assert mels.shape == (2, 80, len(a) // 160)
+    torch.testing.assert_close(mels[0], data.log_mel_spectrogram(a))
+    torch.testing.assert_close(mels[1], data.log_mel_spectrogram(data.pad_or_trim(b, len(a))))
+
+    padded = data.log_mel_spectrogram(a, padding=data.N_SAMPLES)
+    assert padded.shape == (80, len(a) // 160 + data.N_FRAMES)
+    assert data.log_mel_spectrogram(np.zeros(0, np.float32)).shape == (80, 0)
+    assert data.log_mel_spectrogram(np.ones(170, np.float32)).shape == (80, 1)
+
+
+def test_pad_or_trim():
+    x = np.arange(10, dtype=np.float32)
+    assert data.pad_or_trim(x, 4).tolist() == [0, 1, 2, 3]
+    assert data.pad_or_trim(x, 12).tolist() == list(range(10)) + [0, 0]
+    assert data.pad_or_trim(x).shape == (data.N_SAMPLES,)
+    m = torch.ones(3, 5)
+    assert data.pad_or_trim(m, 7).shape == (3, 7) and data.pad_or_trim(m, 7)[:, 5:].sum() == 0
+    assert data.pad_or_trim(m, 2, axis=0).shape == (2, 5)
+    assert data.pad_or_trim(m, 4, axis=0)[3].sum() == 0
+    assert data.pad_or_trim(np.ones((3, 5)), 6, axis=0).shape == (6, 5)
+
+
+# ---------------------------------------------------------------------------
+# Text normaliser and WER
+# ---------------------------------------------------------------------------
+
+NORMALISED = [
+    ("Press one.", "press 1"),
+    ("press 1", "press 1"),
+    ("Twenty-one", "21"),
+    ("twenty one", "21"),
+    ("One hundred and five", "105"),
+    ("one hundred five", "105"),
+    ("two thousand and twenty four", "2024"),
+    ("two million three thousand and one", "2003001"),
+    ("a hundred people", "100 people"),
+    ("3 million", "3000000"),
+    ("three point five", "3.5"),
+    ("It costs 3.50.", "it costs 3.50"),
+    ("1,000 people", "1000 people"),
+    ("Zero.", "0"),
+    ("Oh.", "oh"),
+    ("two oh one", "2 0 1"),
+    ("one two three", "1 2 3"),
+    ("first", "1st"),
+    ("the twenty first of May", "the 21st of may"),
+    ("one second please", "1 second please"),
+    ("fourtieth", "40th"),
+    ("five percent", "5%"),
+    ("5 %", "5%"),
+    ("five dollars and twenty cents", "$5.20"),
+    ("$5.00", "$5"),
+    ("I won't go, can't stay", "i will not go can not stay"),
+    ("It's OK, you're fine", "it is okay you are fine"),
+    ("Let's see what they'll do", "let us see what they will do"),
+    ("Hmm, uh, I think [noise] (laughs) so", "i think so"),
+    ("The colour of the centre is grey", "the color of the center is gray"),
+    ("We organised the catalogue", "we organized the catalog"),
+    ("Cancelled.", "canceled"),
+    ("Call-Forward on No Answer.", "call forward on no answer"),
+    ("at 10 A.M. or P.M.", "at 10 am or pm"),
+    ("Mr. Smith & Dr. Jones", "mister smith and doctor jones"),
+    ("Café   naïve", "cafe naive"),
+    ("Waldo's premier provider", "waldos premier provider"),
+    ("Please press the pound key!", "please press the pound key"),
+    ("  ", ""),
+]
+
+
+@pytest.mark.parametrize("text,expected", NORMALISED)
+def test_normalize_text(text, expected):
+    assert data.normalize_text(text) == expected
+
+
+def test_wer():
+    assert data.wer(["Press one."], ["press 1"]) == 0.0
+    assert data.wer(["a b c"], ["a x c d"]) == pytest.approx(2 / 3)  # 1 sub + 1 ins
+    assert data.wer(["a b c", ""], ["a b", "extra words"]) == pytest.approx(3 / 3)
+    assert data.wer([""], [""]) == 0.0
+    assert data.wer("Twenty-one", "21") == 0.0
+    with pytest.raises(ValueError):
+        data.wer(["a"], [])
+
+
+# ---------------------------------------------------------------------------
+# Manifests and corpora
+# ---------------------------------------------------------------------------
+
+def make_audio_files(folder, names):
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_wav(folder / name, int_bytes([0, 100, -100], 2))
+
+
+def test_read_manifest_tsv_csv_jsonl(tmp_path):
+    make_audio_files(tmp_path, ["a.wav", "sub/b.wav"])
+    (tmp_path / "m.tsv").write_text(
+        "path\ttext\tduration\n"
+        "a.wav\tHello \"quoted\" world\t1.5\n"
+        "\n"
+        f"{tmp_path}/sub/b.wav\tSecond\t\n"
+        "only-one-column\n"
+        "missing.wav\tNo file\t\n"
+        "a.wav\tbad duration\tlong\n")
+    with pytest.warns(UserWarning) as caught:
+        utts = data.read_manifest(tmp_path / "m.tsv")
+    assert [(u.id, u.text, u.duration) for u in utts] == [
+        ("a", 'Hello "quoted" world', 1.5), (f"{tmp_path}/sub/b", "Second", None)]
+    assert utts[0].audio == str(tmp_path / "a.wav") and utts[1].audio == str(tmp_path / "sub/b.wav")
+    message = str(caught[0].message)
+    assert "skipped 3 bad line(s)" in message
+    for line in (5, 6, 7):
+        assert f"m.tsv:{line}:" in message
+
+    (tmp_path / "m.csv").write_text('id,audio,sentence\nu1,a.wav,"Yes, a comma"\nu2,,empty\n')
+    with pytest.warns(UserWarning, match=r"m\.csv:3: no audio path"):
+        utts = data.read_manifest(tmp_path / "m.csv")
+    assert [(u.id, u.text) for u in utts] == [("u1", "Yes, a comma")]
+
+    (tmp_path / "m.jsonl").write_text(
+        '{"audio": "sub/b.wav", "transcript": "Json line", "duration": 2}\n'
+        "{not json\n"
+        '{"audio": "a.wav"}\n')
+    with pytest.warns(UserWarning, match=r"m\.jsonl:2: not valid JSON; .*m\.jsonl:3: no text"):
+        utts = data.read_manifest(tmp_path / "m.jsonl")
+    assert [(u.id, u.text, u.duration) for u in utts] == [("sub/b", "Json line", 2.0)]
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(data.DataError, match=r"nothere\.tsv: manifest not found"):
+        data.read_manifest(tmp_path / "nothere.tsv")
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(data.DataError, match=r"m\.txt: unknown manifest type"):
+        data.read_manifest(tmp_path / "m.txt")
+    (tmp_path / "h.tsv").write_text("file_name\twords\na.wav\thi\n")
+    with pytest.raises(data.DataError, match=r"h\.tsv: header needs an audio column"):
+        data.read_manifest(tmp_path / "h.tsv")
+
+
+def test_librispeech_layout(tmp_path):
+    chapter = tmp_path / "dev-clean" / "84" / "121123"
+    make_audio_files(chapter, ["84-121123-0000.flac", "84-121123-0001.flac"])
+    (chapter / "84-121123.trans.txt").write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n")
+    utts = data.librispeech(tmp_path / "dev-clean")
+    assert [(u.id, u.text) for u in utts] == [
+        ("84-121123-0000", "GO DO YOU HEAR"), ("84-121123-0001", "BUT IN LESS THAN FIVE MINUTES")]
+    assert utts[1].audio == str(chapter / "84-121123-0001.flac")
+
+
+def test_asterisk_corpus_is_cleaned(asterisk):
+    by_id = {u.id: u for u in asterisk}
+    assert 500 <= len(asterisk) <= 600 and len(by_id) == len(asterisk)
+    for u in asterisk:
+        assert u.text and u.text == u.text.strip()
+        assert not any(c in u.text for c in "[]()*#"), u
+        assert u.audio.endswith(f"en_US_f_Allison/{u.id}.g722") and os.path.isfile(u.audio)
+        assert 0 < u.duration < 80  # three long demo prompts exceed 30 s (up to 73 s)
+    assert by_id["digits/1"].text == "one"
+    assert by_id["letters/at"].text == "at"  # "at [@]"
+    assert "star" in by_id["demo-enterkeywords"].text  # "separated by * and then..."
+    assert by_id["dictate/both_help"].text == \
+        "press star to toggle pause, press pound to enter a new dictation filename"
+    assert "beep" not in by_id and "silence/1" not in by_id  # tone and silence notes
+
+
+def test_read_asterisk_counts_and_missing_files(asterisk, tmp_path):
+    root = Path(asterisk[0].audio[: asterisk[0].audio.index("/" + data.ASTERISK_SOUNDS)])
+    utts, counts = data.read_asterisk(root)
+    assert counts["kept"] == len(utts) == len(asterisk)
+    assert counts["notes"] >= 14  # 10 silence files and several tones
+    # A root whose sound files are absent: every line counts as missing.
+    shutil.copytree(root / "usr/share/doc", tmp_path / "usr/share/doc")
+    none, counts_none = data.read_asterisk(tmp_path)
+    assert none == [] and counts_none["missing"] == len(asterisk) + counts["missing"]
+    with pytest.raises(data.DataError, match="transcripts not found"):
+        data.read_asterisk(tmp_path / "elsewhere")
+
+
+def test_asterisk_fetch_failures_say_how_to_get_the_prompts(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTWHISPER_ASTERISK", raising=False)
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text("#!/bin/sh\necho 'E: Unable to locate package x' >&2\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(data.DataError) as err:
+        data.asterisk_corpus()
+    message = str(err.value)
+    assert "could not download the Asterisk prompts (E: Unable to locate package x)" in message
+    assert "apt-get download asterisk-core-sounds-en-g722 asterisk-core-sounds-en" in message
+    assert "FASTWHISPER_ASTERISK" in message and "\n" not in message
+    assert not (tmp_path / "cache" / "asterisk").exists()
+    assert not list((tmp_path / "cache").iterdir())  # the temporary download folder is gone
+
+
+def test_split_is_deterministic_and_disjoint(asterisk):
+    splits = data.split_corpus(asterisk)
+    again = data.split_corpus(list(reversed(asterisk)))
+    ids = {k: {u.id for u in v} for k, v in splits.items()}
+    assert ids == {k: {u.id for u in v} for k, v in again.items()}
+    assert sum(map(len, ids.values())) == len(asterisk)
+    assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
+    n = len(asterisk)
+    assert 0.05 * n < len(ids["dev"]) < 0.16 * n and 0.13 * n < len(ids["test"]) < 0.28 * n
+    # An utterance's split does not depend on the rest of the corpus.
+    sub = data.split_corpus(asterisk[::3])
+    assert {u.id for u in sub["test"]} == {u.id for u in asterisk[::3]} & ids["test"]
+
+
+# ---------------------------------------------------------------------------
+# Batching and SpecAugment
+# ---------------------------------------------------------------------------
+
+def test_bucket_batches():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(10, 1000, 200).tolist()
+    batches = data.bucket_batches(lengths, batch_size=16)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert all(len(b) <= 16 for b in batches)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # sorted by length: little padding
+
+    capped = data.bucket_batches(lengths + [5000], max_frames=4000)
+    assert sorted(i for b in capped for i in b) == list(range(201))
+    assert [200] in capped  # too long for any batch: alone
+    assert all(len(b) * max(lengths[i] for i in b) <= 4000 for b in capped if b != [200])
+
+    one = data.bucket_batches(lengths, batch_size=8, shuffle=True, seed=3)
+    assert one == data.bucket_batches(lengths, batch_size=8, shuffle=True, seed=3)
+    assert one != data.bucket_batches(lengths, batch_size=8, shuffle=True, seed=4)
+    assert sorted(i for b in one for i in b) == list(range(200))
+    with pytest.raises(ValueError):
+        data.bucket_batches(lengths)
+
+
+def test_spec_augment():
+    mel = torch.randn(2, 80, 300)
+    g = torch.Generator().manual_seed(0)
+    out = data.spec_augment(mel, freq_masks=2, F=27, time_masks=2, T=50, generator=g)
+    assert out.shape == mel.shape and not torch.equal(out, mel)
+    for x, y in zip(mel, out):
+        changed = x != y
+        fill = x.mean()
+        assert torch.allclose(y[changed], fill.expand(int(changed.sum())))
+        rows, cols = changed.all(dim=1).sum(), changed.all(dim=0).sum()
+        assert rows <= 2 * 27 and cols <= 2 * 50
+        # every changed element lies in a fully masked row or a fully masked column
+        assert (changed & ~changed.all(dim=1, keepdim=True) & ~changed.all(dim=0, keepdim=True)).sum() == 0
+    again = data.spec_augment(mel, T=50, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, out)
+    assert torch.equal(data.spec_augment(mel[0], F=0, T=0), mel[0])

