@@ -150,6 +150,11 @@ class KVCache:
             v[:, :, : self.offset].copy_(v[index, :, : self.offset])
         self.cross_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.cross_kv]
 
+    def keep(self, index: Tensor) -> None:
+        """Drop the rows not in `index` (finished hypotheses leave the batch)."""
+        self.self_kv = [(k[index], v[index]) for k, v in self.self_kv]
+        self.cross_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.cross_kv]
+
 
 class MultiHeadAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int):
@@ -1184,7 +1189,7 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def detect_language(model: Whisper, audio_features: Tensor) -> tuple[Tensor, list[dict]]:
     """The most likely language token per audio, and each language's probability, from one decoder step."""
     tok = model.tokenizer
@@ -1276,7 +1281,7 @@ def initial_tokens(model: Whisper, options: DecodingOptions, language_token: Opt
     return tokens
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
            audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
            prompts: Optional[list] = None) -> list[DecodingResult]:
@@ -1337,19 +1342,30 @@ def rank(sequences: list[list[int]], logprobs: list[float], length_penalty: Opti
 
 
 def _first_step(model, features, lengths, tokens, sot_index, cache):
-    """Run the whole start sequence once; return last-position logits and the no-speech probabilities."""
-    logits = model.logits(tokens, features, lengths, cache)
-    no_speech = logits[:, sot_index].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
-    return logits[:, -1], no_speech
+    """Run the whole start sequence once; return last-position logits and the no-speech probabilities.
+
+    Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
+    probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
+    """
+    hidden = model.decoder.hidden(tokens, features, lengths, cache)[:, [sot_index, -1]]
+    logits = F.linear(hidden, model.decoder.token_embedding.weight.to(hidden.dtype)).float()
+    no_speech = logits[:, 0].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
+    return logits[:, 1], no_speech
 
 
 def sample(model, features, lengths, tokens, options, sample_begin, sot_index):
-    """Greedy (temperature 0) or sampling, every row at once; finished rows keep emitting <|endoftext|>."""
-    tok, eot = model.tokenizer, model.tokenizer.eot
+    """Greedy (temperature 0) or sampling, every row at once.
+
+    A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
+    long utterances costs the work of its tokens, not of its longest row times its size.
+    """
+    eot = model.tokenizer.eot
     rules = LogitRules(model, options, sample_begin)
     sample_len = options.sample_len or model.dims.n_text_ctx // 2
     cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
     sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
+    finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
+    rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
     logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
     for step in range(sample_len):
         rules(logits, tokens)
@@ -1358,17 +1374,28 @@ def sample(model, features, lengths, tokens, options, sample_begin, sot_index):
         else:
             next_tokens = torch.distributions.Categorical(logits=logits / options.temperature).sample()
         logprobs = F.log_softmax(logits.float(), dim=-1)
-        running = tokens[:, -1] != eot
-        sum_logprobs += logprobs.gather(1, next_tokens[:, None])[:, 0] * running
-        next_tokens = torch.where(running, next_tokens, eot)
+        sum_logprobs[rows] += logprobs.gather(1, next_tokens[:, None])[:, 0]
         tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-        if not (next_tokens != eot).any() or tokens.shape[-1] > model.dims.n_text_ctx:
-            break
+        done = next_tokens == eot
+        if tokens.shape[-1] > model.dims.n_text_ctx:
+            done[:] = True
+        if done.any():
+            for i in done.nonzero()[:, 0].tolist():
+                finished[rows[i]] = tokens[i, sample_begin:].tolist()
+            keep = (~done).nonzero()[:, 0]
+            if len(keep) == 0:
+                break
+            rows, tokens, next_tokens, features = rows[keep], tokens[keep], next_tokens[keep], features[keep]
+            lengths = None if lengths is None else lengths[keep]
+            cache.keep(keep)
         logits = model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
+    for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
+        if finished[r] is None:
+            finished[r] = tokens[i, sample_begin:].tolist()
     n_group = options.best_of or 1
     candidates = []
-    for i in range(0, tokens.shape[0], n_group):
-        seqs = [_until_eot(row[sample_begin:].tolist(), eot) for row in tokens[i: i + n_group]]
+    for i in range(0, len(finished), n_group):
+        seqs = [_until_eot(seq, eot) for seq in finished[i: i + n_group]]
         candidates.append((seqs, sum_logprobs[i: i + n_group].tolist()))
     return candidates, no_speech
 
@@ -1465,7 +1492,7 @@ def transcribe(model: Whisper, audio, **options) -> dict:
     return transcribe_many(model, [audio], **options)[0]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, language: Optional[str] = None,
                     task: str = "transcribe", temperature: float | Sequence[float] = TEMPERATURES,
                     beam_size: Optional[int] = None, best_of: Optional[int] = 5, patience: Optional[float] = None,
@@ -1517,6 +1544,7 @@ def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, la
             for t in active:
                 groups.setdefault((len(_prompt_of(t, model.dims.n_text_ctx)), t.language), []).append(t)
             for group in groups.values():
+                group.sort(key=lambda t: t.content_frames - t.seek)   # similar lengths decode together
                 for i in range(0, len(group), batch_size):
                     chunk = group[i: i + batch_size]
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
@@ -1547,7 +1575,11 @@ def _transcribe_windows(model, tracks, base, temperatures, condition, cr_thresho
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
     sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
     mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
-    features = model.embed_audio(mel.to(model.device, next(model.parameters()).dtype))
+    mel = mel.to(model.device, next(model.parameters()).dtype)
+    if mel.device.type == "cpu":   # measured: one window at a time is faster on a CPU (cache-friendly)
+        features = torch.cat([model.embed_audio(m[None]) for m in mel])
+    else:
+        features = model.embed_audio(mel)
     prompts = [_prompt_of(t, model.dims.n_text_ctx) for t in tracks]
     language = tracks[0].language
     results: list[Optional[DecodingResult]] = [None] * len(tracks)
