@@ -53,7 +53,9 @@ def cmd_transcribe(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import askd
     whisper = load(args.model, pick_device(args.device))
+    mode = askd.model_input_mode(args.model)
     options = dict(language=args.language, task=args.task, temperature=args.temperature, beam_size=args.beam_size,
                    best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
                    initial_prompt=args.initial_prompt, condition_on_previous_text=not args.no_condition,
@@ -73,7 +75,10 @@ def cmd_transcribe(args) -> int:
             files.update(len(args.files[start: start + args.batch_size]))
             continue
         try:
-            results = M.transcribe_many(whisper, audios, progress=not args.quiet and len(chunk) == 1, **options)
+            if mode["input"] == "trimmed":     # a student from `train`: its own input, text without timestamps
+                results = askd.transcribe_trimmed(whisper, audios, args.batch_size, mode["round_frames"])
+            else:
+                results = M.transcribe_many(whisper, audios, progress=not args.quiet and len(chunk) == 1, **options)
         except ValueError as e:
             fail(str(e))
         for path, result in zip(chunk, results):
@@ -119,6 +124,9 @@ def cmd_train(args) -> int:
     except torch.cuda.OutOfMemoryError as e:
         fail(f"out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size or --max-frames, "
              f"or raise --accum; continue with --resume")
+    except KeyboardInterrupt:
+        fail("interrupted; the teacher cache keeps what was computed, and a run that had started "
+             "training continues from its last checkpoint with --resume", 130)
     return 130 if "stopped" in results else 0
 
 
@@ -209,13 +217,16 @@ def main(argv=None) -> int:
     g.add_argument("--resume", action="store_true", help="continue RUNS_DIR/NAME exactly where it stopped")
     g.add_argument("--overwrite", action="store_true", help="start RUNS_DIR/NAME over")
     g = p.add_argument_group("the student")
-    g.add_argument("--decoder-layers", type=int, help="decoder layers, maximally spaced teacher layers (default 2)")
+    g.add_argument("--decoder-layers", type=int, help="decoder layers, maximally spaced teacher layers (4 -> "
+                   "2: layers 0 and 3) (default: all; on tiny.en, 2-layer students loop on unseen prompts)")
     g.add_argument("--encoder-layers", type=int, help="encoder layers (default: all of the teacher's)")
     g.add_argument("--input", choices=("trimmed", "padded"), help="trimmed (default): the encoder reads the "
                    "audio's real length and is trained toward the teacher's states; padded: 30 s windows, "
                    "frozen encoder (the classic setting)")
     g.add_argument("--round-frames", type=int, help="trimmed input is rounded up to a multiple of this many "
                    "mel frames (default 100 = 1 s)")
+    g.add_argument("--train-embed", action="store_true", help="train the token embedding (which is also the "
+                   "output projection) too; by default it stays the teacher's")
     g.add_argument("--enc-weight", type=float, help="weight of the MSE pulling the student's encoder states "
                    "(trimmed input) toward the teacher's (padded input) (default 1.0)")
     g = p.add_argument_group("the loss")
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
     g.add_argument("--batch-size", type=int, help="utterances per micro-batch (default 16)")
     g.add_argument("--max-frames", type=int, help="mel frames per micro-batch, padding included (default 8000)")
     g.add_argument("--accum", type=int, help="micro-batches per optimiser step (default 1)")
-    g.add_argument("--lr", type=float, help="AdamW peak learning rate (default 3e-4)")
+    g.add_argument("--lr", type=float, help="AdamW peak learning rate (default 1e-4)")
     g.add_argument("--warmup", type=float, help="a fraction of the steps (< 1) or a number of steps (default 0.1)")
     g.add_argument("--lr-schedule", choices=("linear", "cosine"), help="decay to 0 after warmup (default linear)")
     g.add_argument("--weight-decay", type=float, help="default 0.01")

@@ -5,7 +5,9 @@
 
 Every model sees the same audio, already decoded to waveforms, so ffmpeg is not timed. Each model is
 warmed up on one file first. Decoding is greedy at temperature 0 (no fallback), so the work is the
-same from run to run. The first model is the baseline of the speed-up column.
+same from run to run. Each model is run the way it is meant to be used: Whisper on 30-second windows
+with timestamps, a student from `train` on its trimmed input (askd.transcribe_trimmed). The first
+model is the baseline of the speed-up column.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import askd  # noqa: E402
 import data  # noqa: E402
 import model as M  # noqa: E402
 
@@ -68,16 +71,21 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
     rows = []
     for name in models:
         whisper = M.load_model(name, device=device)
-        run = lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size)
+        mode = askd.model_input_mode(name)
+        if mode["input"] == "trimmed":
+            run = lambda xs: askd.transcribe_trimmed(whisper, xs, batch_size, mode["round_frames"])
+        else:
+            run = lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size)
         run(audios[:1])                                                    # warm-up
         results, seconds = timed(lambda: run(audios))
-        row = {"model": name, "params (M)": whisper.num_parameters() / 1e6, "seconds": seconds,
+        row = {"model": name, "params (M)": whisper.num_parameters() / 1e6, "input": mode["input"], "seconds": seconds,
                "RTF": seconds / seconds_of_audio, "s / file": seconds / len(audios)}
-        row["ms / token"], _ = per_token_latency(whisper, audios[: min(8, len(audios))])
+        if mode["input"] == "padded":
+            row["ms / token"], _ = per_token_latency(whisper, audios[: min(8, len(audios))])
         if all(refs):
             row["WER %"] = 100 * data.wer(refs, [r["text"] for r in results])
         if joined is not None:
-            _, row["long s"] = timed(lambda: M.transcribe(whisper, joined, temperature=0.0))
+            _, row["long s"] = timed(lambda: run([joined]))
         rows.append(row)
     base = rows[0]
     for row in rows:

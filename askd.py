@@ -1,0 +1,1268 @@
+"""ASKD: adaptive self-knowledge distillation of a Whisper teacher into a small, fast student.
+
+For target token i at training progress s in [0, 1] (s = step / total steps) the student learns from
+
+    L_i = CE(y_i, p_S) + alpha(s) * c_i * T^2 * KL(p_T^T || p_S^T) + beta(s) * T^2 * KL(p_E^T || p_S^T)
+
+p_S is the student, p_T the teacher, p_E the student's own earlier self (an exponential moving
+average of its weights, or last epoch's snapshot), all at temperature T. alpha(s) decays: the
+student leans on the teacher less and less; beta(s) grows: its own smoothed past takes over.
+c_i is how far the teacher can be trusted on token i (its probability of the right token, or
+whether its best guess is right), so the student does not copy the teacher's mistakes.
+`--loss ce` (plain fine-tuning) and `--loss kd` (classic KD as in distil-whisper: 0.8 CE + 1.0 KL
+at T = 2) run through the same loop, so the three compare on equal terms.
+
+Where the speed comes from. Whisper's encoder always reads 30 s: a 3 s prompt spends 90% of the
+encoder on padding, and the encoder is half of the teacher's time. The student's encoder reads the
+audio's real length instead (the log-mel cut after the speech, rounded up to whole seconds), which
+makes it ~10x cheaper. An encoder that never saw trimmed input goes wrong on it (the teacher
+loops), so the student's encoder, a trainable copy of the teacher's, is pulled toward the
+teacher's states on the padded input, position by position, while the whole student learns:
+
+    L_enc = enc_weight * mean over positions t < T_i of || h_S(trimmed)_t - h_T(padded)_t ||^2 / d
+
+Its decoder keeps k of the teacher's layers (default: all). Fewer would be cheaper on a GPU, but on
+the CPU each token's 51,864-way output projection costs about as much as tiny.en's four decoder
+layers together, and on the default corpus 2-layer students loop on unseen prompts (README).
+
+The teacher's padded encoder states and its teacher-forced decoder states are computed once per
+utterance and cached on disk (fp16 / fp32), so each training step costs the student alone.
+`--input padded` is the classic setting for comparison: frozen encoder, 30 s input.
+
+The chapter follows a run: the student, its input, its targets, the schedules and the loss, the
+data (with the teacher cache and pseudo-labels), batches, the training loop with its checkpoints,
+and evaluation (transcribing trimmed-input students, WER tables).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import data
+import model as M
+from kernels import kd_loss
+
+LOSSES = ("ce", "kd", "askd")
+INPUTS = ("trimmed", "padded")
+TRUSTS = ("prob", "argmax", "none")
+SELF_TEACHERS = ("ema", "epoch")
+LABELS = ("auto", "reference", "pseudo")
+IGNORE = -100                 # label of positions that carry no loss (the prompt, padding)
+ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
+MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
+CHECKPOINT_VERSION = 1
+
+
+class TrainError(ValueError):
+    """A run that cannot start or go on; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The student: the teacher's encoder, a few of its decoder layers
+# ----------------------------------------------------------------------------------------------
+
+def spaced_layers(n: int, k: int) -> list[int]:
+    """k of n layers, as far apart as possible, keeping the first and the last.
+
+    4 layers, k = 2 -> [0, 3]; 32, 4 -> [0, 10, 21, 31]. One layer: the last, which sits next to
+    the output projection (as distil-whisper does).
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot take {k} of {n} layers")
+    if k == 1:
+        return [n - 1]
+    return [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
+
+
+def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = 2, encoder_layers: Optional[int] = None
+                 ) -> M.Whisper:
+    """A Whisper initialised from the teacher, with `decoder_layers` / `encoder_layers` of its layers
+    (None: all); every weight it shares with the teacher is copied."""
+    d = teacher.dims
+    decoder_layers = decoder_layers or d.n_text_layer
+    encoder_layers = encoder_layers or d.n_audio_layer
+    dims = M.ModelDims(**{**asdict(d), "n_text_layer": decoder_layers, "n_audio_layer": encoder_layers})
+    keep = {"encoder": spaced_layers(d.n_audio_layer, encoder_layers),
+            "decoder": spaced_layers(d.n_text_layer, decoder_layers)}
+    state = {}
+    for name, value in teacher.state_dict().items():
+        side, _, rest = name.partition(".blocks.")
+        if rest:                                   # encoder.blocks.3.attn... -> the student's numbering
+            index, _, tail = rest.partition(".")
+            if int(index) in keep[side]:
+                state[f"{side}.blocks.{keep[side].index(int(index))}.{tail}"] = value
+        else:
+            state[name] = value
+    student = M.Whisper(dims)
+    student.load_state_dict(state)
+    student.tokenizer = teacher.tokenizer
+    return student.to(teacher.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The student's input: the log-mel cut after the speech
+# ----------------------------------------------------------------------------------------------
+
+def trimmed_frames(n_samples: int, round_frames: int = ROUND_FRAMES) -> int:
+    """Mel frames a trimmed-input model reads for audio of n_samples: the audio's frames rounded
+    up to a multiple of round_frames, at least one multiple, at most Whisper's 3000."""
+    frames = math.ceil(n_samples / data.HOP_LENGTH)
+    return min(data.N_FRAMES, max(round_frames, math.ceil(frames / round_frames) * round_frames))
+
+
+def trimmed_mel(audio, n_mels: int, frames: int) -> Tensor:
+    """The first `frames` frames of Whisper's log-mel of the audio padded with 30 s of silence.
+
+    Only `frames` frames plus one FFT window of zeros are computed: the frames past the speech see
+    nothing but the silence Whisper would have padded with, and the loudness floor is set by the
+    speech either way, so the result equals the padded version's first frames exactly.
+    """
+    audio = torch.as_tensor(audio)
+    length = max(audio.shape[-1], frames * data.HOP_LENGTH) + data.N_FFT
+    mel = data.log_mel_spectrogram(F.pad(audio, (0, length - audio.shape[-1])), n_mels)
+    return mel[..., :frames]
+
+
+def model_input_mode(path) -> dict:
+    """How a model wants its input: {'input': 'padded'} (30 s windows, any Whisper) or, for a
+    student saved by `train`, {'input': 'trimmed', 'round_frames': 100, ...}."""
+    candidate = Path(str(path)).expanduser()
+    if candidate.is_file() and candidate.suffix == ".pt":
+        try:
+            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return {"input": "padded"}             # the loader will report what is wrong with it
+        info = checkpoint.get("fastwhisper") if isinstance(checkpoint, dict) else None
+        if isinstance(info, dict) and info.get("input") in INPUTS:
+            return {"round_frames": ROUND_FRAMES, **info}
+    return {"input": "padded"}
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Targets
+# ----------------------------------------------------------------------------------------------
+
+def target_tokens(tokenizer, text: str) -> list[int]:
+    """<|startoftranscript|> (+ language, task) <|notimestamps|> text <|endoftext|>.
+
+    The text is used as written (casing, punctuation), so the student writes like Whisper.
+    """
+    return [*tokenizer.sot_sequence(), tokenizer.no_timestamps, *tokenizer.encode(" " + text.strip()), tokenizer.eot]
+
+
+def prompt_length(tokenizer) -> int:
+    """Tokens before the text: no loss on predicting them."""
+    return len(tokenizer.sot_sequence()) + 1
+
+
+def batch_targets(token_lists: Sequence[list[int]], prompt: int, pad: int) -> tuple[Tensor, Tensor]:
+    """Decoder inputs (all but the last token) and labels (the next token; IGNORE on the prompt
+    and on padding), both [batch, longest - 1]."""
+    n = max(len(t) for t in token_lists) - 1
+    inputs = torch.full((len(token_lists), n), pad, dtype=torch.long)
+    labels = torch.full((len(token_lists), n), IGNORE, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        t = torch.tensor(tokens)
+        inputs[i, : len(t) - 1] = t[:-1]
+        labels[i, prompt - 1: len(t) - 1] = t[prompt:]     # position j predicts token j + 1
+    return inputs, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Schedules and trust
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Schedule:
+    """A weight as a function of training progress s in [0, 1]: 'const:V', 'linear:A:B' (A at
+    s = 0 to B at s = 1), 'cosine:A:B' (half a cosine from A to B) or 'exp:A:B' (geometric)."""
+    kind: str
+    start: float
+    end: float
+
+    KINDS = ("const", "linear", "cosine", "exp")
+
+    @classmethod
+    def parse(cls, spec: "str | Schedule | float") -> "Schedule":
+        if isinstance(spec, Schedule):
+            return spec
+        if isinstance(spec, (int, float)):
+            return cls("const", float(spec), float(spec))
+        parts = str(spec).strip().split(":")
+        try:
+            values = [float(v) for v in parts[1:]]
+        except ValueError:
+            values = None
+        kind = parts[0]
+        if kind == "const" and values is not None and len(values) == 1:
+            return cls("const", values[0], values[0])
+        if kind in cls.KINDS[1:] and values is not None and len(values) == 2:
+            if kind == "exp" and min(values) <= 0:
+                raise ValueError(f"schedule {spec!r}: exp needs positive end points")
+            return cls(kind, *values)
+        raise ValueError(f"bad schedule {spec!r}: use const:V, linear:A:B, cosine:A:B or exp:A:B")
+
+    def __call__(self, s: float) -> float:
+        s = min(1.0, max(0.0, float(s)))
+        a, b = self.start, self.end
+        if self.kind == "const":
+            return a
+        if self.kind == "linear":
+            return a + (b - a) * s
+        if self.kind == "cosine":
+            return b + (a - b) * 0.5 * (1 + math.cos(math.pi * s))
+        return a * (b / a) ** s
+
+    def __str__(self) -> str:
+        return f"const:{self.start:g}" if self.kind == "const" else f"{self.kind}:{self.start:g}:{self.end:g}"
+
+
+def teacher_trust(teacher_logits: Tensor, labels: Tensor, kind: str = "prob") -> Tensor:
+    """c_i per token [N]: 'prob' = the teacher's probability (T = 1) of the right token, 'argmax' =
+    1 where its best guess is right else 0, 'none' = 1. Ignored positions get 0."""
+    valid = labels != IGNORE
+    if kind == "none":
+        return valid.float()
+    safe = labels.where(valid, 0)
+    if kind == "prob":
+        c = F.softmax(teacher_logits.float(), dim=-1).gather(1, safe[:, None])[:, 0]
+    elif kind == "argmax":
+        c = (teacher_logits.argmax(dim=-1) == safe).float()
+    else:
+        raise ValueError(f"unknown trust {kind!r}; use one of {', '.join(TRUSTS)}")
+    return torch.where(valid, c, 0.0)
+
+
+@dataclass
+class LossConfig:
+    """The output loss: which, and its knobs."""
+    loss: str = "askd"
+    T: float = 2.0
+    alpha: str = "cosine:1:0"        # teacher weight over training (askd)
+    beta: str = "linear:0:1"         # self-teacher weight over training (askd)
+    trust: str = "prob"              # c_i (askd)
+    kd_ce_weight: float = 0.8        # classic KD: fixed weights (distil-whisper's)
+    kd_weight: float = 1.0
+
+    def weights(self, s: float) -> tuple[float, float, float]:
+        """(CE weight, teacher weight before trust, self-teacher weight) at progress s."""
+        if self.loss == "ce":
+            return 1.0, 0.0, 0.0
+        if self.loss == "kd":
+            return self.kd_ce_weight, self.kd_weight, 0.0
+        if self.loss == "askd":
+            return 1.0, Schedule.parse(self.alpha)(s), Schedule.parse(self.beta)(s)
+        raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The loss
+# ----------------------------------------------------------------------------------------------
+
+def distill_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None,
+                 self_logits: Optional[Tensor] = None, cfg: LossConfig = LossConfig(), s: float = 0.0
+                 ) -> tuple[Tensor, dict]:
+    """Mean over the labelled tokens of L_i (see the top of the file), with each part for the log.
+
+    student/teacher/self logits [N, V], labels [N] (IGNORE = no loss). Returns (loss, parts) where
+    parts holds the unweighted means 'ce', 'kd', 'self' (T^2 KL) and the weights used.
+    """
+    w_ce, w_kd, w_self = cfg.weights(s)
+    T = cfg.T
+    parts = {"w_ce": w_ce, "w_kd": w_kd, "w_self": w_self}
+    total = kd_loss(student_logits, None, labels, ce_weight=1.0, ignore_index=IGNORE)
+    parts["ce"] = total.item()
+    total = w_ce * total
+    if w_kd != 0.0 and teacher_logits is not None:
+        trust = teacher_trust(teacher_logits, labels, cfg.trust if cfg.loss == "askd" else "none")
+        # per-token weights alpha * c_i; T^2 is inside kd_loss's KL term
+        kd = kd_loss(student_logits, teacher_logits, labels, ce_weight=0.0, kd_weight=trust, T=T,
+                     ignore_index=IGNORE)
+        with torch.no_grad():
+            plain = kd_loss(student_logits, teacher_logits, labels, ce_weight=0.0, kd_weight=1.0, T=T,
+                            ignore_index=IGNORE)
+        parts["kd"], parts["trust"] = plain.item(), (trust.sum() / (labels != IGNORE).sum().clamp(min=1)).item()
+        total = total + w_kd * kd
+    if w_self != 0.0 and self_logits is not None:
+        sk = kd_loss(student_logits, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0,
+                     T=T, ignore_index=IGNORE)
+        parts["self"] = sk.item()
+        total = total + w_self * sk
+    return total, parts
+
+
+def encoder_loss(student_states: Tensor, teacher_states: Sequence[Tensor], positions: Sequence[int]) -> Tensor:
+    """Mean squared difference over the first positions[i] encoder states of each item.
+
+    student_states [B, P, d] (trimmed input), teacher_states[i] [>= positions[i], d] (padded input).
+    """
+    total, count = student_states.new_zeros(()), 0
+    for i, (target, n) in enumerate(zip(teacher_states, positions)):
+        total = total + (student_states[i, :n].float() - target[:n].to(student_states.device).float()).pow(2).sum()
+        count += n * student_states.shape[-1]
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Data: sources, examples, the teacher cache, pseudo-labels
+# ----------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "dev", "test")
+
+
+def load_source(spec: str) -> list[data.Utterance]:
+    """Utterances from 'asterisk[:train|dev|test]' (the default corpus), a manifest (.tsv, .csv,
+    .jsonl) or a LibriSpeech folder, each optionally followed by ':train', ':dev' or ':test' to take
+    that part of data.split_corpus's fixed hash split."""
+    spec = str(spec)
+    base, split = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SPLITS:
+        base, split = head, tail
+    if base == "asterisk":
+        utts = data.asterisk_corpus()
+    elif os.path.isdir(base):
+        utts = data.librispeech(base)
+    elif os.path.splitext(base)[1].lower() in (".tsv", ".csv", ".jsonl", ".json", ".ndjson"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            utts = data.read_manifest(base)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    elif os.path.exists(base):
+        raise data.DataError(f"{base}: not a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder")
+    else:
+        raise data.DataError(f"{base}: no such manifest or folder (or use 'asterisk' for the default corpus)")
+    if split is not None:
+        utts = data.split_corpus(utts)[split]
+    if not utts:
+        raise data.DataError(f"{spec}: no utterances")
+    return utts
+
+
+@dataclass
+class Example:
+    """One usable training utterance."""
+    id: str
+    audio: str
+    text: str                  # the target text (reference or pseudo-label)
+    tokens: list
+    n_samples: int
+    frames: int                # mel frames the student reads
+    key: str                   # teacher-cache key
+
+
+def audio_key(path: str) -> str:
+    """Identity of an audio file for caches: path, size and modification time."""
+    st = os.stat(path)
+    return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def model_fingerprint(m: nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, p in m.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class TeacherCache:
+    """Per-utterance teacher outputs on disk: encoder states on the padded input (fp16; the first
+    frames / 2 positions, or all 1500 for padded-input students), decoder hidden states under teacher
+    forcing on the targets (fp32, before the output projection), and pseudo-labels.
+
+    One small file per utterance, written atomically: a killed run keeps what it had computed.
+    """
+
+    def __init__(self, root: Path, teacher: M.Whisper):
+        self.teacher = teacher
+        self.folder = Path(root) / "askd-teacher" / model_fingerprint(teacher)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, ex: Example, input_mode: str) -> Path:
+        tok = hashlib.sha1(json.dumps(ex.tokens).encode()).hexdigest()[:12]
+        span = "full" if input_mode == "padded" else str(ex.frames)
+        return self.folder / f"{ex.key}-{tok}-{span}.pt"
+
+    def load(self, ex: Example, input_mode: str) -> dict:
+        return torch.load(self.path(ex, input_mode), map_location="cpu", weights_only=True)
+
+    def missing(self, examples: Sequence[Example], input_mode: str) -> list[Example]:
+        return [ex for ex in examples if not self.path(ex, input_mode).exists()]
+
+    @torch.no_grad()
+    def build(self, examples: Sequence[Example], input_mode: str, batch_size: int = 8, progress: bool = True,
+              autocast=None) -> None:
+        """Compute what is missing, longest first (an out-of-memory error shows up at once)."""
+        from tqdm import tqdm
+        todo = sorted(self.missing(examples, input_mode), key=lambda e: -e.n_samples)
+        if not todo:
+            return
+        t = self.teacher
+        bar = tqdm(total=len(todo), desc="teacher cache", unit="utt", disable=not progress, leave=False)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i: i + batch_size]
+            mel = torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
+                               for ex in chunk]).to(t.device)
+            inputs, _ = batch_targets([ex.tokens for ex in chunk], 1, t.tokenizer.eot)
+            with autocast or _nullcontext():
+                states = t.embed_audio(mel)
+                hidden = t.decoder.hidden(inputs.to(t.device), states)
+            for j, ex in enumerate(chunk):
+                keep = states.shape[1] if input_mode == "padded" else ex.frames // 2
+                entry = {"enc": states[j, :keep].half().cpu().clone(),
+                         "hidden": hidden[j, : len(ex.tokens) - 1].float().cpu().clone()}
+                _atomic_torch_save(entry, self.path(ex, input_mode))
+            bar.update(len(chunk))
+        bar.close()
+
+    def pseudo_labels(self, utts: Sequence[data.Utterance], batch_size: int = 8, progress: bool = True) -> dict:
+        """The teacher's greedy transcript of each utterance (cached by audio file)."""
+        from tqdm import tqdm
+        out, todo = {}, []
+        for u in utts:
+            p = self.folder / f"{audio_key(u.audio)}.pseudo.json"
+            if p.exists():
+                out[u.audio] = json.loads(p.read_text())["text"]
+            else:
+                todo.append(u)
+        for i in tqdm(range(0, len(todo), batch_size), desc="pseudo-labels", disable=not progress or not todo,
+                      leave=False):
+            chunk = todo[i: i + batch_size]
+            results = M.transcribe_many(self.teacher, [data.load_audio(u.audio, cache=True) for u in chunk],
+                                        temperature=0.0, without_timestamps=True, batch_size=batch_size)
+            for u, r in zip(chunk, results):
+                out[u.audio] = r["text"].strip()
+                M._atomic_write(self.folder / f"{audio_key(u.audio)}.pseudo.json",
+                                json.dumps({"audio": u.audio, "text": out[u.audio]}).encode())
+        return out
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    M._atomic_write(path, buffer.getvalue())
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: int, n_text_ctx: int,
+                     labels: str = "auto", pseudo: Optional[dict] = None, max_label_wer: float = 0.2,
+                     skipped: Optional[Counter] = None) -> list[Example]:
+    """Usable examples; each unusable utterance is skipped, counted in `skipped` by reason and named
+    in a warning (unreadable or missing audio, longer than 30 s, no text, text the tokenizer cannot
+    encode or that is too long, a pseudo-label too far from the reference)."""
+    skipped = Counter() if skipped is None else skipped
+    notes, examples = [], []
+
+    def skip(u, reason, detail=""):
+        skipped[reason] += 1
+        notes.append(f"{u.audio}: {reason}{detail}")
+
+    for u in utts:
+        try:
+            n = len(data.load_audio(u.audio, cache=True))
+        except (data.AudioError, OSError) as e:
+            skip(u, "unreadable audio", f" ({str(e).split(': ', 1)[-1]})")
+            continue
+        if n == 0:
+            skip(u, "empty audio")
+            continue
+        if n > data.N_SAMPLES:
+            skip(u, "longer than 30 s", f" ({n / data.SAMPLE_RATE:.1f} s)")
+            continue
+        ref = (u.text or "").strip()
+        text = ref
+        if labels == "pseudo" or (labels == "auto" and not ref):
+            text = (pseudo or {}).get(u.audio, "")
+            if ref and labels == "pseudo" and data.wer(ref, text) > max_label_wer:
+                skip(u, "pseudo-label disagrees with the reference")
+                continue
+        if not text:
+            skip(u, "no text")
+            continue
+        try:
+            tokens = target_tokens(tokenizer, text)
+        except (ValueError, UnicodeError) as e:
+            skip(u, "text the tokenizer cannot encode", f" ({e})")
+            continue
+        if len(tokens) > n_text_ctx:
+            skip(u, "text too long", f" ({len(tokens)} tokens > {n_text_ctx})")
+            continue
+        examples.append(Example(u.id, u.audio, text, tokens, n, trimmed_frames(n, round_frames), audio_key(u.audio)))
+    if notes:
+        shown = "; ".join(notes[:5]) + ("; ..." if len(notes) > 5 else "")
+        print(f"warning: skipped {len(notes)} utterance(s): {shown}", file=sys.stderr)
+    return examples
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Batches
+# ----------------------------------------------------------------------------------------------
+
+def epoch_batches(examples: Sequence[Example], epoch: int, batch_size: int, max_frames: Optional[int],
+                  seed: int, group: int = 1) -> list[list[int]]:
+    """The epoch's micro-batches: bucketed by the length of the speech (trimmed frames, whatever the
+    input mode, so padded- and trimmed-input runs see the same batches), shuffled by (seed, epoch) so
+    a resumed run sees the same order; trimmed to a multiple of `group` (ranks x accumulation) so
+    every rank takes equal steps."""
+    batches = data.bucket_batches([ex.frames for ex in examples], batch_size=batch_size, max_frames=max_frames,
+                                  shuffle=True, seed=seed * 100_003 + epoch)
+    return batches[: len(batches) // group * group]
+
+
+@dataclass
+class Batch:
+    mel: Optional[Tensor]              # [B, n_mels, frames] (trimmed input) or None (padded: cached features)
+    mel_lengths: Optional[Tensor]
+    features: Optional[Tensor]         # [B, 1500, d] teacher = frozen student encoder states (padded input)
+    inputs: Tensor
+    labels: Tensor                     # [B, n]
+    enc_targets: list                  # teacher encoder states per item (trimmed input)
+    teacher_hidden: Tensor             # [N, d] at the labelled positions, in row-major order
+    ids: list
+
+
+def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n_mels: int,
+            prompt: int, pad: int, augment: Optional[dict] = None, seed: int = 0) -> Batch:
+    """Tensors for one micro-batch. SpecAugment (if `augment`) masks the student's input only, with
+    masks drawn from `seed`, so a resumed or multi-process run draws the same ones."""
+    entries = [cache.load(ex, input_mode) for ex in examples]
+    inputs, labels = batch_targets([ex.tokens for ex in examples], prompt, pad)
+    valid = labels != IGNORE
+    hidden = torch.cat([e["hidden"][valid[i, : e["hidden"].shape[0]]] for i, e in enumerate(entries)])
+    if input_mode == "padded":
+        features = torch.stack([e["enc"].float() for e in entries])
+        return Batch(None, None, features, inputs, labels, [], hidden, [ex.id for ex in examples])
+    frames = max(ex.frames for ex in examples)
+    generator = torch.Generator().manual_seed(seed)
+    mels = []
+    for ex in examples:
+        mel = trimmed_mel(data.load_audio(ex.audio, cache=True), n_mels, frames)
+        if augment:
+            own = mel[:, : ex.frames]
+            own.copy_(data.spec_augment(own, time_masks=augment.get("time_masks", 2),
+                                        T=max(1, min(augment.get("T", 100), ex.frames // 10)),
+                                        freq_masks=augment.get("freq_masks", 2), F=augment.get("F", 27),
+                                        generator=generator))
+        mels.append(mel)
+    return Batch(torch.stack(mels), torch.tensor([ex.frames for ex in examples]), None, inputs, labels,
+                 [e["enc"] for e in entries], hidden, [ex.id for ex in examples])
+
+
+class StudentStep(nn.Module):
+    """The student's forward pass for training, as one module (so DistributedDataParallel sees it):
+    encoder states and the logits at the labelled positions only (no [B, n, V] tensor)."""
+
+    def __init__(self, student: M.Whisper):
+        super().__init__()
+        self.student = student
+
+    def forward(self, mel, mel_lengths, features, inputs, valid):
+        s = self.student
+        audio_lengths = None
+        if features is None:
+            features = s.encoder(mel, mel_lengths)
+            audio_lengths = (mel_lengths + 1) // 2
+        hidden = s.decoder.hidden(inputs, features, audio_lengths)
+        logits = F.linear(hidden[valid], s.decoder.token_embedding.weight.to(hidden.dtype))
+        return features, logits
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Training
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    # what and where
+    teacher: str = "tiny.en"
+    train: str = "asterisk:train"
+    dev: Optional[str] = None          # default: asterisk:dev for the default corpus, else 10% of train
+    test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
+    name: str = "askd"
+    runs_dir: str = "runs"
+    cache_dir: Optional[str] = None    # teacher cache; default data.cache_dir()
+    # the student
+    decoder_layers: Optional[int] = None   # default: all of the teacher's (2 of tiny.en's 4 loop; see README)
+    encoder_layers: Optional[int] = None
+    input: str = "trimmed"
+    round_frames: int = ROUND_FRAMES
+    train_embed: bool = False          # train the token embedding (= output projection); default: the teacher's
+    # the loss
+    loss: str = "askd"
+    T: float = 2.0
+    alpha: str = "cosine:1:0"
+    beta: str = "linear:0:1"
+    trust: str = "prob"
+    self_teacher: str = "ema"
+    ema_decay: float = 0.99
+    enc_weight: float = 1.0
+    kd_ce_weight: float = 0.8
+    kd_weight: float = 1.0
+    # labels
+    labels: str = "auto"
+    max_label_wer: float = 0.2
+    # optimisation
+    epochs: int = 6
+    batch_size: int = 16
+    max_frames: Optional[int] = 8000
+    accum: int = 1
+    lr: float = 1e-4
+    warmup: float = 0.1                # fraction of the steps (< 1) or a number of steps
+    lr_schedule: str = "linear"        # decay after warmup: linear or cosine, to 0
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    spec_augment: bool = False
+    seed: int = 0
+    # machinery
+    device: str = "auto"
+    precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 on the CPU
+    threads: int = 0
+    save_every: int = 50               # steps between checkpoints (and at every epoch's end)
+    eval_batch_size: int = 8
+    max_bad_steps: int = 20            # consecutive non-finite steps before giving up
+    limit: Optional[int] = None        # use only the first N training utterances (quick runs)
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    # changing these does not change what a resumed run computes
+    RESUMABLE_CHANGES = ("device", "threads", "quiet", "resume", "overwrite", "save_every", "eval_batch_size",
+                         "test", "cache_dir", "precision", "max_bad_steps")
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.loss, self.T, self.alpha, self.beta, self.trust, self.kd_ce_weight, self.kd_weight)
+
+    def check(self) -> None:
+        choices = {"loss": LOSSES, "input": INPUTS, "trust": TRUSTS, "self_teacher": SELF_TEACHERS,
+                   "labels": LABELS, "lr_schedule": ("linear", "cosine"), "precision": ("auto", "fp32", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}")
+        for name in ("alpha", "beta"):
+            Schedule.parse(getattr(self, name))
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum": self.accum,
+                    "round_frames": self.round_frames, "decoder_layers": self.decoder_layers or 1, "T": self.T,
+                    "lr": self.lr, "save_every": self.save_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.ema_decay < 1:
+            raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+
+
+def _setup_distributed(cfg: TrainConfig):
+    """(rank, world size, device); under torchrun each process takes one GPU (or the CPU with gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {device}: no CUDA device is available")
+    if world > 1:
+        import torch.distributed as dist
+        if device == "cuda":
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, torch.device(device)
+
+
+def _all_reduce(values: list[float], world: int, device) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int):
+    warmup = int(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        s = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 1 - s) if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, s)))
+    return factor
+
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _data_fingerprint(examples: Sequence[Example]) -> str:
+    h = hashlib.sha1()
+    for ex in examples:
+        h.update(f"{ex.id}|{ex.key}|{ex.frames}|{ex.tokens}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to stop at the next step boundary and save (a second Ctrl-C
+    stops at once)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self.handle)
+            except ValueError:          # not the main thread: leave signals alone
+                pass
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def default_sources(cfg: TrainConfig) -> tuple[list, list, list, str]:
+    """(train, dev, test utterances, test label): the default corpus's own splits, or 10% of a
+    custom training set held out as dev."""
+    train = load_source(cfg.train)
+    if cfg.dev:
+        dev = load_source(cfg.dev)
+    elif cfg.train.startswith("asterisk"):
+        dev = load_source("asterisk:dev")
+    else:
+        parts = data.split_corpus(train, dev=0.1, test=0.0)
+        train, dev = parts["train"], parts["dev"]
+    test_spec = cfg.test or ("asterisk:test" if cfg.train.startswith("asterisk") else None)
+    test = load_source(test_spec) if test_spec else []
+    if cfg.limit:
+        train = train[: cfg.limit]
+    return train, dev, test, test_spec or ""
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json).
+
+    Files under runs/NAME/: student.pt (the best student by dev WER, OpenAI format, loadable by
+    `transcribe --model`), last.pt (everything needed to resume), metrics.jsonl, config.json,
+    results.json.
+    """
+    cfg.check()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = _setup_distributed(cfg)
+    main = rank == 0
+    say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if main and not cfg.quiet else (lambda *a, **k: None)
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    if cfg.resume and not last_path.exists():
+        raise TrainError(f"{last_path}: nothing to resume (no checkpoint); start without --resume")
+    if not cfg.resume and last_path.exists() and not cfg.overwrite:
+        raise TrainError(f"{run_dir}: already holds a run; --resume to continue it, --overwrite to start over, "
+                         f"or --name for a new one")
+    checkpoint = torch.load(last_path, map_location="cpu", weights_only=True) if cfg.resume else None
+    if checkpoint is not None:
+        _check_resumable(checkpoint, cfg, last_path)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    amp = _autocast(cfg, device)
+
+    # --- the teacher, the data and the teacher cache ---
+    teacher = M.load_model(cfg.teacher, device=device)
+    tok = teacher.tokenizer
+    train_utts, dev_utts, test_utts, test_label = default_sources(cfg)
+    cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
+    skipped = Counter()
+    examples = _prepare_training_data(cfg, train_utts, cache, rank, world, amp, skipped)
+    fingerprint = _data_fingerprint(examples)
+    if checkpoint is not None and checkpoint["data"] != fingerprint:
+        raise TrainError(f"{last_path}: the training data changed since this run started (files, texts or "
+                         f"options that select them); start a new run with --name")
+    teacher_name = cfg.teacher
+
+    # --- the student, its optimiser, its earlier self ---
+    student = make_student(teacher, cfg.decoder_layers, cfg.encoder_layers)
+    teacher_out = teacher.decoder.token_embedding.weight.detach().clone()
+    del teacher, cache.teacher                 # all the loop needs from the teacher is cached
+    if cfg.input == "padded":
+        student.encoder.requires_grad_(False)
+    if not cfg.train_embed:
+        student.decoder.token_embedding.requires_grad_(False)
+    student.train()
+    decay = [p for p in student.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in student.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    group = world * cfg.accum
+    steps_per_epoch = len(epoch_batches(examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed)) // group
+    if steps_per_epoch == 0:
+        raise TrainError(f"{len(examples)} utterances make fewer micro-batches than ranks x --accum ({group})")
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
+    loss_cfg = cfg.loss_config()
+    beta = Schedule.parse(cfg.beta)
+    uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
+    earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
+
+    step, best_wer, counters = 0, math.inf, Counter()
+    if checkpoint is not None:
+        student.load_state_dict(checkpoint["student"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if earlier is not None:
+            earlier.load_state_dict(checkpoint["earlier"])
+        step, best_wer, counters = checkpoint["step"], checkpoint["best_wer"], Counter(checkpoint["counters"])
+        states = checkpoint["rng"]
+        _set_rng_state(states[rank] if rank < len(states) else states[0])
+        if main:
+            _truncate_metrics(metrics_path, step)
+        say(f"resuming {run_dir} at step {step} of {total_steps} (best dev WER so far "
+            f"{100 * best_wer:.2f}%)" if best_wer < math.inf else f"resuming {run_dir} at step {step} of {total_steps}")
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+        M._atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+    step_module = StudentStep(student)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
+
+    if main:
+        n_params = student.num_parameters()
+        say(f"student: {student.dims.n_text_layer}-layer decoder, {cfg.input} input, {n_params / 1e6:.1f} M parameters; "
+            f"{len(examples)} training utterances ({sum(skipped.values())} skipped), {len(dev_utts)} dev; "
+            f"{total_steps} steps ({cfg.epochs} epochs x {steps_per_epoch}), loss {cfg.loss}, "
+            f"{world} process(es), {device}")
+
+    def save_checkpoint():
+        rng = _gather_objects(_rng_state(), world)
+        if not main:
+            return
+        _atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(cfg), "data": fingerprint, "step": step,
+                            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "earlier": earlier.state_dict() if earlier is not None else None,
+                            "rng": rng, "best_wer": best_wer, "counters": dict(counters)}, last_path)
+
+    def log(record: dict):
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not main or cfg.quiet, dynamic_ncols=True)
+    prompt = prompt_length(tok)
+    augment = {"time_masks": 2, "freq_masks": 2} if cfg.spec_augment else None
+    bad_in_a_row = 0
+    # fault injection for the tests: die like a killed job during step K; a NaN loss in step K's first
+    # micro-batch (rank 0's), which every rank must then skip
+    kill_at = int(os.environ.get("FASTWHISPER_TEST_KILL_AT_STEP", "0"))
+    nan_at = int(os.environ.get("FASTWHISPER_TEST_NAN_AT_STEP", "0"))
+    stopped = False
+    started = time.time()
+    with _StopFlag() as stop:
+        while step < total_steps and not stopped:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            batches = epoch_batches(examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, group)
+            if cfg.self_teacher == "epoch" and earlier is not None and in_epoch == 0 and epoch > 0:
+                earlier.load_state_dict(student.state_dict())          # last epoch's self
+            while in_epoch < steps_per_epoch:
+                s = step / total_steps
+                sums, why = Counter(), None
+                try:
+                    for a in range(cfg.accum):
+                        index = (in_epoch * cfg.accum + a) * world + rank           # this rank's micro-batch
+                        batch = collate([examples[i] for i in batches[index]], cache, cfg.input,
+                                        student.dims.n_mels, prompt, tok.eot, augment,
+                                        seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+                        last = a == cfg.accum - 1
+                        with step_module.no_sync() if world > 1 and not last else _nullcontext():
+                            loss, parts = _forward_loss(step_module, earlier, batch, teacher_out, loss_cfg, s, cfg,
+                                                        device, amp)
+                            if nan_at == step + 1 and a == 0 and rank == 0:
+                                loss = loss * float("nan")
+                            (loss / cfg.accum).backward()
+                        for k, v in parts.items():
+                            sums[k] += v / cfg.accum
+                    if kill_at and step + 1 == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip).item()
+                    if not math.isfinite(grad_norm):
+                        why = "non-finite loss or gradient"
+                except torch.cuda.OutOfMemoryError:
+                    if world > 1:       # the other ranks wait in an all-reduce this one will not reach
+                        raise
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    grad_norm, why = math.nan, f"out of GPU memory ({len(batch.ids)} utterances, " \
+                        f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)"
+                if why is None:
+                    optimizer.step()
+                    bad_in_a_row = 0
+                else:                                           # skip the update, keep going
+                    counters[f"steps skipped: {why.split(' (')[0]}"] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= cfg.max_bad_steps:
+                        bar.close()
+                        raise TrainError(f"{cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
+                                         f"{step + 1}); lower --lr or check the data. The last good checkpoint "
+                                         f"is {last_path}")
+                    if main:
+                        bar.write(f"warning: step {step + 1}: {why}, update skipped "
+                                  f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})")
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if earlier is not None and cfg.self_teacher == "ema" and math.isfinite(grad_norm):
+                    _ema_update(earlier, student, cfg.ema_decay)
+                step += 1
+                in_epoch += 1
+                keys = sorted(sums)
+                totals = dict(zip(keys, [v / world for v in _all_reduce([sums[k] for k in keys], world, device)]))
+                record = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                          **{k: round(v, 6) if math.isfinite(v) else None for k, v in totals.items()},
+                          "time": round(time.time() - started, 2)}
+                if not math.isfinite(grad_norm):
+                    record["skipped"] = True
+                log(record)
+                bar.set_postfix(loss=f"{totals.get('loss', 0.0):.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+                bar.update(1)
+                stop_now = _all_reduce([float(stop.requested)], world, device)[0] > 0
+                if stop_now or step % cfg.save_every == 0 or in_epoch == steps_per_epoch:
+                    if in_epoch == steps_per_epoch:                   # epoch done: dev WER, best kept
+                        best_wer = _end_of_epoch(student, dev_utts, cfg, main, world, device, epoch + 1, step,
+                                                 best_wer, run_dir, teacher_name, log, bar)
+                    save_checkpoint()
+                if stop_now:
+                    bar.close()
+                    say(f"stopped at step {step} of {total_steps}; continue with the same command and --resume")
+                    stopped = True
+                    break
+    bar.close()
+    if stopped:
+        return {"stopped": step}
+
+    # --- the test table ---
+    results = {"run": str(run_dir), "steps": step, "skipped": dict(skipped), "counters": dict(counters),
+               "best_dev_wer": best_wer, "train_seconds": round(time.time() - started, 1)}
+    if main:
+        if counters:
+            say("; ".join(f"{v} {k}" for k, v in counters.items()))
+        if test_utts:
+            say(f"test: {test_label} ({len(test_utts)} utterances), teacher and student one utterance at a time")
+            rows = evaluate([teacher_name, str(run_dir / "student.pt")], test_utts, device=device,
+                            names=[f"teacher {teacher_name}", f"student ({cfg.loss})"], quiet=cfg.quiet)
+            results["test"] = rows
+            results["table"] = format_table(rows)
+            print(results["table"])
+        M._atomic_write(run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
+    _barrier(world)
+    return results
+
+
+def _prepare_training_data(cfg: TrainConfig, utts, cache: TeacherCache, rank: int, world: int, amp,
+                           skipped: Counter) -> list[Example]:
+    """Pseudo-labels where needed, usable examples, and the teacher cache filled for them. With
+    several processes each computes its share, then reads everyone's from the cache."""
+    main = rank == 0
+    needs_pseudo = [u for u in utts if cfg.labels == "pseudo" or (cfg.labels == "auto" and not (u.text or "").strip())]
+    pseudo = {}
+    if needs_pseudo:
+        readable = [u for u in needs_pseudo if os.path.isfile(u.audio)]
+        cache.pseudo_labels(readable[rank::world], progress=main and not cfg.quiet)
+        _barrier(world)
+        pseudo = cache.pseudo_labels(readable, progress=False)
+    examples = prepare_examples(utts, cache.teacher.tokenizer, cfg.round_frames, cache.teacher.dims.n_text_ctx,
+                                cfg.labels, pseudo, cfg.max_label_wer, skipped)
+    if not examples:
+        raise TrainError(f"{cfg.train}: no usable training utterances ({dict(skipped)})")
+    cache.build(examples[rank::world], cfg.input, progress=main and not cfg.quiet, autocast=amp)
+    _barrier(world)
+    cache.build(examples, cfg.input, progress=False, autocast=amp)        # anything another rank missed
+    return examples
+
+
+def _forward_loss(step_module, earlier, batch: Batch, teacher_out: Tensor, loss_cfg: LossConfig, s: float,
+                  cfg: TrainConfig, device, amp) -> tuple[Tensor, dict]:
+    """Loss of one micro-batch: the output loss over its labelled tokens plus the encoder term."""
+    valid = (batch.labels != IGNORE).to(device)
+    mel = batch.mel.to(device) if batch.mel is not None else None
+    mel_lengths = batch.mel_lengths.to(device) if batch.mel_lengths is not None else None
+    features = batch.features.to(device) if batch.features is not None else None
+    inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
+    with amp or _nullcontext():
+        states, logits = step_module(mel, mel_lengths, features, inputs, valid)
+    teacher_logits = F.linear(batch.teacher_hidden.to(device), teacher_out).float()
+    self_logits = None
+    _, _, w_self = loss_cfg.weights(s)
+    if earlier is not None and w_self != 0.0:
+        with torch.no_grad(), amp or _nullcontext():
+            _, self_logits = StudentStep(earlier)(mel, mel_lengths, features, inputs, valid)
+    loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, loss_cfg, s)
+    parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}
+    if cfg.input == "trimmed" and cfg.enc_weight > 0:
+        enc = encoder_loss(states, batch.enc_targets, [int(n) // 2 for n in batch.mel_lengths])
+        loss = loss + cfg.enc_weight * enc
+        parts["enc"] = enc.item()
+    parts["loss"] = loss.item()
+    parts["tokens"] = float(labels.numel())
+    return loss, parts
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+def _end_of_epoch(student, dev_utts, cfg, main, world, device, epoch, step, best_wer, run_dir, teacher_name,
+                  log, bar) -> float:
+    """Dev WER of the student (rank 0); the best student so far is saved as student.pt."""
+    if main and dev_utts:
+        student.eval()
+        audios, refs = [], []
+        for u in dev_utts:
+            if not (u.text or "").strip():
+                continue
+            try:
+                audios.append(data.load_audio(u.audio, cache=True))
+                refs.append(u.text)
+            except (data.AudioError, OSError):
+                continue
+        hyps = transcribe_for_eval(student, {"input": cfg.input, "round_frames": cfg.round_frames}, audios,
+                                   cfg.eval_batch_size)
+        student.train()
+        dev_wer = data.wer(refs, hyps) if refs else math.inf
+        log({"step": step, "epoch": epoch, "dev_wer": dev_wer})
+        better = dev_wer < best_wer or not (run_dir / "student.pt").exists()
+        if better:
+            best_wer = dev_wer
+            save_student(student, run_dir / "student.pt", cfg, teacher_name, {"epoch": epoch, "step": step,
+                                                                                  "dev_wer": dev_wer})
+        bar.write(f"epoch {epoch}: dev WER {100 * dev_wer:.2f}%{' (best, saved)' if better else ''}")
+    best_wer = _broadcast_float(best_wer, world, device)
+    return best_wer
+
+
+def save_student(student: M.Whisper, path: Path, cfg: TrainConfig, teacher_name: str, extra: dict) -> Path:
+    """The student in OpenAI's .pt format, with its vocabulary and how it wants its input."""
+    info = {"input": cfg.input, "round_frames": cfg.round_frames, "teacher": teacher_name, "loss": cfg.loss, **extra}
+    return M.save_model(student, path, extra={"fastwhisper": info})
+
+
+def _gather_objects(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast_float(value: float, world: int, device) -> float:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return t.item()
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 (or fp16) autocast on CUDA; nothing on the CPU unless asked for."""
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _check_resumable(checkpoint: dict, cfg: TrainConfig, path: Path) -> None:
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
+    old = checkpoint["config"]
+    changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
+               if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
+    if changed:
+        raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (the resumed run writes them again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue
+    M._atomic_write(path, "".join(line + "\n" for line in kept).encode())
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Evaluation
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
+                       round_frames: int = ROUND_FRAMES, tokens_per_second: Optional[float] = MAX_TOKENS_PER_SECOND
+                       ) -> list[dict]:
+    """Transcribe with a trimmed-input student: greedy, no timestamps, `batch_size` pieces at a time.
+
+    Returns what model.transcribe_many returns: per audio {'text', 'segments', 'language'}, with one
+    segment per 30 s piece. Each audio (waveform or path) is read as Whisper would (log-mel of the
+    audio padded with 30 s of silence), cut after the speech rounded up to round_frames. Longer audio
+    is cut into 30 s pieces, transcribed independently. Since the student knows how long its audio
+    is, a decoder stuck in a loop stops after `tokens_per_second` tokens per second of audio (+ 16),
+    far more than anyone says, instead of Whisper's fixed 224.
+    """
+    pieces, owner, offsets = [], [], []
+    for i, audio in enumerate(audios):
+        if isinstance(audio, (str, os.PathLike)):
+            audio = data.load_audio(audio)
+        audio = torch.as_tensor(audio)
+        for start in range(0, max(1, audio.shape[-1]), data.N_SAMPLES):
+            pieces.append(audio[start: start + data.N_SAMPLES])
+            owner.append(i)
+            offsets.append(start)
+    frames = [trimmed_frames(len(p), round_frames) for p in pieces]
+    order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
+    decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
+    dtype = next(model.parameters()).dtype
+    for b in range(0, len(order), batch_size):
+        chunk = order[b: b + batch_size]
+        longest = max(frames[j] for j in chunk)
+        sample_len = None
+        if tokens_per_second:
+            seconds = max(len(pieces[j]) for j in chunk) / data.SAMPLE_RATE
+            sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(tokens_per_second * seconds))
+        options = M.DecodingOptions(language="en", without_timestamps=True, sample_len=sample_len)
+        mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, longest) for j in chunk])
+        lengths = torch.tensor([frames[j] for j in chunk], device=model.device)
+        features = model.embed_audio(mel.to(model.device, dtype), lengths)
+        for j, r in zip(chunk, M.decode(model, options=options, audio_features=features,
+                                        audio_lengths=(lengths + 1) // 2)):
+            decoded[j] = r
+    out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
+    for j, r in enumerate(decoded):
+        result, start = out[owner[j]], offsets[j] / data.SAMPLE_RATE
+        result["segments"].append({"id": len(result["segments"]), "seek": offsets[j] // data.HOP_LENGTH,
+                                   "start": start, "end": start + len(pieces[j]) / data.SAMPLE_RATE,
+                                   "text": " " + r.text if r.text else "", "tokens": r.tokens,
+                                   "temperature": 0.0, "avg_logprob": r.avg_logprob,
+                                   "compression_ratio": r.compression_ratio, "no_speech_prob": r.no_speech_prob})
+    for result in out:
+        result["text"] = "".join(seg["text"] for seg in result["segments"])
+    return out
+
+
+def transcribe_for_eval(model: M.Whisper, mode: dict, audios: Sequence, batch_size: int = 1) -> list[str]:
+    """Greedy, no timestamps, no fallback: the same decoding for every model, in its own input mode."""
+    if mode.get("input") == "trimmed":
+        results = transcribe_trimmed(model, audios, batch_size, mode.get("round_frames", ROUND_FRAMES))
+    else:
+        results = M.transcribe_many(model, audios, temperature=0.0, without_timestamps=True, batch_size=batch_size)
+    return [r["text"].strip() for r in results]
+
+
+def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
+             names: Optional[Sequence[str]] = None, quiet: bool = False) -> list[dict]:
+    """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
+    model is timed; one warm-up utterance first). The first model is the speed baseline."""
+    audios, refs, missing = [], [], 0
+    for u in utts:
+        try:
+            audios.append(data.load_audio(u.audio, cache=True))
+            refs.append(u.text or "")
+        except (data.AudioError, OSError) as e:
+            missing += 1
+            print(f"warning: {e}", file=sys.stderr)
+    if not audios:
+        raise data.DataError("no readable audio to evaluate on")
+    rows = []
+    for i, spec in enumerate(models):
+        whisper = M.load_model(spec, device=device)
+        mode = model_input_mode(spec)
+        transcribe_for_eval(whisper, mode, audios[:1], batch_size)            # warm-up
+        start = time.perf_counter()
+        hyps = transcribe_for_eval(whisper, mode, audios, batch_size)
+        seconds = time.perf_counter() - start
+        row = {"model": names[i] if names else str(spec), "params (M)": whisper.num_parameters() / 1e6,
+               "input": mode["input"], "WER %": 100 * data.wer(refs, hyps) if any(refs) else float("nan"),
+               "s / utt": seconds / len(audios), "utterances": len(audios)}
+        rows.append(row)
+        if not quiet:
+            print(f"  {row['model']}: WER {row['WER %']:.2f}%, {row['s / utt']:.3f} s per utterance", file=sys.stderr)
+        del whisper
+    for row in rows:
+        row["speed-up"] = rows[0]["s / utt"] / row["s / utt"]
+    return rows
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "WER %",
+                                                                  "s / utt", "speed-up")) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+    columns = [c for c in columns if any(c in r for r in rows)]
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+    return "\n".join([line(columns)] + [line(r) for r in cells])

