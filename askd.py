@@ -35,6 +35,7 @@ and evaluation (transcribing trimmed-input students, WER tables).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -423,7 +424,7 @@ class TeacherCache:
             mel = torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
                                for ex in chunk]).to(t.device)
             inputs, _ = batch_targets([ex.tokens for ex in chunk], 1, t.tokenizer.eot)
-            with autocast or _nullcontext():
+            with autocast or contextlib.nullcontext():
                 states = t.embed_audio(mel)
                 hidden = t.decoder.hidden(inputs.to(t.device), states)
             for j, ex in enumerate(chunk):
@@ -460,14 +461,6 @@ def _atomic_torch_save(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     M._atomic_write(path, buffer.getvalue())
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: int, n_text_ctx: int,
@@ -929,7 +922,7 @@ def train(cfg: TrainConfig) -> dict:
                                         student.dims.n_mels, prompt, tok.eot, augment,
                                         seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
                         last = a == cfg.accum - 1
-                        with step_module.no_sync() if world > 1 and not last else _nullcontext():
+                        with step_module.no_sync() if world > 1 and not last else contextlib.nullcontext():
                             loss, parts = _forward_loss(step_module, earlier, batch, teacher_out, loss_cfg, s, cfg,
                                                         device, amp)
                             if nan_at == step + 1 and a == 0 and rank == 0:
@@ -1043,13 +1036,13 @@ def _forward_loss(step_module, earlier, batch: Batch, teacher_out: Tensor, loss_
     mel_lengths = batch.mel_lengths.to(device) if batch.mel_lengths is not None else None
     features = batch.features.to(device) if batch.features is not None else None
     inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
-    with amp or _nullcontext():
+    with amp or contextlib.nullcontext():
         states, logits = step_module(mel, mel_lengths, features, inputs, valid)
     teacher_logits = F.linear(batch.teacher_hidden.to(device), teacher_out).float()
     self_logits = None
     _, _, w_self = loss_cfg.weights(s)
     if earlier is not None and w_self != 0.0:
-        with torch.no_grad(), amp or _nullcontext():
+        with torch.no_grad(), amp or contextlib.nullcontext():
             _, self_logits = StudentStep(earlier)(mel, mel_lengths, features, inputs, valid)
     loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, loss_cfg, s)
     parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}

@@ -269,10 +269,14 @@ class TextDecoder(nn.Module):
             cache.offset += tokens.shape[-1]
         return self.ln(x)
 
+    def project(self, hidden: Tensor) -> Tensor:
+        """Hidden states -> logits. The output projection is the token embedding itself (tied weights);
+        the logits come out in float32 for a stable softmax."""
+        return F.linear(hidden, self.token_embedding.weight.to(hidden.dtype)).float()
+
     def forward(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
                 cache: Optional[KVCache] = None) -> Tensor:
-        # the output projection is the token embedding itself (tied weights), in float32 for stable softmax
-        return F.linear(self.hidden(tokens, audio, audio_lengths, cache), self.token_embedding.weight.to(audio.dtype)).float()
+        return self.project(self.hidden(tokens, audio, audio_lengths, cache))
 
 
 class Whisper(nn.Module):
@@ -1348,7 +1352,7 @@ def _first_step(model, features, lengths, tokens, sot_index, cache):
     probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
     """
     hidden = model.decoder.hidden(tokens, features, lengths, cache)[:, [sot_index, -1]]
-    logits = F.linear(hidden, model.decoder.token_embedding.weight.to(hidden.dtype)).float()
+    logits = model.decoder.project(hidden)
     no_speech = logits[:, 0].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
     return logits[:, 1], no_speech
 

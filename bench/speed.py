@@ -92,25 +92,10 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
         row["speed-up"] = base["seconds"] / row["seconds"]
         if joined is not None:
             row["long speed-up"] = base["long s"] / row["long s"]
-    print_table(rows)
+    print(askd.format_table(rows, columns=list(dict.fromkeys(k for row in rows for k in row))))
     if joined is not None:
         print(f"long recording: {len(joined) / data.SAMPLE_RATE:.0f} s")
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
-    for r in cells:
-        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,19 @@ def _lse(m, z, valid):
 
 
 @triton.jit
+def _teacher_step(t, sT, m, z, a):
+    """One vocabulary block of a teacher's softened logits t: update its running max m, its
+    sum z = sum exp(t - m) and a = sum exp(t - m) * (t - sT), both rescaled when m grows.
+    At the end KL(p_t || q) = a / z - lse(t) + lse(sT)."""
+    m_new = tl.maximum(m, tl.max(t, 0))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(t - m_new)
+    z = z * alpha + tl.sum(p, 0)
+    a = a * alpha + tl.sum(tl.where(p > 0, p * (t - sT), 0.0), 0)  # p = 0: no 0 * inf
+    return m_new, z, a
+
+
+@triton.jit
 def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, GRAD,
                     stride_s, stride_t, stride_e, stride_g, V, ignore_index, inv_T, T,
                     HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
@@ -168,21 +181,9 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
             z_q = z_q * tl.exp(m_q - m_new) + tl.sum(tl.exp(sT - m_new), 0)
             m_q = m_new
         if HAS_KD:
-            t = _load_block(TCH, cols, mask) * inv_T
-            m_new = tl.maximum(m_t, tl.max(t, 0))
-            alpha = tl.exp(m_t - m_new)
-            p = tl.exp(t - m_new)
-            z_t = z_t * alpha + tl.sum(p, 0)
-            a_t = a_t * alpha + tl.sum(tl.where(p > 0, p * (t - sT), 0.0), 0)  # p = 0: no 0 * inf
-            m_t = m_new
+            m_t, z_t, a_t = _teacher_step(_load_block(TCH, cols, mask) * inv_T, sT, m_t, z_t, a_t)
         if HAS_SELF:
-            e = _load_block(SELF, cols, mask) * inv_T
-            m_new = tl.maximum(m_e, tl.max(e, 0))
-            alpha = tl.exp(m_e - m_new)
-            p = tl.exp(e - m_new)
-            z_e = z_e * alpha + tl.sum(p, 0)
-            a_e = a_e * alpha + tl.sum(tl.where(p > 0, p * (e - sT), 0.0), 0)
-            m_e = m_new
+            m_e, z_e, a_e = _teacher_step(_load_block(SELF, cols, mask) * inv_T, sT, m_e, z_e, a_e)
 
     loss = 0.0
     if HAS_CE:
