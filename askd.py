@@ -65,10 +65,12 @@ LOSSES = ("ce", "kd", "askd")
 INPUTS = ("trimmed", "padded")
 TRUSTS = ("prob", "argmax", "none")
 SELF_TEACHERS = ("ema", "epoch")
+WEIGHTS = ("auto", "fp32", "fp16")    # how a model is held for inference (load_for_inference)
 LABELS = ("auto", "reference", "pseudo")
 IGNORE = -100                 # label of positions that carry no loss (the prompt, padding)
 ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
 MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
+PIECE_SECONDS = 30.0          # longer audio is cut at its pauses, a longer stretch of speech at its quietest
 CHECKPOINT_VERSION = 1
 
 
@@ -155,6 +157,22 @@ def model_input_mode(path) -> dict:
         if isinstance(info, dict) and info.get("input") in INPUTS:
             return {"round_frames": ROUND_FRAMES, **info}
     return {"input": "padded"}
+
+
+def load_for_inference(spec, device="cpu", weights: str = "auto") -> tuple[M.Whisper, dict]:
+    """A model ready to transcribe, and how it reads its input (model_input_mode).
+
+    weights: 'fp32' as stored; 'fp16' packs the decoder for the CPU (model.pack_for_cpu: half the
+    bytes per token, about twice the decoding speed, logits within ~1e-3); 'auto' packs a student
+    from `train` and leaves Whisper checkpoints in fp32, so they give OpenAI's tokens exactly.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+    model = M.load_model(spec, device=device)
+    mode = model_input_mode(spec)
+    if weights == "fp16" or (weights == "auto" and mode["input"] == "trimmed"):
+        M.pack_for_cpu(model)
+    return model, mode
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +350,9 @@ SPLITS = ("train", "dev", "test")
 def load_source(spec: str) -> list[data.Utterance]:
     """Utterances from 'asterisk[:train|dev|test]' (the default corpus), a manifest (.tsv, .csv,
     .jsonl) or a LibriSpeech folder, each optionally followed by ':train', ':dev' or ':test' to take
-    that part of data.split_corpus's fixed hash split."""
+    that part of data.split_corpus's fixed hash split. Out-of-domain sets (data.OOD_SOURCES):
+    'asterisk-gsm' (the test split's prompts through the GSM telephone codec), 'tts' (sentences read
+    by every installed synthesiser voice, 30 each) or 'tts:VOICE' (one voice of data.TTS_VOICES)."""
     spec = str(spec)
     base, split = spec, None
     head, sep, tail = spec.rpartition(":")
@@ -340,6 +360,8 @@ def load_source(spec: str) -> list[data.Utterance]:
         base, split = head, tail
     if base == "asterisk":
         utts = data.asterisk_corpus()
+    elif base in ("asterisk-gsm", "tts") or base.startswith("tts:"):
+        utts = data.ood_corpus(base)
     elif os.path.isdir(base):
         utts = data.librispeech(base)
     elif os.path.splitext(base)[1].lower() in (".tsv", ".csv", ".jsonl", ".json", ".ndjson"):
@@ -1154,24 +1176,27 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 @torch.no_grad()
 def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
-                       round_frames: int = ROUND_FRAMES, tokens_per_second: Optional[float] = MAX_TOKENS_PER_SECOND
-                       ) -> list[dict]:
+                       round_frames: int = ROUND_FRAMES, tokens_per_second: Optional[float] = MAX_TOKENS_PER_SECOND,
+                       piece_seconds: float = PIECE_SECONDS) -> list[dict]:
     """Transcribe with a trimmed-input student: greedy, no timestamps, `batch_size` pieces at a time.
 
     Returns what model.transcribe_many returns: per audio {'text', 'segments', 'language'}, with one
-    segment per 30 s piece. Each audio (waveform or path) is read as Whisper would (log-mel of the
-    audio padded with 30 s of silence), cut after the speech rounded up to round_frames. Longer audio
-    is cut into 30 s pieces, transcribed independently. Since the student knows how long its audio
-    is, a decoder stuck in a loop stops after `tokens_per_second` tokens per second of audio (+ 16),
-    far more than anyone says, instead of Whisper's fixed 224.
+    segment per piece. Audio longer than piece_seconds is cut at its pauses (data.split_at_pauses)
+    into one piece per stretch of speech, like the utterances the student learnt on, transcribed
+    independently and batched together. Each piece (waveform or path) is read as Whisper would (log-mel of the audio padded
+    with 30 s of silence), cut after the speech rounded up to round_frames. Since the student knows
+    how long its audio is, a decoder stuck in a loop stops after `tokens_per_second` tokens per
+    second of audio (+ 16), far more than anyone says, instead of Whisper's fixed 224.
     """
     pieces, owner, offsets = [], [], []
     for i, audio in enumerate(audios):
         if isinstance(audio, (str, os.PathLike)):
             audio = data.load_audio(audio)
         audio = torch.as_tensor(audio)
-        for start in range(0, max(1, audio.shape[-1]), data.N_SAMPLES):
-            pieces.append(audio[start: start + data.N_SAMPLES])
+        spans = [(0, audio.shape[-1])] if audio.shape[-1] <= piece_seconds * data.SAMPLE_RATE else \
+            data.split_at_pauses(audio.numpy(), piece_seconds)
+        for start, end in spans:
+            pieces.append(audio[start: end])
             owner.append(i)
             offsets.append(start)
     frames = [trimmed_frames(len(p), round_frames) for p in pieces]
@@ -1188,9 +1213,11 @@ def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
         options = M.DecodingOptions(language="en", without_timestamps=True, sample_len=sample_len)
         mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, longest) for j in chunk])
         lengths = torch.tensor([frames[j] for j in chunk], device=model.device)
+        if all(frames[j] == longest for j in chunk):    # nothing to mask: skip building masks every step
+            lengths = None
         features = model.embed_audio(mel.to(model.device, dtype), lengths)
         for j, r in zip(chunk, M.decode(model, options=options, audio_features=features,
-                                        audio_lengths=(lengths + 1) // 2)):
+                                        audio_lengths=None if lengths is None else (lengths + 1) // 2)):
             decoded[j] = r
     out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
     for j, r in enumerate(decoded):
@@ -1214,8 +1241,13 @@ def transcribe_for_eval(model: M.Whisper, mode: dict, audios: Sequence, batch_si
     return [r["text"].strip() for r in results]
 
 
+def weights_of(model: M.Whisper) -> str:
+    """fp32 as stored, or fp16-dec: the decoder packed in fp16 for the CPU (pack_for_cpu)."""
+    return "fp16-dec" if getattr(model, "packed", False) else str(next(model.parameters()).dtype).replace("torch.float", "fp")
+
+
 def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False) -> list[dict]:
+             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto") -> list[dict]:
     """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
     model is timed; one warm-up utterance first). The first model is the speed baseline."""
     audios, refs, missing = [], [], 0
@@ -1230,14 +1262,14 @@ def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu"
         raise data.DataError("no readable audio to evaluate on")
     rows = []
     for i, spec in enumerate(models):
-        whisper = M.load_model(spec, device=device)
-        mode = model_input_mode(spec)
+        whisper, mode = load_for_inference(spec, device, weights)
         transcribe_for_eval(whisper, mode, audios[:1], batch_size)            # warm-up
         start = time.perf_counter()
         hyps = transcribe_for_eval(whisper, mode, audios, batch_size)
         seconds = time.perf_counter() - start
         row = {"model": names[i] if names else str(spec), "params (M)": whisper.num_parameters() / 1e6,
-               "input": mode["input"], "WER %": 100 * data.wer(refs, hyps) if any(refs) else float("nan"),
+               "input": mode["input"], "weights": weights_of(whisper),
+               "WER %": 100 * data.wer(refs, hyps) if any(refs) else float("nan"),
                "s / utt": seconds / len(audios), "utterances": len(audios)}
         rows.append(row)
         if not quiet:
@@ -1248,7 +1280,7 @@ def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu"
     return rows
 
 
-def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "WER %",
+def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "weights", "WER %",
                                                                   "s / utt", "speed-up")) -> str:
     def cell(v):
         if isinstance(v, float):

@@ -1,8 +1,10 @@
 """FastWhisper's command line: argument parsing only; the work is in model.py, data.py, askd.py.
 
     python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
+    python fastwhisper.py transcribe FILES... --model tiny.en --draft runs/askd/student.pt   # teacher-exact
     python fastwhisper.py bench [FILES...] [--model A --model B ...]
     python fastwhisper.py bench kernels
+    python fastwhisper.py bench ood [--model A --model B ...]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -28,10 +30,12 @@ def pick_device(name: str) -> str:
     return name
 
 
-def load(name: str, device: str):
+def load(name: str, device: str, weights: str = "auto"):
+    """(model, how it reads its input), or a one-line error."""
     import model
+    import askd
     try:
-        return model.load_model(name, device=device)
+        return askd.load_for_inference(name, device, weights)
     except (model.ModelError, OSError) as e:
         fail(str(e))
 
@@ -54,12 +58,18 @@ def cmd_transcribe(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     import askd
-    whisper = load(args.model, pick_device(args.device))
-    mode = askd.model_input_mode(args.model)
+    device = pick_device(args.device)
+    whisper, mode = load(args.model, device, args.weights)
+    draft = None
+    if args.draft:
+        if mode["input"] == "trimmed":
+            fail(f"--draft {args.draft}: the model to draft for must be a Whisper model, not a student")
+        student, student_mode = load(args.draft, device)
+        draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
     options = dict(language=args.language, task=args.task, temperature=args.temperature, beam_size=args.beam_size,
                    best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
                    initial_prompt=args.initial_prompt, condition_on_previous_text=not args.no_condition,
-                   without_timestamps=args.without_timestamps, batch_size=args.batch_size)
+                   without_timestamps=args.without_timestamps, batch_size=args.batch_size, draft=draft)
     failed = 0
     files = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
@@ -98,12 +108,22 @@ def cmd_bench(args) -> int:
         from bench.kernels import main as bench_kernels
         return bench_kernels() or 0
     import torch
+    if args.files[:1] == ["ood"]:
+        from bench.ood import ood_table
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            ood_table(args.model or ["tiny.en", "runs/askd/student.pt"], per_voice=args.per_voice,
+                      device=pick_device(args.device), batch_size=args.batch_size)
+        except ValueError as e:
+            fail(str(e))
+        return 0
     from bench.speed import bench_models
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        bench_models(args.model or ["tiny.en"], args.files, device=pick_device(args.device), limit=args.limit,
-                     batch_size=args.batch_size, long_audio=args.long)
+        bench_models(args.model or [], args.files, device=pick_device(args.device), limit=args.limit,
+                     batch_size=args.batch_size, long_audio=not args.no_long)
     except ValueError as e:
         fail(str(e))
     return 0
@@ -143,7 +163,7 @@ def cmd_eval(args) -> int:
         if args.limit:
             utts = utts[: args.limit]
         rows = askd.evaluate(args.model or ["tiny.en"], utts, device=pick_device(args.device),
-                             batch_size=args.batch_size, quiet=args.quiet)
+                             batch_size=args.batch_size, quiet=args.quiet, weights=args.weights)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "
@@ -174,6 +194,11 @@ def main(argv=None) -> int:
     p.add_argument("--without-timestamps", action="store_true", help="decode text only (segments = windows)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write FILE_STEM.FORMAT (default: here)")
     p.add_argument("--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "tsv", "all"])
+    p.add_argument("--draft", default=None, help="teacher-exact mode: a student from `train` guesses tokens and "
+                   "--model checks them; greedy output is exactly --model's own, sooner")
+    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="fp16: decoder weights "
+                   "packed in fp16 for the CPU (about 2x faster decoding); auto (default): fp16 for students, "
+                   "fp32 (OpenAI's exact tokens) for Whisper models")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="30-second windows decoded together (default 8)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
@@ -183,12 +208,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="speed: real-time factor and per-token latency, models side by side; "
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
-                                            "or the single word `kernels`")
-    p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the baseline)")
+                   "or `kernels` (the Triton kernels), or `ood` (WER on out-of-domain speech)")
+    p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
+                   "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
     p.add_argument("--limit", type=int, default=40, help="at most this many files (default 40)")
-    p.add_argument("--long", action="store_true", help="also time one long recording made by joining the files")
+    p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
+    p.add_argument("--per-voice", type=int, default=30, help="bench ood: sentences per synthetic voice (default 30)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8, help="windows or pieces decoded together (default 8, "
+                   "as transcribe)")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(run=cmd_bench)
 
@@ -279,6 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
                    "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT (default asterisk:test)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="as for transcribe")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)

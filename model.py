@@ -272,6 +272,8 @@ class TextDecoder(nn.Module):
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states -> logits. The output projection is the token embedding itself (tied weights);
         the logits come out in float32 for a stable softmax."""
+        if getattr(self, "packed_projection", None) is not None:          # see pack_for_cpu
+            return self.packed_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight.to(hidden.dtype)).float()
 
     def forward(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
@@ -312,6 +314,44 @@ class Whisper(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear for decoding on a CPU: the weight kept in fp16, in fbgemm's packed layout.
+
+    A decoding step multiplies a few rows by every decoder weight, so a CPU spends it waiting on
+    memory, not on arithmetic; fp16 weights halve the bytes read (the product is still computed
+    in fp32). Outputs differ from fp32 by about 1e-3 relative. Inference only: no gradients.
+    """
+
+    def __init__(self, linear_weight: Tensor, bias: Optional[Tensor] = None):
+        super().__init__()
+        bias = None if bias is None else bias.detach().float().contiguous()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(linear_weight.detach().float().contiguous(), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
+
+
+def pack_for_cpu(model: Whisper) -> Whisper:
+    """Swap the decoder's per-token linear layers and its output projection for PackedLinear.
+
+    In place; returns the model. The encoder is left alone: it multiplies hundreds of rows at once,
+    which is arithmetic-bound and gains nothing (bench). A packed model is for decoding only:
+    save and train the unpacked one.
+    """
+    if model.device.type != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
+        return model
+    for block in model.decoder.blocks:
+        layers = [(block.attn, n) for n in ("query", "key", "value", "out")]
+        layers += [(block.cross_attn, n) for n in ("query", "out")]         # cross keys/values: once per audio
+        layers += [(block.mlp, "0"), (block.mlp, "2")]
+        for parent, name in layers:
+            linear = getattr(parent, name)
+            setattr(parent, name, PackedLinear(linear.weight, linear.bias))
+    model.decoder.packed_projection = PackedLinear(model.decoder.token_embedding.weight)
+    model.packed = True
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1288,10 +1328,11 @@ def initial_tokens(model: Whisper, options: DecodingOptions, language_token: Opt
 @torch.inference_mode()
 def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
            audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
-           prompts: Optional[list] = None) -> list[DecodingResult]:
+           prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
     """Decode a batch of 30-second windows ([batch, n_mels, 3000] mel or encoder features).
 
     `prompts` gives each window its own previous-text prompt (lists of token ids of equal length).
+    `draft` (its features computed for the same windows) speeds up greedy decoding, same tokens.
     """
     tok = model.tokenizer
     if audio_features is None:
@@ -1321,6 +1362,12 @@ def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOption
     lengths = None if audio_lengths is None else audio_lengths.repeat_interleave(n_group, dim=0)
     if options.beam_size is not None:
         candidates, no_speech = beam_search(model, features, lengths, tokens, options, sample_begin, sot_index)
+    elif draft is not None and options.temperature == 0:
+        if draft.model.dims.n_vocab != model.dims.n_vocab:
+            raise ValueError(f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
+                             f"({model.dims.n_vocab}): draft with a student of this teacher")
+        candidates, no_speech = speculative(model, features, lengths, tokens, options, sample_begin, sot_index,
+                                            draft, languages)
     else:
         candidates, no_speech = sample(model, features, lengths, tokens, options, sample_begin, sot_index)
 
@@ -1467,6 +1514,169 @@ def beam_search(model, features, lengths, tokens, options, sample_begin, sot_ind
     return candidates, no_speech
 
 
+@dataclass
+class Draft:
+    """A fast model that guesses a slower model's next tokens: speculative decoding.
+
+    The draft reads the same windows in its own way (a trimmed-input student reads each window cut
+    after its speech, in multiples of `round_frames`; None: the whole 30 s) and always decodes
+    without timestamps. `features`/`lengths` hold its encoder output for the batch being decoded.
+    """
+    model: Whisper
+    round_frames: Optional[int] = None
+    guesses: int = 3                         # tokens guessed per step of the verifying model
+    shortlist: Optional[int] = 8192          # guess among the first N token ids only (see guess_logits)
+    features: Optional[Tensor] = None
+    lengths: Optional[Tensor] = None
+
+    def guess_logits(self, hidden: Tensor) -> Tensor:
+        """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf elsewhere).
+
+        BPE ids follow the order of the merges, so the first 8192 are the commonest pieces of text;
+        with <|endoftext|> they cover nearly every token of ordinary speech. A guess outside them is
+        merely a wrong guess, which the verifying model corrects, and the projection, the costliest
+        part of a decoding step on a CPU, shrinks six-fold.
+        """
+        if self.shortlist is None:
+            return self.model.decoder.project(hidden)
+        eot = self.model.tokenizer.eot
+        key = ("_shortlist", self.shortlist)
+        cached = getattr(self.model, "_shortlist_projection", None)
+        if cached is None or cached[0] != key:
+            ids = torch.cat([torch.arange(min(self.shortlist, eot)), torch.tensor([eot])]).to(hidden.device)
+            weight = self.model.decoder.token_embedding.weight[ids]
+            projection = PackedLinear(weight) if getattr(self.model, "packed", False) else \
+                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float())
+            cached = (key, ids, projection)
+            self.model._shortlist_projection = cached
+        _, ids, projection = cached
+        logits = torch.full((*hidden.shape[:-1], self.model.dims.n_vocab), -np.inf, device=hidden.device)
+        logits[..., ids] = projection(hidden)
+        return logits
+
+    def frames(self, content_frames: int) -> int:
+        """Mel frames the draft reads for a window with this many frames of audio."""
+        if self.round_frames is None:
+            return data.N_FRAMES
+        r = self.round_frames
+        return min(data.N_FRAMES, max(r, math.ceil(content_frames / r) * r))
+
+    def encode(self, mel: Tensor, sizes: Sequence[int]) -> "Draft":
+        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
+        frames = [self.frames(n) for n in sizes]
+        mel = mel[..., : max(frames)].to(self.model.device, next(self.model.parameters()).dtype)
+        lengths = None if self.round_frames is None else torch.tensor(frames, device=self.model.device)
+        if mel.device.type == "cpu":         # one window at a time, each on its own length
+            features = [self.model.embed_audio(m[None, :, :n], None if lengths is None else lengths[i: i + 1])
+                        for i, (m, n) in enumerate(zip(mel, frames))]
+            width = max(f.shape[1] for f in features)
+            features = torch.cat([F.pad(f, (0, 0, 0, width - f.shape[1])) for f in features])
+        else:
+            features = self.model.embed_audio(mel, lengths)
+        lengths = None if lengths is None else (lengths + 1) // 2
+        return replace(self, features=features, lengths=lengths)
+
+
+def speculative(model, features, lengths, tokens, options, sample_begin, sot_index, draft: Draft, languages):
+    """Greedy decoding of `model`, sped up by a draft: the same tokens as sample() at temperature 0.
+
+    Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
+    them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
+    the first one it disagrees with, plus its own token there. Every kept token is the model's own
+    greedy choice under its own logit rules, so the transcript is the model's, only sooner.
+    Windows are decoded one after another: each keeps a different number of guesses per step.
+    """
+    candidates, no_speech = [], []
+    for i in range(tokens.shape[0]):
+        row_lengths = None if lengths is None else lengths[i: i + 1]
+        draft_lengths = None if draft.lengths is None else draft.lengths[i: i + 1]
+        seq, logprob, ns = _speculative_row(model, features[i: i + 1], row_lengths, tokens[i].tolist(), options,
+                                            sample_begin, sot_index, draft, draft.features[i: i + 1], draft_lengths,
+                                            languages[i])
+        candidates.append(([seq], [logprob]))
+        no_speech.append(ns)
+    return candidates, no_speech
+
+
+def _speculative_row(model, features, lengths, tokens, options, sample_begin, sot_index, draft, draft_features,
+                     draft_lengths, language):
+    tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
+    eot = tok.eot
+    rules = LogitRules(model, options, sample_begin)
+    sample_len = options.sample_len or n_ctx // 2
+    cache = KVCache(model, 1, features.device, features.dtype)
+    logits, no_speech = _first_step(model, features, lengths, torch.tensor([tokens], device=features.device),
+                                    sot_index, cache)
+    logits = logits[0]                                     # the model's logits after the last token in `tokens`
+
+    d_model = draft.model
+    d_options = DecodingOptions(task=options.task, language=language, without_timestamps=True)
+    d_tokens = initial_tokens(d_model, d_options)
+    d_rules = LogitRules(d_model, d_options, len(d_tokens))
+    d_cache = KVCache(d_model, 1, draft_features.device, draft_features.dtype)
+    d_fed = 0                                              # how many of d_tokens are in the draft's cache
+
+    def draft_logits() -> Tensor:
+        """The draft's logits after all of d_tokens (feeding what it has not seen yet)."""
+        nonlocal d_fed
+        if d_fed == len(d_tokens):                         # nothing new: see the last token again
+            d_fed -= 1
+        d_cache.offset = d_fed
+        new = torch.tensor([d_tokens[d_fed:]], device=draft_features.device)
+        d_fed = len(d_tokens)
+        return draft.guess_logits(d_model.decoder.hidden(new, draft_features, draft_lengths, d_cache)[:, -1])[0]
+
+    def choose(step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
+        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
+        step_logits = step_logits[None].clone()
+        rules(step_logits, torch.tensor([prefix], device=step_logits.device))
+        token = int(step_logits.argmax(dim=-1))
+        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
+
+    sum_logprob, emitted = 0.0, 0
+    while True:
+        token, logprob = choose(logits, tokens)            # the model's own next token
+        tokens.append(token)
+        sum_logprob += logprob
+        emitted += 1
+        if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
+            break
+        if token < eot:                                    # the draft sees text only, never timestamps
+            d_tokens.append(token)
+        # the draft guesses what follows, one token at a time
+        guesses = []
+        limit = min(draft.guesses, sample_len - emitted, n_ctx - len(tokens))
+        while len(guesses) < limit:
+            d_step = draft_logits()[None]
+            d_rules(d_step, torch.tensor([d_tokens], device=d_step.device))
+            guess = int(d_step.argmax(dim=-1))
+            guesses.append(guess)
+            d_tokens.append(guess)
+            if guess == eot:
+                break
+        # the model scores its token and every guess in one pass, from where its cache ends
+        cache.offset = len(tokens) - 1
+        scored = model.logits(torch.tensor([[token] + guesses], device=features.device), features, lengths, cache)[0]
+        kept = 0
+        for j, guess in enumerate(guesses):
+            choice, logprob = choose(scored[j], tokens)
+            if choice != guess:
+                break
+            tokens.append(guess)
+            sum_logprob += logprob
+            emitted += 1
+            kept += 1
+            if guess == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                break
+        if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
+            break
+        logits = scored[kept]                              # the model's logits after the last kept token
+        cache.offset = len(tokens)
+        del d_tokens[len(d_tokens) - len(guesses) + kept:]   # the draft forgets the guesses not kept
+        d_fed = min(d_fed, len(d_tokens))
+    return _until_eot(tokens[sample_begin:], eot), sum_logprob, no_speech[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. Transcription: long audio, window by window, into timed segments
 # ----------------------------------------------------------------------------------------------
@@ -1504,10 +1714,11 @@ def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, la
                     condition_on_previous_text: bool = True, compression_ratio_threshold: Optional[float] = 2.4,
                     logprob_threshold: Optional[float] = -1.0, no_speech_threshold: Optional[float] = 0.6,
                     without_timestamps: bool = False, suppress_tokens: str = "-1",
-                    progress: bool = False) -> list[dict]:
+                    draft: Optional[Draft] = None, progress: bool = False) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
-    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input.
+    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. A `draft`
+    makes greedy decoding faster and changes nothing in the output (see speculative).
     """
     from tqdm import tqdm
     tok = model.tokenizer
@@ -1553,7 +1764,7 @@ def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, la
                     chunk = group[i: i + batch_size]
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
                     _transcribe_windows(model, chunk, base, temperatures, condition_on_previous_text,
-                                        compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+                                        compression_ratio_threshold, logprob_threshold, no_speech_threshold, draft)
                     bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
     return [{"text": tok.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
              "language": t.language or "en"} for t in tracks]
@@ -1575,10 +1786,15 @@ def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
     return prompt[-(n_text_ctx // 2 - 1):] if prompt else []
 
 
-def _transcribe_windows(model, tracks, base, temperatures, condition, cr_threshold, lp_threshold, ns_threshold):
+def _transcribe_windows(model, tracks, base, temperatures, condition, cr_threshold, lp_threshold, ns_threshold,
+                        draft: Optional[Draft] = None):
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
     sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
     mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
+    if draft is not None and temperatures[0] == 0 and base.beam_size is None:
+        draft = draft.encode(mel, sizes)
+    else:
+        draft = None
     mel = mel.to(model.device, next(model.parameters()).dtype)
     if mel.device.type == "cpu":   # measured: one window at a time is faster on a CPU (cache-friendly)
         features = torch.cat([model.embed_audio(m[None]) for m in mel])
@@ -1593,7 +1809,10 @@ def _transcribe_windows(model, tracks, base, temperatures, condition, cr_thresho
                           beam_size=base.beam_size if temperature == 0 else None,
                           patience=base.patience if temperature == 0 else None,
                           best_of=base.best_of if temperature > 0 else None)
-        decoded = decode(model, options=options, audio_features=features[todo], prompts=[prompts[i] for i in todo])
+        use_draft = None if draft is None or temperature > 0 else \
+            replace(draft, features=draft.features[todo], lengths=None if draft.lengths is None else draft.lengths[todo])
+        decoded = decode(model, options=options, audio_features=features[todo], prompts=[prompts[i] for i in todo],
+                         draft=use_draft)
         still = []
         for i, r in zip(todo, decoded):
             results[i] = r

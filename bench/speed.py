@@ -1,13 +1,22 @@
-"""Speed of whole models, side by side in one run: real-time factor, per-token latency, WER.
+"""Speed of whole models, side by side in one run: seconds, real-time factor, speed-up, WER.
 
-    python fastwhisper.py bench                        # tiny.en on the default corpus's test split
-    python fastwhisper.py bench --model tiny.en --model runs/askd/student.pt --long
+    python fastwhisper.py bench                          # the teacher and runs/askd/student.pt, if trained
+    python fastwhisper.py bench --model tiny.en --model runs/askd/student.pt --batch-size 1
 
-Every model sees the same audio, already decoded to waveforms, so ffmpeg is not timed. Each model is
-warmed up on one file first. Decoding is greedy at temperature 0 (no fallback), so the work is the
-same from run to run. Each model is run the way it is meant to be used: Whisper on 30-second windows
-with timestamps, a student from `train` on its trimmed input (askd.transcribe_trimmed). The first
-model is the baseline of the speed-up column.
+Two inputs: `limit` files of the default corpus's test split (or the files given), and one long
+recording made by joining every test utterance (or every file given) with half a second of silence
+between them (5 minutes for the default corpus). Every model
+sees the same waveforms, decoded beforehand, so ffmpeg is not timed; each is warmed up on one file
+first. Decoding is greedy at temperature 0 (no fallback), so the work is the same from run to run.
+
+Each model runs the way it is meant to be used: Whisper on 30 s windows with timestamps, a student
+from `train` on its trimmed input (askd.transcribe_trimmed; long audio cut at pauses). The rows:
+  - a Whisper model as stored (fp32): the baseline of every speed-up;
+  - the same with its decoder packed in fp16 for the CPU (model.pack_for_cpu), to show how much
+    of a student's speed comes from that alone;
+  - with a student: the teacher-exact mode (the teacher decoding, the student drafting: the
+    teacher's own transcript, checked here, only sooner);
+  - the student, fp32 and packed (its default).
 """
 from __future__ import annotations
 
@@ -24,9 +33,12 @@ import askd  # noqa: E402
 import data  # noqa: E402
 import model as M  # noqa: E402
 
+DEFAULT_STUDENT = Path("runs/askd/student.pt")
+GAP_SECONDS = 0.5
+
 
 def default_audio(limit: int):
-    """The test split of the default corpus, longest first dropped to `limit` files spread over it."""
+    """`limit` utterances spread over the test split of the default corpus."""
     test = data.split_corpus(data.asterisk_corpus())["test"]
     step = max(1, len(test) // limit)
     return test[::step][:limit]
@@ -38,65 +50,93 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def per_token_latency(whisper: M.Whisper, audios: list[np.ndarray]) -> tuple[float, int]:
-    """Milliseconds per decoded token, the encoder excluded (features computed beforehand)."""
-    total_time, total_tokens = 0.0, 0
-    for audio in audios:
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio), whisper.dims.n_mels)[None].to(whisper.device)
-        with torch.no_grad():
-            features = whisper.embed_audio(mel)
-        results, seconds = timed(lambda: M.decode(whisper, options=M.DecodingOptions(language="en"),
-                                                  audio_features=features))
-        total_time += seconds
-        total_tokens += len(results[0].tokens) + 1        # + the end-of-text step
-    return 1000 * total_time / max(total_tokens, 1), total_tokens
+def join_audio(audios: list[np.ndarray]) -> np.ndarray:
+    gap = np.zeros(int(GAP_SECONDS * data.SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([x for a in audios for x in (a, gap)][:-1])
+
+
+def contenders(models: list[str], device: str) -> list[dict]:
+    """What to time: each Whisper model in fp32 and packed, then per student the teacher-exact
+    mode (drafting for the first model) and the student in fp32 and packed."""
+    out = []
+    for name in models:
+        if askd.model_input_mode(name)["input"] == "trimmed":
+            out += [{"label": f"{models[0]} + draft", "model": models[0], "weights": "fp32", "draft": name},
+                    {"label": name, "model": name, "weights": "fp32"},
+                    {"label": name, "model": name, "weights": "auto"}]
+        else:
+            out += [{"label": name, "model": name, "weights": "fp32"}]
+            if device == "cpu":
+                out += [{"label": name, "model": name, "weights": "fp16"}]
+    return out
+
+
+def runner(c: dict, device: str, batch_size: int):
+    """A function audios -> results for one contender, and its weights' name."""
+    whisper, mode = askd.load_for_inference(c["model"], device, c["weights"])
+    if "draft" in c:
+        student, student_mode = askd.load_for_inference(c["draft"], device, "auto")
+        draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
+        return (lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size, draft=draft),
+                askd.weights_of(whisper), "exact")
+    if mode["input"] == "trimmed":
+        return (lambda xs: askd.transcribe_trimmed(whisper, xs, batch_size, mode["round_frames"]),
+                askd.weights_of(whisper), mode["input"])
+    return (lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size),
+            askd.weights_of(whisper), mode["input"])
 
 
 def bench_models(models: list[str], files: list[str], device: str = "cpu", limit: int = 40,
-                 batch_size: int = 1, long_audio: bool = False) -> list[dict]:
+                 batch_size: int = 8, long_audio: bool = True) -> list[dict]:
+    if not models:
+        models = ["tiny.en"] + ([str(DEFAULT_STUDENT)] if DEFAULT_STUDENT.is_file() else [])
     if files:
-        utterances = [data.Utterance(id=Path(f).stem, audio=f, text=None) for f in files[:limit]]
+        utterances = [data.Utterance(id=Path(f).stem, audio=f, text=None) for f in files]
+        long_utterances, utterances = utterances, utterances[:limit]
     else:
+        long_utterances = data.split_corpus(data.asterisk_corpus())["test"]     # every test utterance
         utterances = default_audio(limit)
-    audios = [data.load_audio(u.audio) for u in utterances]
+    audios = [data.load_audio(u.audio, cache=True) for u in utterances]
     seconds_of_audio = sum(len(a) for a in audios) / data.SAMPLE_RATE
     refs = [u.text for u in utterances]
-    joined = None
-    if long_audio:
-        gap = np.zeros(data.SAMPLE_RATE // 2, dtype=np.float32)
-        joined = np.concatenate([x for a in audios for x in (a, gap)])
+    joined = join_audio([data.load_audio(u.audio, cache=True) for u in long_utterances]) if long_audio else None
+    joined_ref = " ".join(u.text for u in long_utterances) if all(u.text for u in long_utterances) else None
 
-    print(f"{len(audios)} files, {seconds_of_audio:.1f} s of audio, device {device}, "
-          f"{torch.get_num_threads()} threads, batch {batch_size}")
-    rows = []
-    for name in models:
-        whisper = M.load_model(name, device=device)
-        mode = askd.model_input_mode(name)
-        if mode["input"] == "trimmed":
-            run = lambda xs: askd.transcribe_trimmed(whisper, xs, batch_size, mode["round_frames"])
-        else:
-            run = lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size)
+    print(f"{len(audios)} files, {seconds_of_audio:.1f} s of audio"
+          + (f"; long recording {len(joined) / data.SAMPLE_RATE:.1f} s" if joined is not None else "")
+          + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}", file=sys.stderr)
+    rows, baseline = [], {}
+    for c in contenders(models, device):
+        run, weights, how = runner(c, device, batch_size)
         run(audios[:1])                                                    # warm-up
         results, seconds = timed(lambda: run(audios))
-        row = {"model": name, "params (M)": whisper.num_parameters() / 1e6, "input": mode["input"], "seconds": seconds,
-               "RTF": seconds / seconds_of_audio, "s / file": seconds / len(audios)}
-        if mode["input"] == "padded":
-            row["ms / token"], _ = per_token_latency(whisper, audios[: min(8, len(audios))])
+        texts = [r["text"] for r in results]
+        row = {"model": c["label"], "weights": weights, "input": how, "seconds": seconds,
+               "RTF": seconds / seconds_of_audio}
         if all(refs):
-            row["WER %"] = 100 * data.wer(refs, [r["text"] for r in results])
+            row["WER %"] = 100 * data.wer(refs, texts)
         if joined is not None:
-            _, row["long s"] = timed(lambda: run([joined]))
+            long_result, row["long s"] = timed(lambda: run([joined]))
+            row["long RTF"] = row["long s"] * data.SAMPLE_RATE / len(joined)
+            if joined_ref:
+                row["long WER %"] = 100 * data.wer([joined_ref], [long_result[0]["text"]])
+            texts.append(long_result[0]["text"])
+        if not rows:
+            baseline = {"seconds": seconds, "long s": row.get("long s"), "texts": texts}
+        elif how == "exact":                  # the teacher's transcripts, word for word?
+            same = sum(a == b for a, b in zip(texts, baseline["texts"]))
+            row["same text"] = f"{same}/{len(texts)}"
         rows.append(row)
-    base = rows[0]
+        print(f"  {row['model']} ({weights}, {how}): {seconds:.2f} s", file=sys.stderr)
     for row in rows:
-        row["speed-up"] = base["seconds"] / row["seconds"]
+        row["speed-up"] = baseline["seconds"] / row["seconds"]
         if joined is not None:
-            row["long speed-up"] = base["long s"] / row["long s"]
-    print(askd.format_table(rows, columns=list(dict.fromkeys(k for row in rows for k in row))))
-    if joined is not None:
-        print(f"long recording: {len(joined) / data.SAMPLE_RATE:.0f} s")
+            row["long speed-up"] = baseline["long s"] / row["long s"]
+    columns = ["model", "weights", "input", "seconds", "RTF", "speed-up", "WER %",
+               "long s", "long RTF", "long speed-up", "long WER %", "same text"]
+    print(askd.format_table(rows, columns=columns))
     return rows
 
 
 if __name__ == "__main__":
-    bench_models(sys.argv[1:] or ["tiny.en"], [])
+    bench_models(sys.argv[1:], [])

@@ -166,6 +166,55 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     assert result["segments"][-1]["end"] > 60          # it really went through several windows
 
 
+def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
+    """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, same tokens."""
+    packed = M.pack_for_cpu(M.load_model("tiny.en"))
+    assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
+    assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
+    for item in speech(golden)[:6]:
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
+        prefix = torch.tensor([item["decode_timestamps"]["tokens"][:8]])
+        with torch.no_grad():
+            features = tiny.embed_audio(mel[None])
+            want, got = tiny.logits(prefix, features), packed.logits(prefix, features)
+        assert (got - want).abs().max() < 1e-2 * want.abs().max()
+        assert M.decode(packed, mel, M.DecodingOptions(language="en"))[0].tokens == item["decode_timestamps"]["tokens"]
+
+
+@pytest.fixture(scope="module")
+def drafts(tiny):
+    """Drafts for speculative decoding: the model itself (every guess right) and an untrained
+    one-layer student on trimmed input (many guesses wrong), so both the keep and the reject paths run."""
+    import askd
+    student = askd.make_student(tiny, decoder_layers=1)
+    return {"self": M.Draft(tiny, guesses=4), "1-layer, trimmed": M.Draft(student, round_frames=100, guesses=3)}
+
+
+def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, drafts):
+    items = speech(golden)[:6]
+    mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    sizes = [min(data.N_FRAMES, len(audio_of(sounds, i["name"])) // data.HOP_LENGTH) for i in items]
+    features = tiny.embed_audio(mel)
+    for name, draft in drafts.items():
+        draft = draft.encode(mel, sizes)
+        for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
+                             ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
+            results = M.decode(tiny, options=options, audio_features=features, draft=draft)
+            for item, result in zip(items, results):
+                want = item[key]
+                assert result.tokens == want["tokens"], (name, item["name"], key)
+                assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
+                assert abs(result.no_speech_prob - want["no_speech_prob"]) < 1e-3
+
+
+def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
+    long = golden["tiny.en"]["long"]
+    gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
+    audio = np.concatenate([x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1])
+    result = M.transcribe(tiny, audio, temperature=0.0, draft=drafts["1-layer, trimmed"])
+    same_segments(result["segments"], long["transcribe"]["segments"])
+
+
 def test_silence_and_empty_audio_give_empty_text(tiny):
     assert M.transcribe(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
     assert M.transcribe(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
