@@ -313,7 +313,8 @@ class Whisper(nn.Module):
         return self.decoder(tokens, self.encoder(mel, mel_lengths), audio_lengths)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        packed = sum(m.n_params for m in self.modules() if hasattr(m, "n_params"))   # see pack_for_cpu
+        return sum(p.numel() for p in self.parameters()) + packed
 
 
 class PackedLinear(nn.Module):
@@ -328,6 +329,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         bias = None if bias is None else bias.detach().float().contiguous()
         self.packed = torch.ops.quantized.linear_prepack_fp16(linear_weight.detach().float().contiguous(), bias)
+        self.n_params = linear_weight.numel() + (0 if bias is None else bias.numel())   # not parameters() any more
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
@@ -350,6 +352,7 @@ def pack_for_cpu(model: Whisper) -> Whisper:
             linear = getattr(parent, name)
             setattr(parent, name, PackedLinear(linear.weight, linear.bias))
     model.decoder.packed_projection = PackedLinear(model.decoder.token_embedding.weight)
+    model.decoder.packed_projection.n_params = 0          # tied: the token embedding still counts it
     model.packed = True
     return model
 

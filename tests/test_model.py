@@ -170,6 +170,7 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, same tokens."""
     packed = M.pack_for_cpu(M.load_model("tiny.en"))
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
+    assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
     for item in speech(golden)[:6]:
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
