@@ -334,6 +334,34 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert lines[3].startswith(str(run / "student.pt")) and "trimmed" in lines[3]
 
 
+def cli(*args):
+    return subprocess.run([sys.executable, "fastwhisper.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
+    """transcribe --draft gives the teacher's own text; bench times every way of running both models."""
+    student = str(Path(workspace["runs"]) / "reference" / "student.pt")
+    files = [u.audio for u in askd.load_source(workspace["test"])]
+    plain = cli("transcribe", *files, "--model", "tiny.en", "--temperature", "0", "-o", str(workspace["root"]), "-q")
+    exact = cli("transcribe", *files, "--model", "tiny.en", "--draft", student, "--temperature", "0",
+                "-o", str(workspace["root"]), "-q")
+    assert plain.returncode == 0 and exact.returncode == 0, exact.stderr[-2000:]
+    assert exact.stdout == plain.stdout and len(plain.stdout.splitlines()) == len(files)
+    wrong = cli("transcribe", files[0], "--model", student, "--draft", student)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: --draft") and "Traceback" not in wrong.stderr
+
+    bench = cli("bench", *files, "--model", "tiny.en", "--model", student, "--threads", "1")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    table = bench.stdout.splitlines()
+    assert table[0].split()[:4] == ["model", "weights", "input", "seconds"] and "long speed-up" in table[0]
+    rows = [line.split() for line in table[1:]]
+    assert [r[:3] for r in rows] == [["tiny.en", "fp32", "padded"], ["tiny.en", "fp16-dec", "padded"],
+                                     ["tiny.en", "+", "draft"], [student, "fp32", "trimmed"],
+                                     [student, "fp16-dec", "trimmed"]]
+    assert rows[2][-1] == f"{len(files) + 1}/{len(files) + 1}"      # every file and the long one: the same text
+
+
 def test_killed_run_resumes_exactly(reference_run, workspace):
     killed = train_cli(workspace, "killed", "--accum", "2", env={"FASTWHISPER_TEST_KILL_AT_STEP": "5"})
     assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
