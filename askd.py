@@ -127,8 +127,7 @@ def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = 2, encoder_
 def trimmed_frames(n_samples: int, round_frames: int = ROUND_FRAMES) -> int:
     """Mel frames a trimmed-input model reads for audio of n_samples: the audio's frames rounded
     up to a multiple of round_frames, at least one multiple, at most Whisper's 3000."""
-    frames = math.ceil(n_samples / data.HOP_LENGTH)
-    return min(data.N_FRAMES, max(round_frames, math.ceil(frames / round_frames) * round_frames))
+    return data.trimmed_frames(math.ceil(n_samples / data.HOP_LENGTH), round_frames)
 
 
 def trimmed_mel(audio, n_mels: int, frames: int) -> Tensor:
@@ -474,7 +473,7 @@ class TeacherCache:
                                         temperature=0.0, without_timestamps=True, batch_size=batch_size)
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
-                M._atomic_write(self.folder / f"{audio_key(u.audio)}.pseudo.json",
+                data.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
                                 json.dumps({"audio": u.audio, "text": out[u.audio]}).encode())
         return out
 
@@ -482,7 +481,7 @@ class TeacherCache:
 def _atomic_torch_save(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    M._atomic_write(path, buffer.getvalue())
+    data.write_atomic(path, buffer.getvalue())
 
 
 def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: int, n_text_ctx: int,
@@ -890,7 +889,7 @@ def train(cfg: TrainConfig) -> dict:
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
-        M._atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+        data.write_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
     step_module = StudentStep(student)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
@@ -1023,7 +1022,7 @@ def train(cfg: TrainConfig) -> dict:
             results["test"] = rows
             results["table"] = format_table(rows)
             print(results["table"])
-        M._atomic_write(run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
+        data.write_atomic(run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
     _barrier(world)
     return results
 
@@ -1167,7 +1166,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError):
             continue
-    M._atomic_write(path, "".join(line + "\n" for line in kept).encode())
+    data.write_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1202,7 +1201,6 @@ def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
     frames = [trimmed_frames(len(p), round_frames) for p in pieces]
     order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
     decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
-    dtype = next(model.parameters()).dtype
     for b in range(0, len(order), batch_size):
         chunk = order[b: b + batch_size]
         longest = max(frames[j] for j in chunk)
@@ -1212,17 +1210,8 @@ def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
             sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(tokens_per_second * seconds))
         options = M.DecodingOptions(language="en", without_timestamps=True, sample_len=sample_len)
         mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, longest) for j in chunk])
-        lengths = torch.tensor([frames[j] for j in chunk], device=model.device)
-        if all(frames[j] == longest for j in chunk):    # nothing to mask: skip building masks every step
-            lengths = None
-        mel = mel.to(model.device, dtype)
-        if mel.device.type == "cpu":     # measured: one piece at a time, on its own length, is faster on a CPU
-            features = [model.embed_audio(mel[i: i + 1, :, : frames[j]]) for i, j in enumerate(chunk)]
-            features = torch.cat([F.pad(f, (0, 0, 0, (longest + 1) // 2 - f.shape[1])) for f in features])
-        else:
-            features = model.embed_audio(mel, lengths)
-        for j, r in zip(chunk, M.decode(model, options=options, audio_features=features,
-                                        audio_lengths=None if lengths is None else (lengths + 1) // 2)):
+        features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
+        for j, r in zip(chunk, M.decode(model, options=options, audio_features=features, audio_lengths=lengths)):
             decoded[j] = r
     out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
     for j, r in enumerate(decoded):

@@ -14,6 +14,7 @@ import csv
 import functools
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
@@ -94,22 +95,33 @@ def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
     except (OSError, ValueError):
         pass  # not cached yet (or a damaged entry): decode and (re)write it
     audio = _decode(path, sr)
-    _save_atomic(cached, audio)
+    write_atomic(cached, _npy_bytes(audio))
     return audio
 
 
-def _save_atomic(dest: Path, array: np.ndarray):
-    # Write to a temporary name in the same folder, then rename: a reader never
-    # sees a half-written file, even with several processes filling the cache.
+def write_atomic(dest, blob: bytes) -> Path:
+    """Write `blob` to a temporary name in dest's folder, flush it to disk, then rename: a reader
+    never sees a half-written file, a crash never leaves one, and several processes may fill a
+    cache at once. Every file the project writes goes through here."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
         os.unlink(tmp)
         raise
+    return dest
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _decode(path: str, sr: int) -> np.ndarray:
@@ -299,6 +311,12 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.3, sr
 # ---------------------------------------------------------------------------
 # 2. Whisper's log-mel spectrogram
 # ---------------------------------------------------------------------------
+
+def trimmed_frames(frames: int, multiple: int) -> int:
+    """Mel frames a trimmed-input model reads for `frames` frames of audio: rounded up to a
+    multiple of `multiple`, at least one multiple, at most Whisper's 3000."""
+    return min(N_FRAMES, max(multiple, math.ceil(frames / multiple) * multiple))
+
 
 def pad_or_trim(array, length: int = N_SAMPLES, axis: int = -1):
     """Zero-pad or cut `array` (numpy or torch) to `length` along `axis`."""
@@ -1109,21 +1127,14 @@ def synthesize(voice: str, text: str, dest) -> Path:
 
 def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
     """Write a mono float waveform in [-1, 1] as a 16-bit PCM WAV, atomically."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     pcm = np.round(np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767).astype("<i2")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(sr)
-            w.writeframes(pcm.tobytes())
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return dest
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return write_atomic(dest, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 
 def fail(message: str, code: int = 2):
