@@ -5,7 +5,6 @@ implementation (openai-whisper 20250625, fp32, CPU) on the same audio; see the f
 """
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
