@@ -3,8 +3,7 @@
 The chapter follows the data: audio files are decoded to 16 kHz mono float32
 (WAV parsed here, everything else through ffmpeg), resampled with a windowed-sinc
 filter when needed, turned into Whisper's exact log-mel spectrogram, paired
-with transcripts read from manifests or corpora (plus out-of-domain sets: the
-prompts through a telephone codec, sentences read by speech synthesisers), and
+with transcripts read from manifests or corpora (load_source names them), and
 finally grouped into length-bucketed batches (optionally with SpecAugment
 masks). Text for scoring goes through an English normaliser so that "Press one."
 and "press 1" count as the same words when we compute the word error rate.
@@ -23,6 +22,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import unicodedata
 import warnings
@@ -122,6 +122,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
+    """Write a mono float waveform in [-1, 1] as a 16-bit PCM WAV, atomically."""
+    pcm = np.round(np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return write_atomic(dest, buffer.getvalue())
 
 
 def _decode(path: str, sr: int) -> np.ndarray:
@@ -891,254 +903,41 @@ def split_corpus(utts, dev: float = 0.1, test: float = 0.2) -> dict:
     return splits
 
 
-# ---------------------------------------------------------------------------
-# 5. Out-of-domain speech: the prompts over a telephone codec, synthesised voices
-# ---------------------------------------------------------------------------
-# A student distilled on one speaker's prompts should keep the teacher's generality.
-# Two checks that need no download beyond Debian packages: the test-split prompts
-# through the 8 kHz GSM telephone codec (same words, another channel), and sentences
-# the student never heard, read by several speech synthesisers.
-
-ASTERISK_GSM_PACKAGE = "asterisk-core-sounds-en-gsm"
-GSM_BYTES_PER_SECOND = 1650  # GSM 06.10: one 33-byte frame per 20 ms of 8 kHz audio
-
-WORDNET_PACKAGE = "wordnet-base"
-WORDNET_FILES = tuple(f"usr/share/wordnet/data.{pos}" for pos in ("noun", "verb", "adj", "adv"))
-
-# name -> (engine, the engine's voice, Debian packages that provide it). Two speakers come
-# twice (kal, slt), from two engines that synthesise differently (festival's slt is an HTS
-# voice): they sound different and Whisper errs differently on them, so each counts.
-TTS_VOICES = {
-    "flite-kal16": ("flite", "kal16", "flite"),
-    "flite-awb": ("flite", "awb", "flite"),
-    "flite-rms": ("flite", "rms", "flite"),
-    "flite-slt": ("flite", "slt", "flite"),
-    "festival-kal": ("festival", "kal_diphone", "festival festvox-kallpc16k"),
-    "festival-ked": ("festival", "ked_diphone", "festival festvox-kdlpc16k"),
-    "festival-slt-hts": ("festival", "cmu_us_slt_arctic_hts", "festival festvox-us-slt-hts"),
-    "espeak-en-us": ("espeak-ng", "en-us", "espeak-ng"),
-}
-# engine -> (programs it needs, command that lists its installed voices)
-TTS_ENGINES = {
-    "flite": (("flite",), ["flite", "-lv"]),
-    "festival": (("festival", "text2wave"), ["festival", "--batch", "(print (voice.list))"]),
-    "espeak-ng": (("espeak-ng",), ["espeak-ng", "--voices=en"]),
-}
-OOD_SOURCES = ("asterisk-gsm", "tts", *(f"tts:{v}" for v in TTS_VOICES))
+SPLITS = ("train", "dev", "test")
 
 
-def ood_sources() -> list:
-    """Names of the out-of-domain sets usable here: asterisk-gsm (fetched on first use) and
-    tts:VOICE for each installed voice."""
-    return ["asterisk-gsm"] + [f"tts:{v}" for v in available_tts_voices()]
-
-
-def ood_corpus(name: str, per_voice: int = 30) -> list:
-    """Utterances of an out-of-domain set named as in OOD_SOURCES: 'asterisk-gsm', 'tts'
-    (every installed voice) or 'tts:VOICE'."""
-    if name == "asterisk-gsm":
-        return asterisk_gsm_corpus()
-    if name == "tts":
-        return tts_corpus(per_voice)
-    if name.startswith("tts:"):
-        return tts_corpus(per_voice, [name[4:]])
-    raise DataError(f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})")
-
-
-def asterisk_gsm_corpus(root=None) -> list:
-    """The test split of the default corpus, read from Debian's asterisk-core-sounds-en-gsm:
-    the same recordings through the GSM 06.10 telephone codec (8 kHz, 13 kbit/s), which
-    load_audio decodes with ffmpeg and resamples to 16 kHz. Ids are "gsm/NAME".
-
-    Only the test split, so the text is also new to a student trained on the train split.
-    The package is looked for in `root`, else cache_dir()/asterisk-gsm, where it is fetched
-    with `apt-get download` and unpacked on first use (nothing is installed).
-    """
-    if root is None:
-        root = cache_dir() / "asterisk-gsm"
-        if not (root / ASTERISK_SOUNDS).is_dir():
-            fetch_debian((ASTERISK_GSM_PACKAGE,), root, ASTERISK_SOUNDS, "the GSM Asterisk prompts")
-    sounds = Path(root) / ASTERISK_SOUNDS
-    utts, missing = [], 0
-    for u in split_corpus(asterisk_corpus())["test"]:
-        audio = sounds / f"{u.id}.gsm"
-        if not audio.is_file():
-            missing += 1
-            continue
-        utts.append(Utterance(f"gsm/{u.id}", str(audio), u.text,
-                              audio.stat().st_size / GSM_BYTES_PER_SECOND))
-    if not utts:
-        raise DataError(f"{sounds}: no .gsm prompts found (is {root} an unpacked "
-                        f"{ASTERISK_GSM_PACKAGE}?)")
-    if missing:
-        warnings.warn(f"{sounds}: {missing} test prompt(s) have no .gsm file, skipped",
-                      stacklevel=2)
-    return utts
-
-
-def wordnet_examples(line: str) -> list:
-    """The example sentences of one line of a WordNet data file (data.noun, ...): the
-    double-quoted parts of the gloss, which follows the '|'."""
-    if line.startswith("  "):  # the licence text at the top of each file
-        return []
-    gloss = line.partition("|")[2]
-    return [ex.strip() for ex in re.findall(r'"([^"]*)"', gloss) if ex.strip()]
-
-
-_PLAIN = re.compile(r"[A-Z][A-Za-z' ,;:.?!-]*")
-# Read in more than one way (by voice, or by Whisper): dashes, ellipses ("dot dot dot"),
-# acronyms and initials (letters or a word), quotation marks ('B' grade; an apostrophe is
-# fine inside a word or after a plural's s).
-_AMBIGUOUS = re.compile(r"--|\.(?=[.\w])|[A-Z]{2}|\b[A-Za-z]\.|(?<![A-Za-z])'|(?<!s)'(?![A-Za-z])")
-
-
-def plain_sentence(text: str, min_words: int = 5, max_words: int = 20) -> bool:
-    """Whether `text` is a sentence every synthesiser reads one way and Whisper writes one way:
-    starts with a capital (WordNet's lowercase examples are mostly fragments), only letters,
-    spaces and simple punctuation (no digits, brackets or double quotes), nothing of
-    _AMBIGUOUS, min_words to max_words words."""
-    return (_PLAIN.fullmatch(text) is not None and _AMBIGUOUS.search(text) is None
-            and min_words <= len(text.split()) <= max_words)
-
-
-def wordnet_root() -> Path:
-    """The root holding WordNet's data files: / if wordnet-base is installed, else its
-    package unpacked in cache_dir()/wordnet (fetched on first use)."""
-    if all(Path("/", f).is_file() for f in WORDNET_FILES):
-        return Path("/")
-    root = cache_dir() / "wordnet"
-    if not (root / WORDNET_FILES[0]).is_file():
-        fetch_debian((WORDNET_PACKAGE,), root, WORDNET_FILES[0], "WordNet's data files",
-                     f"or install it: `apt-get install {WORDNET_PACKAGE}`")
-    return root
-
-
-@functools.lru_cache(maxsize=2)
-def tts_sentences(root=None) -> tuple:
-    """WordNet's example sentences that pass plain_sentence, each once, in a fixed order
-    (by hash of the text, so neither file order nor Python's hash seed matters)."""
-    root = Path(root) if root is not None else wordnet_root()
-    found = set()
-    for name in WORDNET_FILES:
-        with open(root / name, encoding="utf-8", errors="replace") as f:
-            found.update(ex for line in f for ex in wordnet_examples(line) if plain_sentence(ex))
-    if not found:
-        raise DataError(f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}")
-    return tuple(sorted(found, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
-
-
-@functools.lru_cache(maxsize=None)
-def _engine_voices(engine: str) -> str:
-    """The engine's own listing of its installed voices ('' if it cannot say)."""
-    proc = subprocess.run(TTS_ENGINES[engine][1], capture_output=True, text=True)
-    return proc.stdout + proc.stderr if proc.returncode == 0 else ""
-
-
-def tts_voice_problem(voice: str) -> Optional[str]:
-    """None if `voice` (a key of TTS_VOICES) can speak here, else why not and how to fix it."""
-    engine, name, packages = TTS_VOICES[voice]
-    programs, _ = TTS_ENGINES[engine]
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        return f"`{missing[0]}` is not installed (run `apt-get install {packages}`)"
-    # A voice's name as a whole word: "kal" must not match "kal16".
-    if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", _engine_voices(engine)):
-        return f"{engine} has no voice {name} (run `apt-get install {packages}`)"
-    return None
-
-
-def available_tts_voices() -> list:
-    """The voices of TTS_VOICES that can speak here."""
-    return [v for v in TTS_VOICES if tts_voice_problem(v) is None]
-
-
-def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
-    """WordNet example sentences read by speech synthesisers: `per_voice` per voice, different
-    sentences for each voice, ids "tts/VOICE/N", references the text as synthesised.
-
-    voices=None takes every voice of TTS_VOICES that is installed and warns about the others
-    (a DataError if none is); naming voices makes a missing one a DataError saying what to
-    install. Sentences are dealt round-robin over TTS_VOICES, so a voice gets the same ones
-    whatever else is asked for, and a larger per_voice only adds sentences. Audio is written
-    once, as 16 kHz mono 16-bit WAV, to cache_dir()/tts/VOICE/N-HASH.wav, HASH from the text
-    so a changed sentence list never reuses another sentence's audio.
-    """
-    names = list(TTS_VOICES) if voices is None else list(voices)
-    unknown = [v for v in names if v not in TTS_VOICES]
-    if unknown:
-        raise DataError(f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})")
-    problems = {v: tts_voice_problem(v) for v in names}
-    missing = [v for v in names if problems[v]]
-    if missing and (voices is not None or len(missing) == len(names)):
-        raise DataError(f"tts:{missing[0]}: {problems[missing[0]]}")
-    if missing:
-        warnings.warn(f"tts: skipped voice(s) not installed: "
-                      f"{'; '.join(f'{v}: {problems[v]}' for v in missing)}", stacklevel=2)
-    sentences = tts_sentences()
-    utts, todo = [], []
-    for i, voice in enumerate(TTS_VOICES):
-        if voice not in names or voice in missing:
-            continue
-        for n, text in enumerate(sentences[i::len(TTS_VOICES)][:per_voice]):
-            digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-            wav = cache_dir() / "tts" / voice / f"{n}-{digest}.wav"
-            utts.append(Utterance(f"tts/{voice}/{n}", str(wav), text))
-            if not wav.is_file():
-                todo.append((voice, text, wav))
-    if todo:
-        from tqdm import tqdm  # only when there is something to make
-
-        for voice, text, wav in tqdm(todo, desc="synthesising", unit="utt", disable=not progress):
-            synthesize(voice, text, wav)
-    for u in utts:
-        with wave.open(u.audio, "rb") as w:
-            u.duration = w.getnframes() / w.getframerate()
-    return utts
-
-
-def synthesize(voice: str, text: str, dest) -> Path:
-    """Speak `text` with `voice` (a key of TTS_VOICES) into `dest`, a 16 kHz mono 16-bit WAV,
-    written atomically. The synthesiser's own output (8 to 48 kHz) goes through load_audio."""
-    engine, name, packages = TTS_VOICES[voice]
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, raw = tempfile.mkstemp(dir=dest.parent, suffix=".tmp.wav")
-    os.close(fd)
-    # Text goes through stdin (flite: a single argument after -t), never through a shell.
-    if engine == "flite":
-        cmd, stdin = ["flite", "-voice", name, "-t", text, "-o", raw], None
-    elif engine == "festival":
-        cmd, stdin = ["text2wave", "-eval", f"(voice_{name})", "-o", raw], text
+def load_source(spec: str) -> list:
+    """Utterances named by `spec`: 'asterisk' (the default corpus), a manifest (.tsv, .csv,
+    .jsonl) or a LibriSpeech folder, each optionally followed by ':train', ':dev' or ':test' to
+    take that part of split_corpus's fixed hash split."""
+    spec = str(spec)
+    base, split = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SPLITS:
+        base, split = head, tail
+    if base == "asterisk":
+        utts = asterisk_corpus()
+    elif os.path.isdir(base):
+        utts = librispeech(base)
+    elif os.path.splitext(base)[1].lower() in (".tsv", ".csv", ".jsonl", ".json", ".ndjson"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            utts = read_manifest(base)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    elif os.path.exists(base):
+        raise DataError(f"{base}: not a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder")
     else:
-        cmd, stdin = ["espeak-ng", "-v", name, "-w", raw, "--stdin"], text
-    try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
-        # text2wave exits 0 without writing anything when the voice is missing.
-        if proc.returncode != 0 or os.path.getsize(raw) == 0:
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit status {proc.returncode}, no audio"
-            raise DataError(f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
-                            f"check `apt-get install {packages}`")
-        save_wav(dest, load_audio(raw))
-    finally:
-        os.unlink(raw)
-    return dest
-
-
-def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
-    """Write a mono float waveform in [-1, 1] as a 16-bit PCM WAV, atomically."""
-    pcm = np.round(np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return write_atomic(dest, buffer.getvalue())
+        raise DataError(f"{base}: no such manifest or folder (or use 'asterisk' for the default corpus)")
+    if split is not None:
+        utts = split_corpus(utts)[split]
+    if not utts:
+        raise DataError(f"{spec}: no utterances")
+    return utts
 
 
 # ---------------------------------------------------------------------------
-# 6. Batching and augmentation
+# 5. Batching and augmentation
 # ---------------------------------------------------------------------------
 
 def bucket_batches(lengths, batch_size: Optional[int] = None, max_frames: Optional[int] = None,

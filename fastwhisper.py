@@ -11,7 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+WEIGHTS_HELP = ("fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
+                "fp16 for students, fp32 (OpenAI's exact tokens) for Whisper models")
 
 
 def fail(message: str, code: int = 2):
@@ -19,8 +23,12 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def pick_device(name: str) -> str:
+def set_up(args) -> str:
+    """Torch threads as asked; the device to run on (or a one-line error)."""
     import torch
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    name = args.device
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -29,11 +37,11 @@ def pick_device(name: str) -> str:
 
 
 def load(name: str, device: str, weights: str = "auto"):
-    """(model, how it reads its input), or a one-line error."""
-    import model
+    """An askd.Recognizer (a Whisper model or a student that knows how it reads audio), or a one-line error."""
     import askd
+    import model
     try:
-        return askd.load_for_inference(name, device, weights)
+        return askd.load_recognizer(name, device, weights)
     except (model.ModelError, OSError) as e:
         fail(str(e))
 
@@ -47,55 +55,50 @@ def temperatures(value: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+# ----------------------------------------------------------------------------------------------
+# The commands
+# ----------------------------------------------------------------------------------------------
+
 def cmd_transcribe(args) -> int:
-    import torch
     from tqdm import tqdm
     import data
     import model as M
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import askd
-    device = pick_device(args.device)
-    whisper, mode = load(args.model, device, args.weights)
-    draft = None
+    device = set_up(args)
+    recognizer = load(args.model, device, args.weights)
     if args.draft:
-        if mode["input"] == "trimmed":
-            fail(f"--draft {args.draft}: the model to draft for must be a Whisper model, not a student")
-        student, student_mode = load(args.draft, device)
-        draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
+        try:
+            recognizer = recognizer.drafted_by(load(args.draft, device))
+        except ValueError as e:
+            fail(f"--draft {args.draft}: {e}")
     options = dict(language=args.language, task=args.task, temperature=args.temperature, beam_size=args.beam_size,
                    best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
                    initial_prompt=args.initial_prompt, condition_on_previous_text=not args.no_condition,
-                   without_timestamps=args.without_timestamps, batch_size=args.batch_size, draft=draft)
+                   without_timestamps=args.without_timestamps)
     failed = 0
-    files = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
+    bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
-        chunk, audios = [], []
+        paths, audios = [], []
         for path in args.files[start: start + args.batch_size]:
             try:
                 audios.append(data.load_audio(path))
-                chunk.append(path)
+                paths.append(path)
             except (data.AudioError, OSError) as e:
-                files.write(f"error: {e}", file=sys.stderr)
+                bar.write(f"error: {e}", file=sys.stderr)
                 failed += 1
-        if not chunk:
-            files.update(len(args.files[start: start + args.batch_size]))
-            continue
-        try:
-            if mode["input"] == "trimmed":     # a student from `train`: its own input, text without timestamps
-                results = askd.transcribe_trimmed(whisper, audios, args.batch_size, mode["round_frames"])
-            else:
-                results = M.transcribe_many(whisper, audios, progress=not args.quiet and len(chunk) == 1, **options)
-        except ValueError as e:
-            fail(str(e))
-        for path, result in zip(chunk, results):
-            text = result["text"].strip()
-            files.write(f"{path}: {text}" if len(args.files) > 1 else text)
-            if args.output_dir is not None:
-                M.write_result(result, path, args.output_dir, args.output_format)
-        files.update(len(args.files[start: start + args.batch_size]))
-    files.close()
+        if paths:
+            try:
+                results = recognizer.transcribe(audios, options, args.batch_size,
+                                                progress=not args.quiet and len(paths) == 1)
+            except ValueError as e:
+                fail(str(e))
+            for path, result in zip(paths, results):
+                text = result["text"].strip()
+                bar.write(f"{path}: {text}" if len(args.files) > 1 else text)
+                if args.output_dir is not None:
+                    M.write_result(result, path, args.output_dir, args.output_format)
+        bar.update(len(args.files[start: start + args.batch_size]))
+    bar.close()
     if failed:
         print(f"{failed} of {len(args.files)} files failed", file=sys.stderr)
     return 1 if failed else 0
@@ -105,23 +108,16 @@ def cmd_bench(args) -> int:
     if args.files[:1] == ["kernels"]:
         from bench.kernels import main as bench_kernels
         return bench_kernels() or 0
-    import torch
-    if args.files[:1] == ["ood"]:
-        from bench.ood import ood_table
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            ood_table(args.model or ["tiny.en", "runs/askd/student.pt"], per_voice=args.per_voice,
-                      device=pick_device(args.device), batch_size=args.batch_size)
-        except ValueError as e:
-            fail(str(e))
-        return 0
-    from bench.speed import bench_models
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = set_up(args)
     try:
-        bench_models(args.model or [], args.files, device=pick_device(args.device), limit=args.limit,
-                     batch_size=args.batch_size, long_audio=not args.no_long)
+        if args.files[:1] == ["ood"]:
+            from bench.ood import ood_table
+            ood_table(args.model or ["tiny.en", "runs/askd/student.pt"], per_voice=args.per_voice,
+                      device=device, batch_size=args.batch_size)
+        else:
+            from bench.speed import bench_models
+            bench_models(args.model or [], args.files, device=device, limit=args.limit,
+                         batch_size=args.batch_size, long_audio=not args.no_long)
     except ValueError as e:
         fail(str(e))
     return 0
@@ -135,8 +131,7 @@ def cmd_train(args) -> int:
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     try:
-        config = askd.TrainConfig(**options)
-        results = askd.train(config)
+        results = askd.train(askd.TrainConfig(**options))
     except (askd.TrainError, data.DataError, M.ModelError) as e:
         fail(str(e))
     except torch.cuda.OutOfMemoryError as e:
@@ -153,15 +148,15 @@ def cmd_eval(args) -> int:
     import data
     import model as M
     import askd
+    from bench.ood import load_eval_source
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = set_up(args)
     try:
-        utts = askd.load_source(args.data)
+        utts = load_eval_source(args.data)
         if args.limit:
             utts = utts[: args.limit]
-        rows = askd.evaluate(args.model or ["tiny.en"], utts, device=pick_device(args.device),
-                             batch_size=args.batch_size, quiet=args.quiet, weights=args.weights)
+        rows = askd.evaluate(args.model or ["tiny.en"], utts, device=device, batch_size=args.batch_size,
+                             quiet=args.quiet, weights=args.weights)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "
@@ -170,11 +165,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------------------------
+# The parsers, one per command
+# ----------------------------------------------------------------------------------------------
 
+def add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="speech to text (txt/srt/vtt/json/tsv)")
     p.add_argument("files", nargs="+", help="audio files: wav, flac, mp3, ogg, m4a, g722, ... (ffmpeg for non-WAV)")
     p.add_argument("--model", default="tiny.en", help="a name (tiny.en, base, ...) or a path: OpenAI .pt, "
@@ -194,15 +189,13 @@ def main(argv=None) -> int:
     p.add_argument("--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "tsv", "all"])
     p.add_argument("--draft", default=None, help="teacher-exact mode: a student from `train` guesses tokens and "
                    "--model checks them; greedy output is exactly --model's own, sooner")
-    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="fp16: decoder weights "
-                   "packed in fp16 for the CPU (about 2x faster decoding); auto (default): fp16 for students, "
-                   "fp32 (OpenAI's exact tokens) for Whisper models")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help=WEIGHTS_HELP)
     p.add_argument("--batch-size", type=int, default=8, help="30-second windows decoded together (default 8)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_machine(p, quiet=True)
     p.set_defaults(run=cmd_transcribe)
 
+
+def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed: real-time factor and per-token latency, models side by side; "
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
@@ -212,14 +205,109 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=40, help="at most this many files (default 40)")
     p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
     p.add_argument("--per-voice", type=int, default=30, help="bench ood: sentences per synthetic voice (default 30)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="windows or pieces decoded together (default 8, "
                    "as transcribe)")
-    p.add_argument("--threads", type=int, default=0)
+    add_machine(p)
     p.set_defaults(run=cmd_bench)
 
-    # train: an option left out keeps askd.TrainConfig's default (argparse.SUPPRESS), so the defaults
-    # live in one place; the help texts repeat them
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="WER and speed of models side by side on a data set")
+    p.add_argument("--model", action="append", help="a model (repeat to compare; the first is the speed baseline); "
+                   "students from `train` are read the way they were trained (default tiny.en)")
+    p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
+                   "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT; or asterisk-gsm, "
+                   "tts, tts:VOICE (bench/ood.py) (default asterisk:test)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="as for transcribe")
+    p.add_argument("--batch-size", type=int, default=1)
+    add_machine(p, quiet=True)
+    p.set_defaults(run=cmd_eval)
+
+
+def add_machine(p, quiet: bool = False) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    if quiet:
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+# train: an option left out keeps askd.TrainConfig's default (argparse.SUPPRESS), so the defaults
+# live in one place, and the help texts print them from there. Each group: (title, options), an
+# option being (flags, help, argparse keywords).
+TRAIN_OPTIONS = [
+    ("what and where", [
+        ("--teacher", "teacher model: a name or a path", {}),
+        ("--train", "training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl with audio and "
+                    "text columns; empty text = use the teacher's transcript) or a LibriSpeech folder, each "
+                    "optionally :train, :dev or :test", {}),
+        ("--dev", "data for the dev WER after each epoch (none: asterisk:dev, or 10%% of a custom --train)", {}),
+        ("--test", "data for the final table (none: asterisk:test with the default corpus)", {}),
+        ("--limit", "use only the first N training utterances", {"type": int}),
+        ("--name", "run name: files go to RUNS_DIR/NAME", {}),
+        ("--runs-dir", "where runs go", {}),
+        ("--cache-dir", "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "
+                        "~/.cache/fastwhisper)", {}),
+        ("--resume", "continue RUNS_DIR/NAME exactly where it stopped", {"action": "store_true"}),
+        ("--overwrite", "start RUNS_DIR/NAME over", {"action": "store_true"})]),
+    ("the student", [
+        ("--decoder-layers", "decoder layers, maximally spaced teacher layers (4 -> 2: layers 0 and 3) (none: "
+                             "all; on tiny.en, 2-layer students loop on unseen prompts)", {"type": int}),
+        ("--encoder-layers", "encoder layers (none: all of the teacher's)", {"type": int}),
+        ("--input", "trimmed: the encoder reads the audio's real length and is trained toward the teacher's "
+                    "states; padded: 30 s windows, frozen encoder (the classic setting)",
+         {"choices": ("trimmed", "padded")}),
+        ("--round-frames", "trimmed input is rounded up to a multiple of this many mel frames (100 = 1 s)",
+         {"type": int}),
+        ("--train-embed", "train the token embedding (which is also the output projection) too; by default it "
+                          "stays the teacher's", {"action": "store_true"}),
+        ("--enc-weight", "weight of the MSE pulling the student's encoder states (trimmed input) toward the "
+                         "teacher's (padded input)", {"type": float})]),
+    ("the loss", [
+        ("--loss", "ce: plain fine-tuning; kd: classic KD (CE and KL at temperature T); askd: adaptive "
+                   "self-knowledge distillation", {"choices": ("ce", "kd", "askd")}),
+        ("--T", "distillation temperature", {"type": float}),
+        ("--alpha", "askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or exp:A:B", {}),
+        ("--beta", "askd: self-teacher weight over training", {}),
+        ("--trust", "askd: per-token trust in the teacher: its probability of the right token, whether its "
+                    "best guess is right, or none", {"choices": ("prob", "argmax", "none")}),
+        ("--self-teacher", "askd: the student's earlier self: an EMA of its weights or its snapshot from the "
+                           "end of the last epoch", {"choices": ("ema", "epoch")}),
+        ("--ema-decay", "decay of the EMA self-teacher", {"type": float}),
+        ("--kd-ce-weight", "kd: CE weight", {"type": float}),
+        ("--kd-weight", "kd: KL weight", {"type": float}),
+        ("--labels", "targets: the reference text, the teacher's transcript, or auto: the reference where there "
+                     "is one", {"choices": ("auto", "reference", "pseudo")}),
+        ("--max-label-wer", "--labels pseudo: drop utterances whose pseudo-label is further than this WER from "
+                            "their reference", {"type": float})]),
+    ("optimisation", [
+        ("--epochs", "passes over the training data", {"type": int}),
+        ("--batch-size", "utterances per micro-batch", {"type": int}),
+        ("--max-frames", "mel frames per micro-batch, padding included", {"type": int}),
+        ("--accum", "micro-batches per optimiser step", {"type": int}),
+        ("--lr", "AdamW peak learning rate", {"type": float}),
+        ("--warmup", "a fraction of the steps (< 1) or a number of steps", {"type": float}),
+        ("--lr-schedule", "decay to 0 after warmup", {"choices": ("linear", "cosine")}),
+        ("--weight-decay", "AdamW weight decay", {"type": float}),
+        ("--clip", "gradient norm clipping", {"type": float}),
+        ("--spec-augment", "SpecAugment on the student's input", {"action": "store_true"}),
+        ("--seed", "random seed", {"type": int})]),
+    ("machinery", [
+        ("--device", "cpu, cuda, ... (auto: cuda if available); under torchrun each process takes its "
+                     "LOCAL_RANK's GPU, or the CPU with gloo", {}),
+        ("--precision", "auto: bf16 autocast on GPUs, fp32 on the CPU",
+         {"choices": ("auto", "fp32", "bf16", "fp16")}),
+        ("--threads", "CPU threads for torch (0: torch's choice)", {"type": int}),
+        ("--save-every", "steps between checkpoints, besides every epoch's end", {"type": int}),
+        ("--eval-batch-size", "dev-set decoding batch", {"type": int}),
+        ("--max-bad-steps", "give up after this many non-finite steps in a row", {"type": int}),
+        ("--quiet", "no progress bars", {"action": "store_true"})]),
+]
+
+
+def add_train(sub) -> None:
+    import askd
+    defaults = {f.name: f.default for f in dataclasses.fields(askd.TrainConfig)}
     p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
                        argument_default=argparse.SUPPRESS,
                        description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
@@ -227,91 +315,23 @@ def main(argv=None) -> int:
                                    "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
                                    "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
                                    "fastwhisper.py train ...")
-    g = p.add_argument_group("what and where")
-    g.add_argument("--teacher", help="teacher model: a name or a path (default tiny.en)")
-    g.add_argument("--train", help="training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl "
-                   "with audio and text columns; empty text = use the teacher's transcript) or a LibriSpeech "
-                   "folder, each optionally :train, :dev or :test (default asterisk:train)")
-    g.add_argument("--dev", help="data for the dev WER after each epoch (default asterisk:dev, or 10%% of a "
-                   "custom --train)")
-    g.add_argument("--test", help="data for the final table (default asterisk:test with the default corpus)")
-    g.add_argument("--limit", type=int, help="use only the first N training utterances")
-    g.add_argument("--name", help="run name: files go to RUNS_DIR/NAME (default askd)")
-    g.add_argument("--runs-dir", help="default runs")
-    g.add_argument("--cache-dir", help="where the teacher's outputs are cached "
-                   "(default $FASTWHISPER_CACHE or ~/.cache/fastwhisper)")
-    g.add_argument("--resume", action="store_true", help="continue RUNS_DIR/NAME exactly where it stopped")
-    g.add_argument("--overwrite", action="store_true", help="start RUNS_DIR/NAME over")
-    g = p.add_argument_group("the student")
-    g.add_argument("--decoder-layers", type=int, help="decoder layers, maximally spaced teacher layers (4 -> "
-                   "2: layers 0 and 3) (default: all; on tiny.en, 2-layer students loop on unseen prompts)")
-    g.add_argument("--encoder-layers", type=int, help="encoder layers (default: all of the teacher's)")
-    g.add_argument("--input", choices=("trimmed", "padded"), help="trimmed (default): the encoder reads the "
-                   "audio's real length and is trained toward the teacher's states; padded: 30 s windows, "
-                   "frozen encoder (the classic setting)")
-    g.add_argument("--round-frames", type=int, help="trimmed input is rounded up to a multiple of this many "
-                   "mel frames (default 100 = 1 s)")
-    g.add_argument("--train-embed", action="store_true", help="train the token embedding (which is also the "
-                   "output projection) too; by default it stays the teacher's")
-    g.add_argument("--enc-weight", type=float, help="weight of the MSE pulling the student's encoder states "
-                   "(trimmed input) toward the teacher's (padded input) (default 1.0)")
-    g = p.add_argument_group("the loss")
-    g.add_argument("--loss", choices=("ce", "kd", "askd"), help="ce: plain fine-tuning; kd: classic KD "
-                   "(0.8 CE + 1.0 KL at T = 2); askd: adaptive self-knowledge distillation (default)")
-    g.add_argument("--T", "--temperature", dest="T", type=float, help="distillation temperature (default 2)")
-    g.add_argument("--alpha", help="askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or "
-                   "exp:A:B (default cosine:1:0)")
-    g.add_argument("--beta", help="askd: self-teacher weight over training (default linear:0:1)")
-    g.add_argument("--trust", choices=("prob", "argmax", "none"), help="askd: per-token trust in the teacher: "
-                   "its probability of the right token (default), whether its best guess is right, or none")
-    g.add_argument("--self-teacher", choices=("ema", "epoch"), help="askd: the student's earlier self: an EMA "
-                   "of its weights (default) or its snapshot from the end of the last epoch")
-    g.add_argument("--ema-decay", type=float, help="default 0.99")
-    g.add_argument("--kd-ce-weight", type=float, help="kd: CE weight (default 0.8)")
-    g.add_argument("--kd-weight", type=float, help="kd: KL weight (default 1.0)")
-    g.add_argument("--labels", choices=("auto", "reference", "pseudo"), help="targets: the reference text, the "
-                   "teacher's transcript, or auto (default): the reference where there is one")
-    g.add_argument("--max-label-wer", type=float, help="--labels pseudo: drop utterances whose pseudo-label is "
-                   "further than this WER from their reference (default 0.2)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="default 6")
-    g.add_argument("--batch-size", type=int, help="utterances per micro-batch (default 16)")
-    g.add_argument("--max-frames", type=int, help="mel frames per micro-batch, padding included (default 8000)")
-    g.add_argument("--accum", type=int, help="micro-batches per optimiser step (default 1)")
-    g.add_argument("--lr", type=float, help="AdamW peak learning rate (default 1e-4)")
-    g.add_argument("--warmup", type=float, help="a fraction of the steps (< 1) or a number of steps (default 0.1)")
-    g.add_argument("--lr-schedule", choices=("linear", "cosine"), help="decay to 0 after warmup (default linear)")
-    g.add_argument("--weight-decay", type=float, help="default 0.01")
-    g.add_argument("--clip", type=float, help="gradient norm clipping (default 1.0)")
-    g.add_argument("--spec-augment", action="store_true", help="SpecAugment on the student's input")
-    g.add_argument("--seed", type=int, help="default 0")
-    g = p.add_argument_group("machinery")
-    g.add_argument("--device", help="cpu, cuda, ... (default: cuda if available); under torchrun each process "
-                   "takes its LOCAL_RANK's GPU, or the CPU with gloo")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="auto (default): bf16 "
-                   "autocast on GPUs, fp32 on the CPU")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    g.add_argument("--save-every", type=int, help="steps between checkpoints, besides every epoch's end "
-                   "(default 50)")
-    g.add_argument("--eval-batch-size", type=int, help="dev-set decoding batch (default 8)")
-    g.add_argument("--max-bad-steps", type=int, help="give up after this many non-finite steps in a row "
-                   "(default 20)")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    for title, options in TRAIN_OPTIONS:
+        group = p.add_argument_group(title)
+        for flag, text, keywords in options:
+            dest = flag[2:].replace("-", "_")
+            default = defaults[dest]
+            shown = "" if keywords.get("action") == "store_true" or default is None else f" (default {default})"
+            flags = [flag] + (["-q"] if flag == "--quiet" else ["--temperature"] if flag == "--T" else [])
+            group.add_argument(*flags, dest=dest, help=text + shown, **keywords)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("eval", help="WER and speed of models side by side on a data set")
-    p.add_argument("--model", action="append", help="a model (repeat to compare; the first is the speed baseline); "
-                   "students from `train` are read the way they were trained (default tiny.en)")
-    p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
-                   "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT (default asterisk:test)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
-    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="as for transcribe")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(run=cmd_eval)
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_transcribe, add_bench, add_train, add_eval):
+        add(sub)
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be at least 1")

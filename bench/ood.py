@@ -1,20 +1,33 @@
 """Out-of-domain WER: does a student distilled on the default corpus keep its teacher's generality?
 
-    python bench/ood.py --model tiny.en --model runs/askd/student.pt [--per-voice 30] [--threads N]
+    python fastwhisper.py bench ood --model tiny.en --model runs/askd/student.pt [--per-voice 30]
+    python fastwhisper.py eval --model runs/askd/student.pt --data asterisk-gsm      # or tts, tts:VOICE
+
+The sets, all made from Debian packages (nothing else is downloaded): the default corpus's test
+split (in domain: one speaker, 16 kHz G.722); the same prompts through the 8 kHz GSM telephone
+codec (asterisk-gsm: same words, another channel); and WordNet's example sentences read by each
+installed speech synthesiser voice (tts:VOICE: new words, new voices, but synthetic ones).
 
 Every model is scored by askd.evaluate (greedy, no timestamps, no fallback, each model in its own
-input mode) on the default corpus's test split (in domain: one speaker, 16 kHz G.722), on the same
-prompts through the 8 kHz GSM telephone codec (asterisk-gsm: same words, another channel), and on
-WordNet sentences read by each installed synthesiser voice (tts:VOICE: new words, new voices; see
-data.TTS_VOICES). One table: utterances, WER % of each model, and the gap (last model minus first,
-in points). The last row pools every out-of-domain utterance: errors over reference words, so a
-set weighs by its words, not by one rate per set.
+input mode). One table: utterances, WER % of each model, and the gap (last model minus first, in
+points). The last row pools every out-of-domain utterance: errors over reference words, so a set
+weighs by its words, not by one rate per set.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import warnings
+import wave
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -23,6 +36,237 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import askd  # noqa: E402
 import data  # noqa: E402
 
+ASTERISK_GSM_PACKAGE = "asterisk-core-sounds-en-gsm"
+GSM_BYTES_PER_SECOND = 1650  # GSM 06.10: one 33-byte frame per 20 ms of 8 kHz audio
+
+WORDNET_PACKAGE = "wordnet-base"
+WORDNET_FILES = tuple(f"usr/share/wordnet/data.{pos}" for pos in ("noun", "verb", "adj", "adv"))
+
+# name -> (engine, the engine's voice, Debian packages that provide it). Two speakers come
+# twice (kal, slt), from two engines that synthesise differently (festival's slt is an HTS
+# voice): they sound different and Whisper errs differently on them, so each counts.
+TTS_VOICES = {
+    "flite-kal16": ("flite", "kal16", "flite"),
+    "flite-awb": ("flite", "awb", "flite"),
+    "flite-rms": ("flite", "rms", "flite"),
+    "flite-slt": ("flite", "slt", "flite"),
+    "festival-kal": ("festival", "kal_diphone", "festival festvox-kallpc16k"),
+    "festival-ked": ("festival", "ked_diphone", "festival festvox-kdlpc16k"),
+    "festival-slt-hts": ("festival", "cmu_us_slt_arctic_hts", "festival festvox-us-slt-hts"),
+    "espeak-en-us": ("espeak-ng", "en-us", "espeak-ng"),
+}
+# engine -> (programs it needs, command that lists its installed voices)
+TTS_ENGINES = {
+    "flite": (("flite",), ["flite", "-lv"]),
+    "festival": (("festival", "text2wave"), ["festival", "--batch", "(print (voice.list))"]),
+    "espeak-ng": (("espeak-ng",), ["espeak-ng", "--voices=en"]),
+}
+OOD_SOURCES = ("asterisk-gsm", "tts", *(f"tts:{v}" for v in TTS_VOICES))
+
+
+def ood_corpus(name: str, per_voice: int = 30) -> list:
+    """Utterances of an out-of-domain set named as in OOD_SOURCES: 'asterisk-gsm', 'tts'
+    (every installed voice) or 'tts:VOICE'."""
+    if name == "asterisk-gsm":
+        return asterisk_gsm_corpus()
+    if name == "tts":
+        return tts_corpus(per_voice)
+    if name.startswith("tts:"):
+        return tts_corpus(per_voice, [name[4:]])
+    raise data.DataError(f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})")
+
+
+def asterisk_gsm_corpus(root=None) -> list:
+    """The test split of the default corpus, read from Debian's asterisk-core-sounds-en-gsm:
+    the same recordings through the GSM 06.10 telephone codec (8 kHz, 13 kbit/s), which
+    data.load_audio decodes with ffmpeg and resamples to 16 kHz. Ids are "gsm/NAME".
+
+    Only the test split, so the text is also new to a student trained on the train split.
+    The package is looked for in `root`, else data.cache_dir()/asterisk-gsm, where it is fetched
+    with `apt-get download` and unpacked on first use (nothing is installed).
+    """
+    if root is None:
+        root = data.cache_dir() / "asterisk-gsm"
+        if not (root / data.ASTERISK_SOUNDS).is_dir():
+            data.fetch_debian((ASTERISK_GSM_PACKAGE,), root, data.ASTERISK_SOUNDS, "the GSM Asterisk prompts")
+    sounds = Path(root) / data.ASTERISK_SOUNDS
+    utts, missing = [], 0
+    for u in data.split_corpus(data.asterisk_corpus())["test"]:
+        audio = sounds / f"{u.id}.gsm"
+        if not audio.is_file():
+            missing += 1
+            continue
+        utts.append(data.Utterance(f"gsm/{u.id}", str(audio), u.text,
+                              audio.stat().st_size / GSM_BYTES_PER_SECOND))
+    if not utts:
+        raise data.DataError(f"{sounds}: no .gsm prompts found (is {root} an unpacked "
+                        f"{ASTERISK_GSM_PACKAGE}?)")
+    if missing:
+        warnings.warn(f"{sounds}: {missing} test prompt(s) have no .gsm file, skipped",
+                      stacklevel=2)
+    return utts
+
+
+def wordnet_examples(line: str) -> list:
+    """The example sentences of one line of a WordNet data file (data.noun, ...): the
+    double-quoted parts of the gloss, which follows the '|'."""
+    if line.startswith("  "):  # the licence text at the top of each file
+        return []
+    gloss = line.partition("|")[2]
+    return [ex.strip() for ex in re.findall(r'"([^"]*)"', gloss) if ex.strip()]
+
+
+_PLAIN = re.compile(r"[A-Z][A-Za-z' ,;:.?!-]*")
+# Read in more than one way (by voice, or by Whisper): dashes, ellipses ("dot dot dot"),
+# acronyms and initials (letters or a word), quotation marks ('B' grade; an apostrophe is
+# fine inside a word or after a plural's s).
+_AMBIGUOUS = re.compile(r"--|\.(?=[.\w])|[A-Z]{2}|\b[A-Za-z]\.|(?<![A-Za-z])'|(?<!s)'(?![A-Za-z])")
+
+
+def plain_sentence(text: str, min_words: int = 5, max_words: int = 20) -> bool:
+    """Whether `text` is a sentence every synthesiser reads one way and Whisper writes one way:
+    starts with a capital (WordNet's lowercase examples are mostly fragments), only letters,
+    spaces and simple punctuation (no digits, brackets or double quotes), nothing of
+    _AMBIGUOUS, min_words to max_words words."""
+    return (_PLAIN.fullmatch(text) is not None and _AMBIGUOUS.search(text) is None
+            and min_words <= len(text.split()) <= max_words)
+
+
+def wordnet_root() -> Path:
+    """The root holding WordNet's data files: / if wordnet-base is installed, else its
+    package unpacked in data.cache_dir()/wordnet (fetched on first use)."""
+    if all(Path("/", f).is_file() for f in WORDNET_FILES):
+        return Path("/")
+    root = data.cache_dir() / "wordnet"
+    if not (root / WORDNET_FILES[0]).is_file():
+        data.fetch_debian((WORDNET_PACKAGE,), root, WORDNET_FILES[0], "WordNet's data files",
+                     f"or install it: `apt-get install {WORDNET_PACKAGE}`")
+    return root
+
+
+@functools.lru_cache(maxsize=2)
+def tts_sentences(root=None) -> tuple:
+    """WordNet's example sentences that pass plain_sentence, each once, in a fixed order
+    (by hash of the text, so neither file order nor Python's hash seed matters)."""
+    root = Path(root) if root is not None else wordnet_root()
+    found = set()
+    for name in WORDNET_FILES:
+        with open(root / name, encoding="utf-8", errors="replace") as f:
+            found.update(ex for line in f for ex in wordnet_examples(line) if plain_sentence(ex))
+    if not found:
+        raise data.DataError(f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}")
+    return tuple(sorted(found, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
+
+
+@functools.lru_cache(maxsize=None)
+def _engine_voices(engine: str) -> str:
+    """The engine's own listing of its installed voices ('' if it cannot say)."""
+    proc = subprocess.run(TTS_ENGINES[engine][1], capture_output=True, text=True)
+    return proc.stdout + proc.stderr if proc.returncode == 0 else ""
+
+
+def tts_voice_problem(voice: str) -> Optional[str]:
+    """None if `voice` (a key of TTS_VOICES) can speak here, else why not and how to fix it."""
+    engine, name, packages = TTS_VOICES[voice]
+    programs, _ = TTS_ENGINES[engine]
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        return f"`{missing[0]}` is not installed (run `apt-get install {packages}`)"
+    # A voice's name as a whole word: "kal" must not match "kal16".
+    if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", _engine_voices(engine)):
+        return f"{engine} has no voice {name} (run `apt-get install {packages}`)"
+    return None
+
+
+def available_tts_voices() -> list:
+    """The voices of TTS_VOICES that can speak here."""
+    return [v for v in TTS_VOICES if tts_voice_problem(v) is None]
+
+
+def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
+    """WordNet example sentences read by speech synthesisers: `per_voice` per voice, different
+    sentences for each voice, ids "tts/VOICE/N", references the text as synthesised.
+
+    voices=None takes every voice of TTS_VOICES that is installed and warns about the others
+    (a data.DataError if none is); naming voices makes a missing one a data.DataError saying what to
+    install. Sentences are dealt round-robin over TTS_VOICES, so a voice gets the same ones
+    whatever else is asked for, and a larger per_voice only adds sentences. Audio is written
+    once, as 16 kHz mono 16-bit WAV, to data.cache_dir()/tts/VOICE/N-HASH.wav, HASH from the text
+    so a changed sentence list never reuses another sentence's audio.
+    """
+    names = list(TTS_VOICES) if voices is None else list(voices)
+    unknown = [v for v in names if v not in TTS_VOICES]
+    if unknown:
+        raise data.DataError(f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})")
+    problems = {v: tts_voice_problem(v) for v in names}
+    missing = [v for v in names if problems[v]]
+    if missing and (voices is not None or len(missing) == len(names)):
+        raise data.DataError(f"tts:{missing[0]}: {problems[missing[0]]}")
+    if missing:
+        warnings.warn(f"tts: skipped voice(s) not installed: "
+                      f"{'; '.join(f'{v}: {problems[v]}' for v in missing)}", stacklevel=2)
+    sentences = tts_sentences()
+    utts, todo = [], []
+    for i, voice in enumerate(TTS_VOICES):
+        if voice not in names or voice in missing:
+            continue
+        for n, text in enumerate(sentences[i::len(TTS_VOICES)][:per_voice]):
+            digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+            wav = data.cache_dir() / "tts" / voice / f"{n}-{digest}.wav"
+            utts.append(data.Utterance(f"tts/{voice}/{n}", str(wav), text))
+            if not wav.is_file():
+                todo.append((voice, text, wav))
+    if todo:
+        from tqdm import tqdm  # only when there is something to make
+
+        for voice, text, wav in tqdm(todo, desc="synthesising", unit="utt", disable=not progress):
+            synthesize(voice, text, wav)
+    for u in utts:
+        with wave.open(u.audio, "rb") as w:
+            u.duration = w.getnframes() / w.getframerate()
+    return utts
+
+
+def synthesize(voice: str, text: str, dest) -> Path:
+    """Speak `text` with `voice` (a key of TTS_VOICES) into `dest`, a 16 kHz mono 16-bit WAV,
+    written atomically. The synthesiser's own output (8 to 48 kHz) goes through data.load_audio."""
+    engine, name, packages = TTS_VOICES[voice]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, raw = tempfile.mkstemp(dir=dest.parent, suffix=".tmp.wav")
+    os.close(fd)
+    # Text goes through stdin (flite: a single argument after -t), never through a shell.
+    if engine == "flite":
+        cmd, stdin = ["flite", "-voice", name, "-t", text, "-o", raw], None
+    elif engine == "festival":
+        cmd, stdin = ["text2wave", "-eval", f"(voice_{name})", "-o", raw], text
+    else:
+        cmd, stdin = ["espeak-ng", "-v", name, "-w", raw, "--stdin"], text
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        # text2wave exits 0 without writing anything when the voice is missing.
+        if proc.returncode != 0 or os.path.getsize(raw) == 0:
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"exit status {proc.returncode}, no audio"
+            raise data.DataError(f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
+                            f"check `apt-get install {packages}`")
+        data.save_wav(dest, data.load_audio(raw))
+    finally:
+        os.unlink(raw)
+    return dest
+
+
+def load_eval_source(spec: str) -> list:
+    """Utterances of an evaluation set: an out-of-domain set of OOD_SOURCES, else data.load_source."""
+    if spec in ("asterisk-gsm", "tts") or spec.startswith("tts:"):
+        return ood_corpus(spec)
+    return data.load_source(spec)
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
 IN_DOMAIN = "asterisk:test"
 POOLED = "out-of-domain, pooled"
 
@@ -30,9 +274,9 @@ POOLED = "out-of-domain, pooled"
 def ood_sets(per_voice: int = 30) -> list[tuple[str, list]]:
     """(name, utterances) of the in-domain test split, asterisk-gsm and each installed TTS voice."""
     sets = [(IN_DOMAIN, data.split_corpus(data.asterisk_corpus())["test"]),
-            ("asterisk-gsm", data.asterisk_gsm_corpus())]
+            ("asterisk-gsm", asterisk_gsm_corpus())]
     by_voice: dict[str, list] = {}
-    for u in data.tts_corpus(per_voice):                  # one progress bar for all voices
+    for u in tts_corpus(per_voice):                  # one progress bar for all voices
         by_voice.setdefault(u.id.split("/")[1], []).append(u)
     return sets + [(f"tts:{voice}", utts) for voice, utts in by_voice.items()]
 

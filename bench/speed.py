@@ -10,7 +10,7 @@ sees the same waveforms, decoded beforehand, so ffmpeg is not timed; each is war
 first. Decoding is greedy at temperature 0 (no fallback), so the work is the same from run to run.
 
 Each model runs the way it is meant to be used: Whisper on 30 s windows with timestamps, a student
-from `train` on its trimmed input (askd.transcribe_trimmed; long audio cut at pauses). The rows:
+from `train` on its trimmed input (askd.Student; long audio cut at pauses). The rows:
   - a Whisper model as stored (fp32): the baseline of every speed-up;
   - the same with its decoder packed in fp16 for the CPU (model.pack_for_cpu), to show how much
     of a student's speed comes from that alone;
@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import askd  # noqa: E402
 import data  # noqa: E402
-import model as M  # noqa: E402
 
 DEFAULT_STUDENT = Path("runs/askd/student.pt")
 GAP_SECONDS = 0.5
@@ -55,35 +54,18 @@ def join_audio(audios: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([x for a in audios for x in (a, gap)][:-1])
 
 
-def contenders(models: list[str], device: str) -> list[dict]:
-    """What to time: each Whisper model in fp32 and packed, then per student the teacher-exact
-    mode (drafting for the first model) and the student in fp32 and packed."""
+def contenders(models: list[str], device: str) -> list[askd.Recognizer]:
+    """What to time, each loaded once: every Whisper model in fp32 and (on the CPU) packed; for
+    every student, the first model drafted by it (teacher-exact), then the student in fp32 and packed."""
     out = []
     for name in models:
-        if askd.model_input_mode(name)["input"] == "trimmed":
-            out += [{"label": f"{models[0]} + draft", "model": models[0], "weights": "fp32", "draft": name},
-                    {"label": name, "model": name, "weights": "fp32"},
-                    {"label": name, "model": name, "weights": "auto"}]
+        plain = askd.load_recognizer(name, device, "fp32")
+        if isinstance(plain, askd.Student):
+            out += [askd.load_recognizer(models[0], device, "fp32").drafted_by(plain), plain,
+                    askd.load_recognizer(name, device, "auto")]
         else:
-            out += [{"label": name, "model": name, "weights": "fp32"}]
-            if device == "cpu":
-                out += [{"label": name, "model": name, "weights": "fp16"}]
+            out += [plain] + ([askd.load_recognizer(name, device, "fp16")] if device == "cpu" else [])
     return out
-
-
-def runner(c: dict, device: str, batch_size: int):
-    """A function audios -> results for one contender, and its weights' name."""
-    whisper, mode = askd.load_for_inference(c["model"], device, c["weights"])
-    if "draft" in c:
-        student, student_mode = askd.load_for_inference(c["draft"], device, "auto")
-        draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
-        return (lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size, draft=draft),
-                askd.weights_of(whisper), "exact")
-    if mode["input"] == "trimmed":
-        return (lambda xs: askd.transcribe_trimmed(whisper, xs, batch_size, mode["round_frames"]),
-                askd.weights_of(whisper), mode["input"])
-    return (lambda xs: M.transcribe_many(whisper, xs, temperature=0.0, batch_size=batch_size),
-            askd.weights_of(whisper), mode["input"])
 
 
 def bench_models(models: list[str], files: list[str], device: str = "cpu", limit: int = 40,
@@ -106,12 +88,15 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
           + (f"; long recording {len(joined) / data.SAMPLE_RATE:.1f} s" if joined is not None else "")
           + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}", file=sys.stderr)
     rows, baseline = [], {}
+    greedy = {"temperature": 0.0}
     for c in contenders(models, device):
-        run, weights, how = runner(c, device, batch_size)
+        run = lambda xs, c=c: c.transcribe(xs, greedy, batch_size)      # noqa: E731
+        how = "exact" if c.draft is not None else c.input
         run(audios[:1])                                                    # warm-up
         results, seconds = timed(lambda: run(audios))
         texts = [r["text"] for r in results]
-        row = {"model": c["label"], "weights": weights, "input": how, "seconds": seconds,
+        row = {"model": c.name + (" + draft" if c.draft is not None else ""), "weights": c.weights, "input": how,
+               "seconds": seconds,
                "RTF": seconds / seconds_of_audio}
         if all(refs):
             row["WER %"] = 100 * data.wer(refs, texts)
@@ -127,7 +112,7 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
             same = sum(a == b for a, b in zip(texts, baseline["texts"]))
             row["same text"] = f"{same}/{len(texts)}"
         rows.append(row)
-        print(f"  {row['model']} ({weights}, {how}): {seconds:.2f} s", file=sys.stderr)
+        print(f"  {row['model']} ({c.weights}, {how}): {seconds:.2f} s", file=sys.stderr)
     for row in rows:
         row["speed-up"] = baseline["seconds"] / row["seconds"]
         if joined is not None:

@@ -156,16 +156,24 @@ def test_targets_and_labels(tiny):
     assert labels[1].tolist() == [askd.IGNORE] + short[2:] + [askd.IGNORE] * (len(tokens) - len(short))
 
 
-def test_model_input_mode(tiny, tmp_path):
-    assert askd.model_input_mode("tiny.en") == {"input": "padded"}
+def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
+    teacher = askd.load_recognizer("tiny.en")
+    assert type(teacher) is askd.Recognizer and teacher.input == "padded" and teacher.weights == "fp32"
     student = askd.make_student(tiny, decoder_layers=1)
     path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), "tiny.en", {"epoch": 1})
-    mode = askd.model_input_mode(path)
-    assert mode["input"] == "trimmed" and mode["round_frames"] == 50 and mode["teacher"] == "tiny.en"
-    again = M.load_model(path)                          # an ordinary OpenAI-format checkpoint with its vocabulary
-    assert again.dims.n_text_layer == 1 and again.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
+    loaded = askd.load_recognizer(path)
+    assert isinstance(loaded, askd.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
+    assert askd.load_recognizer(path, weights="fp32").weights == "fp32"
+    assert loaded.model.dims.n_text_layer == 1
+    assert loaded.model.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
+    assert isinstance(teacher.drafted_by(loaded).draft, M.Draft)
+    with pytest.raises(ValueError, match="must be a Whisper model, not a student"):
+        loaded.drafted_by(loaded)
+    with pytest.raises(ValueError, match="only a student"):
+        teacher.drafted_by(teacher)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert askd.model_input_mode(tmp_path / "junk.pt") == {"input": "padded"}
+    with pytest.raises(M.ModelError, match="junk.pt: not a readable PyTorch checkpoint"):
+        askd.load_recognizer(tmp_path / "junk.pt")
 
 
 # ----- bad input --------------------------------------------------------------------------------
@@ -223,15 +231,15 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     good = next(u for u in asterisk if u.id == "digits/1")
     manifest = tmp_path / "m.tsv"
     manifest.write_text(f"audio\ttext\n{good.audio}\tOne.\n\nonly-one-column\n{tmp_path}/gone.wav\tGone.\n")
-    utts = askd.load_source(str(manifest))
+    utts = data.load_source(str(manifest))
     assert [u.text for u in utts] == ["One."]
     assert "skipped 2 bad line(s)" in capsys.readouterr().err
     with pytest.raises(data.DataError, match="nowhere.tsv: manifest not found"):
-        askd.load_source(str(tmp_path / "nowhere.tsv"))
+        data.load_source(str(tmp_path / "nowhere.tsv"))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(data.DataError, match="notes.txt: not a manifest"):
-        askd.load_source(str(tmp_path / "notes.txt"))
-    assert {u.id for u in askd.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
+        data.load_source(str(tmp_path / "notes.txt"))
+    assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
 
 
 def test_config_errors():
@@ -314,10 +322,10 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed"]
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
-    student = M.load_model(run / "student.pt")
-    assert student.dims.n_text_layer == 2 and askd.model_input_mode(run / "student.pt")["input"] == "trimmed"
-    test = askd.load_source(workspace["test"])
-    results = askd.transcribe_trimmed(student, [u.audio for u in test] + [np.zeros(16000 * 31, np.float32)])
+    student = askd.load_recognizer(run / "student.pt")
+    assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
+    test = data.load_source(workspace["test"])
+    results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)])
     assert len(results) == 3 and [len(r["segments"]) for r in results[:2]] == [1, 1]
     pieces = results[2]["segments"]                      # 31 s of silence: no pause to cut at, cut anyway
     assert len(pieces) == 2 and pieces[0]["start"] == 0 and pieces[-1]["end"] == 31.0
@@ -342,7 +350,7 @@ def cli(*args):
 def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
     """transcribe --draft gives the teacher's own text; bench times every way of running both models."""
     student = str(Path(workspace["runs"]) / "reference" / "student.pt")
-    files = [u.audio for u in askd.load_source(workspace["test"])]
+    files = [u.audio for u in data.load_source(workspace["test"])]
     plain = cli("transcribe", *files, "--model", "tiny.en", "--temperature", "0", "-o", str(workspace["root"]), "-q")
     exact = cli("transcribe", *files, "--model", "tiny.en", "--draft", student, "--temperature", "0",
                 "-o", str(workspace["root"]), "-q")
@@ -406,7 +414,7 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     results = askd.train(cfg)
     assert results["steps"] == 2 and results["counters"] == {}
     path = Path(workspace["runs"]) / "padded" / "student.pt"
-    assert askd.model_input_mode(path)["input"] == "padded"
+    assert type(askd.load_recognizer(path)) is askd.Recognizer
     student = M.load_model(path)
     t, s = tiny.state_dict(), student.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))

