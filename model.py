@@ -34,10 +34,8 @@ from torch import Tensor, nn
 
 import data
 
-try:  # the Triton kernels are optional: without them attention runs through PyTorch's SDPA
-    from kernels import attention as fused_attention, use_triton
-except ImportError:  # pragma: no cover - kernels/ ships with the project
-    fused_attention, use_triton = None, lambda tensor: False
+from kernels import attention as fused_attention, use_triton
+from kernels.attention import visible_keys
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
 
@@ -113,13 +111,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, q_offset: i
     if use_triton(q):
         return fused_attention(q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths)
     n_q, n_k = q.shape[-2], k.shape[-2]
+    causal = causal and (n_q > 1 or n_k > q_offset + 1)     # one new token after its cache sees every key
     mask = None
-    if causal and (n_q > 1 or n_k > q_offset + 1):
-        # query i sits at position q_offset + i and may look at keys 0 .. q_offset + i
-        mask = torch.arange(n_k, device=q.device) <= (q_offset + torch.arange(n_q, device=q.device))[:, None]
-    if k_lengths is not None:
-        valid = (torch.arange(n_k, device=q.device) < k_lengths.to(q.device)[:, None])[:, None, None, :]
-        mask = valid if mask is None else mask & valid
+    if causal or k_lengths is not None:                     # the kernel's and its twin's one rule
+        mask = visible_keys(n_q, n_k, causal=causal, q_offset=q_offset, k_lengths=k_lengths, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
