@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import data
+import formats
 import model as M
 from kernels import kd_loss
 
@@ -167,7 +168,7 @@ def load_for_inference(spec, device="cpu", weights: str = "auto") -> tuple[M.Whi
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
-    model = M.load_model(spec, device=device)
+    model = formats.load_model(spec, device=device)
     mode = model_input_mode(spec)
     if weights == "fp16" or (weights == "auto" and mode["input"] == "trimmed"):
         M.pack_for_cpu(model)
@@ -836,7 +837,7 @@ def train(cfg: TrainConfig) -> dict:
     amp = _autocast(cfg, device)
 
     # --- the teacher, the data and the teacher cache ---
-    teacher = M.load_model(cfg.teacher, device=device)
+    teacher = formats.load_model(cfg.teacher, device=device)
     tok = teacher.tokenizer
     train_utts, dev_utts, test_utts, test_label = default_sources(cfg)
     cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)

