@@ -217,6 +217,7 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
         self.blocks = nn.ModuleList(ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer))
         self.ln = nn.LayerNorm(n_state)
+        self.packed_projection: Optional[PackedLinear] = None      # set by pack_for_cpu
 
     def hidden(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
                cache: Optional[KVCache] = None) -> Tensor:
@@ -233,7 +234,7 @@ class TextDecoder(nn.Module):
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states -> logits. The output projection is the token embedding itself (tied weights);
         the logits come out in float32 for a stable softmax."""
-        if getattr(self, "packed_projection", None) is not None:          # see pack_for_cpu
+        if self.packed_projection is not None:
             return self.packed_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight.to(hidden.dtype)).float()
 
@@ -255,6 +256,11 @@ class Whisper(nn.Module):
         return self.decoder.token_embedding.weight.device
 
     @property
+    def packed(self) -> bool:
+        """Whether pack_for_cpu has packed the decoder (for decoding only)."""
+        return self.decoder.packed_projection is not None
+
+    @property
     def is_multilingual(self) -> bool:
         return self.dims.n_vocab >= 51865
 
@@ -274,7 +280,7 @@ class Whisper(nn.Module):
         return self.decoder(tokens, self.encoder(mel, mel_lengths), audio_lengths)
 
     def num_parameters(self) -> int:
-        packed = sum(m.n_params for m in self.modules() if hasattr(m, "n_params"))   # see pack_for_cpu
+        packed = sum(m.n_params for m in self.modules() if isinstance(m, PackedLinear))
         return sum(p.numel() for p in self.parameters()) + packed
 
 
@@ -332,7 +338,6 @@ def pack_for_cpu(model: Whisper) -> Whisper:
             setattr(parent, name, PackedLinear(linear.weight, linear.bias))
     model.decoder.packed_projection = PackedLinear(model.decoder.token_embedding.weight)
     model.decoder.packed_projection.n_params = 0          # tied: the token embedding still counts it
-    model.packed = True
     return model
 
 
