@@ -471,7 +471,7 @@ class TeacherCache:
                       leave=False):
             chunk = todo[i: i + batch_size]
             results = M.transcribe_many(self.teacher, [data.load_audio(u.audio, cache=True) for u in chunk],
-                                        temperature=0.0, without_timestamps=True, batch_size=batch_size)
+                                        M.TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size=batch_size)
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
                 data.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
@@ -1212,7 +1212,7 @@ def transcribe_trimmed(model: M.Whisper, audios: Sequence, batch_size: int = 8,
         options = M.DecodingOptions(language="en", without_timestamps=True, sample_len=sample_len)
         mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, longest) for j in chunk])
         features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-        for j, r in zip(chunk, M.decode(model, options=options, audio_features=features, audio_lengths=lengths)):
+        for j, r in zip(chunk, M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths)):
             decoded[j] = r
     out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
     for j, r in enumerate(decoded):
@@ -1232,7 +1232,8 @@ def transcribe_for_eval(model: M.Whisper, mode: dict, audios: Sequence, batch_si
     if mode.get("input") == "trimmed":
         results = transcribe_trimmed(model, audios, batch_size, mode.get("round_frames", ROUND_FRAMES))
     else:
-        results = M.transcribe_many(model, audios, temperature=0.0, without_timestamps=True, batch_size=batch_size)
+        results = M.transcribe_many(model, audios, M.TranscribeOptions(temperature=0.0, without_timestamps=True),
+                                    batch_size=batch_size)
     return [r["text"].strip() for r in results]
 
 

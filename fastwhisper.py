@@ -65,10 +65,11 @@ def cmd_transcribe(args) -> int:
             fail(f"--draft {args.draft}: the model to draft for must be a Whisper model, not a student")
         student, student_mode = load(args.draft, device)
         draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
-    options = dict(language=args.language, task=args.task, temperature=args.temperature, beam_size=args.beam_size,
-                   best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
-                   initial_prompt=args.initial_prompt, condition_on_previous_text=not args.no_condition,
-                   without_timestamps=args.without_timestamps, batch_size=args.batch_size, draft=draft)
+    options = M.TranscribeOptions(language=args.language, task=args.task, temperature=args.temperature,
+                                  beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
+                                  length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
+                                  condition_on_previous_text=not args.no_condition,
+                                  without_timestamps=args.without_timestamps, draft=draft)
     failed = 0
     files = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
@@ -87,7 +88,8 @@ def cmd_transcribe(args) -> int:
             if mode["input"] == "trimmed":     # a student from `train`: its own input, text without timestamps
                 results = askd.transcribe_trimmed(whisper, audios, args.batch_size, mode["round_frames"])
             else:
-                results = M.transcribe_many(whisper, audios, progress=not args.quiet and len(chunk) == 1, **options)
+                results = M.transcribe_many(whisper, audios, options, batch_size=args.batch_size,
+                                            progress=not args.quiet and len(chunk) == 1)
         except ValueError as e:
             fail(str(e))
         for path, result in zip(chunk, results):

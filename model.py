@@ -380,8 +380,6 @@ def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Opti
     The vocabulary travels inside the file as one more key, so our own loader needs nothing else;
     OpenAI's loader ignores it, and `extra` entries too (formats.open_model returns them).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     checkpoint = {"dims": asdict(model.dims), "model_state_dict": state, **(extra or {})}
@@ -391,8 +389,7 @@ def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Opti
                                     "num_languages": tok.num_languages}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    data.write_atomic(path, buffer.getvalue())
-    return path
+    return data.write_atomic(path, buffer.getvalue())         # makes the folder, never leaves half a file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,31 +414,23 @@ def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Opti
 # Whisper's languages, in the order of their tokens (code -> English name).
 # The first 99 are in every multilingual model; large-v3 adds Cantonese.
 LANGUAGES = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish",
-    "ru": "russian", "ko": "korean", "fr": "french", "ja": "japanese",
-    "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
-    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian",
-    "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
-    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
-    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian",
-    "ta": "tamil", "no": "norwegian", "th": "thai", "ur": "urdu",
-    "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
-    "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
-    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali",
-    "sr": "serbian", "az": "azerbaijani", "sl": "slovenian", "kn": "kannada",
-    "et": "estonian", "mk": "macedonian", "br": "breton", "eu": "basque",
-    "is": "icelandic", "hy": "armenian", "ne": "nepali", "mn": "mongolian",
-    "bs": "bosnian", "kk": "kazakh", "sq": "albanian", "sw": "swahili",
-    "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala",
-    "km": "khmer", "sn": "shona", "yo": "yoruba", "so": "somali",
-    "af": "afrikaans", "oc": "occitan", "ka": "georgian", "be": "belarusian",
-    "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic",
-    "yi": "yiddish", "lo": "lao", "uz": "uzbek", "fo": "faroese",
-    "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk",
-    "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
-    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese",
-    "tt": "tatar", "haw": "hawaiian", "ln": "lingala", "ha": "hausa",
-    "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean",
+    "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
+    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian", "id": "indonesian", "hi": "hindi",
+    "fi": "finnish", "vi": "vietnamese", "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
+    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
+    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
+    "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak", "te": "telugu", "fa": "persian",
+    "lv": "latvian", "bn": "bengali", "sr": "serbian", "az": "azerbaijani", "sl": "slovenian",
+    "kn": "kannada", "et": "estonian", "mk": "macedonian", "br": "breton", "eu": "basque", "is": "icelandic",
+    "hy": "armenian", "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian",
+    "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer",
+    "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan", "ka": "georgian",
+    "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic", "yi": "yiddish",
+    "lo": "lao", "uz": "uzbek", "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen",
+    "nn": "nynorsk", "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
+    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian",
+    "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
 }
 
 N_ORDINARY_ENGLISH = 50256        # gpt2 vocabulary
@@ -645,6 +634,7 @@ class Tokenizer:
 # Whisper's rules, reproduced so that greedy decoding gives exactly Whisper's tokens: a start
 # sequence (<|startoftranscript|> <|en|> <|transcribe|>), optional prompt (<|startofprev|> ...),
 # suppressed tokens, timestamp rules, then greedy / sampling / beam search until <|endoftext|>.
+# A DecodingTask holds one batch's state; a Draft (a faster model) may speed up its greedy path.
 
 @dataclass
 class DecodingOptions:
@@ -775,192 +765,236 @@ def initial_tokens(model: Whisper, options: DecodingOptions, language_token: Opt
 
 
 @torch.inference_mode()
-def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
-           audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
-           prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
+def decode_batch(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
+                 audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
+                 prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
     """Decode a batch of 30-second windows ([batch, n_mels, 3000] mel or encoder features).
 
     `prompts` gives each window its own previous-text prompt (lists of token ids of equal length).
     `draft` (its features computed for the same windows) speeds up greedy decoding, same tokens.
     """
-    tok = model.tokenizer
     if audio_features is None:
-        if mel.ndim == 2:
-            mel = mel[None]
+        mel = mel[None] if mel.ndim == 2 else mel
         audio_features = model.embed_audio(mel.to(model.device, next(model.parameters()).dtype))
-    n_audio = audio_features.shape[0]
+    return DecodingTask(model, options, audio_features, audio_lengths, prompts, draft).run()
 
-    languages, language_probs, lang_tokens = [options.language or "en"] * n_audio, [None] * n_audio, [None] * n_audio
-    if options.language is None and model.is_multilingual:
-        best, language_probs = detect_language(model, audio_features)
-        lang_tokens = best.tolist()
-        languages = [max(p, key=p.get) for p in language_probs]
 
-    rows = []
-    for i in range(n_audio):
-        opts = options if prompts is None else replace(options, prompt=prompts[i])
-        rows.append(initial_tokens(model, opts, lang_tokens[i]))
-    if len({len(r) for r in rows}) != 1:
-        raise ValueError("all windows of a batch need prompts of the same length")
-    sample_begin = len(rows[0])
-    sot_index = rows[0].index(tok.sot)
+class DecodingTask:
+    """One decoding of a batch of windows: the state that sampling, beam search and speculative
+    decoding share, built once. Each window's start row (prompt, start sequence, prefix) is
+    repeated n_group times: once per beam or per sample."""
 
-    n_group = options.beam_size or options.best_of or 1
-    tokens = torch.tensor(rows, device=audio_features.device).repeat_interleave(n_group, dim=0)
-    features = audio_features.repeat_interleave(n_group, dim=0)
-    lengths = None if audio_lengths is None else audio_lengths.repeat_interleave(n_group, dim=0)
-    if options.beam_size is not None:
-        candidates, no_speech = beam_search(model, features, lengths, tokens, options, sample_begin, sot_index)
-    elif draft is not None and options.temperature == 0:
-        if draft.model.dims.n_vocab != model.dims.n_vocab:
+    def __init__(self, model: Whisper, options: DecodingOptions, features: Tensor,
+                 lengths: Optional[Tensor] = None, prompts: Optional[list] = None, draft: Optional[Draft] = None):
+        self.model, self.options, self.draft, self.tok = model, options, draft, model.tokenizer
+        n_audio = features.shape[0]
+        self.languages, self.language_probs = [options.language or "en"] * n_audio, [None] * n_audio
+        language_tokens = [None] * n_audio
+        if options.language is None and model.is_multilingual:
+            best, self.language_probs = detect_language(model, features)
+            language_tokens = best.tolist()
+            self.languages = [max(p, key=p.get) for p in self.language_probs]
+        rows = [initial_tokens(model, options if prompts is None else replace(options, prompt=prompts[i]),
+                               language_tokens[i]) for i in range(n_audio)]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("all windows of a batch need prompts of the same length")
+        if draft is not None and draft.model.dims.n_vocab != model.dims.n_vocab:
             raise ValueError(f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
                              f"({model.dims.n_vocab}): draft with a student of this teacher")
-        candidates, no_speech = speculative(model, features, lengths, tokens, options, sample_begin, sot_index,
-                                            draft, languages)
-    else:
-        candidates, no_speech = sample(model, features, lengths, tokens, options, sample_begin, sot_index)
+        self.sample_begin, self.sot_index = len(rows[0]), rows[0].index(self.tok.sot)
+        self.sample_len = options.sample_len or model.dims.n_text_ctx // 2
+        self.rules = LogitRules(model, options, self.sample_begin)
+        self.n_group = options.beam_size or options.best_of or 1
+        self.tokens = torch.tensor(rows, device=features.device).repeat_interleave(self.n_group, dim=0)
+        self.features = features.repeat_interleave(self.n_group, dim=0)
+        self.lengths = None if lengths is None else lengths.repeat_interleave(self.n_group, dim=0)
 
-    results = []
-    for i in range(n_audio):
-        seqs, logprobs = candidates[i]
-        best = rank(seqs, logprobs, options.length_penalty)
-        text = tok.decode(seqs[best]).strip()
-        results.append(DecodingResult(
-            tokens=seqs[best], text=text, language=languages[i], avg_logprob=logprobs[best] / (len(seqs[best]) + 1),
-            no_speech_prob=no_speech[i * n_group], temperature=options.temperature,
-            compression_ratio=compression_ratio(text), language_probs=language_probs[i]))
-    return results
+    def run(self) -> list[DecodingResult]:
+        if self.options.beam_size is not None:
+            candidates, no_speech = self.beam_search()
+        elif self.draft is not None and self.options.temperature == 0:
+            candidates, no_speech = self.speculative()
+        else:
+            candidates, no_speech = self.sample()
+        results = []
+        for i, (seqs, logprobs) in enumerate(candidates):
+            best = rank(seqs, logprobs, self.options.length_penalty)
+            text = self.tok.decode(seqs[best]).strip()
+            results.append(DecodingResult(
+                tokens=seqs[best], text=text, language=self.languages[i],
+                avg_logprob=logprobs[best] / (len(seqs[best]) + 1), no_speech_prob=no_speech[i * self.n_group],
+                temperature=self.options.temperature, compression_ratio=compression_ratio(text),
+                language_probs=self.language_probs[i]))
+        return results
+
+    def first_step(self, tokens: Tensor, features: Tensor, lengths: Optional[Tensor]):
+        """Run the whole start sequence once: (the cache, last-position logits, no-speech probabilities).
+
+        Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
+        probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
+        """
+        cache = KVCache(self.model, tokens.shape[0], features.device, features.dtype)
+        hidden = self.model.decoder.hidden(tokens, features, lengths, cache)[:, [self.sot_index, -1]]
+        logits = self.model.decoder.project(hidden)
+        no_speech = logits[:, 0].softmax(dim=-1)[:, self.tok.no_speech].tolist()
+        return cache, logits[:, 1], no_speech
+
+    def sample(self):
+        """Greedy (temperature 0) or sampling, every row at once.
+
+        A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
+        long utterances costs the work of its tokens, not of its longest row times its size.
+        """
+        eot, temperature = self.tok.eot, self.options.temperature
+        tokens, features, lengths = self.tokens, self.features, self.lengths
+        sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
+        finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
+        rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
+        cache, logits, no_speech = self.first_step(tokens, features, lengths)
+        for _ in range(self.sample_len):
+            self.rules(logits, tokens)
+            next_tokens = logits.argmax(dim=-1) if temperature == 0 else \
+                torch.distributions.Categorical(logits=logits / temperature).sample()
+            sum_logprobs[rows] += F.log_softmax(logits.float(), dim=-1).gather(1, next_tokens[:, None])[:, 0]
+            tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+            done = (next_tokens == eot) | (tokens.shape[-1] > self.model.dims.n_text_ctx)
+            if done.any():
+                for i in done.nonzero()[:, 0].tolist():
+                    finished[rows[i]] = tokens[i, self.sample_begin:].tolist()
+                keep = (~done).nonzero()[:, 0]
+                if len(keep) == 0:
+                    break
+                rows, tokens, next_tokens, features = rows[keep], tokens[keep], next_tokens[keep], features[keep]
+                lengths = None if lengths is None else lengths[keep]
+                cache.keep(keep)
+            logits = self.model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
+        for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
+            if finished[r] is None:
+                finished[r] = tokens[i, self.sample_begin:].tolist()
+        n = self.n_group
+        candidates = [([_until_eot(seq, eot) for seq in finished[i: i + n]], sum_logprobs[i: i + n].tolist())
+                      for i in range(0, len(finished), n)]
+        return candidates, no_speech
+
+    def beam_search(self):
+        """Keep the beam_size most probable unfinished hypotheses per audio; stop once
+        beam_size * patience hypotheses have finished (or the length limit is hit)."""
+        eot, beam, tokens = self.tok.eot, self.options.beam_size, self.tokens
+        max_finished = round(beam * (self.options.patience or 1.0))
+        if max_finished <= 0:
+            raise ValueError(f"invalid beam size ({beam}) or patience ({self.options.patience})")
+        n_audio = tokens.shape[0] // beam
+        sum_logprobs = torch.zeros(tokens.shape[0])
+        finished: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
+        cache, logits, no_speech = self.first_step(tokens, self.features, self.lengths)
+        for _ in range(self.sample_len):
+            self.rules(logits, tokens)
+            top_lp, top_ids = F.log_softmax(logits.float(), dim=-1).cpu().topk(beam + 1, dim=-1)
+            rows, sources, new_sums = [], [], []
+            for a in range(n_audio):
+                # every extension of every live hypothesis; equal sequences (as at the first step) merge
+                scores, origin = {}, {}
+                for j in range(a * beam, (a + 1) * beam):
+                    prefix = tuple(tokens[j].tolist())
+                    for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
+                        scores[prefix + (t,)], origin[prefix + (t,)] = sum_logprobs[j].item() + lp, j
+                kept, newly_finished = 0, {}
+                for seq in sorted(scores, key=scores.get, reverse=True):
+                    if seq[-1] == eot:
+                        newly_finished[seq] = scores[seq]
+                    else:
+                        rows.append(seq), sources.append(origin[seq]), new_sums.append(scores[seq])
+                        kept += 1
+                        if kept == beam:
+                            break
+                for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                    if len(finished[a]) >= max_finished:
+                        break
+                    finished[a][seq] = newly_finished[seq]
+            tokens, sum_logprobs = torch.tensor(rows, device=self.features.device), torch.tensor(new_sums)
+            cache.reorder(torch.tensor(sources, device=self.features.device))
+            if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > self.model.dims.n_text_ctx:
+                break
+            logits = self.model.logits(tokens[:, -1:], self.features, self.lengths, cache)[:, -1]
+        candidates = []
+        for a, done in enumerate(finished):
+            # too few finished: add the best unfinished ones
+            for j in sorted(range(a * beam, (a + 1) * beam), key=lambda j: -sum_logprobs[j].item()):
+                if len(done) >= beam:
+                    break
+                done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
+            candidates.append(([_until_eot(list(s[self.sample_begin:]), eot) for s in done], list(done.values())))
+        return candidates, no_speech
+
+    def speculative(self):
+        """Greedy decoding sped up by the draft: the same tokens as sample() at temperature 0.
+
+        Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
+        them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
+        the first one it disagrees with, plus its own token there. Every kept token is the model's own
+        greedy choice under its own logit rules, so the transcript is the model's, only sooner.
+        Windows are decoded one after another: each keeps a different number of guesses per step.
+        """
+        rows = [self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)]  # a group's rows are equal
+        return [([seq], [logprob]) for seq, logprob, _ in rows], [ns for *_, ns in rows for _ in range(self.n_group)]
+
+    def _choose(self, step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
+        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
+        step_logits = step_logits[None].clone()
+        self.rules(step_logits, torch.tensor([prefix], device=step_logits.device))
+        token = int(step_logits.argmax(dim=-1))
+        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
+
+    def _speculative_row(self, i: int) -> tuple[list[int], float, float]:
+        eot, n_ctx, sample_len = self.tok.eot, self.model.dims.n_text_ctx, self.sample_len
+        features = self.features[i: i + 1]
+        lengths = None if self.lengths is None else self.lengths[i: i + 1]
+        tokens = self.tokens[i].tolist()
+        cache, logits, no_speech = self.first_step(self.tokens[i: i + 1], features, lengths)
+        logits = logits[0]                                 # the model's logits after the last token in `tokens`
+        draft_row = DraftRow(self.draft, self.options.task, self.languages[i // self.n_group], i // self.n_group)
+        sum_logprob, emitted = 0.0, 0
+        while True:
+            token, logprob = self._choose(logits, tokens)   # the model's own next token
+            tokens.append(token)
+            sum_logprob += logprob
+            emitted += 1
+            if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                break
+            if token < eot:                                # the draft sees text only, never timestamps
+                draft_row.tokens.append(token)
+            guesses = draft_row.guess(min(self.draft.guesses, sample_len - emitted, n_ctx - len(tokens)))
+            # the model scores its token and every guess in one pass, from where its cache ends
+            cache.offset = len(tokens) - 1
+            candidates = torch.tensor([[token] + guesses], device=features.device)
+            scored = self.model.logits(candidates, features, lengths, cache)[0]
+            kept = 0
+            for guess in guesses:
+                choice, logprob = self._choose(scored[kept], tokens)
+                if choice != guess:
+                    break
+                tokens.append(guess)
+                sum_logprob += logprob
+                emitted += 1
+                kept += 1
+                if guess == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                    break
+            if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                break
+            logits = scored[kept]                          # the model's logits after the last kept token
+            cache.offset = len(tokens)
+            draft_row.forget(len(guesses) - kept)
+        return _until_eot(tokens[self.sample_begin:], eot), sum_logprob, no_speech[0]
 
 
 def rank(sequences: list[list[int]], logprobs: list[float], length_penalty: Optional[float]) -> int:
     """Index of the best candidate: total log-probability over a length penalty."""
-    def score(seq, lp):
-        penalty = len(seq) if length_penalty is None else ((5 + len(seq)) / 6) ** length_penalty
-        return lp / penalty
-    scores = [score(s, lp) for s, lp in zip(sequences, logprobs)]
-    return int(np.argmax(scores))
-
-
-def _first_step(model, features, lengths, tokens, sot_index, cache):
-    """Run the whole start sequence once; return last-position logits and the no-speech probabilities.
-
-    Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
-    probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
-    """
-    hidden = model.decoder.hidden(tokens, features, lengths, cache)[:, [sot_index, -1]]
-    logits = model.decoder.project(hidden)
-    no_speech = logits[:, 0].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
-    return logits[:, 1], no_speech
-
-
-def sample(model, features, lengths, tokens, options, sample_begin, sot_index):
-    """Greedy (temperature 0) or sampling, every row at once.
-
-    A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
-    long utterances costs the work of its tokens, not of its longest row times its size.
-    """
-    eot = model.tokenizer.eot
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
-    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
-    sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
-    finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
-    rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
-    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
-    for step in range(sample_len):
-        rules(logits, tokens)
-        if options.temperature == 0:
-            next_tokens = logits.argmax(dim=-1)
-        else:
-            next_tokens = torch.distributions.Categorical(logits=logits / options.temperature).sample()
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        sum_logprobs[rows] += logprobs.gather(1, next_tokens[:, None])[:, 0]
-        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-        done = next_tokens == eot
-        if tokens.shape[-1] > model.dims.n_text_ctx:
-            done[:] = True
-        if done.any():
-            for i in done.nonzero()[:, 0].tolist():
-                finished[rows[i]] = tokens[i, sample_begin:].tolist()
-            keep = (~done).nonzero()[:, 0]
-            if len(keep) == 0:
-                break
-            rows, tokens, next_tokens, features = rows[keep], tokens[keep], next_tokens[keep], features[keep]
-            lengths = None if lengths is None else lengths[keep]
-            cache.keep(keep)
-        logits = model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
-    for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
-        if finished[r] is None:
-            finished[r] = tokens[i, sample_begin:].tolist()
-    n_group = options.best_of or 1
-    candidates = []
-    for i in range(0, len(finished), n_group):
-        seqs = [_until_eot(seq, eot) for seq in finished[i: i + n_group]]
-        candidates.append((seqs, sum_logprobs[i: i + n_group].tolist()))
-    return candidates, no_speech
+    penalties = [len(s) if length_penalty is None else ((5 + len(s)) / 6) ** length_penalty for s in sequences]
+    return int(np.argmax([lp / penalty for lp, penalty in zip(logprobs, penalties)]))
 
 
 def _until_eot(seq: list[int], eot: int) -> list[int]:
     return seq[: seq.index(eot)] if eot in seq else seq
-
-
-def beam_search(model, features, lengths, tokens, options, sample_begin, sot_index):
-    """Beam search: keep the beam_size most probable unfinished hypotheses per audio; stop once
-    beam_size * patience hypotheses have finished (or the length limit is hit)."""
-    eot, beam = model.tokenizer.eot, options.beam_size
-    max_finished = round(beam * (options.patience or 1.0))
-    if max_finished <= 0:
-        raise ValueError(f"invalid beam size ({beam}) or patience ({options.patience})")
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
-    n_audio = tokens.shape[0] // beam
-    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
-    sum_logprobs = torch.zeros(tokens.shape[0])
-    finished: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
-    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
-    for step in range(sample_len):
-        rules(logits, tokens)
-        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-        top_lp, top_ids = logprobs.topk(beam + 1, dim=-1)
-        rows, sources, new_sums = [], [], []
-        for a in range(n_audio):
-            # every extension of every live hypothesis; equal sequences (as at the first step) merge
-            scores, origin = {}, {}
-            for j in range(a * beam, (a + 1) * beam):
-                prefix = tuple(tokens[j].tolist())
-                for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
-                    seq = prefix + (t,)
-                    scores[seq], origin[seq] = sum_logprobs[j].item() + lp, j
-            kept, newly_finished = 0, {}
-            for seq in sorted(scores, key=scores.get, reverse=True):
-                if seq[-1] == eot:
-                    newly_finished[seq] = scores[seq]
-                else:
-                    rows.append(seq), sources.append(origin[seq]), new_sums.append(scores[seq])
-                    kept += 1
-                    if kept == beam:
-                        break
-            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
-                if len(finished[a]) >= max_finished:
-                    break
-                finished[a][seq] = newly_finished[seq]
-        tokens = torch.tensor(rows, device=features.device)
-        sum_logprobs = torch.tensor(new_sums)
-        cache.reorder(torch.tensor(sources, device=features.device))
-        if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > model.dims.n_text_ctx:
-            break
-        logits = model.logits(tokens[:, -1:], features, lengths, cache)[:, -1]
-    candidates = []
-    for a in range(n_audio):
-        done = finished[a]
-        if len(done) < beam:          # too few finished: add the best unfinished ones
-            for j in sorted(range(a * beam, (a + 1) * beam), key=lambda j: -sum_logprobs[j].item()):
-                done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
-                if len(done) >= beam:
-                    break
-        seqs = [_until_eot(list(s[sample_begin:]), eot) for s in done]
-        candidates.append((seqs, list(done.values())))
-    return candidates, no_speech
 
 
 @dataclass
@@ -977,6 +1011,20 @@ class Draft:
     shortlist: Optional[int] = 8192          # guess among the first N token ids only (see guess_logits)
     features: Optional[Tensor] = None
     lengths: Optional[Tensor] = None
+    # shortlist size -> (token ids, projection), built once and shared by the copies encode() makes
+    projections: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def encode(self, mel: Tensor, sizes: Sequence[int]) -> Draft:
+        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
+        frames = [data.N_FRAMES if self.round_frames is None else data.trimmed_frames(n, self.round_frames)
+                  for n in sizes]
+        features, lengths = embed_each(self.model, mel, frames)
+        return replace(self, features=features, lengths=lengths)
+
+    def select(self, index: Sequence[int]) -> Draft:
+        """The draft of the windows `index` only."""
+        lengths = None if self.lengths is None else self.lengths[index]
+        return replace(self, features=self.features[index], lengths=lengths)
 
     def guess_logits(self, hidden: Tensor) -> Tensor:
         """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf elsewhere).
@@ -988,126 +1036,53 @@ class Draft:
         """
         if self.shortlist is None:
             return self.model.decoder.project(hidden)
-        eot = self.model.tokenizer.eot
-        cached = getattr(self.model, "_shortlist_projection", None)      # (size, ids, projection)
-        if cached is None or cached[0] != self.shortlist:
+        if self.shortlist not in self.projections:
+            eot = self.model.tokenizer.eot
             ids = torch.cat([torch.arange(min(self.shortlist, eot)), torch.tensor([eot])]).to(hidden.device)
             weight = self.model.decoder.token_embedding.weight[ids]
-            projection = PackedLinear(weight) if getattr(self.model, "packed", False) else \
-                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float())
-            cached = (self.shortlist, ids, projection)
-            self.model._shortlist_projection = cached
-        _, ids, projection = cached
+            self.projections[self.shortlist] = (ids, PackedLinear(weight) if self.model.packed else
+                                                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float()))
+        ids, projection = self.projections[self.shortlist]
         logits = torch.full((*hidden.shape[:-1], self.model.dims.n_vocab), -np.inf, device=hidden.device)
         logits[..., ids] = projection(hidden)
         return logits
 
-    def encode(self, mel: Tensor, sizes: Sequence[int]) -> "Draft":
-        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
-        frames = [data.N_FRAMES if self.round_frames is None else data.trimmed_frames(n, self.round_frames)
-                  for n in sizes]
-        features, lengths = embed_each(self.model, mel, frames)
-        return replace(self, features=features, lengths=lengths)
 
+class DraftRow:
+    """The draft's side of one window in speculative decoding: the text so far as the draft sees it
+    (text only, never timestamps), its logit rules and its own KV cache."""
 
-def speculative(model, features, lengths, tokens, options, sample_begin, sot_index, draft: Draft, languages):
-    """Greedy decoding of `model`, sped up by a draft: the same tokens as sample() at temperature 0.
+    def __init__(self, draft: Draft, task: str, language: str, row: int):
+        self.draft, model = draft, draft.model
+        options = DecodingOptions(task=task, language=language, without_timestamps=True)
+        self.tokens = initial_tokens(model, options)
+        self.rules = LogitRules(model, options, len(self.tokens))
+        self.features = draft.features[row: row + 1]
+        self.lengths = None if draft.lengths is None else draft.lengths[row: row + 1]
+        self.cache = KVCache(model, 1, self.features.device, self.features.dtype)
+        self.fed = 0                                       # how many of self.tokens are in the cache
 
-    Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
-    them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
-    the first one it disagrees with, plus its own token there. Every kept token is the model's own
-    greedy choice under its own logit rules, so the transcript is the model's, only sooner.
-    Windows are decoded one after another: each keeps a different number of guesses per step.
-    """
-    candidates, no_speech = [], []
-    for i in range(tokens.shape[0]):
-        row_lengths = None if lengths is None else lengths[i: i + 1]
-        draft_lengths = None if draft.lengths is None else draft.lengths[i: i + 1]
-        seq, logprob, ns = _speculative_row(model, features[i: i + 1], row_lengths, tokens[i].tolist(), options,
-                                            sample_begin, sot_index, draft, draft.features[i: i + 1], draft_lengths,
-                                            languages[i])
-        candidates.append(([seq], [logprob]))
-        no_speech.append(ns)
-    return candidates, no_speech
-
-
-def _speculative_row(model, features, lengths, tokens, options, sample_begin, sot_index, draft, draft_features,
-                     draft_lengths, language):
-    tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
-    eot = tok.eot
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or n_ctx // 2
-    cache = KVCache(model, 1, features.device, features.dtype)
-    logits, no_speech = _first_step(model, features, lengths, torch.tensor([tokens], device=features.device),
-                                    sot_index, cache)
-    logits = logits[0]                                     # the model's logits after the last token in `tokens`
-
-    d_model = draft.model
-    d_options = DecodingOptions(task=options.task, language=language, without_timestamps=True)
-    d_tokens = initial_tokens(d_model, d_options)
-    d_rules = LogitRules(d_model, d_options, len(d_tokens))
-    d_cache = KVCache(d_model, 1, draft_features.device, draft_features.dtype)
-    d_fed = 0                                              # how many of d_tokens are in the draft's cache
-
-    def draft_logits() -> Tensor:
-        """The draft's logits after all of d_tokens (feeding what it has not seen yet)."""
-        nonlocal d_fed
-        if d_fed == len(d_tokens):                         # nothing new: see the last token again
-            d_fed -= 1
-        d_cache.offset = d_fed
-        new = torch.tensor([d_tokens[d_fed:]], device=draft_features.device)
-        d_fed = len(d_tokens)
-        return draft.guess_logits(d_model.decoder.hidden(new, draft_features, draft_lengths, d_cache)[:, -1])[0]
-
-    def choose(step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
-        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
-        step_logits = step_logits[None].clone()
-        rules(step_logits, torch.tensor([prefix], device=step_logits.device))
-        token = int(step_logits.argmax(dim=-1))
-        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
-
-    sum_logprob, emitted = 0.0, 0
-    while True:
-        token, logprob = choose(logits, tokens)            # the model's own next token
-        tokens.append(token)
-        sum_logprob += logprob
-        emitted += 1
-        if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
-            break
-        if token < eot:                                    # the draft sees text only, never timestamps
-            d_tokens.append(token)
-        # the draft guesses what follows, one token at a time
+    def guess(self, limit: int) -> list[int]:
+        """Up to `limit` tokens the draft expects next, one at a time (stopping at <|endoftext|>)."""
         guesses = []
-        limit = min(draft.guesses, sample_len - emitted, n_ctx - len(tokens))
         while len(guesses) < limit:
-            d_step = draft_logits()[None]
-            d_rules(d_step, torch.tensor([d_tokens], device=d_step.device))
-            guess = int(d_step.argmax(dim=-1))
-            guesses.append(guess)
-            d_tokens.append(guess)
-            if guess == eot:
+            self.fed = min(self.fed, len(self.tokens) - 1)  # feed what the draft has not seen (or the last token again)
+            self.cache.offset = self.fed
+            new = torch.tensor([self.tokens[self.fed:]], device=self.features.device)
+            self.fed = len(self.tokens)
+            hidden = self.draft.model.decoder.hidden(new, self.features, self.lengths, self.cache)[:, -1]
+            step = self.draft.guess_logits(hidden)
+            self.rules(step, torch.tensor([self.tokens], device=step.device))
+            guesses.append(int(step.argmax(dim=-1)))
+            self.tokens.append(guesses[-1])
+            if guesses[-1] == self.draft.model.tokenizer.eot:
                 break
-        # the model scores its token and every guess in one pass, from where its cache ends
-        cache.offset = len(tokens) - 1
-        scored = model.logits(torch.tensor([[token] + guesses], device=features.device), features, lengths, cache)[0]
-        kept = 0
-        for j, guess in enumerate(guesses):
-            choice, logprob = choose(scored[j], tokens)
-            if choice != guess:
-                break
-            tokens.append(guess)
-            sum_logprob += logprob
-            emitted += 1
-            kept += 1
-            if guess == eot or emitted >= sample_len or len(tokens) > n_ctx:
-                break
-        if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
-            break
-        logits = scored[kept]                              # the model's logits after the last kept token
-        cache.offset = len(tokens)
-        del d_tokens[len(d_tokens) - len(guesses) + kept:]   # the draft forgets the guesses not kept
-        d_fed = min(d_fed, len(d_tokens))
-    return _until_eot(tokens[sample_begin:], eot), sum_logprob, no_speech[0]
+        return guesses
+
+    def forget(self, n: int) -> None:
+        """Drop the last `n` guesses (the ones the verifying model did not keep)."""
+        del self.tokens[len(self.tokens) - n:]
+        self.fed = min(self.fed, len(self.tokens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1119,6 +1094,41 @@ def _speculative_row(model, features, lengths, tokens, options, sample_begin, so
 # repetitive, too improbable) is decoded again at the next temperature.
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class TranscribeOptions(DecodingOptions):
+    """How to transcribe long audio: the decoding options of every window, and the rules around them.
+
+    Each window is decoded at the first temperature of the schedule, and again at the next one
+    while its text looks wrong: more compressible than compression_ratio_threshold (a loop) or
+    less probable than logprob_threshold on average, unless no_speech_threshold calls it silence.
+    """
+    temperature: float | Sequence[float] = TEMPERATURES     # one temperature, or a fallback schedule
+    best_of: Optional[int] = 5
+    compression_ratio_threshold: Optional[float] = 2.4
+    logprob_threshold: Optional[float] = -1.0
+    no_speech_threshold: Optional[float] = 0.6
+    condition_on_previous_text: bool = True
+    initial_prompt: Optional[str] = None
+    draft: Optional[Draft] = None            # faster greedy windows, the same text (see DecodingTask.speculative)
+
+    def for_window(self, temperature: float, language: Optional[str]) -> DecodingOptions:
+        """The options of one try of one window: beam search at temperature 0, best_of samples above."""
+        options = DecodingOptions(**{f.name: getattr(self, f.name) for f in fields(DecodingOptions)})
+        return replace(options, temperature=temperature, language=language,
+                       beam_size=self.beam_size if temperature == 0 else None,
+                       patience=self.patience if temperature == 0 else None,
+                       best_of=self.best_of if temperature > 0 else None)
+
+    def needs_fallback(self, r: DecodingResult) -> bool:
+        too_repetitive = self.compression_ratio_threshold is not None and \
+            r.compression_ratio > self.compression_ratio_threshold
+        too_improbable = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        return (too_repetitive or too_improbable) and not (self.is_silence(r) and too_improbable)
+
+    def is_silence(self, r: DecodingResult) -> bool:
+        return self.no_speech_threshold is not None and r.no_speech_prob > self.no_speech_threshold
 
 
 @dataclass
@@ -1134,59 +1144,35 @@ class _Track:
     initial_prompt_tokens: list = field(default_factory=list)
 
 
-def transcribe(model: Whisper, audio, **options) -> dict:
+def transcribe_one(model: Whisper, audio, options: TranscribeOptions = TranscribeOptions()) -> dict:
     """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
-    return transcribe_many(model, [audio], **options)[0]
+    return transcribe_many(model, [audio], options)[0]
 
 
 @torch.inference_mode()
-def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, language: Optional[str] = None,
-                    task: str = "transcribe", temperature: float | Sequence[float] = TEMPERATURES,
-                    beam_size: Optional[int] = None, best_of: Optional[int] = 5, patience: Optional[float] = None,
-                    length_penalty: Optional[float] = None, initial_prompt: Optional[str] = None,
-                    condition_on_previous_text: bool = True, compression_ratio_threshold: Optional[float] = 2.4,
-                    logprob_threshold: Optional[float] = -1.0, no_speech_threshold: Optional[float] = 0.6,
-                    without_timestamps: bool = False, suppress_tokens: str = "-1",
-                    draft: Optional[Draft] = None, progress: bool = False) -> list[dict]:
+def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions = TranscribeOptions(), *,
+                    batch_size: int = 1, progress: bool = False) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
-    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. A `draft`
-    makes greedy decoding faster and changes nothing in the output (see speculative).
+    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input.
     """
     from tqdm import tqdm
-    tok = model.tokenizer
-    if task == "translate" and not model.is_multilingual:
+    if options.task == "translate" and not model.is_multilingual:
         raise ValueError("translate needs a multilingual model; English-only models can only transcribe")
-    if language is not None:
-        language = language.lower()
-        if language not in tok.language_codes:
-            by_name = {name.lower(): code for code, name in LANGUAGES.items()}
-            if language not in by_name:
-                raise ValueError(f"unknown language {language!r}")
-            language = by_name[language]
-    if not model.is_multilingual:
-        language = "en"
-    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
-    base = DecodingOptions(task=task, language=language, beam_size=beam_size, best_of=best_of, patience=patience,
-                           length_penalty=length_penalty, without_timestamps=without_timestamps,
-                           suppress_tokens=suppress_tokens)
+    options = replace(options, language=_language_code(model, options.language))
     tracks = []
     for audio in audios:
         mel = audio if isinstance(audio, Tensor) and audio.ndim == 2 else \
             data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
-        t = _Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=language)
-        if initial_prompt:
-            t.initial_prompt_tokens = tok.encode(" " + initial_prompt.strip())
+        t = _Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=options.language)
+        if options.initial_prompt:
+            t.initial_prompt_tokens = model.tokenizer.encode(" " + options.initial_prompt.strip())
             t.all_tokens = list(t.initial_prompt_tokens)
         tracks.append(t)
     _detect_languages(model, [t for t in tracks if t.language is None and t.content_frames > 0], batch_size)
 
-    total = sum(t.content_frames for t in tracks)
-    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
-        while True:
-            active = [t for t in tracks if t.seek < t.content_frames]
-            if not active:
-                break
+    with tqdm(total=sum(t.content_frames for t in tracks), unit="frames", disable=not progress, leave=False) as bar:
+        while active := [t for t in tracks if t.seek < t.content_frames]:
             # windows decode together when their prompts are equally long (one tensor of tokens)
             groups: dict[tuple, list[_Track]] = {}
             for t in active:
@@ -1196,11 +1182,20 @@ def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, la
                 for i in range(0, len(group), batch_size):
                     chunk = group[i: i + batch_size]
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
-                    _transcribe_windows(model, chunk, base, temperatures, condition_on_previous_text,
-                                        compression_ratio_threshold, logprob_threshold, no_speech_threshold, draft)
+                    _transcribe_windows(model, chunk, options)
                     bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
-    return [{"text": tok.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
+    return [{"text": model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
              "language": t.language or "en"} for t in tracks]
+
+
+def _language_code(model: Whisper, language: Optional[str]) -> Optional[str]:
+    """A language code from a code or an English name ('en', 'English'); None: detect it."""
+    if language is not None and language.lower() not in model.tokenizer.language_codes:
+        by_name = {name: code for code, name in LANGUAGES.items()}
+        if language.lower() not in by_name:
+            raise ValueError(f"unknown language {language!r}")
+        language = by_name[language.lower()]
+    return language and language.lower() if model.is_multilingual else "en"
 
 
 def _detect_languages(model: Whisper, tracks: list[_Track], batch_size: int) -> None:
@@ -1219,57 +1214,38 @@ def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
     return prompt[-(n_text_ctx // 2 - 1):] if prompt else []
 
 
-def _transcribe_windows(model, tracks, base, temperatures, condition, cr_threshold, lp_threshold, ns_threshold,
-                        draft: Optional[Draft] = None):
+def _transcribe_windows(model: Whisper, tracks: list[_Track], options: TranscribeOptions) -> None:
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
     sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
     mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
-    if draft is not None and temperatures[0] == 0 and base.beam_size is None:
-        draft = draft.encode(mel, sizes)
-    else:
-        draft = None
+    temperatures = [options.temperature] if isinstance(options.temperature, (int, float)) else options.temperature
+    draft = options.draft
+    draft = draft.encode(mel, sizes) if draft and temperatures[0] == 0 and options.beam_size is None else None
     features, _ = embed_each(model, mel, [data.N_FRAMES] * len(tracks))
     prompts = [_prompt_of(t, model.dims.n_text_ctx) for t in tracks]
-    language = tracks[0].language
     results: list[Optional[DecodingResult]] = [None] * len(tracks)
     todo = list(range(len(tracks)))
     for temperature in temperatures:
-        options = replace(base, temperature=temperature, language=language,
-                          beam_size=base.beam_size if temperature == 0 else None,
-                          patience=base.patience if temperature == 0 else None,
-                          best_of=base.best_of if temperature > 0 else None)
-        use_draft = None if draft is None or temperature > 0 else \
-            replace(draft, features=draft.features[todo], lengths=None if draft.lengths is None else draft.lengths[todo])
-        decoded = decode(model, options=options, audio_features=features[todo], prompts=[prompts[i] for i in todo],
-                         draft=use_draft)
-        still = []
+        decoded = decode_batch(model, options=options.for_window(temperature, tracks[0].language),
+                               audio_features=features[todo], prompts=[prompts[i] for i in todo],
+                               draft=draft.select(todo) if draft is not None and temperature == 0 else None)
         for i, r in zip(todo, decoded):
             results[i] = r
-            if _needs_fallback(r, cr_threshold, lp_threshold, ns_threshold):
-                still.append(i)
-        todo = still
+        todo = [i for i, r in zip(todo, decoded) if options.needs_fallback(r)]
         if not todo:
             break
     for t, size, result in zip(tracks, sizes, results):
-        _advance(model, t, size, result, condition, lp_threshold, ns_threshold)
+        _advance(model, t, size, result, options)
 
 
-def _needs_fallback(r: DecodingResult, cr_threshold, lp_threshold, ns_threshold) -> bool:
-    too_repetitive = cr_threshold is not None and r.compression_ratio > cr_threshold
-    too_improbable = lp_threshold is not None and r.avg_logprob < lp_threshold
-    silence = ns_threshold is not None and r.no_speech_prob > ns_threshold and too_improbable
-    return (too_repetitive or too_improbable) and not silence
-
-
-def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, condition: bool,
-             lp_threshold, ns_threshold) -> None:
+def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, options: TranscribeOptions) -> None:
     """Cut the window's tokens into segments at timestamp pairs and move the seek forward."""
     tok = model.tokenizer
     frames_per_token = data.N_FRAMES // model.dims.n_audio_ctx             # 2 mel frames per timestamp step
     precision = frames_per_token * data.HOP_LENGTH / data.SAMPLE_RATE       # 0.02 s
     offset = t.seek * data.HOP_LENGTH / data.SAMPLE_RATE
-    if ns_threshold is not None and result.no_speech_prob > ns_threshold and \
-            not (lp_threshold is not None and result.avg_logprob > lp_threshold):
+    lp_threshold = options.logprob_threshold
+    if options.is_silence(result) and not (lp_threshold is not None and result.avg_logprob > lp_threshold):
         t.seek += size                       # silence: skip the window
         return
     tokens, begin = result.tokens, tok.timestamp_begin
@@ -1309,5 +1285,5 @@ def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, condi
         s["id"] = len(t.segments)
         t.segments.append(s)
         t.all_tokens.extend(s["tokens"])
-    if not condition or result.temperature > 0.5:
+    if not options.condition_on_previous_text or result.temperature > 0.5:
         t.prompt_reset_since = len(t.all_tokens)     # a high-temperature guess should not steer what follows

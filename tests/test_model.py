@@ -98,7 +98,7 @@ def test_greedy_tokens_match_openai(tiny, golden, sounds):
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
         for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
                              ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            result, want = M.decode(tiny, mel, options)[0], item[key]
+            result, want = M.decode_batch(tiny, mel, options)[0], item[key]
             assert result.tokens == want["tokens"], (item["name"], key)
             assert result.text == want["text"]
             assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
@@ -121,7 +121,7 @@ def test_first_step_logits_match_openai(tiny, golden, sounds):
 def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
     items = speech(golden)[:4]
     mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
-    results = M.decode(tiny, mel, M.DecodingOptions(language="en"))
+    results = M.decode_batch(tiny, mel, M.DecodingOptions(language="en"))
     assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
 
 
@@ -130,9 +130,9 @@ def test_beam_search_matches_openai(tiny, golden, sounds):
     assert items
     for item in items:
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
-        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
+        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
         assert result.tokens == item["beam5_timestamps"]["tokens"], item["name"]
-        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
+        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
         assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
 
 
@@ -146,10 +146,11 @@ def same_segments(ours, theirs):
 def test_transcribe_segments_match_openai(tiny, golden, sounds):
     items = golden["tiny.en"]["prompts"]
     for item in items:
-        result = M.transcribe(tiny, audio_of(sounds, item["name"]), temperature=0.0)
+        result = M.transcribe_one(tiny, audio_of(sounds, item["name"]), M.TranscribeOptions(temperature=0.0))
         same_segments(result["segments"], item["transcribe"]["segments"])
     # several inputs decoded together give what each gives alone
-    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]], temperature=0.0, batch_size=6)
+    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]], M.TranscribeOptions(temperature=0.0),
+                                 batch_size=6)
     for result, item in zip(together, items[:6]):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -160,7 +161,7 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     parts = [x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1]
     audio = np.concatenate(parts)
     assert len(audio) == long["n_samples"]
-    result = M.transcribe(tiny, audio, temperature=0.0)
+    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0))
     same_segments(result["segments"], long["transcribe"]["segments"])
     assert result["text"] == long["transcribe"]["text"]
     assert result["segments"][-1]["end"] > 60          # it really went through several windows
@@ -179,7 +180,7 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
             features = tiny.embed_audio(mel[None])
             want, got = tiny.logits(prefix, features), packed.logits(prefix, features)
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
-        assert M.decode(packed, mel, M.DecodingOptions(language="en"))[0].tokens == item["decode_timestamps"]["tokens"]
+        assert M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens == item["decode_timestamps"]["tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, d
         draft = draft.encode(mel, sizes)
         for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
                              ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            results = M.decode(tiny, options=options, audio_features=features, draft=draft)
+            results = M.decode_batch(tiny, options=options, audio_features=features, draft=draft)
             for item, result in zip(items, results):
                 want = item[key]
                 assert result.tokens == want["tokens"], (name, item["name"], key)
@@ -212,13 +213,13 @@ def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, so
     long = golden["tiny.en"]["long"]
     gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
     audio = np.concatenate([x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1])
-    result = M.transcribe(tiny, audio, temperature=0.0, draft=drafts["1-layer, trimmed"])
+    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0, draft=drafts["1-layer, trimmed"]))
     same_segments(result["segments"], long["transcribe"]["segments"])
 
 
 def test_silence_and_empty_audio_give_empty_text(tiny):
-    assert M.transcribe(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
-    assert M.transcribe(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
+    assert M.transcribe_one(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
+    assert M.transcribe_one(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
 
 
 def test_base_multilingual_detects_english(golden, sounds):
@@ -233,7 +234,7 @@ def test_base_multilingual_detects_english(golden, sounds):
             _, probs = M.detect_language(base, base.embed_audio(mel))
         assert max(probs[0], key=probs[0].get) == "en"
         assert abs(probs[0]["en"] - item["detect_language"]["p_en"]) < 1e-3
-        result = M.transcribe(base, audio, temperature=0.0)
+        result = M.transcribe_one(base, audio, M.TranscribeOptions(temperature=0.0))
         assert result["language"] == "en"
         same_segments(result["segments"], item["transcribe"]["segments"])
 
