@@ -471,7 +471,8 @@ class TeacherCache:
                       leave=False):
             chunk = todo[i: i + batch_size]
             results = M.transcribe_many(self.teacher, [data.load_audio(u.audio, cache=True) for u in chunk],
-                                        M.TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size=batch_size)
+                                        M.TranscribeOptions(temperature=0.0, without_timestamps=True),
+                                        batch_size=batch_size)
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
                 data.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",

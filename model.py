@@ -249,7 +249,7 @@ class Whisper(nn.Module):
         self.dims = dims
         self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
         self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
-        self.tokenizer: Optional["Tokenizer"] = None     # attached by load_model
+        self.tokenizer: Optional[Tokenizer] = None       # attached by formats.open_model
 
     @property
     def device(self) -> torch.device:
@@ -946,6 +946,7 @@ class DecodingTask:
         return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
 
     def _speculative_row(self, i: int) -> tuple[list[int], float, float]:
+        """Row i's tokens, their total log-probability and its no-speech probability."""
         eot, n_ctx, sample_len = self.tok.eot, self.model.dims.n_text_ctx, self.sample_len
         features = self.features[i: i + 1]
         lengths = None if self.lengths is None else self.lengths[i: i + 1]

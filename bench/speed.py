@@ -77,7 +77,8 @@ def runner(c: dict, device: str, batch_size: int):
     if "draft" in c:
         student, student_mode = askd.load_for_inference(c["draft"], device, "auto")
         draft = M.Draft(student, round_frames=student_mode.get("round_frames"))
-        return (lambda xs: M.transcribe_many(whisper, xs, M.TranscribeOptions(temperature=0.0, draft=draft), batch_size=batch_size),
+        options = M.TranscribeOptions(temperature=0.0, draft=draft)
+        return (lambda xs: M.transcribe_many(whisper, xs, options, batch_size=batch_size),
                 askd.weights_of(whisper), "exact")
     if mode["input"] == "trimmed":
         return (lambda xs: askd.transcribe_trimmed(whisper, xs, batch_size, mode["round_frames"]),

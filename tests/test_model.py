@@ -149,8 +149,8 @@ def test_transcribe_segments_match_openai(tiny, golden, sounds):
         result = M.transcribe_one(tiny, audio_of(sounds, item["name"]), M.TranscribeOptions(temperature=0.0))
         same_segments(result["segments"], item["transcribe"]["segments"])
     # several inputs decoded together give what each gives alone
-    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]], M.TranscribeOptions(temperature=0.0),
-                                 batch_size=6)
+    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]],
+                                 M.TranscribeOptions(temperature=0.0), batch_size=6)
     for result, item in zip(together, items[:6]):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -173,6 +173,7 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
+    assert packed.packed and not tiny.packed and tiny.decoder.packed_projection is None
     for item in speech(golden)[:6]:
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
         prefix = torch.tensor([item["decode_timestamps"]["tokens"][:8]])
@@ -180,7 +181,8 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
             features = tiny.embed_audio(mel[None])
             want, got = tiny.logits(prefix, features), packed.logits(prefix, features)
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
-        assert M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens == item["decode_timestamps"]["tokens"]
+        tokens = M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens
+        assert tokens == item["decode_timestamps"]["tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +209,15 @@ def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, d
                 assert result.tokens == want["tokens"], (name, item["name"], key)
                 assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
                 assert abs(result.no_speech_prob - want["no_speech_prob"]) < 1e-3
+        assert draft.projections and set(vars(draft.model)) == set(vars(M.Whisper(tiny.dims)))  # cached on the draft
+
+
+def test_transcribe_options_write_each_default_once():
+    options = M.TranscribeOptions(beam_size=5, without_timestamps=True)
+    greedy, sampled = options.for_window(0.0, "en"), options.for_window(0.4, "en")
+    assert type(greedy) is M.DecodingOptions and (greedy.beam_size, greedy.best_of) == (5, None)
+    assert (sampled.beam_size, sampled.best_of, sampled.temperature) == (None, 5, 0.4)
+    assert greedy.without_timestamps and greedy.suppress_tokens == M.DecodingOptions().suppress_tokens
 
 
 def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
