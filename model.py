@@ -683,8 +683,7 @@ def detect_language(model: Whisper, audio_features: Tensor) -> tuple[Tensor, lis
     lang_ids = torch.tensor(tok.language_tokens, device=logits.device)
     probs = logits[:, lang_ids].softmax(dim=-1)            # softmax over the language tokens alone
     best = lang_ids[probs.argmax(dim=-1)]
-    codes = tok.language_codes
-    return best, [dict(zip(codes, row.tolist())) for row in probs.cpu()]
+    return best, [dict(zip(tok.language_codes, row.tolist())) for row in probs.cpu()]
 
 
 class LogitRules:
@@ -1161,15 +1160,13 @@ def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions
     if options.task == "translate" and not model.is_multilingual:
         raise ValueError("translate needs a multilingual model; English-only models can only transcribe")
     options = replace(options, language=_language_code(model, options.language))
+    prompt = model.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     tracks = []
     for audio in audios:
         mel = audio if isinstance(audio, Tensor) and audio.ndim == 2 else \
             data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
-        t = _Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=options.language)
-        if options.initial_prompt:
-            t.initial_prompt_tokens = model.tokenizer.encode(" " + options.initial_prompt.strip())
-            t.all_tokens = list(t.initial_prompt_tokens)
-        tracks.append(t)
+        tracks.append(_Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=options.language,
+                             all_tokens=list(prompt), initial_prompt_tokens=prompt))
     _detect_languages(model, [t for t in tracks if t.language is None and t.content_frames > 0], batch_size)
 
     with tqdm(total=sum(t.content_frames for t in tracks), unit="frames", disable=not progress, leave=False) as bar:
