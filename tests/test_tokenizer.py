@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from model import LANGUAGES, Tokenizer  # noqa: E402
+from formats import tokenizer_from_folder, tokenizer_from_tiktoken  # noqa: E402
+from model import LANGUAGES  # noqa: E402
 
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "tokenizer_golden.json").read_text(encoding="utf-8"))
 SENTENCES = GOLDEN["sentences"]
@@ -40,7 +41,7 @@ def base_folder() -> Path:
 def case(request):
     """(our tokenizer, whisper's golden record) for one vocabulary."""
     folder = tiny_en_folder() if request.param == "english" else base_folder()
-    return Tokenizer.from_folder(folder), GOLDEN[request.param]
+    return tokenizer_from_folder(folder), GOLDEN[request.param]
 
 
 def test_encode_matches_whisper(case):
@@ -116,7 +117,7 @@ def test_every_vocabulary_format_reads_the_same(case, tmp_path):
     for name, text in files.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / name).write_text(text, encoding="utf-8")
-        loaded = Tokenizer.from_folder(tmp_path / name)
+        loaded = tokenizer_from_folder(tmp_path / name)
         assert ordinary_tokens(loaded) == expected, name
         assert (loaded.multilingual, loaded.n_vocab) == (tokenizer.multilingual, tokenizer.n_vocab)
 
@@ -124,7 +125,7 @@ def test_every_vocabulary_format_reads_the_same(case, tmp_path):
     ranks = tmp_path / "ranks.tiktoken"
     # Whisper writes the empty token of the multilingual vocabulary as "=".
     ranks.write_text("".join(f"{base64.b64encode(t).decode() or '='} {i}\n" for i, t in enumerate(expected)))
-    loaded = Tokenizer.from_tiktoken(ranks, tokenizer.multilingual)
+    loaded = tokenizer_from_tiktoken(ranks, tokenizer.multilingual)
     assert ordinary_tokens(loaded) == expected
     assert loaded.encode(SENTENCES[4]) == tokenizer.encode(SENTENCES[4])
 
@@ -133,7 +134,7 @@ def test_large_v3_layout_from_n_vocab(tmp_path):
     """n_vocab 51866 means 100 languages (Cantonese added), shifting later specials."""
     hf = json.loads((base_folder() / "tokenizer.json").read_text(encoding="utf-8"))
     (tmp_path / "vocab.json").write_text(json.dumps(hf["model"]["vocab"]), encoding="utf-8")
-    tokenizer = Tokenizer.from_folder(tmp_path, n_vocab=51866)
+    tokenizer = tokenizer_from_folder(tmp_path, n_vocab=51866)
     golden = GOLDEN["multilingual_100"]
     assert tokenizer.num_languages == 100
     assert tokenizer.n_vocab == golden["n_vocab"]
@@ -145,17 +146,17 @@ def test_large_v3_layout_from_n_vocab(tmp_path):
 def test_wrong_layout_is_a_clear_error():
     # base's vocabulary.txt lists 99 languages; claiming 100 must not pass silently.
     with pytest.raises(ValueError, match="vocabulary.txt: token 50358"):
-        Tokenizer.from_folder(base_folder(), n_vocab=51866)
+        tokenizer_from_folder(base_folder(), n_vocab=51866)
     with pytest.raises(ValueError, match="n_vocab 50000 does not fit"):
-        Tokenizer.from_folder(base_folder(), n_vocab=50000)
+        tokenizer_from_folder(base_folder(), n_vocab=50000)
 
 
 def test_missing_or_broken_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="no vocabulary file"):
-        Tokenizer.from_folder(tmp_path)
+        tokenizer_from_folder(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json: not valid JSON"):
-        Tokenizer.from_folder(tmp_path)
+        tokenizer_from_folder(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
     with pytest.raises(ValueError, match="2 ordinary tokens"):
-        Tokenizer.from_folder(tmp_path)
+        tokenizer_from_folder(tmp_path)
