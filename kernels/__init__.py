@@ -17,16 +17,11 @@ None, the environment variable FASTWHISPER_KERNELS.  Both take
     'torch'   always the twin
 
 Triton is optional: without it the twins still work, and asking for 'triton' is an error.
-Without a GPU, Triton can only run kernels through its CPU interpreter, so on such a machine
-this package sets TRITON_INTERPRET=1 (unless it is set already) before the kernels are defined:
-that is how the tests check the kernels on the CPU (slowly; 'auto' still picks the twins).
+Without a GPU, Triton runs kernels only through its CPU interpreter, which must be switched on
+(TRITON_INTERPRET=1) before this package is imported: the tests do that to check the kernels
+on the CPU (slowly).  Nothing here sets it: on a CPU-only machine 'auto' picks the twins anyway.
 """
 import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton.jit when the kernels are defined
 
 try:
     import triton

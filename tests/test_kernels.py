@@ -1,7 +1,7 @@
 """Tests for kernels/: each Triton kernel, forward and backward, against its PyTorch twin.
 
 With a GPU the kernels run natively on it.  Without one they run in Triton's CPU interpreter,
-which must be switched on before triton is imported (kernels/ does it too, this makes sure).
+which must be switched on before triton is imported (conftest.py does it; so does this file, when run alone).
 The interpreter is slow, so the shapes are the awkward ones (lengths 1, 7, 1500; V = 51,864
 and 51,865; N = 1) with few rows and heads rather than big ones.
 
@@ -424,4 +424,15 @@ def test_twins_work_without_triton():
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_importing_kernels_leaves_the_environment_alone():
+    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the CPU."""
+    script = ("import os, torch, kernels\n"
+              "assert 'TRITON_INTERPRET' not in os.environ\n"
+              "assert not kernels.use_triton(torch.zeros(1))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTWHISPER_KERNELS")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT),
+                            CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
