@@ -9,6 +9,8 @@ and temperature T, the loss is
 
 with its own weight per term and per token; a token labelled ignore_index contributes 0.
 These are the losses askd.py calls; 'mean' divides by the number of non-ignored tokens.
+With parts=True the same single pass also returns each term's unweighted mean (CE, T^2 KL to
+the teacher, T^2 KL to the self-teacher), which askd logs: one pass over the vocabulary per step.
 
 Written with log-sum-exps (lse(x) = log sum_j exp x_j):
 
@@ -61,26 +63,33 @@ def _kl(log_p, log_q):
     return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
 
 
+def _term_on(weight, logits, parts):
+    """A term runs if its weight is not the number 0, or, with parts=True, if its logits are given."""
+    return not _is_zero(weight) or (parts and logits is not None)
+
+
 def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
-                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", backend=None):
+                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
     """Plain PyTorch version of `kd_loss` (same arguments, same result), differentiated by autograd."""
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     s = student.float()
     labels = labels.to(s.device).long()
     valid = labels != ignore_index
-    weight_of = lambda w: torch.as_tensor(w, dtype=torch.float32, device=s.device)  # noqa: E731
+    terms = {}                                          # name -> (weight, per-token value)
+    if _term_on(ce_weight, s, parts):
+        terms["ce"] = ce_weight, -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
+    log_q = F.log_softmax(s / T, -1) if _term_on(kd_weight, teacher, parts) or _term_on(
+        self_weight, self_teacher, parts) else None
+    for name, weight, target in (("kd", kd_weight, teacher), ("self", self_weight, self_teacher)):
+        if _term_on(weight, target, parts):
+            terms[name] = weight, T * T * _kl(F.log_softmax(target.detach().float() / T, -1), log_q)
     loss = torch.zeros(s.shape[0], device=s.device)
-    if not _is_zero(ce_weight):
-        ce = -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
-        loss = loss + weight_of(ce_weight) * ce
-    if not (_is_zero(kd_weight) and _is_zero(self_weight)):
-        log_q = F.log_softmax(s / T, -1)
-        for weight, target in ((kd_weight, teacher), (self_weight, self_teacher)):
-            if not _is_zero(weight):
-                log_p = F.log_softmax(target.detach().float() / T, -1)
-                loss = loss + weight_of(weight) * T * T * _kl(log_p, log_q)
-    loss = torch.where(valid, loss, 0.0)
-    return _reduce(loss, valid, reduction)
+    for weight, value in terms.values():
+        loss = loss + torch.as_tensor(weight, dtype=torch.float32, device=s.device) * value
+    loss = _reduce(torch.where(valid, loss, 0.0), valid, reduction)
+    if not parts:
+        return loss
+    return loss, {name: _reduce(torch.where(valid, v, 0.0).detach(), valid, "mean") for name, (_, v) in terms.items()}
 
 
 def _reduce(loss, valid, reduction):
@@ -138,11 +147,12 @@ def _teacher_step(t, sT, m, z, a):
 
 
 @triton.jit
-def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, GRAD,
+def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, PARTS, GRAD,
                     stride_s, stride_t, stride_e, stride_g, V, ignore_index, inv_T, T,
                     HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
-                    WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
-    """One program per token: pass 1 gathers the log-sum-exps (the loss), pass 2 writes the gradient.
+                    WRITE_PARTS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per token: pass 1 gathers the log-sum-exps (the loss, and with WRITE_PARTS each
+    unweighted term in PARTS[row, 0:3]), pass 2 writes the gradient.
 
     GRAD may be S itself: pass 2 reads each element before it overwrites that same element."""
     row = tl.program_id(0).to(tl.int64)
@@ -186,21 +196,30 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
             m_e, z_e, a_e = _teacher_step(_load_block(SELF, cols, mask) * inv_T, sT, m_e, z_e, a_e)
 
     loss = 0.0
+    PARTS += row * 3
     if HAS_CE:
         lse_s = _lse(m_s, z_s, valid)
         w_ce = tl.load(W_CE + row)
-        s_label = tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
-        loss += w_ce * (lse_s - s_label)
+        ce = lse_s - tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
+        loss += w_ce * ce
+        if WRITE_PARTS:
+            tl.store(PARTS, tl.where(valid, ce, 0.0))
     if HAS_KD or HAS_SELF:
         lse_q = _lse(m_q, z_q, valid)
     if HAS_KD:
         lse_t = _lse(m_t, z_t, valid)
+        kd = T * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
+        loss += tl.load(W_KD + row) * kd
         w_kd = tl.load(W_KD + row) * T  # T^2 on the loss, T on the gradient
-        loss += w_kd * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
+        if WRITE_PARTS:
+            tl.store(PARTS + 1, tl.where(valid, kd, 0.0))
     if HAS_SELF:
         lse_e = _lse(m_e, z_e, valid)
+        kd_self = T * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
+        loss += tl.load(W_SELF + row) * kd_self
         w_self = tl.load(W_SELF + row) * T
-        loss += w_self * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
+        if WRITE_PARTS:
+            tl.store(PARTS + 2, tl.where(valid, kd_self, 0.0))
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
 
     if WRITE_GRAD:
@@ -243,8 +262,9 @@ def _last_dim_contiguous(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad):
-    """Run the kernel: per-token losses [N] (fp32), and the gradient written into `grad` if given.
+def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad, parts=None):
+    """Run the kernel: per-token losses [N] (fp32), the gradient written into `grad` and the
+    unweighted terms into `parts` [N, 3] (ce, kd, self) if given.
 
     weights: (ce, kd, self) as fp32 [N] tensors, or None where the term is off.
     grad_scale: fp32 tensor [1] multiplying the gradient (1 / tokens for 'mean').
@@ -256,23 +276,24 @@ def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, g
     self_teacher = self_teacher if self_teacher is not None else student
     _kd_loss_kernel[(N,)](
         student, teacher, self_teacher, labels, w_ce, w_kd, w_self, grad_scale, loss,
-        grad if grad is not None else student,
+        parts if parts is not None else loss, grad if grad is not None else student,
         student.stride(0), teacher.stride(0), self_teacher.stride(0),
         grad.stride(0) if grad is not None else 0, V, ignore_index, 1.0 / T, T,
         HAS_CE=weights[0] is not None, HAS_KD=weights[1] is not None, HAS_SELF=weights[2] is not None,
-        WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)), num_warps=8)
+        WRITE_PARTS=parts is not None, WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)), num_warps=8)
     return loss
 
 
-def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V):
-    """Checked labels and per-token weight tensors (None for a term switched off)."""
+def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V,
+             parts=False):
+    """Checked labels and per-token weight tensors (None for a term switched off, see _term_on)."""
     n = labels.shape[0]
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     if bad.any():
         raise ValueError(f"kd_loss: labels must be in [0, {V}) or ignore_index={ignore_index}, "
                          f"got {labels[bad][0].item()}")
-    weights = tuple(None if _is_zero(w) else _row_weights(w, n, student.device)
-                    for w in (ce_weight, kd_weight, self_weight))
+    weights = tuple(_row_weights(w, n, student.device) if _term_on(w, logits, parts) else None
+                    for w, logits in ((ce_weight, student), (kd_weight, teacher), (self_weight, self_teacher)))
     return labels.contiguous(), weights
 
 
@@ -304,41 +325,52 @@ def _scale_kept_grads(ctx, grad_output, per_row=False):
 
 class _KDLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction):
+    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction, parts):
         valid = labels != ignore_index
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        terms = torch.zeros(labels.shape[0], 3, device=student.device) if parts else student.new_empty(0)
         rows = _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index,
-                        _grad_scale(valid, reduction), grad)
+                        _grad_scale(valid, reduction), grad, terms if parts else None)
         ctx.save_for_backward(grad)
         ctx.rows, ctx.used = reduction == "none", False
-        return _reduce(rows, valid, reduction)
+        ctx.mark_non_differentiable(terms)
+        return _reduce(rows, valid, reduction), terms
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_terms):
         (grad,) = _scale_kept_grads(ctx, grad_output, per_row=ctx.rows)
-        return (grad,) + (None,) * 7
+        return (grad,) + (None,) * 8
 
 
 def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0, self_weight=0.0,
-            T=1.0, ignore_index=-100, reduction="mean", backend=None):
+            T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
     """Cross-entropy plus distillation from a teacher and a self-teacher, fused over the vocabulary.
 
     student, teacher, self_teacher: logits [N, V] (teacher/self_teacher may be None when their
     weight is 0); labels [N] integers; each weight a number or a [N] tensor; T the temperature.
     Returns the 'mean' (over non-ignored tokens; 0 if none), 'sum' or per-token ('none') loss
     in fp32.  Gradient flows to the student only.  `backend` as in kernels.use_triton.
+
+    parts=True returns (loss, parts) from the same single pass: parts maps 'ce', 'kd' (T^2 KL to
+    the teacher) and 'self' (T^2 KL to the self-teacher) to each term's unweighted mean over the
+    non-ignored tokens (0-d fp32 tensors, no gradient), for every term whose logits are given
+    (CE always); a weight of 0 then keeps a term out of the loss but not out of `parts`.
     """
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     if not use_triton(student, backend) or student.numel() == 0:
         return kd_loss_reference(student, teacher, labels, self_teacher=self_teacher, ce_weight=ce_weight,
                                  kd_weight=kd_weight, self_weight=self_weight, T=T,
-                                 ignore_index=ignore_index, reduction=reduction)
+                                 ignore_index=ignore_index, reduction=reduction, parts=parts)
     labels, weights = _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
-                               ignore_index, student.shape[1])
+                               ignore_index, student.shape[1], parts)
     teacher = None if weights[1] is None else _last_dim_contiguous(teacher.detach())
     self_teacher = None if weights[2] is None else _last_dim_contiguous(self_teacher.detach())
-    return _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
-                         float(T), int(ignore_index), reduction)
+    loss, terms = _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
+                                float(T), int(ignore_index), reduction, parts)
+    if not parts:
+        return loss
+    means = terms.sum(0) / (labels != ignore_index).sum().clamp(min=1)
+    return loss, {name: means[i] for i, name in enumerate(("ce", "kd", "self")) if weights[i] is not None}
 
 
 # ----------------------------------------------------------------------------------------

@@ -436,3 +436,34 @@ def test_importing_kernels_leaves_the_environment_alone():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT),
                             CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_kd_loss_parts_come_from_one_pass(backend, monkeypatch):
+    """parts=True: one kernel launch gives the weighted loss and gradient, and each term's unweighted
+    mean, equal to what three separate calls (CE; T^2 KL to the teacher; to the self-teacher) give."""
+    module = sys.modules["kernels.kd_loss"]          # the attribute kernels.kd_loss is the function
+    s, t, e, labels, _ = kd_inputs(6, 1000, ignored=(2,))
+    w = torch.rand(6, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    launches, launch = [], module._kd_rows
+
+    def counting(*args, **kwargs):
+        launches.append(1)
+        return launch(*args, **kwargs)
+    monkeypatch.setattr(module, "_kd_rows", counting)
+    kw = dict(self_teacher=e, ce_weight=0.8, kd_weight=w, self_weight=0.3, T=2.0)
+    s1 = s.clone().requires_grad_(True)
+    loss, parts = kd_loss(s1, t, labels, parts=True, backend=backend, **kw)
+    loss.backward()
+    assert len(launches) == (1 if backend == "triton" else 0) and set(parts) == {"ce", "kd", "self"}
+    want_loss, want_grad = loss_and_grad(kd_loss_reference, s, t, labels, torch.tensor(1.0, device=DEVICE), **kw)
+    assert_rel(loss, want_loss, 1e-5, "loss")
+    assert_rel(s1.grad, want_grad, 1e-5, "grad")
+    separate = {"ce": kd_loss_reference(s, None, labels),
+                "kd": kd_loss_reference(s, t, labels, ce_weight=0.0, kd_weight=1.0, T=2.0),
+                "self": kd_loss_reference(s, None, labels, self_teacher=e, ce_weight=0.0, self_weight=1.0, T=2.0)}
+    for name, value in separate.items():
+        assert_rel(parts[name], value, 1e-5, name)
+    _, only = kd_loss(s, t, labels, kd_weight=0.0, T=2.0, parts=True, backend=backend)  # weight 0: logged, not in loss
+    assert set(only) == {"ce", "kd"}
+    assert_rel(only["kd"], separate["kd"], 1e-5, "kd with weight 0")
