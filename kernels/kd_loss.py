@@ -280,7 +280,8 @@ def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, g
         student.stride(0), teacher.stride(0), self_teacher.stride(0),
         grad.stride(0) if grad is not None else 0, V, ignore_index, 1.0 / T, T,
         HAS_CE=weights[0] is not None, HAS_KD=weights[1] is not None, HAS_SELF=weights[2] is not None,
-        WRITE_PARTS=parts is not None, WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)), num_warps=8)
+        WRITE_PARTS=parts is not None, WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)),
+        num_warps=8)
     return loss
 
 

@@ -84,6 +84,40 @@ def test_ce_and_classic_kd_losses_match_hand_computation():
     assert kd.item() == pytest.approx(hand_loss(0.8, 1.0, 0, 2.0, "none"), rel=1e-5)   # distil-whisper's mix
 
 
+def four_pass_loss(student, labels, teacher, self_logits, cfg, s):
+    """The loss as distill_loss computed it before the single pass: CE, trust-weighted KL, the plain
+    KL for the log and the self-KL, each a separate call of the kernel's twin."""
+    from kernels import kd_loss_reference as kd
+    w_ce, w_kd, w_self = cfg.weights(s)
+    trust = askd.teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
+    ce = kd(student, None, labels)
+    kl = kd(student, teacher, labels, ce_weight=0.0, kd_weight=trust, T=cfg.T)
+    plain = kd(student, teacher, labels, ce_weight=0.0, kd_weight=1.0, T=cfg.T)
+    own = kd(student, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0, T=cfg.T)
+    return w_ce * ce + w_kd * kl + w_self * own, {"ce": ce.item(), "kd": plain.item(), "self": own.item()}
+
+
+@pytest.mark.parametrize("loss", ["askd", "kd"])
+def test_distill_loss_is_one_pass_of_the_kernel(loss, monkeypatch):
+    """One kd_loss call per step gives what four gave: the same loss, gradient and logged parts."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher, own = (torch.randn(7, 50, generator=g) * 3 for _ in range(3))
+    labels = torch.randint(0, 50, (7,), generator=g)
+    labels[[0, 4]] = askd.IGNORE
+    cfg = askd.LossConfig(loss, T=2.0, alpha="linear:1:0", beta="linear:0:1")
+    calls, kd_loss = [], askd.kd_loss
+    monkeypatch.setattr(askd, "kd_loss", lambda *a, **k: calls.append(k) or kd_loss(*a, **k))
+    new = student.clone().requires_grad_(True)
+    got, parts = askd.distill_loss(new, labels, teacher, own, cfg, s=0.4)
+    assert len(calls) == 1 and calls[0]["parts"]
+    old = student.clone().requires_grad_(True)
+    want, want_parts = four_pass_loss(old, labels, teacher, own, cfg, 0.4)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(*(torch.autograd.grad(x, y)[0] for x, y in ((got, new), (want, old))))
+    for name in ("ce", "kd", "self") if loss == "askd" else ("ce", "kd"):
+        assert parts[name] == pytest.approx(want_parts[name], rel=1e-6), name
+
+
 def test_encoder_loss_uses_only_each_items_own_positions():
     student = torch.zeros(2, 5, 4)
     student[0, 3:] = 100.0                              # beyond item 0's 3 positions: must not count
@@ -269,12 +303,15 @@ def workspace(tmp_path_factory, asterisk, tiny):
             "cache": str(root / "cache"), "runs": str(root / "runs")}
 
 
-def train_cli(ws, name, *extra, nproc=1, env=None):
-    command = [sys.executable, "fastwhisper.py", "train", "--train", ws["train"], "--dev", ws["dev"],
-               "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
+def train_cli(ws, name, *extra, nproc=1, kill_at=0):
+    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, SIGKILL as step
+    kill_at begins (0: never)."""
+    command = [sys.executable, "tests/train_with_faults.py", "2", str(kill_at), "train", "--train", ws["train"],
+               "--dev", ws["dev"], "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS,
+               *extra]
     if nproc > 1:
-        command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "fastwhisper.py"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTWHISPER_TEST_NAN_AT_STEP": "2", **(env or {})}
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -363,7 +400,7 @@ def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
 
 
 def test_killed_run_resumes_exactly(reference_run, workspace):
-    killed = train_cli(workspace, "killed", "--accum", "2", env={"FASTWHISPER_TEST_KILL_AT_STEP": "5"})
+    killed = train_cli(workspace, "killed", "--accum", "2", kill_at=5)
     assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
     assert final_weights(workspace, "killed")["step"] == 4
     again = train_cli(workspace, "killed", "--accum", "2")
