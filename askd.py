@@ -858,15 +858,27 @@ class Trainer:
         return checkpoint
 
     def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
-        """The teacher, the utterances, the usable examples with the teacher cache filled for them."""
-        cfg = self.cfg
+        """The teacher; the utterances; pseudo-labels where needed, the usable examples and the teacher
+        cache filled for them. With several processes each computes its share, then reads everyone's."""
+        cfg, rank, world, progress = self.cfg, self.rank, self.world, self.main and not self.cfg.quiet
         teacher = M.load_model(cfg.teacher, device=self.device)
         self.tok = teacher.tokenizer
-        train_utts, self.dev_utts, self.test_utts, self.test_label = default_sources(cfg)
-        self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
+        utts, self.dev_utts, self.test_utts, self.test_label = default_sources(cfg)
+        cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
+        unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
+        pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
+        if unlabelled:
+            cache.pseudo_labels(readable[rank::world], progress=progress)
+            _barrier(world)
+            pseudo = cache.pseudo_labels(readable, progress=False)
         self.skipped = Counter()
-        self.examples = _prepare_training_data(cfg, train_utts, self.cache, self.rank, self.world, self.amp,
-                                               self.skipped)
+        self.examples = prepare_examples(utts, self.tok, cfg.round_frames, teacher.dims.n_text_ctx, cfg.labels,
+                                         pseudo, cfg.max_label_wer, self.skipped)
+        if not self.examples:
+            raise TrainError(f"{cfg.train}: no usable training utterances ({dict(self.skipped)})")
+        cache.build(self.examples[rank::world], cfg.input, progress=progress, autocast=self.amp)
+        _barrier(world)
+        cache.build(self.examples, cfg.input, progress=False, autocast=self.amp)   # anything another rank missed
         self.fingerprint = _data_fingerprint(self.examples)
         if checkpoint is not None and checkpoint["data"] != self.fingerprint:
             raise TrainError(f"{self.last_path}: the training data changed since this run started (files, texts "
@@ -1020,9 +1032,8 @@ class Trainer:
         encoder term; and its parts for the log."""
         cfg, device = self.cfg, self.device
         valid = (batch.labels != IGNORE).to(device)
-        mel = batch.mel.to(device) if batch.mel is not None else None
-        mel_lengths = batch.mel_lengths.to(device) if batch.mel_lengths is not None else None
-        features = batch.features.to(device) if batch.features is not None else None
+        mel, mel_lengths, features = (None if x is None else x.to(device)
+                                      for x in (batch.mel, batch.mel_lengths, batch.features))
         inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
         with self.amp or contextlib.nullcontext():
             states, logits = self.step_module(mel, mel_lengths, features, inputs, valid)
@@ -1108,28 +1119,6 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict:
     """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json)."""
     return Trainer(cfg).run()
-
-
-def _prepare_training_data(cfg: TrainConfig, utts, cache: TeacherCache, rank: int, world: int, amp,
-                           skipped: Counter) -> list[Example]:
-    """Pseudo-labels where needed, usable examples, and the teacher cache filled for them. With
-    several processes each computes its share, then reads everyone's from the cache."""
-    main = rank == 0
-    needs_pseudo = [u for u in utts if cfg.labels == "pseudo" or (cfg.labels == "auto" and not (u.text or "").strip())]
-    pseudo = {}
-    if needs_pseudo:
-        readable = [u for u in needs_pseudo if os.path.isfile(u.audio)]
-        cache.pseudo_labels(readable[rank::world], progress=main and not cfg.quiet)
-        _barrier(world)
-        pseudo = cache.pseudo_labels(readable, progress=False)
-    examples = prepare_examples(utts, cache.teacher.tokenizer, cfg.round_frames, cache.teacher.dims.n_text_ctx,
-                                cfg.labels, pseudo, cfg.max_label_wer, skipped)
-    if not examples:
-        raise TrainError(f"{cfg.train}: no usable training utterances ({dict(skipped)})")
-    cache.build(examples[rank::world], cfg.input, progress=main and not cfg.quiet, autocast=amp)
-    _barrier(world)
-    cache.build(examples, cfg.input, progress=False, autocast=amp)        # anything another rank missed
-    return examples
 
 
 @torch.no_grad()

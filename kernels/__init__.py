@@ -3,8 +3,10 @@
 Two kernels carry the GPU speed of the project:
 
     attention.py  fused (flash) attention, forward and backward
-    kd_loss.py    fused softmax + cross-entropy + distillation loss over the vocabulary,
-                  plus a fused-linear variant that never forms all the logits at once
+    kd_loss.py    fused softmax + cross-entropy + distillation loss over the vocabulary
+
+and fused_linear.py, kd_loss from the hidden states without ever forming all the logits at once
+(for memory-bound GPU runs; training does not use it).
 
 Every kernel has a twin written in plain PyTorch with the same signature.  The twin is
 what runs on the CPU and it is the oracle the tests compare the kernel against.
@@ -61,7 +63,8 @@ def use_triton(tensor, backend=None):
 
 # Imported last: the modules below take triton, tl and use_triton from this package.
 from kernels.attention import attention, attention_reference  # noqa: E402
-from kernels.kd_loss import kd_loss, kd_loss_reference, fused_linear_kd_loss  # noqa: E402
+from kernels.kd_loss import kd_loss, kd_loss_reference  # noqa: E402
+from kernels.fused_linear import fused_linear_kd_loss  # noqa: E402
 
 __all__ = ["attention", "attention_reference", "kd_loss", "kd_loss_reference",
            "fused_linear_kd_loss", "use_triton", "HAVE_TRITON"]

@@ -35,10 +35,6 @@ Both passes live in one kernel, which runs in the forward pass (the gradient is 
 backward, scaled by grad_output there).  Extra memory is O(tokens): a few floats per row, plus
 the gradient itself, which is the size of the student logits and which autograd needs anyway.
 
-fused_linear_kd_loss goes one step further for training: it takes the hidden states and the
-output embedding instead of the logits, and forms the logits a chunk of tokens at a time
-(the gradient overwrites each chunk's logits in place), so the [N, V] logits of a big batch
-(28k tokens x 51,865 = 5.9 GB in fp32) never exist at once.
 """
 import torch
 import torch.nn.functional as F
@@ -78,10 +74,10 @@ def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=
     terms = {}                                          # name -> (weight, per-token value)
     if _term_on(ce_weight, s, parts):
         terms["ce"] = ce_weight, -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
-    log_q = F.log_softmax(s / T, -1) if _term_on(kd_weight, teacher, parts) or _term_on(
-        self_weight, self_teacher, parts) else None
+    log_q = None
     for name, weight, target in (("kd", kd_weight, teacher), ("self", self_weight, self_teacher)):
         if _term_on(weight, target, parts):
+            log_q = F.log_softmax(s / T, -1) if log_q is None else log_q
             terms[name] = weight, T * T * _kl(F.log_softmax(target.detach().float() / T, -1), log_q)
     loss = torch.zeros(s.shape[0], device=s.device)
     for weight, value in terms.values():
@@ -209,15 +205,17 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
     if HAS_KD:
         lse_t = _lse(m_t, z_t, valid)
         kd = T * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
-        loss += tl.load(W_KD + row) * kd
-        w_kd = tl.load(W_KD + row) * T  # T^2 on the loss, T on the gradient
+        w_kd = tl.load(W_KD + row)
+        loss += w_kd * kd
+        w_kd *= T  # T^2 on the loss, T on the gradient
         if WRITE_PARTS:
             tl.store(PARTS + 1, tl.where(valid, kd, 0.0))
     if HAS_SELF:
         lse_e = _lse(m_e, z_e, valid)
         kd_self = T * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
-        loss += tl.load(W_SELF + row) * kd_self
-        w_self = tl.load(W_SELF + row) * T
+        w_self = tl.load(W_SELF + row)
+        loss += w_self * kd_self
+        w_self *= T
         if WRITE_PARTS:
             tl.store(PARTS + 2, tl.where(valid, kd_self, 0.0))
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
@@ -372,112 +370,3 @@ def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_we
         return loss
     means = terms.sum(0) / (labels != ignore_index).sum().clamp(min=1)
     return loss, {name: means[i] for i, name in enumerate(("ce", "kd", "self")) if weights[i] is not None}
-
-
-# ----------------------------------------------------------------------------------------
-# Fused linear + loss: the logits are formed and consumed a chunk of tokens at a time.
-# ----------------------------------------------------------------------------------------
-
-def _chunk_logits(source, rows):
-    """Teacher logits for a chunk: a slice of [N, V] logits, or formed from (hidden, weight)."""
-    if source is None or torch.is_tensor(source):
-        return None if source is None else source[rows].detach()
-    hidden, weight = source
-    with torch.no_grad():
-        return hidden[rows] @ weight.T
-
-
-def _chunk_loss_and_grad(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
-                         want_grad, triton_kernel):
-    """Per-token losses of one chunk, with the gradient written over `logits` (if wanted)."""
-    if triton_kernel:
-        return _kd_rows(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
-                        logits if want_grad else None)
-    # The twin: autograd through the reference loss, one chunk at a time.
-    w_ce, w_kd, w_self = (0.0 if w is None else w for w in weights)
-    with torch.enable_grad():
-        s = logits.detach().requires_grad_(want_grad)
-        rows = kd_loss_reference(s, teacher, labels, self_teacher=self_teacher, ce_weight=w_ce,
-                                 kd_weight=w_kd, self_weight=w_self, T=T, ignore_index=ignore_index,
-                                 reduction="none")
-        if want_grad:
-            (g,) = torch.autograd.grad(rows, s, grad_scale.expand_as(rows))
-            logits.copy_(g)
-    return rows.detach()
-
-
-class _FusedLinearKDLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, teacher, self_teacher, labels, weights, T, ignore_index, reduction,
-                chunk_size, triton_kernel):
-        N = hidden.shape[0]
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        valid = labels != ignore_index
-        grad_scale = _grad_scale(valid, reduction)
-        rows = torch.empty(N, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_grad else None
-        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grad else None
-        for start in range(0, N, chunk_size):
-            chunk = slice(start, min(start + chunk_size, N))
-            h = hidden[chunk]
-            logits = h @ weight.T  # [chunk, V]; becomes the gradient d loss / d logits in place
-            rows[chunk] = _chunk_loss_and_grad(
-                logits, _chunk_logits(teacher, chunk), _chunk_logits(self_teacher, chunk), labels[chunk],
-                tuple(None if w is None else w[chunk] for w in weights), T, ignore_index, grad_scale,
-                want_grad, triton_kernel)
-            if want_grad:
-                grad_hidden[chunk] = logits @ weight
-                if grad_weight.dtype == logits.dtype:
-                    grad_weight.addmm_(logits.T, h)
-                else:  # half-precision chunks, fp32 running sum
-                    grad_weight += (logits.T @ h).float()
-            del logits
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
-        ctx.used = False
-        return _reduce(rows, valid, reduction)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return _scale_kept_grads(ctx, grad_output) + (None,) * 9
-
-
-def default_chunk_size(V):
-    """Tokens per chunk so that a chunk's fp32 logits take about 256 MB (1024 tokens at V = 51,865)."""
-    tokens = max(1, 2 ** 26 // V)
-    return 1 << (tokens.bit_length() - 1)  # rounded down to a power of two
-
-
-def fused_linear_kd_loss(hidden, weight, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
-                         self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", chunk_size=None,
-                         backend=None):
-    """kd_loss(hidden @ weight.T, teacher, labels, ...) without ever holding all N x V logits.
-
-    hidden [N, d], weight [V, d] (the output embedding); gradients flow to both.  teacher and
-    self_teacher are logits [N, V], or (hidden_t [N, d_t], weight_t [V, d_t]) pairs so that
-    their logits too are formed a chunk at a time.  reduction: 'mean' or 'sum' (the gradient is
-    summed into the weight chunk by chunk, so per-token losses cannot be differentiated).
-    """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"fused_linear_kd_loss: hidden [N, d] and weight [V, d] do not fit: "
-                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"fused_linear_kd_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
-    N, V = hidden.shape[0], weight.shape[0]
-    for name, source in (("teacher", teacher), ("self_teacher", self_teacher)):
-        if isinstance(source, (tuple, list)):
-            h_t, w_t = source
-            if h_t.shape[0] != N or w_t.shape[0] != V or h_t.shape[1] != w_t.shape[1]:
-                raise ValueError(f"fused_linear_kd_loss: {name} (hidden, weight) shapes {tuple(h_t.shape)}, "
-                                 f"{tuple(w_t.shape)} do not give [{N}, {V}] logits")
-        elif source is not None and tuple(source.shape) != (N, V):
-            raise ValueError(f"fused_linear_kd_loss: {name} shape {tuple(source.shape)} != ({N}, {V})")
-    fake = torch.empty(N, V, device="meta")  # checks the remaining arguments like kd_loss does
-    _check(fake, None if teacher is None else fake, labels, None if self_teacher is None else fake,
-           kd_weight, self_weight, reduction)
-    labels, weights = _prepare(hidden, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
-                               ignore_index, V)
-    teacher = teacher if weights[1] is not None else None
-    self_teacher = self_teacher if weights[2] is not None else None
-    return _FusedLinearKDLoss.apply(hidden, weight, teacher, self_teacher, labels, weights, float(T),
-                                    int(ignore_index), reduction, int(chunk_size or default_chunk_size(V)),
-                                    use_triton(hidden, backend))
