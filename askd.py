@@ -553,9 +553,10 @@ class Batch:
 
 
 def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n_mels: int,
-            prompt: int, pad: int, augment: Optional[dict] = None, seed: int = 0) -> Batch:
-    """Tensors for one micro-batch. SpecAugment (if `augment`) masks the student's input only, with
-    masks drawn from `seed`, so a resumed or multi-process run draws the same ones."""
+            prompt: int, pad: int, augment: bool = False, seed: int = 0) -> Batch:
+    """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time masks
+    at most a tenth of the speech) masks the student's input only, with masks drawn from `seed`, so a
+    resumed or multi-process run draws the same ones."""
     entries = [cache.load(ex, input_mode) for ex in examples]
     inputs, labels = batch_targets([ex.tokens for ex in examples], prompt, pad)
     valid = labels != IGNORE
@@ -570,10 +571,7 @@ def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n
         mel = trimmed_mel(data.load_audio(ex.audio, cache=True), n_mels, frames)
         if augment:
             own = mel[:, : ex.frames]
-            own.copy_(data.spec_augment(own, time_masks=augment.get("time_masks", 2),
-                                        T=max(1, min(augment.get("T", 100), ex.frames // 10)),
-                                        freq_masks=augment.get("freq_masks", 2), F=augment.get("F", 27),
-                                        generator=generator))
+            own.copy_(data.spec_augment(own, T=max(1, min(100, ex.frames // 10)), generator=generator))
         mels.append(mel)
     return Batch(torch.stack(mels), torch.tensor([ex.frames for ex in examples]), None, inputs, labels,
                  [e["enc"] for e in entries], hidden, [ex.id for ex in examples])
@@ -913,7 +911,6 @@ class Trainer:
         uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
         self.earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
         self.prompt = prompt_length(self.tok)
-        self.augment = {"time_masks": 2, "freq_masks": 2} if cfg.spec_augment else None
 
     def _resume(self, checkpoint: dict) -> None:
         self.student.load_state_dict(checkpoint["student"])
@@ -1009,7 +1006,7 @@ class Trainer:
             for a in range(cfg.accum):
                 index = (in_epoch * cfg.accum + a) * self.world + self.rank          # this rank's micro-batch
                 batch = collate([self.examples[i] for i in batches[index]], self.cache, cfg.input,
-                                self.student.dims.n_mels, self.prompt, self.tok.eot, self.augment,
+                                self.student.dims.n_mels, self.prompt, self.tok.eot, cfg.spec_augment,
                                 seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
                 last = a == cfg.accum - 1        # DDP averages the gradients on the last micro-batch only
                 with self.step_module.no_sync() if self.world > 1 and not last else contextlib.nullcontext():
