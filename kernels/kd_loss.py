@@ -130,6 +130,27 @@ def _lse(m, z, valid):
 
 
 @triton.jit
+def _lse_step(x, m, z):
+    """One vocabulary block of x: the running max m and sum z = sum exp(x - m), rescaled as m grows."""
+    m_new = tl.maximum(m, tl.max(x, 0))
+    return m_new, z * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+
+
+@triton.jit
+def _kl_term(m, z, a, lse_q, valid, T):
+    """(lse of a teacher's softened logits, T^2 KL(p_t || q)) from its running sums (_teacher_step)."""
+    lse = _lse(m, z, valid)
+    return lse, T * T * (a / tl.maximum(z, 1e-30) - lse + lse_q)
+
+
+@triton.jit
+def _store_part(ptr, value, valid, WRITE_PARTS: tl.constexpr):
+    """One token's unweighted term for the log (0 for an ignored token), if parts are asked for."""
+    if WRITE_PARTS:
+        tl.store(ptr, tl.where(valid, value, 0.0))
+
+
+@triton.jit
 def _teacher_step(t, sT, m, z, a):
     """One vocabulary block of a teacher's softened logits t: update its running max m, its
     sum z = sum exp(t - m) and a = sum exp(t - m) * (t - sT), both rescaled when m grows.
@@ -148,9 +169,8 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
                     HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
                     WRITE_PARTS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
     """One program per token: pass 1 gathers the log-sum-exps (the loss, and with WRITE_PARTS each
-    unweighted term in PARTS[row, 0:3]), pass 2 writes the gradient.
-
-    GRAD may be S itself: pass 2 reads each element before it overwrites that same element."""
+    unweighted term in PARTS[row, 0:3]), pass 2 writes the gradient.  GRAD may be S itself: pass 2
+    reads each element before it overwrites that same element."""
     row = tl.program_id(0).to(tl.int64)
     S += row * stride_s
     TCH += row * stride_t
@@ -160,32 +180,21 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
     valid = label != ignore_index
     n_vocab = tl.where(valid, V, 0)  # an ignored token skips pass 1 entirely
     offs = tl.arange(0, BLOCK_V)
-    # Running max (m) and running sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teacher
-    # and self-teacher also keep a = sum exp(x - m) (x - s/T).  The max starts at -1e30, not
-    # -inf, so a block whose entries are all -inf rescales by exp(0) instead of making NaN.
-    m_s = -1e30
-    z_s = 0.0
-    m_q = -1e30
-    z_q = 0.0
-    m_t = -1e30
-    z_t = 0.0
-    a_t = 0.0
-    m_e = -1e30
-    z_e = 0.0
-    a_e = 0.0
+    # Running max (m) and sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teachers also keep a = sum
+    # exp(x - m) (x - s/T).  m starts at -1e30, not -inf: an all -inf block rescales by exp(0), not NaN.
+    m_s, z_s = -1e30, 0.0
+    m_q, z_q = -1e30, 0.0
+    m_t, z_t, a_t = -1e30, 0.0, 0.0
+    m_e, z_e, a_e = -1e30, 0.0, 0.0
     for start in range(0, n_vocab, BLOCK_V):
         cols = start + offs
         mask = cols < V
         s = _load_block(S, cols, mask)
         if HAS_CE:
-            m_new = tl.maximum(m_s, tl.max(s, 0))
-            z_s = z_s * tl.exp(m_s - m_new) + tl.sum(tl.exp(s - m_new), 0)
-            m_s = m_new
+            m_s, z_s = _lse_step(s, m_s, z_s)
         if HAS_KD or HAS_SELF:
             sT = s * inv_T
-            m_new = tl.maximum(m_q, tl.max(sT, 0))
-            z_q = z_q * tl.exp(m_q - m_new) + tl.sum(tl.exp(sT - m_new), 0)
-            m_q = m_new
+            m_q, z_q = _lse_step(sT, m_q, z_q)
         if HAS_KD:
             m_t, z_t, a_t = _teacher_step(_load_block(TCH, cols, mask) * inv_T, sT, m_t, z_t, a_t)
         if HAS_SELF:
@@ -198,26 +207,19 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
         w_ce = tl.load(W_CE + row)
         ce = lse_s - tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
         loss += w_ce * ce
-        if WRITE_PARTS:
-            tl.store(PARTS, tl.where(valid, ce, 0.0))
+        _store_part(PARTS, ce, valid, WRITE_PARTS)
     if HAS_KD or HAS_SELF:
         lse_q = _lse(m_q, z_q, valid)
     if HAS_KD:
-        lse_t = _lse(m_t, z_t, valid)
-        kd = T * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
+        lse_t, kd = _kl_term(m_t, z_t, a_t, lse_q, valid, T)
         w_kd = tl.load(W_KD + row)
         loss += w_kd * kd
-        w_kd *= T  # T^2 on the loss, T on the gradient
-        if WRITE_PARTS:
-            tl.store(PARTS + 1, tl.where(valid, kd, 0.0))
+        _store_part(PARTS + 1, kd, valid, WRITE_PARTS)
     if HAS_SELF:
-        lse_e = _lse(m_e, z_e, valid)
-        kd_self = T * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
+        lse_e, kd_self = _kl_term(m_e, z_e, a_e, lse_q, valid, T)
         w_self = tl.load(W_SELF + row)
         loss += w_self * kd_self
-        w_self *= T
-        if WRITE_PARTS:
-            tl.store(PARTS + 2, tl.where(valid, kd_self, 0.0))
+        _store_part(PARTS + 2, kd_self, valid, WRITE_PARTS)
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
 
     if WRITE_GRAD:
@@ -233,10 +235,10 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
                 q = tl.exp(s * inv_T - lse_q)
             if HAS_KD:
                 t = tl.load(TCH + cols, mask=mask, other=0.0).to(tl.float32)
-                g += w_kd * (q - tl.exp(t * inv_T - lse_t))
+                g += w_kd * T * (q - tl.exp(t * inv_T - lse_t))  # T^2 on the loss, T on the gradient
             if HAS_SELF:
                 e = tl.load(SELF + cols, mask=mask, other=0.0).to(tl.float32)
-                g += w_self * (q - tl.exp(e * inv_T - lse_e))
+                g += w_self * T * (q - tl.exp(e * inv_T - lse_e))
             g = tl.where(valid, g * grad_scale, 0.0)
             tl.store(GRAD + cols, g.to(GRAD.dtype.element_ty), mask=cols < V)
 
