@@ -852,7 +852,13 @@ class Trainer:
         if not cfg.resume:
             return None
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        _check_resumable(checkpoint, cfg, path)
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
+        old = checkpoint["config"]
+        changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
+                   if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
+        if changed:
+            raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
         return checkpoint
 
     def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
@@ -1089,7 +1095,7 @@ class Trainer:
                 save_student(self.student, path, cfg, cfg.teacher, {"epoch": epoch, "step": self.step,
                                                                     "dev_wer": dev_wer})
             self.bar.write(f"epoch {epoch}: dev WER {100 * dev_wer:.2f}%{' (best, saved)' if better else ''}")
-        self.best_wer = _broadcast_float(self.best_wer, self.world, self.device)
+        self.best_wer = _gather_objects(self.best_wer, self.world)[0]          # rank 0's, on every rank
 
     def final_table(self) -> dict:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
@@ -1139,15 +1145,6 @@ def _gather_objects(obj, world: int) -> list:
     return out
 
 
-def _broadcast_float(value: float, world: int, device) -> float:
-    if world == 1:
-        return value
-    import torch.distributed as dist
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return t.item()
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
     """bf16 (or fp16) autocast on CUDA; nothing on the CPU unless asked for."""
     precision = cfg.precision
@@ -1156,16 +1153,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if precision == "fp32":
         return None
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _check_resumable(checkpoint: dict, cfg: TrainConfig, path: Path) -> None:
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
-    old = checkpoint["config"]
-    changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
-               if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
-    if changed:
-        raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
