@@ -303,12 +303,12 @@ def workspace(tmp_path_factory, asterisk, tiny):
             "cache": str(root / "cache"), "runs": str(root / "runs")}
 
 
-def train_cli(ws, name, *extra, nproc=1, kill_at=0):
-    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, SIGKILL as step
-    kill_at begins (0: never)."""
-    command = [sys.executable, "tests/train_with_faults.py", "2", str(kill_at), "train", "--train", ws["train"],
-               "--dev", ws["dev"], "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS,
-               *extra]
+def train_cli(ws, name, *extra, nproc=1, **faults):
+    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, and any other
+    faults (kill=K, interrupt=K)."""
+    faults = [f"{fault}={step}" for fault, step in {"nan": 2, **faults}.items()]
+    command = [sys.executable, "tests/train_with_faults.py", *faults, "train", "--train", ws["train"], "--dev",
+               ws["dev"], "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
     if nproc > 1:
         command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -400,7 +400,7 @@ def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
 
 
 def test_killed_run_resumes_exactly(reference_run, workspace):
-    killed = train_cli(workspace, "killed", "--accum", "2", kill_at=5)
+    killed = train_cli(workspace, "killed", "--accum", "2", kill=5)
     assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
     assert final_weights(workspace, "killed")["step"] == 4
     again = train_cli(workspace, "killed", "--accum", "2")
@@ -418,6 +418,18 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
     assert strip(metrics(workspace, "killed")) == strip(metrics(workspace, "reference"))
     changed = train_cli(workspace, "killed", "--accum", "2", "--resume", "--lr", "1e-3")
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
+
+
+def test_interrupted_run_saves_and_resumes(reference_run, workspace):
+    """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume ends
+    exactly where the uninterrupted run did."""
+    stopped = train_cli(workspace, "interrupted", "--accum", "2", interrupt=4)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert final_weights(workspace, "interrupted")["step"] == 4
+    resumed = train_cli(workspace, "interrupted", "--accum", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(workspace, "reference"), final_weights(workspace, "interrupted")
+    assert all(torch.equal(tensor, b["student"][name]) for name, tensor in a["student"].items())
 
 
 def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
