@@ -165,6 +165,7 @@ def test_student_from_teacher(tiny):
             assert torch.equal(s[f"decoder.blocks.{mine}.{name}"], t[f"decoder.blocks.{theirs}.{name}"])
     assert torch.equal(s["decoder.token_embedding.weight"], t["decoder.token_embedding.weight"])
     assert student.num_parameters() < tiny.num_parameters() and student.tokenizer is tiny.tokenizer
+    assert askd.make_student(tiny).dims.n_text_layer == 4         # by default all, as TrainConfig's default
 
 
 def test_trimmed_input_equals_whisper_padded_input(asterisk):
