@@ -95,7 +95,7 @@ def spaced_layers(n: int, k: int) -> list[int]:
     return [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
 
 
-def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = 2, encoder_layers: Optional[int] = None
+def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encoder_layers: Optional[int] = None
                  ) -> M.Whisper:
     """A Whisper initialised from the teacher, with `decoder_layers` / `encoder_layers` of its layers
     (None: all); every weight it shares with the teacher is copied."""
@@ -240,7 +240,7 @@ def teacher_trust(teacher_logits: Tensor, labels: Tensor, kind: str = "prob") ->
 
 @dataclass
 class LossConfig:
-    """The output loss: which, and its knobs."""
+    """The output loss: which, and its knobs (their defaults live here only; TrainConfig extends this)."""
     loss: str = "askd"
     T: float = 2.0
     alpha: str = "cosine:1:0"        # teacher weight over training (askd)
@@ -270,30 +270,21 @@ def distill_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optiona
     """Mean over the labelled tokens of L_i (see the top of the file), with each part for the log.
 
     student/teacher/self logits [N, V], labels [N] (IGNORE = no loss). Returns (loss, parts) where
-    parts holds the unweighted means 'ce', 'kd', 'self' (T^2 KL) and the weights used.
+    parts holds the unweighted means 'ce', 'kd', 'self' (T^2 KL), the mean trust and the weights
+    used. One pass of the fused kernel gives them all, with per-token weights w_ce, w_kd c_i, w_self.
     """
     w_ce, w_kd, w_self = cfg.weights(s)
-    T = cfg.T
-    parts = {"w_ce": w_ce, "w_kd": w_kd, "w_self": w_self}
-    total = kd_loss(student_logits, None, labels, ce_weight=1.0, ignore_index=IGNORE)
-    parts["ce"] = total.item()
-    total = w_ce * total
-    if w_kd != 0.0 and teacher_logits is not None:
-        trust = teacher_trust(teacher_logits, labels, cfg.trust if cfg.loss == "askd" else "none")
-        # per-token weights alpha * c_i; T^2 is inside kd_loss's KL term
-        kd = kd_loss(student_logits, teacher_logits, labels, ce_weight=0.0, kd_weight=trust, T=T,
-                     ignore_index=IGNORE)
-        with torch.no_grad():
-            plain = kd_loss(student_logits, teacher_logits, labels, ce_weight=0.0, kd_weight=1.0, T=T,
-                            ignore_index=IGNORE)
-        parts["kd"], parts["trust"] = plain.item(), (trust.sum() / (labels != IGNORE).sum().clamp(min=1)).item()
-        total = total + w_kd * kd
-    if w_self != 0.0 and self_logits is not None:
-        sk = kd_loss(student_logits, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0,
-                     T=T, ignore_index=IGNORE)
-        parts["self"] = sk.item()
-        total = total + w_self * sk
-    return total, parts
+    teacher = teacher_logits if w_kd != 0.0 else None
+    self_teacher = self_logits if w_self != 0.0 else None
+    trust = None if teacher is None else teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
+    loss, means = kd_loss(student_logits, teacher, labels, self_teacher=self_teacher, ce_weight=w_ce,
+                          kd_weight=0.0 if trust is None else w_kd * trust,
+                          self_weight=0.0 if self_teacher is None else w_self, T=cfg.T,
+                          ignore_index=IGNORE, parts=True)
+    parts = {"w_ce": w_ce, "w_kd": w_kd, "w_self": w_self, **dict(zip(means, torch.stack([*means.values()]).tolist()))}
+    if trust is not None:
+        parts["trust"] = (trust.sum() / (labels != IGNORE).sum().clamp(min=1)).item()
+    return loss, parts
 
 
 def encoder_loss(student_states: Tensor, teacher_states: Sequence[Tensor], positions: Sequence[int]) -> Tensor:
@@ -495,9 +486,10 @@ class Batch:
 
 
 def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n_mels: int,
-            prompt: int, pad: int, augment: Optional[dict] = None, seed: int = 0) -> Batch:
-    """Tensors for one micro-batch. SpecAugment (if `augment`) masks the student's input only, with
-    masks drawn from `seed`, so a resumed or multi-process run draws the same ones."""
+            prompt: int, pad: int, augment: bool = False, seed: int = 0) -> Batch:
+    """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time masks
+    at most a tenth of the speech) masks the student's input only, with masks drawn from `seed`, so a
+    resumed or multi-process run draws the same ones."""
     entries = [cache.load(ex, input_mode) for ex in examples]
     inputs, labels = batch_targets([ex.tokens for ex in examples], prompt, pad)
     valid = labels != IGNORE
@@ -512,10 +504,7 @@ def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n
         mel = trimmed_mel(data.load_audio(ex.audio, cache=True), n_mels, frames)
         if augment:
             own = mel[:, : ex.frames]
-            own.copy_(data.spec_augment(own, time_masks=augment.get("time_masks", 2),
-                                        T=max(1, min(augment.get("T", 100), ex.frames // 10)),
-                                        freq_masks=augment.get("freq_masks", 2), F=augment.get("F", 27),
-                                        generator=generator))
+            own.copy_(data.spec_augment(own, T=max(1, min(100, ex.frames // 10)), generator=generator))
         mels.append(mel)
     return Batch(torch.stack(mels), torch.tensor([ex.frames for ex in examples]), None, inputs, labels,
                  [e["enc"] for e in entries], hidden, [ex.id for ex in examples])
@@ -545,7 +534,9 @@ class StudentStep(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainConfig:
+class TrainConfig(LossConfig):
+    """A run's options: the loss's (LossConfig's fields come first) and these. Each default is written
+    once, here or in LossConfig; dataclasses.fields(TrainConfig) lists them all (the CLI's help)."""
     # what and where
     teacher: str = "tiny.en"
     train: str = "asterisk:train"
@@ -560,17 +551,10 @@ class TrainConfig:
     input: str = "trimmed"
     round_frames: int = ROUND_FRAMES
     train_embed: bool = False          # train the token embedding (= output projection); default: the teacher's
-    # the loss
-    loss: str = "askd"
-    T: float = 2.0
-    alpha: str = "cosine:1:0"
-    beta: str = "linear:0:1"
-    trust: str = "prob"
+    # the loss, besides LossConfig's
     self_teacher: str = "ema"
     ema_decay: float = 0.99
     enc_weight: float = 1.0
-    kd_ce_weight: float = 0.8
-    kd_weight: float = 1.0
     # labels
     labels: str = "auto"
     max_label_wer: float = 0.2
@@ -601,9 +585,6 @@ class TrainConfig:
     # changing these does not change what a resumed run computes
     RESUMABLE_CHANGES = ("device", "threads", "quiet", "resume", "overwrite", "save_every", "eval_batch_size",
                          "test", "cache_dir", "precision", "max_bad_steps")
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(self.loss, self.T, self.alpha, self.beta, self.trust, self.kd_ce_weight, self.kd_weight)
 
     def check(self) -> None:
         choices = {"loss": LOSSES, "input": INPUTS, "trust": TRUSTS, "self_teacher": SELF_TEACHERS,
@@ -739,274 +720,339 @@ def default_sources(cfg: TrainConfig) -> tuple[list, list, list, str]:
     return train, dev, test, test_spec or ""
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json).
+class Trainer:
+    """One training run, as plain state: the student, its optimiser and schedule, its earlier self,
+    the step, the best dev WER, the counters and the run's files. Its steps, in the order they run:
+    set up or resume (__init__), one optimiser step (`train_step`, which `run` repeats, saving as it
+    goes), the end of an epoch (`end_of_epoch`: dev WER, best student kept), the final table.
 
     Files under runs/NAME/: student.pt (the best student by dev WER, OpenAI format, loadable by
     `transcribe --model`), last.pt (everything needed to resume), metrics.jsonl, config.json,
     results.json.
     """
-    cfg.check()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rank, world, device = _setup_distributed(cfg)
-    main = rank == 0
-    say = (lambda *a, **k: print(*a, **k, file=sys.stderr)) if main and not cfg.quiet else (lambda *a, **k: None)
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
-    if cfg.resume and not last_path.exists():
-        raise TrainError(f"{last_path}: nothing to resume (no checkpoint); start without --resume")
-    if not cfg.resume and last_path.exists() and not cfg.overwrite:
-        raise TrainError(f"{run_dir}: already holds a run; --resume to continue it, --overwrite to start over, "
-                         f"or --name for a new one")
-    checkpoint = torch.load(last_path, map_location="cpu", weights_only=True) if cfg.resume else None
-    if checkpoint is not None:
-        _check_resumable(checkpoint, cfg, last_path)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    amp = _autocast(cfg, device)
+    def __init__(self, cfg: TrainConfig):
+        cfg.check()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.rank, self.world, self.device = _setup_distributed(cfg)
+        self.main = self.rank == 0
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.last_path, self.metrics_path = self.run_dir / "last.pt", self.run_dir / "metrics.jsonl"
+        checkpoint = self._open_checkpoint()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.amp = _autocast(cfg, self.device)
+        self._make_student(self._prepare_data(checkpoint))     # the teacher is not kept: the cache has it all
+        self.step, self.best_wer, self.counters, self.bad_in_a_row = 0, math.inf, Counter(), 0
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        elif self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.write_text("")
+            data.write_atomic(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+        self.step_module = StudentStep(self.student)
+        if self.world > 1:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.say(f"student: {self.student.dims.n_text_layer}-layer decoder, {cfg.input} input, "
+                 f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} training "
+                 f"utterances ({sum(self.skipped.values())} skipped), {len(self.dev_utts)} dev; {self.total_steps} "
+                 f"steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, {self.world} "
+                 f"process(es), {self.device}")
 
-    # --- the teacher, the data and the teacher cache ---
-    teacher = formats.load_model(cfg.teacher, device=device)
-    tok = teacher.tokenizer
-    train_utts, dev_utts, test_utts, test_label = default_sources(cfg)
-    cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
-    skipped = Counter()
-    examples = _prepare_training_data(cfg, train_utts, cache, rank, world, amp, skipped)
-    fingerprint = _data_fingerprint(examples)
-    if checkpoint is not None and checkpoint["data"] != fingerprint:
-        raise TrainError(f"{last_path}: the training data changed since this run started (files, texts or "
-                         f"options that select them); start a new run with --name")
-    teacher_name = cfg.teacher
+    def say(self, message: str) -> None:
+        if self.main and not self.cfg.quiet:
+            print(message, file=sys.stderr)
 
-    # --- the student, its optimiser, its earlier self ---
-    student = make_student(teacher, cfg.decoder_layers, cfg.encoder_layers)
-    teacher_out = teacher.decoder.token_embedding.weight.detach().clone()
-    del teacher, cache.teacher                 # all the loop needs from the teacher is cached
-    if cfg.input == "padded":
-        student.encoder.requires_grad_(False)
-    if not cfg.train_embed:
-        student.decoder.token_embedding.requires_grad_(False)
-    student.train()
-    decay = [p for p in student.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in student.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    group = world * cfg.accum
-    steps_per_epoch = len(epoch_batches(examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed)) // group
-    if steps_per_epoch == 0:
-        raise TrainError(f"{len(examples)} utterances make fewer micro-batches than ranks x --accum ({group})")
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
-    loss_cfg = cfg.loss_config()
-    beta = Schedule.parse(cfg.beta)
-    uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
-    earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
-
-    step, best_wer, counters = 0, math.inf, Counter()
-    if checkpoint is not None:
-        student.load_state_dict(checkpoint["student"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if earlier is not None:
-            earlier.load_state_dict(checkpoint["earlier"])
-        step, best_wer, counters = checkpoint["step"], checkpoint["best_wer"], Counter(checkpoint["counters"])
-        states = checkpoint["rng"]
-        _set_rng_state(states[rank] if rank < len(states) else states[0])
-        if main:
-            _truncate_metrics(metrics_path, step)
-        say(f"resuming {run_dir} at step {step} of {total_steps} (best dev WER so far "
-            f"{100 * best_wer:.2f}%)" if best_wer < math.inf else f"resuming {run_dir} at step {step} of {total_steps}")
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-        data.write_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
-    step_module = StudentStep(student)
-    if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
-
-    if main:
-        n_params = student.num_parameters()
-        say(f"student: {student.dims.n_text_layer}-layer decoder, {cfg.input} input, {n_params / 1e6:.1f} M parameters; "
-            f"{len(examples)} training utterances ({sum(skipped.values())} skipped), {len(dev_utts)} dev; "
-            f"{total_steps} steps ({cfg.epochs} epochs x {steps_per_epoch}), loss {cfg.loss}, "
-            f"{world} process(es), {device}")
-
-    def save_checkpoint():
-        rng = _gather_objects(_rng_state(), world)
-        if not main:
-            return
-        _atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(cfg), "data": fingerprint, "step": step,
-                            "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "earlier": earlier.state_dict() if earlier is not None else None,
-                            "rng": rng, "best_wer": best_wer, "counters": dict(counters)}, last_path)
-
-    def log(record: dict):
-        if main:
-            with open(metrics_path, "a") as f:
+    def log(self, record: dict) -> None:
+        if self.main:
+            with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    from tqdm import tqdm
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not main or cfg.quiet, dynamic_ncols=True)
-    prompt = prompt_length(tok)
-    augment = {"time_masks": 2, "freq_masks": 2} if cfg.spec_augment else None
-    bad_in_a_row = 0
-    # fault injection for the tests: die like a killed job during step K; a NaN loss in step K's first
-    # micro-batch (rank 0's), which every rank must then skip
-    kill_at = int(os.environ.get("FASTWHISPER_TEST_KILL_AT_STEP", "0"))
-    nan_at = int(os.environ.get("FASTWHISPER_TEST_NAN_AT_STEP", "0"))
-    stopped = False
-    started = time.time()
-    with _StopFlag() as stop:
-        while step < total_steps and not stopped:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            batches = epoch_batches(examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, group)
-            if cfg.self_teacher == "epoch" and earlier is not None and in_epoch == 0 and epoch > 0:
-                earlier.load_state_dict(student.state_dict())          # last epoch's self
-            while in_epoch < steps_per_epoch:
-                s = step / total_steps
-                sums, why = Counter(), None
-                try:
-                    for a in range(cfg.accum):
-                        index = (in_epoch * cfg.accum + a) * world + rank           # this rank's micro-batch
-                        batch = collate([examples[i] for i in batches[index]], cache, cfg.input,
-                                        student.dims.n_mels, prompt, tok.eot, augment,
-                                        seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
-                        last = a == cfg.accum - 1
-                        with step_module.no_sync() if world > 1 and not last else contextlib.nullcontext():
-                            loss, parts = _forward_loss(step_module, earlier, batch, teacher_out, loss_cfg, s, cfg,
-                                                        device, amp)
-                            if nan_at == step + 1 and a == 0 and rank == 0:
-                                loss = loss * float("nan")
-                            (loss / cfg.accum).backward()
-                        for k, v in parts.items():
-                            sums[k] += v / cfg.accum
-                    if kill_at and step + 1 == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip).item()
-                    if not math.isfinite(grad_norm):
-                        why = "non-finite loss or gradient"
-                except torch.cuda.OutOfMemoryError:
-                    if world > 1:       # the other ranks wait in an all-reduce this one will not reach
-                        raise
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.cuda.empty_cache()
-                    grad_norm, why = math.nan, f"out of GPU memory ({len(batch.ids)} utterances, " \
-                        f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)"
-                if why is None:
-                    optimizer.step()
-                    bad_in_a_row = 0
-                else:                                           # skip the update, keep going
-                    counters[f"steps skipped: {why.split(' (')[0]}"] += 1
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= cfg.max_bad_steps:
-                        bar.close()
-                        raise TrainError(f"{cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
-                                         f"{step + 1}); lower --lr or check the data. The last good checkpoint "
-                                         f"is {last_path}")
-                    if main:
-                        bar.write(f"warning: step {step + 1}: {why}, update skipped "
-                                  f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})")
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if earlier is not None and cfg.self_teacher == "ema" and math.isfinite(grad_norm):
-                    _ema_update(earlier, student, cfg.ema_decay)
-                step += 1
-                in_epoch += 1
-                keys = sorted(sums)
-                totals = dict(zip(keys, [v / world for v in _all_reduce([sums[k] for k in keys], world, device)]))
-                record = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-                          "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                          **{k: round(v, 6) if math.isfinite(v) else None for k, v in totals.items()},
-                          "time": round(time.time() - started, 2)}
-                if not math.isfinite(grad_norm):
-                    record["skipped"] = True
-                log(record)
-                bar.set_postfix(loss=f"{totals.get('loss', 0.0):.3f}", lr=f"{record['lr']:.2e}", refresh=False)
-                bar.update(1)
-                stop_now = _all_reduce([float(stop.requested)], world, device)[0] > 0
-                if stop_now or step % cfg.save_every == 0 or in_epoch == steps_per_epoch:
-                    if in_epoch == steps_per_epoch:                   # epoch done: dev WER, best kept
-                        best_wer = _end_of_epoch(student, dev_utts, cfg, main, world, device, epoch + 1, step,
-                                                 best_wer, run_dir, teacher_name, log, bar)
-                    save_checkpoint()
-                if stop_now:
-                    bar.close()
-                    say(f"stopped at step {step} of {total_steps}; continue with the same command and --resume")
-                    stopped = True
-                    break
-    bar.close()
-    if stopped:
-        return {"stopped": step}
+    # --- set up or resume ---
 
-    # --- the test table ---
-    results = {"run": str(run_dir), "steps": step, "skipped": dict(skipped), "counters": dict(counters),
-               "best_dev_wer": best_wer, "train_seconds": round(time.time() - started, 1)}
-    if main:
-        if counters:
-            say("; ".join(f"{v} {k}" for k, v in counters.items()))
-        if test_utts:
-            say(f"test: {test_label} ({len(test_utts)} utterances), teacher and student one utterance at a time")
-            rows = evaluate([teacher_name, str(run_dir / "student.pt")], test_utts, device=device,
-                            names=[f"teacher {teacher_name}", f"student ({cfg.loss})"], quiet=cfg.quiet)
-            results["test"] = rows
-            results["table"] = format_table(rows)
-            print(results["table"])
-        data.write_atomic(run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
-    _barrier(world)
-    return results
+    def _open_checkpoint(self) -> Optional[dict]:
+        """last.pt when resuming (checked against the options); a run is never silently overwritten."""
+        cfg, path = self.cfg, self.last_path
+        if cfg.resume and not path.exists():
+            raise TrainError(f"{path}: nothing to resume (no checkpoint); start without --resume")
+        if not cfg.resume and path.exists() and not cfg.overwrite:
+            raise TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
+                             f"over, or --name for a new one")
+        if not cfg.resume:
+            return None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
+        old = checkpoint["config"]
+        changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
+                   if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
+        if changed:
+            raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
+        return checkpoint
 
-
-def _prepare_training_data(cfg: TrainConfig, utts, cache: TeacherCache, rank: int, world: int, amp,
-                           skipped: Counter) -> list[Example]:
-    """Pseudo-labels where needed, usable examples, and the teacher cache filled for them. With
-    several processes each computes its share, then reads everyone's from the cache."""
-    main = rank == 0
-    needs_pseudo = [u for u in utts if cfg.labels == "pseudo" or (cfg.labels == "auto" and not (u.text or "").strip())]
-    pseudo = {}
-    if needs_pseudo:
-        readable = [u for u in needs_pseudo if os.path.isfile(u.audio)]
-        cache.pseudo_labels(readable[rank::world], progress=main and not cfg.quiet)
+    def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
+        """The teacher; the utterances; pseudo-labels where needed, the usable examples and the teacher
+        cache filled for them. With several processes each computes its share, then reads everyone's."""
+        cfg, rank, world, progress = self.cfg, self.rank, self.world, self.main and not self.cfg.quiet
+        teacher = formats.load_model(cfg.teacher, device=self.device)
+        self.tok = teacher.tokenizer
+        utts, self.dev_utts, self.test_utts, self.test_label = default_sources(cfg)
+        cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
+        unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
+        pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
+        if unlabelled:
+            cache.pseudo_labels(readable[rank::world], progress=progress)
+            _barrier(world)
+            pseudo = cache.pseudo_labels(readable, progress=False)
+        self.skipped = Counter()
+        self.examples = prepare_examples(utts, self.tok, cfg.round_frames, teacher.dims.n_text_ctx, cfg.labels,
+                                         pseudo, cfg.max_label_wer, self.skipped)
+        if not self.examples:
+            raise TrainError(f"{cfg.train}: no usable training utterances ({dict(self.skipped)})")
+        cache.build(self.examples[rank::world], cfg.input, progress=progress, autocast=self.amp)
         _barrier(world)
-        pseudo = cache.pseudo_labels(readable, progress=False)
-    examples = prepare_examples(utts, cache.teacher.tokenizer, cfg.round_frames, cache.teacher.dims.n_text_ctx,
-                                cfg.labels, pseudo, cfg.max_label_wer, skipped)
-    if not examples:
-        raise TrainError(f"{cfg.train}: no usable training utterances ({dict(skipped)})")
-    cache.build(examples[rank::world], cfg.input, progress=main and not cfg.quiet, autocast=amp)
-    _barrier(world)
-    cache.build(examples, cfg.input, progress=False, autocast=amp)        # anything another rank missed
-    return examples
+        cache.build(self.examples, cfg.input, progress=False, autocast=self.amp)   # anything another rank missed
+        self.fingerprint = _data_fingerprint(self.examples)
+        if checkpoint is not None and checkpoint["data"] != self.fingerprint:
+            raise TrainError(f"{self.last_path}: the training data changed since this run started (files, texts "
+                             f"or options that select them); start a new run with --name")
+        return teacher
+
+    def _make_student(self, teacher: M.Whisper) -> None:
+        """The student, its optimiser and learning-rate schedule, its earlier self."""
+        cfg = self.cfg
+        student = self.student = make_student(teacher, cfg.decoder_layers, cfg.encoder_layers)
+        self.teacher_out = teacher.decoder.token_embedding.weight.detach().clone()
+        del self.cache.teacher                 # all the loop needs from the teacher is cached
+        if cfg.input == "padded":
+            student.encoder.requires_grad_(False)
+        if not cfg.train_embed:
+            student.decoder.token_embedding.requires_grad_(False)
+        student.train()
+        decay = [p for p in student.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in student.parameters() if p.requires_grad and p.ndim < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.group = self.world * cfg.accum
+        self.steps_per_epoch = len(epoch_batches(self.examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed)) \
+            // self.group
+        if self.steps_per_epoch == 0:
+            raise TrainError(f"{len(self.examples)} utterances make fewer micro-batches than ranks x --accum "
+                             f"({self.group})")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+        beta = Schedule.parse(cfg.beta)
+        uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
+        self.earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
+        self.prompt = prompt_length(self.tok)
+
+    def _resume(self, checkpoint: dict) -> None:
+        self.student.load_state_dict(checkpoint["student"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.earlier is not None:
+            self.earlier.load_state_dict(checkpoint["earlier"])
+        self.step, self.best_wer = checkpoint["step"], checkpoint["best_wer"]
+        self.counters = Counter(checkpoint["counters"])
+        states = checkpoint["rng"]
+        _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
+        if self.main:
+            _truncate_metrics(self.metrics_path, self.step)
+        best = f" (best dev WER so far {100 * self.best_wer:.2f}%)" if self.best_wer < math.inf else ""
+        self.say(f"resuming {self.run_dir} at step {self.step} of {self.total_steps}{best}")
+
+    def save_checkpoint(self) -> None:
+        """last.pt, written atomically: everything `_resume` needs, every rank's random state included."""
+        rng = _gather_objects(_rng_state(), self.world)
+        if self.main:
+            _atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(self.cfg), "data": self.fingerprint,
+                                "step": self.step, "student": self.student.state_dict(),
+                                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                                "earlier": self.earlier.state_dict() if self.earlier is not None else None,
+                                "rng": rng, "best_wer": self.best_wer, "counters": dict(self.counters)},
+                               self.last_path)
+
+    # --- the loop ---
+
+    def run(self) -> dict:
+        """Steps until the last, saving every cfg.save_every steps and at each epoch's end; then the
+        test table. SIGINT / SIGTERM: save at the next step and return {'stopped': step}."""
+        from tqdm import tqdm
+        cfg = self.cfg
+        self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.main or cfg.quiet,
+                        dynamic_ncols=True)
+        self.started = time.time()
+        with _StopFlag() as stop:
+            while self.step < self.total_steps:
+                epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                batches = epoch_batches(self.examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, self.group)
+                if cfg.self_teacher == "epoch" and self.earlier is not None and in_epoch == 0 and epoch > 0:
+                    self.earlier.load_state_dict(self.student.state_dict())          # last epoch's self
+                for in_epoch in range(in_epoch, self.steps_per_epoch):
+                    self.train_step(batches, epoch, in_epoch)
+                    stop_now = _all_reduce([float(stop.requested)], self.world, self.device)[0] > 0
+                    epoch_done = in_epoch + 1 == self.steps_per_epoch
+                    if epoch_done:
+                        self.end_of_epoch(epoch + 1)
+                    if stop_now or epoch_done or self.step % cfg.save_every == 0:
+                        self.save_checkpoint()
+                    if stop_now:
+                        self.bar.close()
+                        self.say(f"stopped at step {self.step} of {self.total_steps}; continue with the same "
+                                 f"command and --resume")
+                        return {"stopped": self.step}
+        self.bar.close()
+        return self.final_table()
+
+    def train_step(self, batches: list, epoch: int, in_epoch: int) -> None:
+        """One optimiser step: forward and backward over this rank's micro-batches, then the update,
+        or, on a non-finite gradient or out of GPU memory, no update (the step still counts)."""
+        cfg = self.cfg
+        grad_norm, why, sums, batch = self._accumulate(batches, epoch, in_epoch)
+        if why is None:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:
+            self._skip(why, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.earlier is not None and cfg.self_teacher == "ema" and math.isfinite(grad_norm):
+            _ema_update(self.earlier, self.student, cfg.ema_decay)
+        self.step += 1
+        keys = sorted(sums)
+        totals = dict(zip(keys, [v / self.world for v in _all_reduce([sums[k] for k in keys], self.world,
+                                                                      self.device)]))
+        record = {"step": self.step, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
+                  "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                  **{k: round(v, 6) if math.isfinite(v) else None for k, v in totals.items()},
+                  "time": round(time.time() - self.started, 2)}
+        if not math.isfinite(grad_norm):
+            record["skipped"] = True
+        self.log(record)
+        self.bar.set_postfix(loss=f"{totals.get('loss', 0.0):.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+        self.bar.update(1)
+
+    def _accumulate(self, batches: list, epoch: int, in_epoch: int):
+        """(gradient norm after clipping, why the update must be skipped or None, the log's parts
+        averaged over the micro-batches, the last micro-batch)."""
+        cfg, s, sums, batch = self.cfg, self.step / self.total_steps, Counter(), None
+        try:
+            for a in range(cfg.accum):
+                index = (in_epoch * cfg.accum + a) * self.world + self.rank          # this rank's micro-batch
+                batch = collate([self.examples[i] for i in batches[index]], self.cache, cfg.input,
+                                self.student.dims.n_mels, self.prompt, self.tok.eot, cfg.spec_augment,
+                                seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
+                last = a == cfg.accum - 1        # DDP averages the gradients on the last micro-batch only
+                with self.step_module.no_sync() if self.world > 1 and not last else contextlib.nullcontext():
+                    loss, parts = self.micro_batch_loss(batch, s)
+                    (loss / cfg.accum).backward()
+                for k, v in parts.items():
+                    sums[k] += v / cfg.accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip).item()
+            return grad_norm, None if math.isfinite(grad_norm) else "non-finite loss or gradient", sums, batch
+        except torch.cuda.OutOfMemoryError:
+            if self.world > 1:       # the other ranks wait in an all-reduce this one will not reach
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            return math.nan, f"out of GPU memory ({len(batch.ids)} utterances, " \
+                f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)", sums, batch
+
+    def micro_batch_loss(self, batch: Batch, s: float) -> tuple[Tensor, dict]:
+        """Loss of one micro-batch at progress s: the output loss over its labelled tokens plus the
+        encoder term; and its parts for the log."""
+        cfg, device = self.cfg, self.device
+        valid = (batch.labels != IGNORE).to(device)
+        mel, mel_lengths, features = (None if x is None else x.to(device)
+                                      for x in (batch.mel, batch.mel_lengths, batch.features))
+        inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
+        with self.amp or contextlib.nullcontext():
+            states, logits = self.step_module(mel, mel_lengths, features, inputs, valid)
+        teacher_logits = F.linear(batch.teacher_hidden.to(device), self.teacher_out).float()
+        self_logits = None
+        if self.earlier is not None and cfg.weights(s)[2] != 0.0:
+            with torch.no_grad(), self.amp or contextlib.nullcontext():
+                _, self_logits = StudentStep(self.earlier)(mel, mel_lengths, features, inputs, valid)
+        loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, cfg, s)
+        parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}
+        if cfg.input == "trimmed" and cfg.enc_weight > 0:
+            enc = encoder_loss(states, batch.enc_targets, [int(n) // 2 for n in batch.mel_lengths])
+            loss = loss + cfg.enc_weight * enc
+            parts["enc"] = enc.item()
+        parts["loss"] = loss.item()
+        parts["tokens"] = float(labels.numel())
+        return loss, parts
+
+    def _skip(self, why: str, batch: Batch) -> None:
+        """Count a skipped update; too many in a row end the run (the last checkpoint stays good)."""
+        self.counters[f"steps skipped: {why.split(' (')[0]}"] += 1
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            self.bar.close()
+            raise TrainError(f"{self.cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
+                             f"{self.step + 1}); lower --lr or check the data. The last good checkpoint "
+                             f"is {self.last_path}")
+        if self.main:
+            self.bar.write(f"warning: step {self.step + 1}: {why}, update skipped "
+                           f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})")
+
+    # --- the end of an epoch, the end of the run ---
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Dev WER of the student (rank 0); the best student so far is saved as student.pt."""
+        cfg, path = self.cfg, self.run_dir / "student.pt"
+        if self.main and self.dev_utts:
+            audios, refs = [], []
+            for u in self.dev_utts:
+                if not (u.text or "").strip():
+                    continue
+                try:
+                    audios.append(data.load_audio(u.audio, cache=True))
+                    refs.append(u.text)
+                except (data.AudioError, OSError):
+                    continue
+            self.student.eval()
+            hyps = as_recognizer(self.student, student_info(cfg)).transcribe_text(audios, cfg.eval_batch_size)
+            self.student.train()
+            dev_wer = data.wer(refs, hyps) if refs else math.inf
+            self.log({"step": self.step, "epoch": epoch, "dev_wer": dev_wer})
+            better = dev_wer < self.best_wer or not path.exists()
+            if better:
+                self.best_wer = dev_wer
+                save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": dev_wer})
+            self.bar.write(f"epoch {epoch}: dev WER {100 * dev_wer:.2f}%{' (best, saved)' if better else ''}")
+        self.best_wer = _gather_objects(self.best_wer, self.world)[0]          # rank 0's, on every rank
+
+    def final_table(self) -> dict:
+        """Teacher and best student on the test data (rank 0), as a table and in results.json."""
+        cfg = self.cfg
+        results = {"run": str(self.run_dir), "steps": self.step, "skipped": dict(self.skipped),
+                   "counters": dict(self.counters), "best_dev_wer": self.best_wer,
+                   "train_seconds": round(time.time() - self.started, 1)}
+        if self.main:
+            if self.counters:
+                self.say("; ".join(f"{v} {k}" for k, v in self.counters.items()))
+            if self.test_utts:
+                self.say(f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
+                         f"utterance at a time")
+                rows = evaluate([cfg.teacher, str(self.run_dir / "student.pt")], self.test_utts, device=self.device,
+                                names=[f"teacher {cfg.teacher}", f"student ({cfg.loss})"], quiet=cfg.quiet)
+                results["test"] = rows
+                results["table"] = format_table(rows)
+                print(results["table"])
+            data.write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
+        _barrier(self.world)
+        return results
 
 
-def _forward_loss(step_module, earlier, batch: Batch, teacher_out: Tensor, loss_cfg: LossConfig, s: float,
-                  cfg: TrainConfig, device, amp) -> tuple[Tensor, dict]:
-    """Loss of one micro-batch: the output loss over its labelled tokens plus the encoder term."""
-    valid = (batch.labels != IGNORE).to(device)
-    mel = batch.mel.to(device) if batch.mel is not None else None
-    mel_lengths = batch.mel_lengths.to(device) if batch.mel_lengths is not None else None
-    features = batch.features.to(device) if batch.features is not None else None
-    inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
-    with amp or contextlib.nullcontext():
-        states, logits = step_module(mel, mel_lengths, features, inputs, valid)
-    teacher_logits = F.linear(batch.teacher_hidden.to(device), teacher_out).float()
-    self_logits = None
-    _, _, w_self = loss_cfg.weights(s)
-    if earlier is not None and w_self != 0.0:
-        with torch.no_grad(), amp or contextlib.nullcontext():
-            _, self_logits = StudentStep(earlier)(mel, mel_lengths, features, inputs, valid)
-    loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, loss_cfg, s)
-    parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}
-    if cfg.input == "trimmed" and cfg.enc_weight > 0:
-        enc = encoder_loss(states, batch.enc_targets, [int(n) // 2 for n in batch.mel_lengths])
-        loss = loss + cfg.enc_weight * enc
-        parts["enc"] = enc.item()
-    parts["loss"] = loss.item()
-    parts["tokens"] = float(labels.numel())
-    return loss, parts
+def train(cfg: TrainConfig) -> dict:
+    """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json)."""
+    return Trainer(cfg).run()
 
 
 @torch.no_grad()
@@ -1015,37 +1061,9 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
 
 
-def _end_of_epoch(student, dev_utts, cfg, main, world, device, epoch, step, best_wer, run_dir, teacher_name,
-                  log, bar) -> float:
-    """Dev WER of the student (rank 0); the best student so far is saved as student.pt."""
-    if main and dev_utts:
-        student.eval()
-        audios, refs = [], []
-        for u in dev_utts:
-            if not (u.text or "").strip():
-                continue
-            try:
-                audios.append(data.load_audio(u.audio, cache=True))
-                refs.append(u.text)
-            except (data.AudioError, OSError):
-                continue
-        hyps = as_recognizer(student, student_info(cfg)).transcribe_text(audios, cfg.eval_batch_size)
-        student.train()
-        dev_wer = data.wer(refs, hyps) if refs else math.inf
-        log({"step": step, "epoch": epoch, "dev_wer": dev_wer})
-        better = dev_wer < best_wer or not (run_dir / "student.pt").exists()
-        if better:
-            best_wer = dev_wer
-            save_student(student, run_dir / "student.pt", cfg, teacher_name, {"epoch": epoch, "step": step,
-                                                                                  "dev_wer": dev_wer})
-        bar.write(f"epoch {epoch}: dev WER {100 * dev_wer:.2f}%{' (best, saved)' if better else ''}")
-    best_wer = _broadcast_float(best_wer, world, device)
-    return best_wer
-
-
-def save_student(student: M.Whisper, path: Path, cfg: TrainConfig, teacher_name: str, extra: dict) -> Path:
+def save_student(student: M.Whisper, path: Path, cfg: TrainConfig, extra: dict) -> Path:
     """The student in OpenAI's .pt format, with its vocabulary and how it wants its input."""
-    info = {**student_info(cfg), "teacher": teacher_name, **extra}
+    info = {**student_info(cfg), **extra}
     return M.save_model(student, path, extra={"fastwhisper": info})
 
 
@@ -1058,15 +1076,6 @@ def _gather_objects(obj, world: int) -> list:
     return out
 
 
-def _broadcast_float(value: float, world: int, device) -> float:
-    if world == 1:
-        return value
-    import torch.distributed as dist
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return t.item()
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
     """bf16 (or fp16) autocast on CUDA; nothing on the CPU unless asked for."""
     precision = cfg.precision
@@ -1075,16 +1084,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if precision == "fp32":
         return None
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _check_resumable(checkpoint: dict, cfg: TrainConfig, path: Path) -> None:
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
-    old = checkpoint["config"]
-    changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
-               if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
-    if changed:
-        raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -3,8 +3,10 @@
 Two kernels carry the GPU speed of the project:
 
     attention.py  fused (flash) attention, forward and backward
-    kd_loss.py    fused softmax + cross-entropy + distillation loss over the vocabulary,
-                  plus a fused-linear variant that never forms all the logits at once
+    kd_loss.py    fused softmax + cross-entropy + distillation loss over the vocabulary
+
+and fused_linear.py, kd_loss from the hidden states without ever forming all the logits at once
+(for memory-bound GPU runs; training does not use it).
 
 Every kernel has a twin written in plain PyTorch with the same signature.  The twin is
 what runs on the CPU and it is the oracle the tests compare the kernel against.
@@ -17,16 +19,11 @@ None, the environment variable FASTWHISPER_KERNELS.  Both take
     'torch'   always the twin
 
 Triton is optional: without it the twins still work, and asking for 'triton' is an error.
-Without a GPU, Triton can only run kernels through its CPU interpreter, so on such a machine
-this package sets TRITON_INTERPRET=1 (unless it is set already) before the kernels are defined:
-that is how the tests check the kernels on the CPU (slowly; 'auto' still picks the twins).
+Without a GPU, Triton runs kernels only through its CPU interpreter, which must be switched on
+(TRITON_INTERPRET=1) before this package is imported: the tests do that to check the kernels
+on the CPU (slowly).  Nothing here sets it: on a CPU-only machine 'auto' picks the twins anyway.
 """
 import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton.jit when the kernels are defined
 
 try:
     import triton
@@ -66,7 +63,8 @@ def use_triton(tensor, backend=None):
 
 # Imported last: the modules below take triton, tl and use_triton from this package.
 from kernels.attention import attention, attention_reference  # noqa: E402
-from kernels.kd_loss import kd_loss, kd_loss_reference, fused_linear_kd_loss  # noqa: E402
+from kernels.kd_loss import kd_loss, kd_loss_reference  # noqa: E402
+from kernels.fused_linear import fused_linear_kd_loss  # noqa: E402
 
 __all__ = ["attention", "attention_reference", "kd_loss", "kd_loss_reference",
            "fused_linear_kd_loss", "use_triton", "HAVE_TRITON"]

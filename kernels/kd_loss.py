@@ -9,6 +9,8 @@ and temperature T, the loss is
 
 with its own weight per term and per token; a token labelled ignore_index contributes 0.
 These are the losses askd.py calls; 'mean' divides by the number of non-ignored tokens.
+With parts=True the same single pass also returns each term's unweighted mean (CE, T^2 KL to
+the teacher, T^2 KL to the self-teacher), which askd logs: one pass over the vocabulary per step.
 
 Written with log-sum-exps (lse(x) = log sum_j exp x_j):
 
@@ -33,10 +35,6 @@ Both passes live in one kernel, which runs in the forward pass (the gradient is 
 backward, scaled by grad_output there).  Extra memory is O(tokens): a few floats per row, plus
 the gradient itself, which is the size of the student logits and which autograd needs anyway.
 
-fused_linear_kd_loss goes one step further for training: it takes the hidden states and the
-output embedding instead of the logits, and forms the logits a chunk of tokens at a time
-(the gradient overwrites each chunk's logits in place), so the [N, V] logits of a big batch
-(28k tokens x 51,865 = 5.9 GB in fp32) never exist at once.
 """
 import torch
 import torch.nn.functional as F
@@ -61,26 +59,33 @@ def _kl(log_p, log_q):
     return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
 
 
+def _term_on(weight, logits, parts):
+    """A term runs if its weight is not the number 0, or, with parts=True, if its logits are given."""
+    return not _is_zero(weight) or (parts and logits is not None)
+
+
 def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
-                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", backend=None):
+                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
     """Plain PyTorch version of `kd_loss` (same arguments, same result), differentiated by autograd."""
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     s = student.float()
     labels = labels.to(s.device).long()
     valid = labels != ignore_index
-    weight_of = lambda w: torch.as_tensor(w, dtype=torch.float32, device=s.device)  # noqa: E731
+    terms = {}                                          # name -> (weight, per-token value)
+    if _term_on(ce_weight, s, parts):
+        terms["ce"] = ce_weight, -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
+    log_q = None
+    for name, weight, target in (("kd", kd_weight, teacher), ("self", self_weight, self_teacher)):
+        if _term_on(weight, target, parts):
+            log_q = F.log_softmax(s / T, -1) if log_q is None else log_q
+            terms[name] = weight, T * T * _kl(F.log_softmax(target.detach().float() / T, -1), log_q)
     loss = torch.zeros(s.shape[0], device=s.device)
-    if not _is_zero(ce_weight):
-        ce = -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
-        loss = loss + weight_of(ce_weight) * ce
-    if not (_is_zero(kd_weight) and _is_zero(self_weight)):
-        log_q = F.log_softmax(s / T, -1)
-        for weight, target in ((kd_weight, teacher), (self_weight, self_teacher)):
-            if not _is_zero(weight):
-                log_p = F.log_softmax(target.detach().float() / T, -1)
-                loss = loss + weight_of(weight) * T * T * _kl(log_p, log_q)
-    loss = torch.where(valid, loss, 0.0)
-    return _reduce(loss, valid, reduction)
+    for weight, value in terms.values():
+        loss = loss + torch.as_tensor(weight, dtype=torch.float32, device=s.device) * value
+    loss = _reduce(torch.where(valid, loss, 0.0), valid, reduction)
+    if not parts:
+        return loss
+    return loss, {name: _reduce(torch.where(valid, v, 0.0).detach(), valid, "mean") for name, (_, v) in terms.items()}
 
 
 def _reduce(loss, valid, reduction):
@@ -125,6 +130,27 @@ def _lse(m, z, valid):
 
 
 @triton.jit
+def _lse_step(x, m, z):
+    """One vocabulary block of x: the running max m and sum z = sum exp(x - m), rescaled as m grows."""
+    m_new = tl.maximum(m, tl.max(x, 0))
+    return m_new, z * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+
+
+@triton.jit
+def _kl_term(m, z, a, lse_q, valid, T):
+    """(lse of a teacher's softened logits, T^2 KL(p_t || q)) from its running sums (_teacher_step)."""
+    lse = _lse(m, z, valid)
+    return lse, T * T * (a / tl.maximum(z, 1e-30) - lse + lse_q)
+
+
+@triton.jit
+def _store_part(ptr, value, valid, WRITE_PARTS: tl.constexpr):
+    """One token's unweighted term for the log (0 for an ignored token), if parts are asked for."""
+    if WRITE_PARTS:
+        tl.store(ptr, tl.where(valid, value, 0.0))
+
+
+@triton.jit
 def _teacher_step(t, sT, m, z, a):
     """One vocabulary block of a teacher's softened logits t: update its running max m, its
     sum z = sum exp(t - m) and a = sum exp(t - m) * (t - sT), both rescaled when m grows.
@@ -138,13 +164,13 @@ def _teacher_step(t, sT, m, z, a):
 
 
 @triton.jit
-def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, GRAD,
+def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, PARTS, GRAD,
                     stride_s, stride_t, stride_e, stride_g, V, ignore_index, inv_T, T,
                     HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
-                    WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
-    """One program per token: pass 1 gathers the log-sum-exps (the loss), pass 2 writes the gradient.
-
-    GRAD may be S itself: pass 2 reads each element before it overwrites that same element."""
+                    WRITE_PARTS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per token: pass 1 gathers the log-sum-exps (the loss, and with WRITE_PARTS each
+    unweighted term in PARTS[row, 0:3]), pass 2 writes the gradient.  GRAD may be S itself: pass 2
+    reads each element before it overwrites that same element."""
     row = tl.program_id(0).to(tl.int64)
     S += row * stride_s
     TCH += row * stride_t
@@ -154,53 +180,46 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
     valid = label != ignore_index
     n_vocab = tl.where(valid, V, 0)  # an ignored token skips pass 1 entirely
     offs = tl.arange(0, BLOCK_V)
-    # Running max (m) and running sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teacher
-    # and self-teacher also keep a = sum exp(x - m) (x - s/T).  The max starts at -1e30, not
-    # -inf, so a block whose entries are all -inf rescales by exp(0) instead of making NaN.
-    m_s = -1e30
-    z_s = 0.0
-    m_q = -1e30
-    z_q = 0.0
-    m_t = -1e30
-    z_t = 0.0
-    a_t = 0.0
-    m_e = -1e30
-    z_e = 0.0
-    a_e = 0.0
+    # Running max (m) and sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teachers also keep a = sum
+    # exp(x - m) (x - s/T).  m starts at -1e30, not -inf: an all -inf block rescales by exp(0), not NaN.
+    m_s, z_s = -1e30, 0.0
+    m_q, z_q = -1e30, 0.0
+    m_t, z_t, a_t = -1e30, 0.0, 0.0
+    m_e, z_e, a_e = -1e30, 0.0, 0.0
     for start in range(0, n_vocab, BLOCK_V):
         cols = start + offs
         mask = cols < V
         s = _load_block(S, cols, mask)
         if HAS_CE:
-            m_new = tl.maximum(m_s, tl.max(s, 0))
-            z_s = z_s * tl.exp(m_s - m_new) + tl.sum(tl.exp(s - m_new), 0)
-            m_s = m_new
+            m_s, z_s = _lse_step(s, m_s, z_s)
         if HAS_KD or HAS_SELF:
             sT = s * inv_T
-            m_new = tl.maximum(m_q, tl.max(sT, 0))
-            z_q = z_q * tl.exp(m_q - m_new) + tl.sum(tl.exp(sT - m_new), 0)
-            m_q = m_new
+            m_q, z_q = _lse_step(sT, m_q, z_q)
         if HAS_KD:
             m_t, z_t, a_t = _teacher_step(_load_block(TCH, cols, mask) * inv_T, sT, m_t, z_t, a_t)
         if HAS_SELF:
             m_e, z_e, a_e = _teacher_step(_load_block(SELF, cols, mask) * inv_T, sT, m_e, z_e, a_e)
 
     loss = 0.0
+    PARTS += row * 3
     if HAS_CE:
         lse_s = _lse(m_s, z_s, valid)
         w_ce = tl.load(W_CE + row)
-        s_label = tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
-        loss += w_ce * (lse_s - s_label)
+        ce = lse_s - tl.load(S + tl.where(valid, label, 0)).to(tl.float32)
+        loss += w_ce * ce
+        _store_part(PARTS, ce, valid, WRITE_PARTS)
     if HAS_KD or HAS_SELF:
         lse_q = _lse(m_q, z_q, valid)
     if HAS_KD:
-        lse_t = _lse(m_t, z_t, valid)
-        w_kd = tl.load(W_KD + row) * T  # T^2 on the loss, T on the gradient
-        loss += w_kd * T * (a_t / tl.maximum(z_t, 1e-30) - lse_t + lse_q)
+        lse_t, kd = _kl_term(m_t, z_t, a_t, lse_q, valid, T)
+        w_kd = tl.load(W_KD + row)
+        loss += w_kd * kd
+        _store_part(PARTS + 1, kd, valid, WRITE_PARTS)
     if HAS_SELF:
-        lse_e = _lse(m_e, z_e, valid)
-        w_self = tl.load(W_SELF + row) * T
-        loss += w_self * T * (a_e / tl.maximum(z_e, 1e-30) - lse_e + lse_q)
+        lse_e, kd_self = _kl_term(m_e, z_e, a_e, lse_q, valid, T)
+        w_self = tl.load(W_SELF + row)
+        loss += w_self * kd_self
+        _store_part(PARTS + 2, kd_self, valid, WRITE_PARTS)
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
 
     if WRITE_GRAD:
@@ -216,10 +235,10 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
                 q = tl.exp(s * inv_T - lse_q)
             if HAS_KD:
                 t = tl.load(TCH + cols, mask=mask, other=0.0).to(tl.float32)
-                g += w_kd * (q - tl.exp(t * inv_T - lse_t))
+                g += w_kd * T * (q - tl.exp(t * inv_T - lse_t))  # T^2 on the loss, T on the gradient
             if HAS_SELF:
                 e = tl.load(SELF + cols, mask=mask, other=0.0).to(tl.float32)
-                g += w_self * (q - tl.exp(e * inv_T - lse_e))
+                g += w_self * T * (q - tl.exp(e * inv_T - lse_e))
             g = tl.where(valid, g * grad_scale, 0.0)
             tl.store(GRAD + cols, g.to(GRAD.dtype.element_ty), mask=cols < V)
 
@@ -243,8 +262,9 @@ def _last_dim_contiguous(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad):
-    """Run the kernel: per-token losses [N] (fp32), and the gradient written into `grad` if given.
+def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad, parts=None):
+    """Run the kernel: per-token losses [N] (fp32), the gradient written into `grad` and the
+    unweighted terms into `parts` [N, 3] (ce, kd, self) if given.
 
     weights: (ce, kd, self) as fp32 [N] tensors, or None where the term is off.
     grad_scale: fp32 tensor [1] multiplying the gradient (1 / tokens for 'mean').
@@ -256,23 +276,25 @@ def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, g
     self_teacher = self_teacher if self_teacher is not None else student
     _kd_loss_kernel[(N,)](
         student, teacher, self_teacher, labels, w_ce, w_kd, w_self, grad_scale, loss,
-        grad if grad is not None else student,
+        parts if parts is not None else loss, grad if grad is not None else student,
         student.stride(0), teacher.stride(0), self_teacher.stride(0),
         grad.stride(0) if grad is not None else 0, V, ignore_index, 1.0 / T, T,
         HAS_CE=weights[0] is not None, HAS_KD=weights[1] is not None, HAS_SELF=weights[2] is not None,
-        WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)), num_warps=8)
+        WRITE_PARTS=parts is not None, WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)),
+        num_warps=8)
     return loss
 
 
-def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V):
-    """Checked labels and per-token weight tensors (None for a term switched off)."""
+def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V,
+             parts=False):
+    """Checked labels and per-token weight tensors (None for a term switched off, see _term_on)."""
     n = labels.shape[0]
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     if bad.any():
         raise ValueError(f"kd_loss: labels must be in [0, {V}) or ignore_index={ignore_index}, "
                          f"got {labels[bad][0].item()}")
-    weights = tuple(None if _is_zero(w) else _row_weights(w, n, student.device)
-                    for w in (ce_weight, kd_weight, self_weight))
+    weights = tuple(_row_weights(w, n, student.device) if _term_on(w, logits, parts) else None
+                    for w, logits in ((ce_weight, student), (kd_weight, teacher), (self_weight, self_teacher)))
     return labels.contiguous(), weights
 
 
@@ -304,147 +326,49 @@ def _scale_kept_grads(ctx, grad_output, per_row=False):
 
 class _KDLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction):
+    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction, parts):
         valid = labels != ignore_index
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        terms = torch.zeros(labels.shape[0], 3, device=student.device) if parts else student.new_empty(0)
         rows = _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index,
-                        _grad_scale(valid, reduction), grad)
+                        _grad_scale(valid, reduction), grad, terms if parts else None)
         ctx.save_for_backward(grad)
         ctx.rows, ctx.used = reduction == "none", False
-        return _reduce(rows, valid, reduction)
+        ctx.mark_non_differentiable(terms)
+        return _reduce(rows, valid, reduction), terms
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_terms):
         (grad,) = _scale_kept_grads(ctx, grad_output, per_row=ctx.rows)
-        return (grad,) + (None,) * 7
+        return (grad,) + (None,) * 8
 
 
 def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0, self_weight=0.0,
-            T=1.0, ignore_index=-100, reduction="mean", backend=None):
+            T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
     """Cross-entropy plus distillation from a teacher and a self-teacher, fused over the vocabulary.
 
     student, teacher, self_teacher: logits [N, V] (teacher/self_teacher may be None when their
     weight is 0); labels [N] integers; each weight a number or a [N] tensor; T the temperature.
     Returns the 'mean' (over non-ignored tokens; 0 if none), 'sum' or per-token ('none') loss
     in fp32.  Gradient flows to the student only.  `backend` as in kernels.use_triton.
+
+    parts=True returns (loss, parts) from the same single pass: parts maps 'ce', 'kd' (T^2 KL to
+    the teacher) and 'self' (T^2 KL to the self-teacher) to each term's unweighted mean over the
+    non-ignored tokens (0-d fp32 tensors, no gradient), for every term whose logits are given
+    (CE always); a weight of 0 then keeps a term out of the loss but not out of `parts`.
     """
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     if not use_triton(student, backend) or student.numel() == 0:
         return kd_loss_reference(student, teacher, labels, self_teacher=self_teacher, ce_weight=ce_weight,
                                  kd_weight=kd_weight, self_weight=self_weight, T=T,
-                                 ignore_index=ignore_index, reduction=reduction)
+                                 ignore_index=ignore_index, reduction=reduction, parts=parts)
     labels, weights = _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
-                               ignore_index, student.shape[1])
+                               ignore_index, student.shape[1], parts)
     teacher = None if weights[1] is None else _last_dim_contiguous(teacher.detach())
     self_teacher = None if weights[2] is None else _last_dim_contiguous(self_teacher.detach())
-    return _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
-                         float(T), int(ignore_index), reduction)
-
-
-# ----------------------------------------------------------------------------------------
-# Fused linear + loss: the logits are formed and consumed a chunk of tokens at a time.
-# ----------------------------------------------------------------------------------------
-
-def _chunk_logits(source, rows):
-    """Teacher logits for a chunk: a slice of [N, V] logits, or formed from (hidden, weight)."""
-    if source is None or torch.is_tensor(source):
-        return None if source is None else source[rows].detach()
-    hidden, weight = source
-    with torch.no_grad():
-        return hidden[rows] @ weight.T
-
-
-def _chunk_loss_and_grad(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
-                         want_grad, triton_kernel):
-    """Per-token losses of one chunk, with the gradient written over `logits` (if wanted)."""
-    if triton_kernel:
-        return _kd_rows(logits, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale,
-                        logits if want_grad else None)
-    # The twin: autograd through the reference loss, one chunk at a time.
-    w_ce, w_kd, w_self = (0.0 if w is None else w for w in weights)
-    with torch.enable_grad():
-        s = logits.detach().requires_grad_(want_grad)
-        rows = kd_loss_reference(s, teacher, labels, self_teacher=self_teacher, ce_weight=w_ce,
-                                 kd_weight=w_kd, self_weight=w_self, T=T, ignore_index=ignore_index,
-                                 reduction="none")
-        if want_grad:
-            (g,) = torch.autograd.grad(rows, s, grad_scale.expand_as(rows))
-            logits.copy_(g)
-    return rows.detach()
-
-
-class _FusedLinearKDLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, teacher, self_teacher, labels, weights, T, ignore_index, reduction,
-                chunk_size, triton_kernel):
-        N = hidden.shape[0]
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        valid = labels != ignore_index
-        grad_scale = _grad_scale(valid, reduction)
-        rows = torch.empty(N, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_grad else None
-        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grad else None
-        for start in range(0, N, chunk_size):
-            chunk = slice(start, min(start + chunk_size, N))
-            h = hidden[chunk]
-            logits = h @ weight.T  # [chunk, V]; becomes the gradient d loss / d logits in place
-            rows[chunk] = _chunk_loss_and_grad(
-                logits, _chunk_logits(teacher, chunk), _chunk_logits(self_teacher, chunk), labels[chunk],
-                tuple(None if w is None else w[chunk] for w in weights), T, ignore_index, grad_scale,
-                want_grad, triton_kernel)
-            if want_grad:
-                grad_hidden[chunk] = logits @ weight
-                if grad_weight.dtype == logits.dtype:
-                    grad_weight.addmm_(logits.T, h)
-                else:  # half-precision chunks, fp32 running sum
-                    grad_weight += (logits.T @ h).float()
-            del logits
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grad else None)
-        ctx.used = False
-        return _reduce(rows, valid, reduction)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return _scale_kept_grads(ctx, grad_output) + (None,) * 9
-
-
-def default_chunk_size(V):
-    """Tokens per chunk so that a chunk's fp32 logits take about 256 MB (1024 tokens at V = 51,865)."""
-    tokens = max(1, 2 ** 26 // V)
-    return 1 << (tokens.bit_length() - 1)  # rounded down to a power of two
-
-
-def fused_linear_kd_loss(hidden, weight, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
-                         self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", chunk_size=None,
-                         backend=None):
-    """kd_loss(hidden @ weight.T, teacher, labels, ...) without ever holding all N x V logits.
-
-    hidden [N, d], weight [V, d] (the output embedding); gradients flow to both.  teacher and
-    self_teacher are logits [N, V], or (hidden_t [N, d_t], weight_t [V, d_t]) pairs so that
-    their logits too are formed a chunk at a time.  reduction: 'mean' or 'sum' (the gradient is
-    summed into the weight chunk by chunk, so per-token losses cannot be differentiated).
-    """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"fused_linear_kd_loss: hidden [N, d] and weight [V, d] do not fit: "
-                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"fused_linear_kd_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
-    N, V = hidden.shape[0], weight.shape[0]
-    for name, source in (("teacher", teacher), ("self_teacher", self_teacher)):
-        if isinstance(source, (tuple, list)):
-            h_t, w_t = source
-            if h_t.shape[0] != N or w_t.shape[0] != V or h_t.shape[1] != w_t.shape[1]:
-                raise ValueError(f"fused_linear_kd_loss: {name} (hidden, weight) shapes {tuple(h_t.shape)}, "
-                                 f"{tuple(w_t.shape)} do not give [{N}, {V}] logits")
-        elif source is not None and tuple(source.shape) != (N, V):
-            raise ValueError(f"fused_linear_kd_loss: {name} shape {tuple(source.shape)} != ({N}, {V})")
-    fake = torch.empty(N, V, device="meta")  # checks the remaining arguments like kd_loss does
-    _check(fake, None if teacher is None else fake, labels, None if self_teacher is None else fake,
-           kd_weight, self_weight, reduction)
-    labels, weights = _prepare(hidden, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
-                               ignore_index, V)
-    teacher = teacher if weights[1] is not None else None
-    self_teacher = self_teacher if weights[2] is not None else None
-    return _FusedLinearKDLoss.apply(hidden, weight, teacher, self_teacher, labels, weights, float(T),
-                                    int(ignore_index), reduction, int(chunk_size or default_chunk_size(V)),
-                                    use_triton(hidden, backend))
+    loss, terms = _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
+                                float(T), int(ignore_index), reduction, parts)
+    if not parts:
+        return loss
+    means = terms.sum(0) / (labels != ignore_index).sum().clamp(min=1)
+    return loss, {name: means[i] for i, name in enumerate(("ce", "kd", "self")) if weights[i] is not None}

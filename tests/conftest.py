@@ -1,9 +1,16 @@
 """Shared fixtures."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton runs the kernels in its CPU interpreter, which must be on before any test
+# module imports kernels/ (the kernels are defined at import); the package itself sets nothing.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules
 

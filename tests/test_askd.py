@@ -85,6 +85,40 @@ def test_ce_and_classic_kd_losses_match_hand_computation():
     assert kd.item() == pytest.approx(hand_loss(0.8, 1.0, 0, 2.0, "none"), rel=1e-5)   # distil-whisper's mix
 
 
+def four_pass_loss(student, labels, teacher, self_logits, cfg, s):
+    """The loss as distill_loss computed it before the single pass: CE, trust-weighted KL, the plain
+    KL for the log and the self-KL, each a separate call of the kernel's twin."""
+    from kernels import kd_loss_reference as kd
+    w_ce, w_kd, w_self = cfg.weights(s)
+    trust = askd.teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
+    ce = kd(student, None, labels)
+    kl = kd(student, teacher, labels, ce_weight=0.0, kd_weight=trust, T=cfg.T)
+    plain = kd(student, teacher, labels, ce_weight=0.0, kd_weight=1.0, T=cfg.T)
+    own = kd(student, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0, T=cfg.T)
+    return w_ce * ce + w_kd * kl + w_self * own, {"ce": ce.item(), "kd": plain.item(), "self": own.item()}
+
+
+@pytest.mark.parametrize("loss", ["askd", "kd"])
+def test_distill_loss_is_one_pass_of_the_kernel(loss, monkeypatch):
+    """One kd_loss call per step gives what four gave: the same loss, gradient and logged parts."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher, own = (torch.randn(7, 50, generator=g) * 3 for _ in range(3))
+    labels = torch.randint(0, 50, (7,), generator=g)
+    labels[[0, 4]] = askd.IGNORE
+    cfg = askd.LossConfig(loss, T=2.0, alpha="linear:1:0", beta="linear:0:1")
+    calls, kd_loss = [], askd.kd_loss
+    monkeypatch.setattr(askd, "kd_loss", lambda *a, **k: calls.append(k) or kd_loss(*a, **k))
+    new = student.clone().requires_grad_(True)
+    got, parts = askd.distill_loss(new, labels, teacher, own, cfg, s=0.4)
+    assert len(calls) == 1 and calls[0]["parts"]
+    old = student.clone().requires_grad_(True)
+    want, want_parts = four_pass_loss(old, labels, teacher, own, cfg, 0.4)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(*(torch.autograd.grad(x, y)[0] for x, y in ((got, new), (want, old))))
+    for name in ("ce", "kd", "self") if loss == "askd" else ("ce", "kd"):
+        assert parts[name] == pytest.approx(want_parts[name], rel=1e-6), name
+
+
 def test_encoder_loss_uses_only_each_items_own_positions():
     student = torch.zeros(2, 5, 4)
     student[0, 3:] = 100.0                              # beyond item 0's 3 positions: must not count
@@ -132,6 +166,7 @@ def test_student_from_teacher(tiny):
             assert torch.equal(s[f"decoder.blocks.{mine}.{name}"], t[f"decoder.blocks.{theirs}.{name}"])
     assert torch.equal(s["decoder.token_embedding.weight"], t["decoder.token_embedding.weight"])
     assert student.num_parameters() < tiny.num_parameters() and student.tokenizer is tiny.tokenizer
+    assert askd.make_student(tiny).dims.n_text_layer == 4         # by default all, as TrainConfig's default
 
 
 def test_trimmed_input_equals_whisper_padded_input(asterisk):
@@ -161,7 +196,7 @@ def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
     teacher = askd.load_recognizer("tiny.en")
     assert type(teacher) is askd.Recognizer and teacher.input == "padded" and teacher.weights == "fp32"
     student = askd.make_student(tiny, decoder_layers=1)
-    path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), "tiny.en", {"epoch": 1})
+    path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), {"epoch": 1})
     loaded = askd.load_recognizer(path)
     assert isinstance(loaded, askd.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
     assert askd.load_recognizer(path, weights="fp32").weights == "fp32"
@@ -278,12 +313,15 @@ def workspace(tmp_path_factory, asterisk, tiny):
             "cache": str(root / "cache"), "runs": str(root / "runs")}
 
 
-def train_cli(ws, name, *extra, nproc=1, env=None):
-    command = [sys.executable, "fastwhisper.py", "train", "--train", ws["train"], "--dev", ws["dev"],
-               "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
+def train_cli(ws, name, *extra, nproc=1, **faults):
+    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, and any other
+    faults (kill=K, interrupt=K)."""
+    faults = [f"{fault}={step}" for fault, step in {"nan": 2, **faults}.items()]
+    command = [sys.executable, "tests/train_with_faults.py", *faults, "train", "--train", ws["train"], "--dev",
+               ws["dev"], "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
     if nproc > 1:
-        command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "fastwhisper.py"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTWHISPER_TEST_NAN_AT_STEP": "2", **(env or {})}
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -372,7 +410,7 @@ def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
 
 
 def test_killed_run_resumes_exactly(reference_run, workspace):
-    killed = train_cli(workspace, "killed", "--accum", "2", env={"FASTWHISPER_TEST_KILL_AT_STEP": "5"})
+    killed = train_cli(workspace, "killed", "--accum", "2", kill=5)
     assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
     assert final_weights(workspace, "killed")["step"] == 4
     again = train_cli(workspace, "killed", "--accum", "2")
@@ -390,6 +428,18 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
     assert strip(metrics(workspace, "killed")) == strip(metrics(workspace, "reference"))
     changed = train_cli(workspace, "killed", "--accum", "2", "--resume", "--lr", "1e-3")
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
+
+
+def test_interrupted_run_saves_and_resumes(reference_run, workspace):
+    """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume ends
+    exactly where the uninterrupted run did."""
+    stopped = train_cli(workspace, "interrupted", "--accum", "2", interrupt=4)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert final_weights(workspace, "interrupted")["step"] == 4
+    resumed = train_cli(workspace, "interrupted", "--accum", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(workspace, "reference"), final_weights(workspace, "interrupted")
+    assert all(torch.equal(tensor, b["student"][name]) for name, tensor in a["student"].items())
 
 
 def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):

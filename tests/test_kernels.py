@@ -1,7 +1,7 @@
 """Tests for kernels/: each Triton kernel, forward and backward, against its PyTorch twin.
 
 With a GPU the kernels run natively on it.  Without one they run in Triton's CPU interpreter,
-which must be switched on before triton is imported (kernels/ does it too, this makes sure).
+which must be switched on before triton is imported (conftest.py does it; so does this file, when run alone).
 The interpreter is slow, so the shapes are the awkward ones (lengths 1, 7, 1500; V = 51,864
 and 51,865; N = 1) with few rows and heads rather than big ones.
 
@@ -425,3 +425,45 @@ def test_twins_work_without_triton():
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_importing_kernels_leaves_the_environment_alone():
+    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the CPU."""
+    script = ("import os, torch, kernels\n"
+              "assert 'TRITON_INTERPRET' not in os.environ\n"
+              "assert not kernels.use_triton(torch.zeros(1))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTWHISPER_KERNELS")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT),
+                            CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_kd_loss_parts_come_from_one_pass(backend, monkeypatch):
+    """parts=True: one kernel launch gives the weighted loss and gradient, and each term's unweighted
+    mean, equal to what three separate calls (CE; T^2 KL to the teacher; to the self-teacher) give."""
+    module = sys.modules["kernels.kd_loss"]          # the attribute kernels.kd_loss is the function
+    s, t, e, labels, _ = kd_inputs(6, 1000, ignored=(2,))
+    w = torch.rand(6, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    launches, launch = [], module._kd_rows
+
+    def counting(*args, **kwargs):
+        launches.append(1)
+        return launch(*args, **kwargs)
+    monkeypatch.setattr(module, "_kd_rows", counting)
+    kw = dict(self_teacher=e, ce_weight=0.8, kd_weight=w, self_weight=0.3, T=2.0)
+    s1 = s.clone().requires_grad_(True)
+    loss, parts = kd_loss(s1, t, labels, parts=True, backend=backend, **kw)
+    loss.backward()
+    assert len(launches) == (1 if backend == "triton" else 0) and set(parts) == {"ce", "kd", "self"}
+    want_loss, want_grad = loss_and_grad(kd_loss_reference, s, t, labels, torch.tensor(1.0, device=DEVICE), **kw)
+    assert_rel(loss, want_loss, 1e-5, "loss")
+    assert_rel(s1.grad, want_grad, 1e-5, "grad")
+    separate = {"ce": kd_loss_reference(s, None, labels),
+                "kd": kd_loss_reference(s, t, labels, ce_weight=0.0, kd_weight=1.0, T=2.0),
+                "self": kd_loss_reference(s, None, labels, self_teacher=e, ce_weight=0.0, self_weight=1.0, T=2.0)}
+    for name, value in separate.items():
+        assert_rel(parts[name], value, 1e-5, name)
+    _, only = kd_loss(s, t, labels, kd_weight=0.0, T=2.0, parts=True, backend=backend)  # weight 0: logged, not in loss
+    assert set(only) == {"ce", "kd"}
+    assert_rel(only["kd"], separate["kd"], 1e-5, "kd with weight 0")
