@@ -30,8 +30,9 @@ utterance and cached on disk (fp16 / fp32), so each training step costs the stud
 `--input padded` is the classic setting for comparison: frozen encoder, 30 s input.
 
 The chapter follows a run: the student, its input, its targets, the schedules and the loss, the
-data (with the teacher cache and pseudo-labels), batches, the training loop with its checkpoints,
-and evaluation (transcribing trimmed-input students, WER tables).
+data (with the teacher cache and pseudo-labels), batches, training as a few named steps of a
+Trainer (set up or resume, one optimiser step, end of epoch, final table), and then transcription
+and evaluation: a Recognizer (any Whisper) or a Student knows how its model reads audio.
 """
 from __future__ import annotations
 

@@ -178,11 +178,6 @@ def tts_voice_problem(voice: str) -> Optional[str]:
     return None
 
 
-def available_tts_voices() -> list:
-    """The voices of TTS_VOICES that can speak here."""
-    return [v for v in TTS_VOICES if tts_voice_problem(v) is None]
-
-
 def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
     """WordNet example sentences read by speech synthesisers: `per_voice` per voice, different
     sentences for each voice, ids "tts/VOICE/N", references the text as synthesised.
