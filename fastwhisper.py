@@ -245,6 +245,8 @@ TRAIN_OPTIONS = [
                     "optionally :train, :dev or :test", {}),
         ("--dev", "data for the dev WER after each epoch (none: asterisk:dev, or 10%% of a custom --train)", {}),
         ("--test", "data for the final table (none: asterisk:test with the default corpus)", {}),
+        ("--ood", "out-of-domain data for the final table, a column beside --test's (none: real-speech-dev, "
+                  "real speech of other people, with the default corpus; '' for no column)", {}),
         ("--limit", "use only the first N training utterances", {"type": int}),
         ("--name", "run name: files go to RUNS_DIR/NAME", {}),
         ("--runs-dir", "where runs go", {}),

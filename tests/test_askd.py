@@ -336,7 +336,7 @@ def metrics(ws, name):
 @pytest.fixture(scope="module")
 def reference_run(workspace):
     """One process accumulating 2 micro-batches per step, straight through, ending with the test table."""
-    result = train_cli(workspace, "reference", "--accum", "2", "--test", workspace["test"])
+    result = train_cli(workspace, "reference", "--accum", "2", "--test", workspace["test"], "--ood", workspace["dev"])
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -345,6 +345,7 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     run = Path(workspace["runs"]) / "reference"
     table = reference_run.stdout
     assert "teacher tiny.en" in table and "student (askd)" in table and "WER %" in table and "speed-up" in table
+    assert f"OOD WER %: {workspace['dev']} (2 utterances" in table and "OOD WER %  s / utt" in table
     log = metrics(workspace, "reference")
     steps = [r for r in log if "loss" in r or r.get("skipped")]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
@@ -359,6 +360,7 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
     assert data.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed"]
+    assert results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0    # the teacher, the student
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
     student = askd.load_recognizer(run / "student.pt")

