@@ -541,7 +541,8 @@ class TrainConfig(LossConfig):
     # what and where
     teacher: str = "tiny.en"
     train: str = "asterisk:train"
-    dev: Optional[str] = None          # default: asterisk:dev for the default corpus, else 10% of train
+    dev: Optional[str] = None          # default: asterisk:dev+real-speech-dev for the default corpus, else
+                                       # 10% of train
     test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
     ood: Optional[str] = None          # out-of-domain data for the final table; default: real-speech-dev for
                                        # the default corpus, else none ("" for none)
@@ -705,17 +706,23 @@ class _StopFlag:
         return False
 
 
-def default_sources(cfg: TrainConfig) -> tuple[list, list, list, str]:
-    """(train, dev, test utterances, test label): the default corpus's own splits, or 10% of a
-    custom training set held out as dev."""
+def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
+    """(train utterances, dev sets {name: utterances}, test utterances, test label): the default
+    corpus's own splits, or 10% of a custom training set held out as dev. cfg.dev may join several
+    sources with '+': the student is then chosen by the mean of their WERs."""
     train = data.load_source(cfg.train)
     if cfg.dev:
-        dev = data.load_source(cfg.dev)
+        dev = {name: data.load_source(name) for name in cfg.dev.split("+")}
     elif cfg.train.startswith("asterisk"):
-        dev = data.load_source("asterisk:dev")
+        dev = {"asterisk:dev": data.load_source("asterisk:dev")}
+        try:                        # real speech of other people: choose the student that generalises
+            dev["real-speech-dev"] = data.load_source("real-speech-dev")
+        except data.DataError as e:
+            print(f"warning: dev set without real-speech-dev, the student is chosen on asterisk:dev alone: {e}",
+                  file=sys.stderr)
     else:
         parts = data.split_corpus(train, dev=0.1, test=0.0)
-        train, dev = parts["train"], parts["dev"]
+        train, dev = parts["train"], {"10% of --train": parts["dev"]}
     test_spec = cfg.test or ("asterisk:test" if cfg.train.startswith("asterisk") else None)
     test = data.load_source(test_spec) if test_spec else []
     if cfg.limit:
@@ -762,9 +769,9 @@ class Trainer:
                 self.step_module, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.say(f"student: {self.student.dims.n_text_layer}-layer decoder, {cfg.input} input, "
                  f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} training "
-                 f"utterances ({sum(self.skipped.values())} skipped), {len(self.dev_utts)} dev; {self.total_steps} "
-                 f"steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, {self.world} "
-                 f"process(es), {self.device}")
+                 f"utterances ({sum(self.skipped.values())} skipped), {sum(map(len, self.dev_sets.values()))} "
+                 f"dev; {self.total_steps} steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, "
+                 f"{self.world} process(es), {self.device}")
 
     def say(self, message: str) -> None:
         if self.main and not self.cfg.quiet:
@@ -803,7 +810,7 @@ class Trainer:
         cfg, rank, world, progress = self.cfg, self.rank, self.world, self.main and not self.cfg.quiet
         teacher = formats.load_model(cfg.teacher, device=self.device)
         self.tok = teacher.tokenizer
-        utts, self.dev_utts, self.test_utts, self.test_label = default_sources(cfg)
+        utts, self.dev_sets, self.test_utts, self.test_label = default_sources(cfg)
         cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
         unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
         pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
@@ -1007,28 +1014,23 @@ class Trainer:
     # --- the end of an epoch, the end of the run ---
 
     def end_of_epoch(self, epoch: int) -> None:
-        """Dev WER of the student (rank 0); the best student so far is saved as student.pt."""
+        """Dev WER of the student (rank 0): the mean over the dev sets; the best student so far is
+        saved as student.pt."""
         cfg, path = self.cfg, self.run_dir / "student.pt"
-        if self.main and self.dev_utts:
-            audios, refs = [], []
-            for u in self.dev_utts:
-                if not (u.text or "").strip():
-                    continue
-                try:
-                    audios.append(data.load_audio(u.audio, cache=True))
-                    refs.append(u.text)
-                except (data.AudioError, OSError):
-                    continue
+        if self.main and self.dev_sets:
             self.student.eval()
-            hyps = as_recognizer(self.student, student_info(cfg)).transcribe_text(audios, cfg.eval_batch_size)
+            recognizer = as_recognizer(self.student, student_info(cfg))
+            wers = {name: dev_wer(recognizer, utts, cfg.eval_batch_size) for name, utts in self.dev_sets.items()}
             self.student.train()
-            dev_wer = data.wer(refs, hyps) if refs else math.inf
-            self.log({"step": self.step, "epoch": epoch, "dev_wer": dev_wer})
-            better = dev_wer < self.best_wer or not path.exists()
+            wer = sum(wers.values()) / len(wers)
+            self.log({"step": self.step, "epoch": epoch, "dev_wer": wer,
+                      **({f"dev_wer {name}": w for name, w in wers.items()} if len(wers) > 1 else {})})
+            better = wer < self.best_wer or not path.exists()
             if better:
-                self.best_wer = dev_wer
-                save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": dev_wer})
-            self.bar.write(f"epoch {epoch}: dev WER {100 * dev_wer:.2f}%{' (best, saved)' if better else ''}")
+                self.best_wer = wer
+                save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer})
+            each = "" if len(wers) == 1 else " (" + ", ".join(f"{n} {100 * w:.2f}%" for n, w in wers.items()) + ")"
+            self.bar.write(f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}")
         self.best_wer = _gather_objects(self.best_wer, self.world)[0]          # rank 0's, on every rank
 
     def final_table(self) -> dict:
@@ -1051,7 +1053,8 @@ class Trainer:
                 if ood:
                     for row, other in zip(rows, evaluate(models, ood, device=self.device, quiet=True)):
                         row["OOD WER %"] = other["WER %"]
-                    caption += f"; OOD WER %: {self.ood_label} ({len(ood)} utterances, other speakers)"
+                    caption += f"; OOD WER %: {self.ood_label} ({len(ood)} utterances, other speakers" + \
+                        ("; a dev set, so it chose the student)" if self.ood_label in self.dev_sets else ")")
                 results["test"] = rows
                 results["table"] = caption + "\n" + format_table(rows)
                 print(results["table"])
@@ -1072,6 +1075,20 @@ class Trainer:
         except data.DataError as e:
             print(f"warning: no out-of-domain column: {e}", file=sys.stderr)
             return []
+
+
+def dev_wer(recognizer: "Recognizer", utts: Sequence[data.Utterance], batch_size: int) -> float:
+    """WER of a student on the transcribed, readable utterances of a dev set (inf if there are none)."""
+    audios, refs = [], []
+    for u in utts:
+        if not (u.text or "").strip():
+            continue
+        try:
+            audios.append(data.load_audio(u.audio, cache=True))
+            refs.append(u.text)
+        except (data.AudioError, OSError):
+            continue
+    return data.wer(refs, recognizer.transcribe_text(audios, batch_size)) if refs else math.inf
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -1231,7 +1248,8 @@ class Student(Recognizer):
             mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
                                for j in chunk])
             features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            for j, r in zip(chunk, M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths)):
+            results = M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths)
+            for j, r in zip(chunk, results):
                 decoded[j] = r
         return decoded
 

@@ -809,7 +809,8 @@ def cut_audio(path, start: Optional[float], end: Optional[float]) -> str:
         first = round((start or 0.0) * SAMPLE_RATE)
         last = len(audio) if end is None else round(end * SAMPLE_RATE)
         if not 0 <= first < last <= len(audio) + SAMPLE_RATE // 100:    # 10 ms of rounding allowed
-            raise ValueError(f"{path}: no audio from {start} s to {end} s (the file has {len(audio) / SAMPLE_RATE:.2f} s)")
+            raise ValueError(f"{path}: no audio from {start} s to {end} s "
+                             f"(the file has {len(audio) / SAMPLE_RATE:.2f} s)")
         save_wav(cut, audio[first:last])
     return str(cut)
 

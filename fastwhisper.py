@@ -243,7 +243,9 @@ TRAIN_OPTIONS = [
         ("--train", "training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl with audio and "
                     "text columns; empty text = use the teacher's transcript) or a LibriSpeech folder, each "
                     "optionally :train, :dev or :test", {}),
-        ("--dev", "data for the dev WER after each epoch (none: asterisk:dev, or 10%% of a custom --train)", {}),
+        ("--dev", "data for the dev WER after each epoch, which chooses the student; join several with + to "
+                  "choose by the mean of their WERs (none: asterisk:dev+real-speech-dev, or 10%% of a custom "
+                  "--train)", {}),
         ("--test", "data for the final table (none: asterisk:test with the default corpus)", {}),
         ("--ood", "out-of-domain data for the final table, a column beside --test's (none: real-speech-dev, "
                   "real speech of other people, with the default corpus; '' for no column)", {}),

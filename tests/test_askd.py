@@ -278,6 +278,24 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
 
 
+def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeypatch, capsys):
+    """With the default corpus the student is chosen on its dev split and on real speech of other
+    people; if that cannot be fetched, on the dev split alone, with a warning."""
+    train, dev, test, label = askd.default_sources(askd.TrainConfig())
+    assert list(dev) == ["asterisk:dev", "real-speech-dev"] and len(dev["real-speech-dev"]) == 49
+    assert {u.id for u in dev["asterisk:dev"]} == {u.id for u in data.split_corpus(asterisk)["dev"]}
+    assert label == "asterisk:test" and len(test) == 97 and len(train) == 398
+
+    def offline(spec):
+        if spec == "real-speech-dev":
+            raise data.DataError("real-speech-dev: could not download (offline)")
+        return data.split_corpus(asterisk)[spec.split(":")[1]]
+    monkeypatch.setattr(data, "load_source", offline)
+    _, dev, _, _ = askd.default_sources(askd.TrainConfig())
+    assert list(dev) == ["asterisk:dev"]
+    assert "warning: dev set without real-speech-dev" in capsys.readouterr().err
+
+
 def test_config_errors():
     with pytest.raises(askd.TrainError, match="--loss"):
         askd.TrainConfig(loss="mse").check()
@@ -460,12 +478,17 @@ def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
-    """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache)."""
-    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], input="padded", loss="kd", limit=4,
+    """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache); two dev
+    sets joined with '+' choose the student by the mean of their WERs."""
+    dev = f"{workspace['dev']}+{workspace['test']}"
+    cfg = askd.TrainConfig(train=workspace["train"], dev=dev, input="padded", loss="kd", limit=4,
                            batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=workspace["runs"],
                            name="padded", decoder_layers=2, quiet=True)
     results = askd.train(cfg)
     assert results["steps"] == 2 and results["counters"] == {}
+    for record in [r for r in metrics(workspace, "padded") if "dev_wer" in r]:
+        each = [record[f"dev_wer {workspace[k]}"] for k in ("dev", "test")]
+        assert record["dev_wer"] == pytest.approx(sum(each) / 2)
     path = Path(workspace["runs"]) / "padded" / "student.pt"
     assert type(askd.load_recognizer(path)) is askd.Recognizer
     student = formats.load_model(path)
