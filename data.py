@@ -106,6 +106,7 @@ def write_atomic(dest, blob: bytes) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; a file should keep the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
@@ -115,6 +116,12 @@ def write_atomic(dest, blob: bytes) -> Path:
         os.unlink(tmp)
         raise
     return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)        # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -180,9 +187,13 @@ def _read_wav(path: str):
     tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # first two bytes of the SubFormat GUID
-    if channels == 0 or rate == 0 or block_align == 0:
-        raise AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz)")
+    if channels == 0 or rate == 0 or block_align == 0 or block_align % channels:
+        raise AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz, "
+                         f"{block_align} bytes per frame)")
     width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
+    if 0 < chunk_size < 0xFFFFFFFF and len(raw) < chunk_size:
+        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of audio, the "
+                      f"file holds {len(raw) / block_align / rate:.2f} s: reading what is there", stacklevel=4)
     raw = raw[: len(raw) // block_align * block_align]  # drop a truncated final frame
 
     if tag == WAVE_FORMAT_PCM and width == 1:
@@ -199,6 +210,8 @@ def _read_wav(path: str):
         x = (np.frombuffer(raw, "<i4") / 2.0**31).astype(np.float32)
     elif tag == WAVE_FORMAT_IEEE_FLOAT and width in (4, 8):
         x = np.frombuffer(raw, "<f4" if width == 4 else "<f8").astype(np.float32)
+        if not np.isfinite(x).all():  # NaN would pass np.clip and poison every frame it touches
+            raise AudioError(f"{path}: the WAV holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples")
         x = np.clip(x, -1.0, 1.0)  # as ffmpeg's conversion to 16-bit would
     else:
         return None

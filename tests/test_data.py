@@ -97,6 +97,33 @@ def test_wav_extra_chunks_padding_and_truncation(tmp_path):
     np.testing.assert_allclose(data.load_audio(path), EXPECTED, atol=1e-7)
 
 
+def test_bad_wavs_are_one_line_errors_or_warnings(tmp_path):
+    """NaN samples and an inconsistent header are one-line errors naming the file; a header that
+    declares more audio than the file holds is read as far as it goes, with a warning."""
+    nan = write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan, np.inf], "<f4").tobytes(), tag=3, bits=32)
+    with pytest.raises(data.AudioError, match=r"^.*nan\.wav: the WAV holds 2 NaN or infinite samples$"):
+        data.load_audio(nan)
+    odd = bytearray(Path(write_wav(tmp_path / "odd.wav", int_bytes(range(15), 2), channels=3)).read_bytes())
+    odd[32:34] = struct.pack("<H", 5)                   # block_align 5 bytes for 3 channels
+    (tmp_path / "odd.wav").write_bytes(bytes(odd))
+    with pytest.raises(data.AudioError, match=r"odd\.wav: invalid WAV header \(3 channels, 16000 Hz, 5 bytes"):
+        data.load_audio(tmp_path / "odd.wav")
+    half = write_wav(tmp_path / "half.wav", int_bytes([1000] * 16000, 2), data_size=64000)
+    with pytest.warns(UserWarning, match=r"half\.wav: the WAV header declares 2\.00 s of audio, the file holds "
+                                         r"1\.00 s: reading what is there"):
+        assert data.load_audio(half).shape == (16000,)
+
+
+def test_written_files_keep_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert (data.write_atomic(tmp_path / "a.txt", b"x").stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (data.write_atomic(tmp_path / "b.txt", b"x").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_wav_float_is_clipped_and_resampled(tmp_path):
     loud = np.array([2.0, -3.0, 0.5], np.float32)
     audio = data.load_audio(write_wav(tmp_path / "loud.wav", loud.tobytes(), tag=3, bits=32))
