@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import sys
 
 WEIGHTS_HELP = ("fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
@@ -46,13 +48,50 @@ def load(name: str, device: str, weights: str = "auto"):
         fail(str(e))
 
 
+# Option types: each checks its value when the command line is read, so a bad one is a one-line
+# usage error before any work starts.
+
+def number(kind, low=None, high=None, above=None):
+    """A finite int or float, at least `low` (or more than `above`) and at most `high`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}")
+        if not math.isfinite(value) or (low is not None and value < low) or \
+                (above is not None and value <= above) or (high is not None and value > high):
+            bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+                      f"<= {high}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"{text}: must be {' and '.join(b for b in bounds if b)}")
+        return value
+    return parse
+
+
+COUNT, ZERO_OR_MORE = number(int, low=1), number(int, low=0)
+POSITIVE, NON_NEGATIVE = number(float, above=0), number(float, low=0)
+TEMPERATURE = number(float, low=0, high=2)
+
+
 def temperatures(value: str):
-    """'0' -> 0.0 (one temperature); '0,0.2,0.4' -> a fallback schedule."""
-    try:
-        values = [float(v) for v in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a temperature or comma-separated list: {value!r}")
+    """'0' -> 0.0 (one temperature); '0,0.2,0.4' -> a fallback schedule; each in [0, 2]."""
+    values = [TEMPERATURE(v) for v in value.split(",")]
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def schedule(value: str) -> str:
+    """A weight schedule of askd.Schedule (const:V, linear:A:B, cosine:A:B, exp:A:B), kept as text."""
+    import askd
+    try:
+        askd.Schedule.parse(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,7 +115,7 @@ def cmd_transcribe(args) -> int:
                                   beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
                                   length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
                                   condition_on_previous_text=not args.no_condition,
-                                  without_timestamps=args.without_timestamps)
+                                  without_timestamps=args.without_timestamps, seed=args.seed)
     failed = 0
     bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
@@ -180,19 +219,21 @@ def add_transcribe(sub) -> None:
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     p.add_argument("--temperature", type=temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                    help="one temperature (0 = greedy), or a comma-separated fallback schedule (the default)")
-    p.add_argument("--beam-size", type=int, default=None, help="beam search width at temperature 0 (default greedy)")
-    p.add_argument("--best-of", type=int, default=5, help="samples per window at temperature > 0")
-    p.add_argument("--patience", type=float, default=None, help="beam search patience (default 1.0)")
-    p.add_argument("--length-penalty", type=float, default=None, help="alpha of ((5+n)/6)^alpha; default: length")
+    p.add_argument("--beam-size", type=COUNT, default=None, help="beam search width at temperature 0 (default greedy)")
+    p.add_argument("--best-of", type=COUNT, default=5, help="samples per window at temperature > 0")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="beam search patience (default 1.0)")
+    p.add_argument("--length-penalty", type=number(float), default=None, help="alpha of ((5+n)/6)^alpha; default: length")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--no-condition", action="store_true", help="do not condition a window on the previous text")
     p.add_argument("--without-timestamps", action="store_true", help="decode text only (segments = windows)")
+    p.add_argument("--seed", type=ZERO_OR_MORE, default=0, help="seed of the temperature fallback's sampling: the "
+                   "same command gives the same text (default 0)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write FILE_STEM.FORMAT (default: here)")
     p.add_argument("--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "tsv", "all"])
     p.add_argument("--draft", default=None, help="teacher-exact mode: a student from `train` guesses tokens and "
                    "--model checks them; greedy output is exactly --model's own, sooner")
     p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help=WEIGHTS_HELP)
-    p.add_argument("--batch-size", type=int, default=8, help="30-second windows decoded together (default 8)")
+    p.add_argument("--batch-size", type=COUNT, default=8, help="30-second windows decoded together (default 8)")
     add_machine(p, quiet=True)
     p.set_defaults(run=cmd_transcribe)
 
@@ -204,10 +245,10 @@ def add_bench(sub) -> None:
                    "or `kernels` (the Triton kernels), or `ood` (WER on out-of-domain speech)")
     p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
                    "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
-    p.add_argument("--limit", type=int, default=40, help="at most this many files (default 40)")
+    p.add_argument("--limit", type=COUNT, default=40, help="at most this many files (default 40)")
     p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
-    p.add_argument("--per-voice", type=int, default=30, help="bench ood: sentences per synthetic voice (default 30)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows or pieces decoded together (default 8, "
+    p.add_argument("--per-voice", type=COUNT, default=30, help="bench ood: sentences per synthetic voice (default 30)")
+    p.add_argument("--batch-size", type=COUNT, default=8, help="windows or pieces decoded together (default 8, "
                    "as transcribe)")
     add_machine(p)
     p.set_defaults(run=cmd_bench)
@@ -220,16 +261,16 @@ def add_eval(sub) -> None:
     p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
                    "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT; or asterisk-gsm, "
                    "tts, tts:VOICE (bench/ood.py) (default asterisk:test)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    p.add_argument("--limit", type=COUNT, default=None, help="only the first N utterances")
     p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help="as for transcribe")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=COUNT, default=1)
     add_machine(p, quiet=True)
     p.set_defaults(run=cmd_eval)
 
 
 def add_machine(p, quiet: bool = False) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=ZERO_OR_MORE, default=0, help="CPU threads for torch (default: torch's choice)")
     if quiet:
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -249,7 +290,7 @@ TRAIN_OPTIONS = [
         ("--test", "data for the final table (none: asterisk:test with the default corpus)", {}),
         ("--ood", "out-of-domain data for the final table, a column beside --test's (none: real-speech-dev, "
                   "real speech of other people, with the default corpus; '' for no column)", {}),
-        ("--limit", "use only the first N training utterances", {"type": int}),
+        ("--limit", "use only the first N training utterances", {"type": COUNT}),
         ("--name", "run name: files go to RUNS_DIR/NAME", {}),
         ("--runs-dir", "where runs go", {}),
         ("--cache-dir", "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "
@@ -258,55 +299,56 @@ TRAIN_OPTIONS = [
         ("--overwrite", "start RUNS_DIR/NAME over", {"action": "store_true"})]),
     ("the student", [
         ("--decoder-layers", "decoder layers, maximally spaced teacher layers (4 -> 2: layers 0 and 3) (none: "
-                             "all; on tiny.en, 2-layer students loop on unseen prompts)", {"type": int}),
-        ("--encoder-layers", "encoder layers (none: all of the teacher's)", {"type": int}),
+                             "all; on tiny.en, 2-layer students loop on unseen prompts)", {"type": COUNT}),
+        ("--encoder-layers", "encoder layers (none: all of the teacher's)", {"type": COUNT}),
         ("--input", "trimmed: the encoder reads the audio's real length and is trained toward the teacher's "
                     "states; padded: 30 s windows, frozen encoder (the classic setting)",
          {"choices": ("trimmed", "padded")}),
         ("--round-frames", "trimmed input is rounded up to a multiple of this many mel frames (100 = 1 s)",
-         {"type": int}),
+         {"type": COUNT}),
         ("--train-embed", "train the token embedding (which is also the output projection) too; by default it "
                           "stays the teacher's", {"action": "store_true"}),
         ("--enc-weight", "weight of the MSE pulling the student's encoder states (trimmed input) toward the "
-                         "teacher's (padded input)", {"type": float})]),
+                         "teacher's (padded input)", {"type": NON_NEGATIVE})]),
     ("the loss", [
         ("--loss", "ce: plain fine-tuning; kd: classic KD (CE and KL at temperature T); askd: adaptive "
                    "self-knowledge distillation", {"choices": ("ce", "kd", "askd")}),
-        ("--T", "distillation temperature", {"type": float}),
-        ("--alpha", "askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or exp:A:B", {}),
-        ("--beta", "askd: self-teacher weight over training", {}),
+        ("--T", "distillation temperature", {"type": POSITIVE}),
+        ("--alpha", "askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or exp:A:B",
+         {"type": schedule}),
+        ("--beta", "askd: self-teacher weight over training", {"type": schedule}),
         ("--trust", "askd: per-token trust in the teacher: its probability of the right token, whether its "
                     "best guess is right, or none", {"choices": ("prob", "argmax", "none")}),
         ("--self-teacher", "askd: the student's earlier self: an EMA of its weights or its snapshot from the "
                            "end of the last epoch", {"choices": ("ema", "epoch")}),
-        ("--ema-decay", "decay of the EMA self-teacher", {"type": float}),
-        ("--kd-ce-weight", "kd: CE weight", {"type": float}),
-        ("--kd-weight", "kd: KL weight", {"type": float}),
+        ("--ema-decay", "decay of the EMA self-teacher", {"type": number(float, low=0, high=0.999999)}),
+        ("--kd-ce-weight", "kd: CE weight", {"type": NON_NEGATIVE}),
+        ("--kd-weight", "kd: KL weight", {"type": NON_NEGATIVE}),
         ("--labels", "targets: the reference text, the teacher's transcript, or auto: the reference where there "
                      "is one", {"choices": ("auto", "reference", "pseudo")}),
         ("--max-label-wer", "--labels pseudo: drop utterances whose pseudo-label is further than this WER from "
-                            "their reference", {"type": float})]),
+                            "their reference", {"type": NON_NEGATIVE})]),
     ("optimisation", [
-        ("--epochs", "passes over the training data", {"type": int}),
-        ("--batch-size", "utterances per micro-batch", {"type": int}),
-        ("--max-frames", "mel frames per micro-batch, padding included", {"type": int}),
-        ("--accum", "micro-batches per optimiser step", {"type": int}),
-        ("--lr", "AdamW peak learning rate", {"type": float}),
-        ("--warmup", "a fraction of the steps (< 1) or a number of steps", {"type": float}),
+        ("--epochs", "passes over the training data", {"type": COUNT}),
+        ("--batch-size", "utterances per micro-batch", {"type": COUNT}),
+        ("--max-frames", "mel frames per micro-batch, padding included", {"type": COUNT}),
+        ("--accum", "micro-batches per optimiser step", {"type": COUNT}),
+        ("--lr", "AdamW peak learning rate", {"type": POSITIVE}),
+        ("--warmup", "a fraction of the steps (< 1) or a number of steps", {"type": NON_NEGATIVE}),
         ("--lr-schedule", "decay to 0 after warmup", {"choices": ("linear", "cosine")}),
-        ("--weight-decay", "AdamW weight decay", {"type": float}),
-        ("--clip", "gradient norm clipping", {"type": float}),
+        ("--weight-decay", "AdamW weight decay", {"type": NON_NEGATIVE}),
+        ("--clip", "gradient norm clipping", {"type": POSITIVE}),
         ("--spec-augment", "SpecAugment on the student's input", {"action": "store_true"}),
-        ("--seed", "random seed", {"type": int})]),
+        ("--seed", "random seed", {"type": ZERO_OR_MORE})]),
     ("machinery", [
         ("--device", "cpu, cuda, ... (auto: cuda if available); under torchrun each process takes its "
-                     "LOCAL_RANK's GPU, or the CPU with gloo", {}),
+                     "LOCAL_RANK's GPU, or the CPU with gloo", {"type": device}),
         ("--precision", "auto: bf16 autocast on GPUs, fp32 on the CPU",
          {"choices": ("auto", "fp32", "bf16", "fp16")}),
-        ("--threads", "CPU threads for torch (0: torch's choice)", {"type": int}),
-        ("--save-every", "steps between checkpoints, besides every epoch's end", {"type": int}),
-        ("--eval-batch-size", "dev-set decoding batch", {"type": int}),
-        ("--max-bad-steps", "give up after this many non-finite steps in a row", {"type": int}),
+        ("--threads", "CPU threads for torch (0: torch's choice)", {"type": ZERO_OR_MORE}),
+        ("--save-every", "steps between checkpoints, besides every epoch's end", {"type": COUNT}),
+        ("--eval-batch-size", "dev-set decoding batch", {"type": COUNT}),
+        ("--max-bad-steps", "give up after this many non-finite steps in a row", {"type": COUNT}),
         ("--quiet", "no progress bars", {"action": "store_true"})]),
 ]
 

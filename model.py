@@ -652,6 +652,7 @@ class DecodingOptions:
     suppress_blank: bool = True              # no blank or <|endoftext|> as first token
     without_timestamps: bool = False
     max_initial_timestamp: Optional[float] = 1.0
+    seed: int = 0                            # sampling draws from its own generator: the same text every run
 
 
 @dataclass
@@ -850,10 +851,11 @@ class DecodingTask:
         finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
         rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
         cache, logits, no_speech = self.first_step(tokens, features, lengths)
+        generator = torch.Generator(features.device).manual_seed(self.options.seed) if temperature > 0 else None
         for _ in range(self.sample_len):
             self.rules(logits, tokens)
             next_tokens = logits.argmax(dim=-1) if temperature == 0 else \
-                torch.distributions.Categorical(logits=logits / temperature).sample()
+                torch.multinomial((logits / temperature).softmax(dim=-1), 1, generator=generator)[:, 0]
             sum_logprobs[rows] += F.log_softmax(logits.float(), dim=-1).gather(1, next_tokens[:, None])[:, 0]
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
             done = (next_tokens == eot) | (tokens.shape[-1] > self.model.dims.n_text_ctx)
