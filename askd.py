@@ -72,6 +72,7 @@ IGNORE = -100                 # label of positions that carry no loss (the promp
 ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
 MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
 PIECE_SECONDS = 30.0          # longer audio is cut at its pauses, a longer stretch of speech at its quietest
+NO_SPEECH = 0.8               # a student's piece more likely silence than this has no text (README: speech <= 0.56)
 CHECKPOINT_VERSION = 1
 
 
@@ -723,6 +724,9 @@ def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
     else:
         parts = data.split_corpus(train, dev=0.1, test=0.0)
         train, dev = parts["train"], {"10% of --train": parts["dev"]}
+    for name in [name for name, utts in dev.items() if not any((u.text or "").strip() for u in utts)]:
+        print(f"warning: dev set {name} holds no transcribed utterance; left out", file=sys.stderr)
+        del dev[name]
     test_spec = cfg.test or ("asterisk:test" if cfg.train.startswith("asterisk") else None)
     test = data.load_source(test_spec) if test_spec else []
     if cfg.limit:
@@ -1015,8 +1019,11 @@ class Trainer:
 
     def end_of_epoch(self, epoch: int) -> None:
         """Dev WER of the student (rank 0): the mean over the dev sets; the best student so far is
-        saved as student.pt."""
+        saved as student.pt (without dev data, the latest one)."""
         cfg, path = self.cfg, self.run_dir / "student.pt"
+        if self.main and not self.dev_sets:
+            save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None})
+            self.bar.write(f"epoch {epoch}: no dev data, student.pt is this epoch's student")
         if self.main and self.dev_sets:
             self.student.eval()
             recognizer = as_recognizer(self.student, student_info(cfg))
@@ -1037,7 +1044,8 @@ class Trainer:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
         cfg = self.cfg
         results = {"run": str(self.run_dir), "steps": self.step, "skipped": dict(self.skipped),
-                   "counters": dict(self.counters), "best_dev_wer": self.best_wer,
+                   "counters": dict(self.counters),
+                   "best_dev_wer": self.best_wer if math.isfinite(self.best_wer) else None,
                    "train_seconds": round(time.time() - self.started, 1)}
         if self.main:
             if self.counters:
@@ -1061,7 +1069,6 @@ class Trainer:
             data.write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
         _barrier(self.world)
         return results
-
 
     def ood_utterances(self) -> list:
         """The out-of-domain data for the final table (cfg.ood), or [] with a warning if it cannot be had."""
@@ -1170,6 +1177,9 @@ class Recognizer:
         options = options if self.draft is None else replace(options, draft=self.draft)
         return M.transcribe_many(self.model, audios, options, batch_size=batch_size, progress=progress)
 
+    def check(self, options: M.TranscribeOptions) -> None:
+        """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
+
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         """Greedy, no timestamps, no fallback: the decoding every model is compared under."""
         results = self.transcribe(audios, M.TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size)
@@ -1203,11 +1213,15 @@ class Student(Recognizer):
     @torch.inference_mode()
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
                    batch_size: int = 8, progress: bool = False) -> list[dict]:
-        """As Recognizer.transcribe, one segment per piece (greedy, English, no timestamps)."""
+        """As Recognizer.transcribe, one segment per piece (greedy, English, no timestamps). A piece
+        the student finds more likely silence than NO_SPEECH keeps no text, as Whisper skips one."""
+        self.check(options)
         pieces, owners, offsets = self.pieces(audios)
         decoded = self.decode_pieces(pieces, batch_size)
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
         for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
+            if r.no_speech_prob > NO_SPEECH:
+                r = replace(r, text="", tokens=[])
             result, start = out[owner], offset / data.SAMPLE_RATE
             result["segments"].append({"id": len(result["segments"]), "seek": offset // data.HOP_LENGTH,
                                        "start": start, "end": start + len(piece) / data.SAMPLE_RATE,
@@ -1221,6 +1235,19 @@ class Student(Recognizer):
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         return [r["text"].strip() for r in self.transcribe(audios, batch_size=batch_size)]
 
+    def check(self, options: M.TranscribeOptions) -> None:
+        default = M.TranscribeOptions()
+        cannot = [what for what, asked in [
+            (f"--language {options.language}", options.language not in (None, "en", "english")),
+            (f"--task {options.task}", options.task != "transcribe"),
+            (f"--beam-size {options.beam_size}", options.beam_size is not None),
+            ("--initial-prompt", bool(options.initial_prompt)),
+            (f"--temperature {options.temperature}", options.temperature not in (0, 0.0, default.temperature))]
+            if asked]
+        if cannot:
+            raise ValueError(f"{self.name}: a student from `train` decodes English text greedily, so it cannot "
+                             f"honour {', '.join(cannot)}")
+
     def pieces(self, audios: Sequence) -> tuple[list[Tensor], list[int], list[int]]:
         """Waveform pieces, the audio each belongs to, and where in it each starts (samples)."""
         pieces, owners, offsets = [], [], []
@@ -1229,6 +1256,8 @@ class Student(Recognizer):
             spans = [(0, audio.shape[-1])] if audio.shape[-1] <= PIECE_SECONDS * data.SAMPLE_RATE else \
                 data.split_at_pauses(audio.numpy(), PIECE_SECONDS)
             for start, end in spans:
+                if end <= start:                     # an empty file: nothing to decode
+                    continue
                 pieces.append(audio[start: end])
                 owners.append(i)
                 offsets.append(start)

@@ -116,6 +116,10 @@ def cmd_transcribe(args) -> int:
                                   length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
                                   condition_on_previous_text=not args.no_condition,
                                   without_timestamps=args.without_timestamps, seed=args.seed)
+    try:
+        recognizer.check(options)
+    except ValueError as e:
+        fail(str(e))
     failed = 0
     bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):

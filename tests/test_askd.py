@@ -296,6 +296,22 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
     assert "warning: dev set without real-speech-dev" in capsys.readouterr().err
 
 
+def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
+    """Whisper returns nothing for silence and for an empty file; so does a student (its no-speech
+    probability), instead of inventing 'you'. Options it cannot honour are an error, not ignored."""
+    student = askd.Student(askd.make_student(tiny), "s.pt")
+    silence, empty = student.transcribe([np.zeros(16000 * 10, np.float32), np.zeros(0, np.float32)])
+    assert silence["text"] == "" and silence["segments"][0]["no_speech_prob"] > askd.NO_SPEECH
+    assert empty == {"text": "", "segments": [], "language": "en"}
+    student.check(M.TranscribeOptions())                         # the defaults: greedy at its first temperature
+    student.check(M.TranscribeOptions(temperature=0.0, language="en"))
+    with pytest.raises(ValueError, match=r"^s\.pt: a student .* cannot honour --language de, --beam-size 5$"):
+        student.check(M.TranscribeOptions(language="de", beam_size=5))
+    with pytest.raises(ValueError, match=r"cannot honour --task translate, --initial-prompt, --temperature 0.5$"):
+        student.transcribe([np.zeros(1600, np.float32)], M.TranscribeOptions(task="translate", initial_prompt="x",
+                                                                             temperature=0.5))
+
+
 def test_config_errors():
     with pytest.raises(askd.TrainError, match="--loss"):
         askd.TrainConfig(loss="mse").check()
@@ -475,6 +491,22 @@ def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
     ref = [r for r in metrics(workspace, "reference") if "loss" in r]
     ddp = [r for r in metrics(workspace, "ddp") if "loss" in r]
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
+
+
+def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, capsys):
+    """A dev set with no transcribed utterance is left out with a warning; without dev data every
+    epoch's student is saved, so a run always ends with a student.pt, and results.json is valid JSON."""
+    untranscribed = tmp_path / "dev.tsv"
+    untranscribed.write_text("audio\ttext\n" + "".join(f"{line.split(chr(9))[0]}\t\n" for line in
+                                                        Path(workspace["dev"]).read_text().splitlines()[1:]))
+    cfg = askd.TrainConfig(train=workspace["train"], dev=str(untranscribed), input="padded", limit=4,
+                           batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=str(tmp_path),
+                           name="nodev", decoder_layers=1, quiet=True)
+    results = askd.train(cfg)
+    assert "dev.tsv holds no transcribed utterance; left out" in capsys.readouterr().err
+    info = torch.load(tmp_path / "nodev" / "student.pt", weights_only=True)["fastwhisper"]
+    assert info["epoch"] == 2 and info["dev_wer"] is None and results["best_dev_wer"] is None
+    json.loads((tmp_path / "nodev" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
