@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import sys
+import warnings
 
 WEIGHTS_HELP = ("fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
                 "fp16 for students, fp32 (OpenAI's exact tokens) for Whisper models")
@@ -100,11 +102,12 @@ def schedule(value: str) -> str:
 
 def cmd_transcribe(args) -> int:
     from tqdm import tqdm
-    import data
     import formats
     import model as M
 
     device = set_up(args)
+    check_output_folder(args.output_dir)
+    names = dict(zip(args.files, formats.output_names(args.files, args.output_dir, args.output_format)))
     recognizer = load(args.model, device, args.weights)
     if args.draft:
         try:
@@ -123,14 +126,9 @@ def cmd_transcribe(args) -> int:
     failed = 0
     bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
     for start in range(0, len(args.files), args.batch_size):
-        paths, audios = [], []
-        for path in args.files[start: start + args.batch_size]:
-            try:
-                audios.append(data.load_audio(path))
-                paths.append(path)
-            except (data.AudioError, OSError) as e:
-                bar.write(f"error: {e}", file=sys.stderr)
-                failed += 1
+        chunk = args.files[start: start + args.batch_size]
+        paths, audios = read_audio(chunk, bar)
+        failed += len(chunk) - len(paths)
         if paths:
             try:
                 results = recognizer.transcribe(audios, options, args.batch_size,
@@ -138,15 +136,41 @@ def cmd_transcribe(args) -> int:
             except ValueError as e:
                 fail(str(e))
             for path, result in zip(paths, results):
-                text = result["text"].strip()
-                bar.write(f"{path}: {text}" if len(args.files) > 1 else text)
-                if args.output_dir is not None:
-                    formats.write_result(result, path, args.output_dir, args.output_format)
-        bar.update(len(args.files[start: start + args.batch_size]))
+                bar.write(f"{path}: {result['text'].strip()}" if len(args.files) > 1 else result["text"].strip())
+                try:
+                    formats.write_result(result, names[path], args.output_dir, args.output_format)
+                except OSError as e:
+                    bar.write(f"error: {path}: cannot write its transcript ({e})", file=sys.stderr)
+                    failed += 1
+        bar.update(len(chunk))
     bar.close()
     if failed:
         print(f"{failed} of {len(args.files)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_output_folder(folder: str) -> None:
+    """The output folder exists (made if need be) and takes files, before any decoding starts."""
+    import tempfile
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        fail(f"-o {folder}: cannot write there ({e.strerror or e})")
+
+
+def read_audio(paths: list, bar) -> tuple[list, list]:
+    """The paths that decode and their waveforms; each other one is an error line."""
+    import data
+    good, audios = [], []
+    for path in paths:
+        try:
+            audios.append(data.load_audio(path))
+            good.append(path)
+        except (data.AudioError, OSError) as e:
+            bar.write(f"error: {e}", file=sys.stderr)
+    return good, audios
 
 
 def cmd_bench(args) -> int:
@@ -379,6 +403,7 @@ def add_train(sub) -> None:
 
 
 def main(argv=None) -> int:
+    warnings.formatwarning = lambda message, *rest, **keywords: f"warning: {message}\n"
     parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -620,11 +620,30 @@ def format_result(result: dict, fmt: str) -> str:
     raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)} or all")
 
 
-def write_result(result: dict, audio_path: str | Path, output_dir: str | Path, fmt: str = "txt") -> list[Path]:
-    """Write `talk.txt` etc. for `talk.wav` into output_dir; fmt may be 'all'."""
+def output_names(audio_paths: Sequence[str | Path], output_dir: str | Path, fmt: str = "txt") -> list[str]:
+    """A distinct output name (stem) for each input: its own stem (`talk.wav` -> `talk`), or `talk-2`,
+    `talk-3`, ... when an earlier input already took it (a/same.wav and b/same.wav) or when one of
+    its outputs would overwrite an input file (clip.json transcribed to json in its own folder)."""
+    inputs = {os.path.realpath(p) for p in audio_paths}
+    suffixes = OUTPUT_FORMATS if fmt == "all" else (fmt,)
+    taken, names = set(), []
+    for path in audio_paths:
+        stem = name = Path(path).stem
+        n = 1
+        while name.lower() in taken or any(os.path.realpath(Path(output_dir) / f"{name}.{f}") in inputs
+                                           for f in suffixes):
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def write_result(result: dict, name: str, output_dir: str | Path, fmt: str = "txt") -> list[Path]:
+    """Write NAME.txt etc. (see output_names) into output_dir; fmt may be 'all'."""
     written = []
     for f in OUTPUT_FORMATS if fmt == "all" else (fmt,):
-        path = Path(output_dir) / f"{Path(audio_path).stem}.{f}"
+        path = Path(output_dir) / f"{name}.{f}"
         data.write_atomic(path, format_result(result, f).encode("utf-8"))
         written.append(path)
     return written

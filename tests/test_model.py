@@ -426,3 +426,40 @@ def test_bad_options_are_one_line_usage_errors(argv, message, capsys):
     assert exit.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in last and last.startswith("fastwhisper.py ")
+
+
+def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, golden, sounds, tmp_path):
+    """Same stems in two folders get two transcripts; an input is never overwritten by an output;
+    a NaN WAV and a truncated one are one line each while the others are written; an output folder
+    that cannot be written is an error before any decoding."""
+    speech_audio = audio_of(sounds, speech(golden)[5]["name"])
+    for folder in ("a", "b"):
+        data.save_wav(tmp_path / folder / "same.wav", speech_audio)
+    clip = tmp_path / "clip.json"
+    clip.write_bytes((tmp_path / "a" / "same.wav").read_bytes())          # a WAV named .json
+    nan = tmp_path / "nan.wav"
+    nan.write_bytes(b"RIFF" + struct.pack("<I", 48) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 3, 1, 16000, 64000, 4, 32)
+                    + b"data" + struct.pack("<I", 12) + np.array([0, np.nan, 0], "<f4").tobytes())
+    pcm = (tmp_path / "a" / "same.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(pcm[: len(pcm) // 2])               # the header claims twice the data
+    files = [tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav", nan, clip, tmp_path / "cut.wav"]
+    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *map(str, files),
+                           "--temperature", "0", "-f", "json", "-o", str(tmp_path), "-q", "--batch-size", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {nan}: the WAV holds 1 NaN or infinite samples"]
+    assert any(line.startswith(f"warning: {tmp_path / 'cut.wav'}: the WAV header declares") for line in
+               proc.stderr.splitlines())
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["clip-2.json", "clip.json", "cut.json",
+                                                               "same-2.json", "same.json"]
+    assert clip.read_bytes()[:4] == b"RIFF"                                 # the input is untouched
+    texts = [json.loads((tmp_path / n).read_text())["text"] for n in ("same.json", "same-2.json", "clip-2.json")]
+    assert texts[0] == texts[1] == texts[2] and texts[0].strip()
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(files[0]), "-o",
+                           str(blocked)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: -o {blocked}: cannot write there")
+    assert proc.stderr.count("\n") == 1
