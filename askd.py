@@ -45,6 +45,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -797,10 +798,18 @@ class Trainer:
             raise TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
                              f"over, or --name for a new one")
         if not cfg.resume:
+            if cfg.overwrite and self.main:      # the old run's files go first: a folder never mixes two runs
+                for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl", "config.json"):
+                    (self.run_dir / name).unlink(missing_ok=True)
             return None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise TrainError(f"{path}: checkpoint version {checkpoint.get('version')}, expected {CHECKPOINT_VERSION}")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:               # truncated, corrupted, or not a checkpoint at all
+            raise TrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:100]}); start over with --overwrite") from None
+        version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
+        if version != CHECKPOINT_VERSION:
+            raise TrainError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
         old = checkpoint["config"]
         changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
                    if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
@@ -1100,7 +1109,56 @@ def dev_wer(recognizer: "Recognizer", utts: Sequence[data.Utterance], batch_size
 
 def train(cfg: TrainConfig) -> dict:
     """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json)."""
-    return Trainer(cfg).run()
+    with RunLock(Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0):
+        return Trainer(cfg).run()
+
+
+class RunLock:
+    """runs/NAME/.lock, holding the host and pid of the run that uses the folder: two runs never write
+    into one folder at once. A lock whose process has died on this host is stale and taken over."""
+
+    def __init__(self, run_dir: Path, main: bool = True):
+        self.path, self.main, self.held = run_dir / ".lock", main, False
+
+    def __enter__(self):
+        if not self.main:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    owner = self.path.read_text().strip() or "?"
+                    raise TrainError(f"{self.path.parent}: another run (host and pid {owner}) is using this "
+                                     f"folder; wait for it to end, or choose another --name") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise TrainError(f"{self.path}: could not take the run folder's lock")
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+            if host != socket.gethostname():
+                return False                 # another machine's process: it cannot be checked from here
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:              # alive, another user's
+            return False
+        except (OSError, ValueError):        # unreadable or half-written: a crash while taking it
+            return True
+        return False
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+        return False
 
 
 @torch.no_grad()

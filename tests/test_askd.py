@@ -6,6 +6,7 @@ torchrun (the same as one process accumulating two micro-batches).
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import wave
@@ -507,6 +508,30 @@ def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, ca
     info = torch.load(tmp_path / "nodev" / "student.pt", weights_only=True)["fastwhisper"]
     assert info["epoch"] == 2 and info["dev_wer"] is None and results["best_dev_wer"] is None
     json.loads((tmp_path / "nodev" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, monkeypatch):
+    """A live run's lock stops a second run; a dead one's is taken over; --overwrite removes the old
+    run's files before anything else; a corrupt last.pt on --resume is a one-line error."""
+    cfg = dict(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4, epochs=1,
+               cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, quiet=True)
+    run = tmp_path / "locked"
+    run.mkdir()
+    (run / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")      # this test process: alive
+    with pytest.raises(askd.TrainError, match=r"locked: another run \(host and pid .* \d+\) is using this folder"):
+        askd.train(askd.TrainConfig(**cfg))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")
+    for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl"):
+        (run / name).write_text("an older run")
+    seen = {}
+    monkeypatch.setattr(askd.Trainer, "run", lambda self: seen.setdefault("files", sorted(p.name for p in run.iterdir())))
+    askd.train(askd.TrainConfig(**cfg, overwrite=True))
+    assert seen["files"] == [".lock", "config.json", "metrics.jsonl"]            # a fresh run, holding the lock
+    assert (run / "metrics.jsonl").read_text() == "" and not (run / ".lock").exists()
+    (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with --overwrite$"):
+        askd.train(askd.TrainConfig(**cfg, resume=True))
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
