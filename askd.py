@@ -805,8 +805,8 @@ class Trainer:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:               # truncated, corrupted, or not a checkpoint at all
-            raise TrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:100]}); start over with --overwrite") from None
+            raise TrainError(f"{path}: cannot read the checkpoint ({data.brief(e)}); start over with "
+                             f"--overwrite") from None
         version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
         if version != CHECKPOINT_VERSION:
             raise TrainError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
@@ -892,13 +892,19 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """last.pt, written atomically: everything `_resume` needs, every rank's random state included."""
         rng = _gather_objects(_rng_state(), self.world)
-        if self.main:
+        if not self.main:
+            return
+        try:
             _atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(self.cfg), "data": self.fingerprint,
                                 "step": self.step, "student": self.student.state_dict(),
                                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                                 "earlier": self.earlier.state_dict() if self.earlier is not None else None,
                                 "rng": rng, "best_wer": self.best_wer, "counters": dict(self.counters)},
                                self.last_path)
+        except OSError as e:                     # a full disk: the last checkpoint written is still whole
+            raise TrainError(f"{self.last_path}: cannot write the checkpoint at step {self.step} "
+                             f"({e.strerror or e}); the one before is intact: make room and continue with "
+                             f"--resume") from None
 
     # --- the loop ---
 

@@ -65,6 +65,14 @@ class AudioError(DataError):
     """An audio file that cannot be read."""
 
 
+def brief(error: BaseException, limit: int = 120) -> str:
+    """'TypeName: first line of the message', cut at a word boundary: for one-line errors."""
+    line = (str(error).splitlines() or [""])[0]
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
 # ---------------------------------------------------------------------------
 # 1. Audio in: WAV parsed here, everything else decoded by ffmpeg
 # ---------------------------------------------------------------------------

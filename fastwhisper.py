@@ -250,7 +250,8 @@ def add_transcribe(sub) -> None:
     p.add_argument("--beam-size", type=COUNT, default=None, help="beam search width at temperature 0 (default greedy)")
     p.add_argument("--best-of", type=COUNT, default=5, help="samples per window at temperature > 0")
     p.add_argument("--patience", type=POSITIVE, default=None, help="beam search patience (default 1.0)")
-    p.add_argument("--length-penalty", type=number(float), default=None, help="alpha of ((5+n)/6)^alpha; default: length")
+    p.add_argument("--length-penalty", type=number(float), default=None,
+                   help="alpha of ((5+n)/6)^alpha; default: length")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--no-condition", action="store_true", help="do not condition a window on the previous text")
     p.add_argument("--without-timestamps", action="store_true", help="decode text only (segments = windows)")

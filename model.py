@@ -352,7 +352,7 @@ def read_checkpoint(path: Path) -> tuple[ModelDims, dict[str, Tensor], dict]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle from elsewhere, ...
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({data.brief(e)})")
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise ModelError(f"{path}: not an OpenAI Whisper checkpoint (expected the keys 'dims' and 'model_state_dict')")
     try:

@@ -525,13 +525,28 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
     for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl"):
         (run / name).write_text("an older run")
     seen = {}
-    monkeypatch.setattr(askd.Trainer, "run", lambda self: seen.setdefault("files", sorted(p.name for p in run.iterdir())))
+    monkeypatch.setattr(askd.Trainer, "run",
+                        lambda self: seen.setdefault("files", sorted(p.name for p in run.iterdir())))
     askd.train(askd.TrainConfig(**cfg, overwrite=True))
     assert seen["files"] == [".lock", "config.json", "metrics.jsonl"]            # a fresh run, holding the lock
     assert (run / "metrics.jsonl").read_text() == "" and not (run / ".lock").exists()
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with --overwrite$"):
+    with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
         askd.train(askd.TrainConfig(**cfg, resume=True))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):
+    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4,
+                           epochs=1, cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="full",
+                           decoder_layers=1, quiet=True)
+
+    def full(obj, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(askd, "_atomic_torch_save", full)
+    with pytest.raises(askd.TrainError, match=r"full/last\.pt: cannot write the checkpoint at step 1 \(No space "
+                                              r"left on device\); the one before is intact"):
+        askd.train(cfg)
+    assert not (tmp_path / "full" / ".lock").exists()                      # the lock goes with the run
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):

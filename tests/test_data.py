@@ -615,3 +615,10 @@ def test_split_at_pauses_forces_cuts_in_endless_speech():
     assert len(pieces) >= 3 and all(0 < end - start <= 30 * data.SAMPLE_RATE for start, end in pieces)
     assert pieces[0][0] == 0 and pieces[-1][1] == len(noise)
     assert data.split_at_pauses(np.zeros(0, np.float32)) == [(0, 0)]
+
+
+def test_brief_errors_end_on_a_whole_word():
+    long = ValueError("weights only load failed " + "because of something " * 10 + "\nsecond line")
+    text = data.brief(long, limit=60)
+    assert text == "ValueError: weights only load failed because of something because of ..."
+    assert data.brief(KeyError()) == "KeyError" and data.brief(OSError("short")) == "OSError: short"

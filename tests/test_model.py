@@ -438,8 +438,8 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, gold
     clip = tmp_path / "clip.json"
     clip.write_bytes((tmp_path / "a" / "same.wav").read_bytes())          # a WAV named .json
     nan = tmp_path / "nan.wav"
-    nan.write_bytes(b"RIFF" + struct.pack("<I", 48) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 3, 1, 16000, 64000, 4, 32)
-                    + b"data" + struct.pack("<I", 12) + np.array([0, np.nan, 0], "<f4").tobytes())
+    nan.write_bytes(b"RIFF" + struct.pack("<I", 48) + b"WAVEfmt "
+                    + struct.pack("<IHHIIHH", 16, 3, 1, 16000, 64000, 4, 32) + b"data" + struct.pack("<I", 12) + np.array([0, np.nan, 0], "<f4").tobytes())
     pcm = (tmp_path / "a" / "same.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(pcm[: len(pcm) // 2])               # the header claims twice the data
     files = [tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav", nan, clip, tmp_path / "cut.wav"]
