@@ -1081,7 +1081,8 @@ class Trainer:
                 results["test"] = rows
                 results["table"] = caption + "\n" + format_table(rows)
                 print(results["table"])
-            data.write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1, default=str).encode())
+            data.write_atomic(self.run_dir / "results.json",
+                              json.dumps(_finite(results), indent=1, default=str, allow_nan=False).encode())
         _barrier(self.world)
         return results
 
@@ -1177,6 +1178,17 @@ def save_student(student: M.Whisper, path: Path, cfg: TrainConfig, extra: dict) 
     """The student in OpenAI's .pt format, with its vocabulary and how it wants its input."""
     info = {**student_info(cfg), **extra}
     return M.save_model(student, path, extra={"fastwhisper": info})
+
+
+def _finite(value):
+    """`value` with every NaN or infinity inside it replaced by None: results.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _gather_objects(obj, world: int) -> list:
