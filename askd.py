@@ -1039,7 +1039,7 @@ class Trainer:
         if self.main and not self.dev_sets:
             save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None})
             self.bar.write(f"epoch {epoch}: no dev data, student.pt is this epoch's student")
-        if self.main and self.dev_sets:
+        elif self.main:
             self.student.eval()
             recognizer = as_recognizer(self.student, student_info(cfg))
             wers = {name: dev_wer(recognizer, utts, cfg.eval_batch_size) for name, utts in self.dev_sets.items()}
@@ -1059,8 +1059,7 @@ class Trainer:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
         cfg = self.cfg
         results = {"run": str(self.run_dir), "steps": self.step, "skipped": dict(self.skipped),
-                   "counters": dict(self.counters),
-                   "best_dev_wer": self.best_wer if math.isfinite(self.best_wer) else None,
+                   "counters": dict(self.counters), "best_dev_wer": self.best_wer,
                    "train_seconds": round(time.time() - self.started, 1)}
         if self.main:
             if self.counters:
@@ -1072,45 +1071,39 @@ class Trainer:
                 names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})"]
                 rows = evaluate(models, self.test_utts, device=self.device, names=names, quiet=cfg.quiet)
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
-                ood = self.ood_utterances()
+                label, ood = self.ood_utterances()
                 if ood:
                     for row, other in zip(rows, evaluate(models, ood, device=self.device, quiet=True)):
                         row["OOD WER %"] = other["WER %"]
-                    caption += f"; OOD WER %: {self.ood_label} ({len(ood)} utterances, other speakers" + \
-                        ("; a dev set, so it chose the student)" if self.ood_label in self.dev_sets else ")")
+                    caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + \
+                        ("; a dev set, so it chose the student)" if label in self.dev_sets else ")")
                 results["test"] = rows
                 results["table"] = caption + "\n" + format_table(rows)
                 print(results["table"])
+        results = _finite(results)          # no NaN or infinity: results.json is valid JSON
+        if self.main:
             data.write_atomic(self.run_dir / "results.json",
-                              json.dumps(_finite(results), indent=1, default=str, allow_nan=False).encode())
+                              json.dumps(results, indent=1, default=str, allow_nan=False).encode())
         _barrier(self.world)
         return results
 
-    def ood_utterances(self) -> list:
-        """The out-of-domain data for the final table (cfg.ood), or [] with a warning if it cannot be had."""
+    def ood_utterances(self) -> tuple[str, list]:
+        """The name and utterances of the out-of-domain data for the final table (cfg.ood; a dev set
+        of that name is reused), or no utterances, with a warning if they cannot be had."""
         cfg = self.cfg
-        self.ood_label = cfg.ood if cfg.ood is not None else \
-            ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
-        if not self.ood_label:
-            return []
+        label = cfg.ood if cfg.ood is not None else ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
+        if not label or label in self.dev_sets:
+            return label, self.dev_sets.get(label, [])
         try:
-            return data.load_source(self.ood_label)
+            return label, data.load_source(label)
         except data.DataError as e:
             print(f"warning: no out-of-domain column: {e}", file=sys.stderr)
-            return []
+            return label, []
 
 
 def dev_wer(recognizer: "Recognizer", utts: Sequence[data.Utterance], batch_size: int) -> float:
     """WER of a student on the transcribed, readable utterances of a dev set (inf if there are none)."""
-    audios, refs = [], []
-    for u in utts:
-        if not (u.text or "").strip():
-            continue
-        try:
-            audios.append(data.load_audio(u.audio, cache=True))
-            refs.append(u.text)
-        except (data.AudioError, OSError):
-            continue
+    audios, refs = read_utterances([u for u in utts if (u.text or "").strip()], warn=False)
     return data.wer(refs, recognizer.transcribe_text(audios, batch_size)) if refs else math.inf
 
 
@@ -1308,9 +1301,6 @@ class Student(Recognizer):
             result["text"] = "".join(seg["text"] for seg in result["segments"])
         return out
 
-    def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
-        return [r["text"].strip() for r in self.transcribe(audios, batch_size=batch_size)]
-
     def check(self, options: M.TranscribeOptions) -> None:
         default = M.TranscribeOptions()
         cannot = [what for what, asked in [
@@ -1318,7 +1308,7 @@ class Student(Recognizer):
             (f"--task {options.task}", options.task != "transcribe"),
             (f"--beam-size {options.beam_size}", options.beam_size is not None),
             ("--initial-prompt", bool(options.initial_prompt)),
-            (f"--temperature {options.temperature}", options.temperature not in (0, 0.0, default.temperature))]
+            (f"--temperature {options.temperature}", options.temperature not in (0.0, default.temperature))]
             if asked]
         if cannot:
             raise ValueError(f"{self.name}: a student from `train` decodes English text greedily, so it cannot "
@@ -1394,17 +1384,25 @@ def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
     return recognizer
 
 
-def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto") -> list[dict]:
-    """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
-    model is timed; one warm-up utterance first). The first model is the speed baseline."""
+def read_utterances(utts: Sequence[data.Utterance], warn: bool = True) -> tuple[list, list[str]]:
+    """The waveforms of the utterances whose audio decodes (through the audio cache), and their
+    texts; each other one is left out, with a warning if `warn`."""
     audios, refs = [], []
     for u in utts:
         try:
             audios.append(data.load_audio(u.audio, cache=True))
             refs.append(u.text or "")
         except (data.AudioError, OSError) as e:
-            print(f"warning: {e}", file=sys.stderr)
+            if warn:
+                print(f"warning: {e}", file=sys.stderr)
+    return audios, refs
+
+
+def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
+             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto") -> list[dict]:
+    """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
+    model is timed; one warm-up utterance first). The first model is the speed baseline."""
+    audios, refs = read_utterances(utts)
     if not audios:
         raise data.DataError("no readable audio to evaluate on")
     rows = []

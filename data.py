@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import struct
 import subprocess
@@ -112,9 +113,11 @@ def write_atomic(dest, blob: bytes) -> Path:
     cache at once. Every file the project writes goes through here."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    # a fresh name opened with mode 0666, which the kernel masks with the user's umask (mkstemp's
+    # 0600 would hide every transcript and student from other users)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; a file should keep the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
@@ -124,12 +127,6 @@ def write_atomic(dest, blob: bytes) -> Path:
         os.unlink(tmp)
         raise
     return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)        # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -796,14 +793,7 @@ def _utterance_from_record(record, folder):
             raise ValueError(f"audio file not found: {audio_path}")
         if stretch != [None, None]:
             audio_path = cut_audio(audio_path, *stretch)
-    duration = record.get("duration")
-    if duration in (None, ""):
-        duration = None
-    else:
-        try:
-            duration = float(duration)
-        except (TypeError, ValueError):
-            raise ValueError(f"bad duration {duration!r}") from None
+    duration = _seconds(record, "duration")
     uid = record.get("id") or os.path.splitext(str(audio))[0]
     return Utterance(str(uid), audio_path, str(text).strip(), duration)
 

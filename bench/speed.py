@@ -58,12 +58,14 @@ def join_audio(audios: list[np.ndarray]) -> np.ndarray:
 def contenders(models: list[str], device: str) -> list[askd.Recognizer]:
     """What to time: every model in fp32 and, on the CPU, with its decoder packed in fp16; before a
     model that can draft (a student), the first model drafted by it (teacher-exact mode)."""
-    out = []
+    out, first = [], None
     for name in models:
         plain = askd.load_recognizer(name, device, "fp32")
-        if name != models[0]:
+        if first is None:
+            first = plain
+        else:
             try:
-                out.append(askd.load_recognizer(models[0], device, "fp32").drafted_by(plain))
+                out.append(first.drafted_by(plain))
             except ValueError:              # a Whisper model cannot draft; a student is not drafted for
                 pass
         out += [plain] + ([askd.load_recognizer(name, device, "fp16")] if device == "cpu" else [])
