@@ -1336,7 +1336,8 @@ class Student(Recognizer):
         order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
         decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
         for b in range(0, len(order), batch_size):
-            chunk = order[b: b + batch_size]
+            chunk = order[b: b + batch_size][::-1]     # longest first: short rows finish first, and
+                                                        # the rows that stay then need not move (KVCache.keep)
             seconds = max(len(pieces[j]) for j in chunk) / data.SAMPLE_RATE
             sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds))
             options = M.DecodingOptions(language="en", without_timestamps=True, sample_len=sample_len)

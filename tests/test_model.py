@@ -91,6 +91,37 @@ def test_encoder_lengths_mask_padding(tiny):
             assert torch.allclose(alone[0], batched[i, : (n + 1) // 2], atol=1e-4)
 
 
+def test_kv_cache_keep_moves_the_kept_rows_to_the_front(tiny):
+    """Rows leaving the batch: what stays is exactly the kept rows' keys and values, in order,
+    whether or not the first rows move."""
+    torch.manual_seed(0)
+    audio, tokens = torch.randn(4, 30, 384), torch.randint(0, 50000, (4, 5))
+    for index in ([0, 1, 3], [1, 2], [0, 1, 2, 3], [3]):
+        cache = M.KVCache(tiny, 4)
+        with torch.no_grad():
+            tiny.logits(tokens, audio, cache=cache)
+        want_self = [(k[index, :, :5].clone(), v[index, :, :5].clone()) for k, v in cache.self_kv]
+        want_cross = [(k[index].clone(), v[index].clone()) for k, v in cache.cross_kv]
+        cache.keep(torch.tensor(index))
+        for (k, v), (wk, wv) in zip(cache.self_kv, want_self):
+            assert k.shape[0] == len(index) and torch.equal(k[:, :, :5], wk) and torch.equal(v[:, :, :5], wv)
+        for (k, v), (wk, wv) in zip(cache.cross_kv, want_cross):
+            assert torch.equal(k, wk) and torch.equal(v, wv)
+
+
+def test_embed_each_gives_each_input_its_own_features(tiny):
+    """Inputs of several lengths (equal ones batched together on a CPU) get what each gets alone."""
+    torch.manual_seed(0)
+    mel, frames = torch.randn(4, 80, 300), [200, 300, 200, 100]
+    with torch.no_grad():
+        features, lengths = M.embed_each(tiny, mel, frames)
+        assert lengths.tolist() == [100, 150, 100, 50] and features.shape == (4, 150, 384)
+        for i, n in enumerate(frames):
+            alone = tiny.embed_audio(mel[i:i + 1, :, :n])[0]
+            assert torch.allclose(features[i, : (n + 1) // 2], alone, atol=1e-4)
+            assert not features[i, (n + 1) // 2:].any()
+
+
 # ----- Whisper-exact decoding on real speech ---------------------------------------------------
 
 def test_greedy_tokens_match_openai(tiny, golden, sounds):
@@ -167,9 +198,13 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     assert result["segments"][-1]["end"] > 60          # it really went through several windows
 
 
-def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
-    """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, same tokens."""
-    packed = M.pack_for_cpu(formats.load_model("tiny.en"))
+@pytest.mark.parametrize("bf16", [False, True])
+def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
+    """fp16 decoder weights for the CPU (pack_for_cpu), and with bf16 the encoder and the
+    cross-attention in bf16 too (emulated, slowly, on a CPU without bf16 hardware): logits within
+    1% of their range, same tokens."""
+    packed = M.pack_for_cpu(formats.load_model("tiny.en"), bf16=bf16)
+    assert (packed.encoder_autocast == torch.bfloat16) == bf16
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
@@ -178,8 +213,8 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds):
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
         prefix = torch.tensor([item["decode_timestamps"]["tokens"][:8]])
         with torch.no_grad():
-            features = tiny.embed_audio(mel[None])
-            want, got = tiny.logits(prefix, features), packed.logits(prefix, features)
+            want = tiny.logits(prefix, tiny.embed_audio(mel[None]))
+            got = packed.logits(prefix, packed.embed_audio(mel[None]))
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
         tokens = M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens
         assert tokens == item["decode_timestamps"]["tokens"]
