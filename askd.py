@@ -73,6 +73,7 @@ IGNORE = -100                 # label of positions that carry no loss (the promp
 ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
 MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
 PIECE_SECONDS = 30.0          # longer audio is cut at its pauses, a longer stretch of speech at its quietest
+PADDED_PREFIX = "padded:"     # --model padded:STUDENT: a student read in 30 s windows, as other tools do
 NO_SPEECH = 0.8               # a student's piece more likely silence than this has no text (README: speech <= 0.56)
 CHECKPOINT_VERSION = 1
 
@@ -548,6 +549,10 @@ class TrainConfig(LossConfig):
     test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
     ood: Optional[str] = None          # out-of-domain data for the final table; default: real-speech-dev for
                                        # the default corpus, else none ("" for none)
+    joined: float = 0.05               # long inputs, per training utterance: recordings of 15-28 s joined
+                                       # from training utterances (data.join_utterances); 0 for none
+    perturbed: float = 0.0             # copies in other rooms, microphones and rates, per training
+                                       # utterance (data.perturbed_utterances); 0 for none
     name: str = "askd"
     runs_dir: str = "runs"
     cache_dir: Optional[str] = None    # teacher cache; default data.cache_dir()
@@ -824,6 +829,8 @@ class Trainer:
         teacher = formats.load_model(cfg.teacher, device=self.device)
         self.tok = teacher.tokenizer
         utts, self.dev_sets, self.test_utts, self.test_label = default_sources(cfg)
+        utts = utts + data.join_utterances(utts, round(cfg.joined * len(utts)), seed=cfg.seed) + \
+            data.perturbed_utterances(utts, round(cfg.perturbed * len(utts)), seed=cfg.seed)
         cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
         unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
         pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
@@ -1067,8 +1074,9 @@ class Trainer:
             if self.test_utts:
                 self.say(f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
                          f"utterance at a time")
-                models = [cfg.teacher, str(self.run_dir / "student.pt")]
-                names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})"]
+                student = str(self.run_dir / "student.pt")
+                models = [cfg.teacher, student, PADDED_PREFIX + student]      # the last: as other tools read it
+                names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})", "student, 30 s windows"]
                 rows = evaluate(models, self.test_utts, device=self.device, names=names, quiet=cfg.quiet)
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
                 label, ood = self.ood_utterances()
@@ -1370,7 +1378,8 @@ def as_recognizer(model: M.Whisper, info: Optional[dict] = None, name: str = "")
 
 
 def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
-    """A model ready to transcribe, read once from a name or a path.
+    """A model ready to transcribe, read once from a name or a path. 'padded:PATH' reads a student as
+    any Whisper tool reads its .pt: 30-second windows, timestamps and all (a Recognizer).
 
     weights: 'fp32' as stored; 'fp16' packs the decoder for the CPU (model.pack_for_cpu: half the
     bytes per token, about twice the decoding speed, logits within ~1e-3); 'auto' packs a student
@@ -1378,8 +1387,9 @@ def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
-    model, extra = formats.open_model(spec, device=device)
-    recognizer = as_recognizer(model, extra.get("fastwhisper"), str(spec))
+    padded = str(spec).startswith(PADDED_PREFIX)
+    model, extra = formats.open_model(str(spec)[len(PADDED_PREFIX):] if padded else spec, device=device)
+    recognizer = Recognizer(model, str(spec)) if padded else as_recognizer(model, extra.get("fastwhisper"), str(spec))
     if weights == "fp16" or (weights == "auto" and recognizer.pack):
         M.pack_for_cpu(model)
     return recognizer

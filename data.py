@@ -1124,3 +1124,79 @@ def spec_augment(mel: torch.Tensor, freq_masks: int = 2, F: int = 27, time_masks
             start = randint(n_frames - width)
             x[:, start:start + width] = fill
     return out
+
+
+def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tuple = (0.05, 0.6),
+                    seed: int = 0) -> list:
+    """`count` long recordings made of the transcribed `utts`, several one after another with a
+    short pause of silence between them, each between seconds[0] and seconds[1] long; the text is
+    theirs, joined. A student that learns on short prompts alone never sees a long input and goes
+    wrong on one (real talks and calls; the ordinary 30 s path). Each utterance is used about
+    equally often (one longer than the span between the bounds is left out); the same arguments
+    give the same recordings, written once as WAVs under cache_dir()/joined."""
+    rng = random.Random(seed)
+    pool = [u for u in utts if (u.text or "").strip()]
+    joined, queue = [], []
+    for i in range(count if pool else 0):
+        target, parts, texts, ids = rng.uniform(*seconds), [], [], []
+        while sum(map(len, parts)) < target * SAMPLE_RATE:
+            if not queue:
+                queue = rng.sample(pool, len(pool))
+            u = queue.pop()
+            audio = load_audio(u.audio, cache=True)
+            if len(audio) > (seconds[1] - seconds[0]) * SAMPLE_RATE:     # long already: not joined
+                continue
+            gap = np.zeros(round(rng.uniform(*pause) * SAMPLE_RATE) if parts else 0, np.float32)
+            if parts and sum(map(len, parts)) + len(gap) + len(audio) > seconds[1] * SAMPLE_RATE:
+                break
+            parts += [gap, audio]
+            texts.append(u.text.strip())
+            ids.append(u.id)
+        audio = np.concatenate(parts)
+        key = hashlib.sha1(f"{ids}|{[len(p) for p in parts]}".encode()).hexdigest()[:16]
+        path = cache_dir() / "joined" / f"{key}.wav"
+        if not path.is_file():
+            save_wav(path, audio)
+        joined.append(Utterance("joined:" + "+".join(ids), str(path), " ".join(texts), len(audio) / SAMPLE_RATE))
+    return joined
+
+
+def perturb(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The audio as another speaking rate, room and microphone might give it: speed (and with it
+    pitch) changed by up to 10%, half the time a room's reverberation (an exponentially decaying
+    noise tail, 0.15-0.6 s), then noise between white and pink at 10-35 dB SNR, then a random level.
+    The words stay the same, so the transcript does too."""
+    x = resample(np.asarray(audio, np.float32), SAMPLE_RATE, int(rng.choice([14400, 15200, 16800, 17600])))
+    if rng.random() < 0.5:
+        seconds = rng.uniform(0.15, 0.6)
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        ir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / seconds) * 0.1      # -60 dB after `seconds`
+        ir[0] = 1.0                                                          # the direct sound
+        n = 1 << (len(x) + len(ir)).bit_length()
+        x = np.fft.irfft(np.fft.rfft(x, n) * np.fft.rfft(ir, n), n)[: len(x)]
+    spectrum = np.fft.rfft(rng.normal(0, 1, len(x)))
+    spectrum[1:] /= np.arange(1, len(spectrum)) ** (rng.uniform(0, 1) / 2)   # 1/f^a power, a in [0, 1]
+    noise = np.fft.irfft(spectrum, len(x))
+    snr = rng.uniform(10, 35)
+    noise *= np.sqrt(np.mean(x ** 2) / max(np.mean(noise ** 2), 1e-12) / 10 ** (snr / 10))
+    x = x + noise
+    return (x * rng.uniform(0.1, 0.9) / max(np.abs(x).max(), 1e-9)).astype(np.float32)
+
+
+def perturbed_utterances(utts, count: int, seed: int = 0) -> list:
+    """`count` perturbed copies (see perturb) of the transcribed `utts`, taken in a seeded order,
+    each about equally often: the same words through other rooms, microphones and rates. Written
+    once as WAVs under cache_dir()/perturbed; the same arguments give the same copies."""
+    rng = random.Random(seed)
+    pool = [u for u in utts if (u.text or "").strip()]
+    copies, queue = [], []
+    for i in range(count if pool else 0):
+        if not queue:
+            queue = rng.sample(pool, len(pool))
+        u = queue.pop()
+        key = hashlib.sha1(f"{u.id}|{os.path.abspath(u.audio)}|{seed}|{i}".encode()).hexdigest()[:16]
+        path = cache_dir() / "perturbed" / f"{key}.wav"
+        if not path.is_file():
+            save_wav(path, perturb(load_audio(u.audio, cache=True), np.random.default_rng(int(key, 16))))
+        copies.append(Utterance(f"perturbed:{u.id}:{i}", str(path), u.text))
+    return copies

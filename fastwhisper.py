@@ -5,6 +5,7 @@
     python fastwhisper.py bench [FILES...] [--model A --model B ...]
     python fastwhisper.py bench kernels
     python fastwhisper.py bench ood [--model A --model B ...]
+    python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -179,7 +180,11 @@ def cmd_bench(args) -> int:
         return bench_kernels() or 0
     device = set_up(args)
     try:
-        if args.files[:1] == ["ood"]:
+        if args.files[:1] == ["process"]:
+            from bench.process import process_table
+            process_table(args.model or ["tiny.en", "runs/askd/student.pt"], repeat=args.repeat, rounds=args.rounds,
+                          threads=args.threads, batch_size=args.batch_size)
+        elif args.files[:1] == ["ood"]:
             from bench.ood import ood_table
             ood_table(args.model or ["tiny.en", "runs/askd/student.pt"], per_voice=args.per_voice,
                       device=device, batch_size=args.batch_size)
@@ -242,7 +247,8 @@ def add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="speech to text (txt/srt/vtt/json/tsv)")
     p.add_argument("files", nargs="+", help="audio files: wav, flac, mp3, ogg, m4a, g722, ... (ffmpeg for non-WAV)")
     p.add_argument("--model", default="tiny.en", help="a name (tiny.en, base, ...) or a path: OpenAI .pt, "
-                   "faster-whisper folder, Hugging Face folder, or a student from `train` (default tiny.en)")
+                   "faster-whisper folder, Hugging Face folder, or a student from `train`; padded:STUDENT reads a "
+                   "student in 30-second windows, as other Whisper tools do (default tiny.en)")
     p.add_argument("--language", default=None, help="spoken language (code or name); default: detect (multilingual)")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     p.add_argument("--temperature", type=temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
@@ -271,12 +277,17 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed: real-time factor and per-token latency, models side by side; "
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
-                   "or `kernels` (the Triton kernels), or `ood` (WER on out-of-domain speech)")
+                   "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech) or `process` (whole "
+                   "transcribe processes on real speech, as a user waits for them)")
     p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
                    "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
     p.add_argument("--limit", type=COUNT, default=40, help="at most this many files (default 40)")
     p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
     p.add_argument("--per-voice", type=COUNT, default=30, help="bench ood: sentences per synthetic voice (default 30)")
+    p.add_argument("--repeat", type=COUNT, default=4, help="bench process: each real recording this many times "
+                   "(default 4: 196 files)")
+    p.add_argument("--rounds", type=COUNT, default=1, help="bench process: runs per model; the fastest counts "
+                   "(default 1)")
     p.add_argument("--batch-size", type=COUNT, default=8, help="windows or pieces decoded together (default 8, "
                    "as transcribe)")
     add_machine(p)
@@ -286,7 +297,8 @@ def add_bench(sub) -> None:
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="WER and speed of models side by side on a data set")
     p.add_argument("--model", action="append", help="a model (repeat to compare; the first is the speed baseline); "
-                   "students from `train` are read the way they were trained (default tiny.en)")
+                   "students from `train` are read the way they were trained, padded:STUDENT in 30-second "
+                   "windows as other Whisper tools read them (default tiny.en)")
     p.add_argument("--data", "--manifest", dest="data", default="asterisk:test", help="asterisk[:SPLIT], a "
                    "manifest (.tsv/.csv/.jsonl) or a LibriSpeech folder, optionally :SPLIT; or asterisk-gsm, "
                    "tts, tts:VOICE (bench/ood.py) (default asterisk:test)")
@@ -320,6 +332,10 @@ TRAIN_OPTIONS = [
         ("--ood", "out-of-domain data for the final table, a column beside --test's (none: real-speech-dev, "
                   "real speech of other people, with the default corpus; '' for no column)", {}),
         ("--limit", "use only the first N training utterances", {"type": COUNT}),
+        ("--joined", "long inputs per training utterance: recordings of 15-28 s joined from training utterances "
+                     "with short pauses, so the student learns long speech (0: none)", {"type": NON_NEGATIVE}),
+        ("--perturbed", "copies per training utterance with speed, room (reverberation), noise and level changed, "
+                        "so the student hears more than one recording setup (0: none)", {"type": NON_NEGATIVE}),
         ("--name", "run name: files go to RUNS_DIR/NAME", {}),
         ("--runs-dir", "where runs go", {}),
         ("--cache-dir", "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "

@@ -201,6 +201,9 @@ def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
     loaded = askd.load_recognizer(path)
     assert isinstance(loaded, askd.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
     assert askd.load_recognizer(path, weights="fp32").weights == "fp32"
+    as_whisper = askd.load_recognizer(f"padded:{path}")          # as other Whisper tools read its .pt
+    assert type(as_whisper) is askd.Recognizer and as_whisper.input == "padded" and as_whisper.weights == "fp32"
+    assert as_whisper.name == f"padded:{path}"
     assert loaded.model.dims.n_text_layer == 1
     assert loaded.model.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
     assert isinstance(teacher.drafted_by(loaded).draft, M.Draft)
@@ -328,7 +331,7 @@ def test_config_errors():
 # Every run injects a NaN loss into step 2 (which must be skipped).
 
 TRAIN_ARGS = ["--decoder-layers", "2", "--batch-size", "2", "--epochs", "2", "--save-every", "2", "--spec-augment", "--threads", "1",
-              "--eval-batch-size", "2", "--lr", "1e-4", "--quiet"]
+              "--eval-batch-size", "2", "--lr", "1e-4", "--joined", "0", "--perturbed", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +397,8 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     labelled = [json.loads(p.read_text()) for p in Path(workspace["cache"]).rglob("*.pseudo.json")]
     assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
     assert data.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
-    assert [row["input"] for row in results["test"]] == ["padded", "trimmed"]
+    assert [row["input"] for row in results["test"]] == ["padded", "trimmed", "padded"]
+    assert [row["model"] for row in results["test"]] == ["teacher tiny.en", "student (askd)", "student, 30 s windows"]
     assert results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0    # the teacher, the student
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
@@ -502,7 +506,7 @@ def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, ca
                                                         Path(workspace["dev"]).read_text().splitlines()[1:]))
     cfg = askd.TrainConfig(train=workspace["train"], dev=str(untranscribed), input="padded", limit=4,
                            batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=str(tmp_path),
-                           name="nodev", decoder_layers=1, quiet=True)
+                           name="nodev", decoder_layers=1, joined=0, perturbed=0, quiet=True)
     results = askd.train(cfg)
     assert "dev.tsv holds no transcribed utterance; left out" in capsys.readouterr().err
     info = torch.load(tmp_path / "nodev" / "student.pt", weights_only=True)["fastwhisper"]
@@ -510,11 +514,47 @@ def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, ca
     json.loads((tmp_path / "nodev" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
+def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatch):
+    """--joined and --perturbed (per training utterance) add long recordings and perturbed copies of
+    the training prompts as ordinary examples, with the teacher's outputs cached for each."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], limit=4, joined=0.5, perturbed=0.75,
+                           batch_size=4, epochs=1, cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="more",
+                           decoder_layers=1, quiet=True)
+    trainer = askd.Trainer(cfg)
+    plain = [ex for ex in trainer.examples if ":" not in ex.id]
+    joined = [ex for ex in trainer.examples if ex.id.startswith("joined:")]
+    perturbed = [ex for ex in trainer.examples if ex.id.startswith("perturbed:")]
+    assert (len(plain), len(joined), len(perturbed)) == (4, 2, 3) and len(trainer.examples) == 9
+    texts = {ex.id: ex.text for ex in plain}
+    for ex in joined:
+        assert 14.4 <= ex.n_samples / data.SAMPLE_RATE <= 28 and ex.frames == askd.trimmed_frames(ex.n_samples)
+        assert ex.text == " ".join(texts[i] for i in ex.id.removeprefix("joined:").split("+"))
+    for ex in perturbed:
+        assert ex.text == texts[ex.id.split(":")[1]] and str(tmp_path / "cache" / "perturbed") in ex.audio
+    assert trainer.cache.missing(trainer.examples, "trimmed") == []
+
+
+def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypatch):
+    """The teacher still hears the prompt's words in most perturbed copies of real prompts (harder,
+    not garbled): its WER on them stays within 25 points of its WER on the originals."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:12]
+    teacher = askd.load_recognizer("tiny.en")
+    clean, clean_refs = askd.read_utterances(utts)
+    noisy, noisy_refs = askd.read_utterances(data.perturbed_utterances(utts, len(utts), seed=0))
+    assert sorted(noisy_refs) == sorted(clean_refs)                     # each prompt once, its own text
+    clean_wer = data.wer(clean_refs, teacher.transcribe_text(clean, 4))
+    noisy_wer = data.wer(noisy_refs, teacher.transcribe_text(noisy, 4))
+    assert noisy_wer <= clean_wer + 0.25
+
+
 def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, monkeypatch):
     """A live run's lock stops a second run; a dead one's is taken over; --overwrite removes the old
     run's files before anything else; a corrupt last.pt on --resume is a one-line error."""
     cfg = dict(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4, epochs=1,
-               cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, quiet=True)
+               cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, joined=0,
+               perturbed=0, quiet=True)
     run = tmp_path / "locked"
     run.mkdir()
     (run / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")      # this test process: alive
@@ -538,7 +578,7 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
 def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):
     cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4,
                            epochs=1, cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="full",
-                           decoder_layers=1, quiet=True)
+                           decoder_layers=1, joined=0, perturbed=0, quiet=True)
 
     def full(obj, path):
         raise OSError(28, "No space left on device")
@@ -555,7 +595,7 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     dev = f"{workspace['dev']}+{workspace['test']}"
     cfg = askd.TrainConfig(train=workspace["train"], dev=dev, input="padded", loss="kd", limit=4,
                            batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=workspace["runs"],
-                           name="padded", decoder_layers=2, quiet=True)
+                           name="padded", decoder_layers=2, joined=0, perturbed=0, quiet=True)
     results = askd.train(cfg)
     assert results["steps"] == 2 and results["counters"] == {}
     for record in [r for r in metrics(workspace, "padded") if "dev_wer" in r]:

@@ -622,3 +622,49 @@ def test_brief_errors_end_on_a_whole_word():
     text = data.brief(long, limit=60)
     assert text == "ValueError: weights only load failed because of something because of ..."
     assert data.brief(KeyError()) == "KeyError" and data.brief(OSError("short")) == "OSError: short"
+
+
+def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_path, monkeypatch):
+    """Long training inputs: each is its prompts' audio one after another with short pauses of
+    silence, as long as asked, with their texts joined; the same call gives the same files."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:60]
+    by_id = {u.id: u for u in utts}
+    joined = data.join_utterances(utts, 6, seconds=(8.0, 12.0), pause=(0.1, 0.3), seed=1)
+    assert len(joined) == 6 and len({u.audio for u in joined}) == 6
+    members_used = []
+    for u in joined:
+        audio = data.load_audio(u.audio)
+        assert str(tmp_path) in u.audio and u.duration == len(audio) / data.SAMPLE_RATE
+        assert 8.0 - 0.3 <= u.duration <= 12.0
+        members = [by_id[i] for i in u.id.removeprefix("joined:").split("+")]
+        assert len(members) >= 2 and u.text == " ".join(m.text.strip() for m in members)
+        parts = [data.load_audio(m.audio, cache=True) for m in members]
+        np.testing.assert_allclose(audio[: len(parts[0])], parts[0], atol=1e-4)      # first prompt, as it was
+        np.testing.assert_allclose(audio[-len(parts[-1]):], parts[-1], atol=1e-4)    # last prompt, as it was
+        pauses = (len(audio) - sum(map(len, parts))) / data.SAMPLE_RATE
+        assert 0.1 * (len(parts) - 1) - 1e-3 <= pauses <= 0.3 * (len(parts) - 1) + 1e-3
+        members_used += [m.id for m in members]
+    assert len(members_used) == len(set(members_used))        # 60 prompts: none used twice yet
+    again = data.join_utterances(utts, 6, seconds=(8.0, 12.0), pause=(0.1, 0.3), seed=1)
+    assert [(u.audio, u.text) for u in again] == [(u.audio, u.text) for u in joined]
+    assert [u.id for u in data.join_utterances(utts, 6, seconds=(8.0, 12.0), seed=2)] != [u.id for u in joined]
+    assert data.join_utterances(utts, 0) == [] and data.join_utterances([], 3) == []
+
+
+def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(asterisk, tmp_path, monkeypatch):
+    """A perturbed copy of a real prompt: its length changed by one of the speed factors, a new level,
+    the same seed giving the same copy; perturbed_utterances keeps each text and writes once."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:8]
+    audio = data.load_audio(utts[0].audio, cache=True)
+    copies = [data.perturb(audio, np.random.default_rng(seed)) for seed in range(6)]
+    for x in copies:
+        assert np.isfinite(x).all() and 0.1 - 1e-6 <= np.abs(x).max() <= 0.9 + 1e-6
+        assert round(len(x) / len(audio), 2) in (0.9, 0.95, 1.05, 1.1)
+    np.testing.assert_array_equal(copies[0], data.perturb(audio, np.random.default_rng(0)))
+    assert len({x.tobytes() for x in copies}) == 6
+    perturbed = data.perturbed_utterances(utts, 10, seed=3)
+    assert len(perturbed) == 10 and [u.id.split(":")[1] for u in perturbed].count(utts[0].id) <= 2
+    assert all(u.text == next(v.text for v in utts if v.id == u.id.split(":")[1]) for u in perturbed)
+    assert [u.audio for u in data.perturbed_utterances(utts, 10, seed=3)] == [u.audio for u in perturbed]

@@ -148,3 +148,26 @@ def test_asterisk_gsm_corpus_is_the_test_split_through_a_phone_codec(asterisk):
         assert audio.dtype == np.float32 and audio.ndim == 1 and np.abs(audio).max() > 0.05
         assert abs(len(audio) - len(original)) / data.SAMPLE_RATE < 0.1  # 8 kHz resampled to 16 kHz
         assert u.duration == pytest.approx(len(audio) / data.SAMPLE_RATE, abs=0.03)
+
+
+# ---------------------------------------------------------------------------
+# Whole-process speed (bench/process.py)
+# ---------------------------------------------------------------------------
+
+def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
+    """Each model transcribes the same real files (each given twice) in a process of its own; a
+    Whisper model decodes text only, like the student; the table has seconds, WER and speed-up."""
+    import askd
+    import formats
+    from bench import process
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
+    manifest = tmp_path / "three.tsv"
+    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
+    student = askd.save_student(askd.make_student(formats.load_model("tiny.en"), decoder_layers=1),
+                                tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
+    assert "--without-timestamps" in process.command("tiny.en", ["a.wav"], tmp_path, 1, 8)
+    assert "--without-timestamps" not in process.command(str(student), ["a.wav"], tmp_path, 1, 8)
+    rows = process.process_table(["tiny.en", str(student)], repeat=2, threads=1, source=str(manifest))
+    assert [r["files"] for r in rows] == [6, 6] and rows[0]["speed-up"] == 1.0
+    assert rows[0]["WER %"] <= 20 and all(r["seconds"] > 0 for r in rows)
+    assert "3 recordings x 2 = 6 files, whole `transcribe` processes" in capsys.readouterr().out

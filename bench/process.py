@@ -1,0 +1,85 @@
+"""Whole-process speed: `fastwhisper.py transcribe` run as a user runs it, each model in turn.
+
+    python fastwhisper.py bench process                   # the teacher and runs/askd/student.pt
+    python fastwhisper.py bench process --model tiny.en --model runs/askd/student.pt --repeat 4
+
+What a user waits for: start-up (importing torch, reading and packing the weights), reading the
+audio files, transcribing them in batches as `transcribe` does (default batch 8) and writing the
+transcripts. The files are real speech of other people (real-speech-dev: 49 short recordings,
+fetched on first use), given `--repeat` times under distinct names (links), so that a run is long
+enough for start-up not to hide the models' speed; 4 repeats make 196 files. A Whisper model
+decodes text only (`--without-timestamps`, the same task as a student), with transcribe's own
+defaults otherwise (its temperature fallback included); a student from `train` decodes as it
+always does. Each model runs `--rounds` times and its fastest round counts. The WER is of the
+transcripts written, against the recordings' transcripts.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import askd  # noqa: E402
+import data  # noqa: E402
+import formats  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = "real-speech-dev"
+
+
+def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list[str]]:
+    """Each utterance's audio `repeat` times, as links under folder, and the reference of each link."""
+    paths, refs = [], []
+    for r in range(repeat):
+        for i, u in enumerate(utts):
+            link = folder / f"{r}-{i:04d}-{Path(u.audio).name}"
+            link.symlink_to(Path(u.audio).resolve())
+            paths.append(str(link))
+            refs.append(u.text)
+    return paths, refs
+
+
+def command(model: str, files: list[str], out: Path, threads: int, batch_size: int) -> list[str]:
+    """The transcribe command a user would type; a Whisper model decodes text only, like a student."""
+    argv = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "--model", model, "-q",
+            "-o", str(out), "--batch-size", str(batch_size)]
+    if not isinstance(askd.load_recognizer(model), askd.Student):
+        argv.append("--without-timestamps")
+    return argv + (["--threads", str(threads)] if threads else [])
+
+
+def run_model(model: str, files: list[str], refs: list[str], rounds: int, threads: int, batch_size: int) -> dict:
+    seconds = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as out:
+            argv = command(model, files, Path(out), threads, batch_size)
+            start = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, text=True)
+            seconds.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise ValueError(f"{model}: transcribe failed: {done.stderr.strip().splitlines()[-1:]}")
+            names = formats.output_names(files, out, "txt")
+            hyps = [(Path(out) / f"{name}.txt").read_text().strip() for name in names]
+    return {"model": model, "files": len(files), "seconds": min(seconds), "WER %": 100 * data.wer(refs, hyps)}
+
+
+def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: int = 0,
+                  batch_size: int = 8, source: str = SOURCE) -> list[dict]:
+    """Time every model's whole transcribe process on the same files; print and return the table."""
+    utts = [u for u in data.load_source(source) if u.text]
+    with tempfile.TemporaryDirectory() as folder:
+        files, refs = linked_files(utts, repeat, Path(folder))
+        rows = []
+        for model in models:
+            rows.append(run_model(model, files, refs, rounds, threads, batch_size))
+            print(f"  {model}: {rows[-1]['seconds']:.1f} s", file=sys.stderr)
+    for row in rows:
+        row["speed-up"] = rows[0]["seconds"] / row["seconds"]
+    print(f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, whole `transcribe` processes, "
+          f"batch {batch_size}, best of {rounds}")
+    print(askd.format_table(rows, columns=["model", "files", "seconds", "WER %", "speed-up"]))
+    return rows
