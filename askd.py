@@ -247,8 +247,8 @@ class LossConfig:
     """The output loss: which, and its knobs (their defaults live here only; TrainConfig extends this)."""
     loss: str = "askd"
     T: float = 2.0
-    alpha: str = "cosine:1:0"        # teacher weight over training (askd)
-    beta: str = "linear:0:1"         # self-teacher weight over training (askd)
+    alpha: str = "cosine:0.3:0"      # teacher weight over training (askd; 1 -> 0 loses generality: README)
+    beta: str = "linear:0:0.3"       # self-teacher weight over training (askd)
     trust: str = "prob"              # c_i (askd)
     kd_ce_weight: float = 0.8        # classic KD: fixed weights (distil-whisper's)
     kd_weight: float = 1.0
@@ -549,7 +549,7 @@ class TrainConfig(LossConfig):
     test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
     ood: Optional[str] = None          # out-of-domain data for the final table; default: real-speech-dev for
                                        # the default corpus, else none ("" for none)
-    joined: float = 0.05               # long inputs, per training utterance: recordings of 15-28 s joined
+    joined: float = 0.1                # long inputs, per training utterance: recordings of 15-28 s joined
                                        # from training utterances (data.join_utterances); 0 for none
     perturbed: float = 0.0             # copies in other rooms, microphones and rates, per training
                                        # utterance (data.perturbed_utterances); 0 for none

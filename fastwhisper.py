@@ -6,6 +6,7 @@
     python fastwhisper.py bench kernels
     python fastwhisper.py bench ood [--model A --model B ...]
     python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
+    python fastwhisper.py bench long [--model A --model B ...]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -180,7 +181,10 @@ def cmd_bench(args) -> int:
         return bench_kernels() or 0
     device = set_up(args)
     try:
-        if args.files[:1] == ["process"]:
+        if args.files[:1] == ["long"]:
+            from bench.longform import long_table
+            long_table(args.model or ["tiny.en", "runs/askd/student.pt"], threads=args.threads)
+        elif args.files[:1] == ["process"]:
             from bench.process import process_table
             process_table(args.model or ["tiny.en", "runs/askd/student.pt"], repeat=args.repeat, rounds=args.rounds,
                           threads=args.threads, batch_size=args.batch_size)
@@ -277,8 +281,9 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed: real-time factor and per-token latency, models side by side; "
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
-                   "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech) or `process` (whole "
-                   "transcribe processes on real speech, as a user waits for them)")
+                   "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole "
+                   "transcribe processes on real speech, as a user waits for them) or `long` (long recordings of "
+                   "real speech)")
     p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
                    "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
     p.add_argument("--limit", type=COUNT, default=40, help="at most this many files (default 40)")

@@ -15,6 +15,7 @@ transcripts written, against the recordings' transcripts.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -43,28 +44,31 @@ def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list
     return paths, refs
 
 
-def command(model: str, files: list[str], out: Path, threads: int, batch_size: int) -> list[str]:
-    """The transcribe command a user would type; a Whisper model decodes text only, like a student."""
-    argv = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "--model", model, "-q",
-            "-o", str(out), "--batch-size", str(batch_size)]
-    if not isinstance(askd.load_recognizer(model), askd.Student):
-        argv.append("--without-timestamps")
-    return argv + (["--threads", str(threads)] if threads else [])
+def text_only(model: str) -> list[str]:
+    """`--without-timestamps` for a Whisper model (the task a student does), nothing for a student."""
+    return [] if isinstance(askd.load_recognizer(model), askd.Student) else ["--without-timestamps"]
+
+
+def transcribe_process(model: str, files: list[str], options: list[str], threads: int = 0) -> tuple[float, list]:
+    """Run `fastwhisper.py transcribe FILES --model MODEL OPTIONS` as a user would, writing JSON:
+    (seconds the whole process took, each file's result as `transcribe` wrote it)."""
+    with tempfile.TemporaryDirectory() as out:
+        argv = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "--model", model, "-q",
+                "-o", out, "-f", "json", *options, *(["--threads", str(threads)] if threads else [])]
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise ValueError(f"{model}: transcribe failed: {done.stderr.strip().splitlines()[-1:]}")
+        names = formats.output_names(files, out, "json")
+        return seconds, [json.loads((Path(out) / f"{name}.json").read_text()) for name in names]
 
 
 def run_model(model: str, files: list[str], refs: list[str], rounds: int, threads: int, batch_size: int) -> dict:
-    seconds = []
-    for _ in range(rounds):
-        with tempfile.TemporaryDirectory() as out:
-            argv = command(model, files, Path(out), threads, batch_size)
-            start = time.perf_counter()
-            done = subprocess.run(argv, capture_output=True, text=True)
-            seconds.append(time.perf_counter() - start)
-            if done.returncode != 0:
-                raise ValueError(f"{model}: transcribe failed: {done.stderr.strip().splitlines()[-1:]}")
-            names = formats.output_names(files, out, "txt")
-            hyps = [(Path(out) / f"{name}.txt").read_text().strip() for name in names]
-    return {"model": model, "files": len(files), "seconds": min(seconds), "WER %": 100 * data.wer(refs, hyps)}
+    options = ["--batch-size", str(batch_size), *text_only(model)]
+    runs = [transcribe_process(model, files, options, threads) for _ in range(rounds)]
+    hyps = [r["text"].strip() for r in runs[-1][1]]
+    return {"model": model, "files": len(files), "seconds": min(s for s, _ in runs), "WER %": 100 * data.wer(refs, hyps)}
 
 
 def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: int = 0,

@@ -146,8 +146,8 @@ def test_schedules():
     cfg = askd.LossConfig()
     weights = [cfg.weights(s) for s in np.linspace(0, 1, 11)]
     alphas, betas = [w[1] for w in weights], [w[2] for w in weights]
-    assert alphas[0] == 1.0 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
-    assert betas[0] == 0.0 and betas[-1] == 1.0 and all(a <= b for a, b in zip(betas, betas[1:]))
+    assert alphas[0] == 0.3 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    assert betas[0] == 0.0 and betas[-1] == 0.3 and all(a <= b for a, b in zip(betas, betas[1:]))
     assert {w[0] for w in weights} == {1.0}
     assert askd.LossConfig("kd").weights(0.3) == askd.LossConfig("kd").weights(0.9) == (0.8, 1.0, 0.0)
     assert askd.LossConfig("ce").weights(0.5) == (1.0, 0.0, 0.0)

@@ -165,9 +165,25 @@ def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
     manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
     student = askd.save_student(askd.make_student(formats.load_model("tiny.en"), decoder_layers=1),
                                 tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
-    assert "--without-timestamps" in process.command("tiny.en", ["a.wav"], tmp_path, 1, 8)
-    assert "--without-timestamps" not in process.command(str(student), ["a.wav"], tmp_path, 1, 8)
+    assert process.text_only("tiny.en") == ["--without-timestamps"] and process.text_only(str(student)) == []
     rows = process.process_table(["tiny.en", str(student)], repeat=2, threads=1, source=str(manifest))
     assert [r["files"] for r in rows] == [6, 6] and rows[0]["speed-up"] == 1.0
     assert rows[0]["WER %"] <= 20 and all(r["seconds"] > 0 for r in rows)
     assert "3 recordings x 2 = 6 files, whole `transcribe` processes" in capsys.readouterr().out
+
+
+def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
+    from bench import longform
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
+    audios = [data.load_audio(u.audio, cache=True) for u in utts]
+    audio, text = longform.joined_recording(utts, 0.3)
+    assert len(audio) == sum(map(len, audios)) + 2 * round(0.3 * data.SAMPLE_RATE)
+    np.testing.assert_array_equal(audio[: len(audios[0])], audios[0])
+    assert text == " ".join(u.text.strip() for u in utts)
+    assert len(longform.joined_recording(utts, 0.0)[0]) == sum(map(len, audios))
+    seg = lambda a, b, t="x": {"start": a, "end": b, "text": t}
+    reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
+    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0), the third none: the nearest
+    errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
+    assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
+    assert np.isnan(longform.cue_error([], reference))
