@@ -409,7 +409,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
                        argument_default=argparse.SUPPRESS,
                        description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
-                                   "prompts), about 7-12 minutes on a 2-core CPU, then a test table. Writes "
+                                   "prompts), about 11 minutes on a 2-core CPU, then a test table. Writes "
                                    "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
                                    "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
                                    "fastwhisper.py train ...")

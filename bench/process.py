@@ -6,8 +6,9 @@
 What a user waits for: start-up (importing torch, reading and packing the weights), reading the
 audio files, transcribing them in batches as `transcribe` does (default batch 8) and writing the
 transcripts. The files are real speech of other people (real-speech-dev: 49 short recordings,
-fetched on first use), given `--repeat` times under distinct names (links), so that a run is long
-enough for start-up not to hide the models' speed; 4 repeats make 196 files. A Whisper model
+fetched on first use), each written once as a 16 kHz WAV and given `--repeat` times under distinct
+names (links), so that a run is long enough for start-up not to hide the models' speed; 4 repeats
+make 196 files. A Whisper model
 decodes text only (`--without-timestamps`, the same task as a student), with transcribe's own
 defaults otherwise (its temperature fallback included); a student from `train` decodes as it
 always does. Each model runs `--rounds` times and its fastest round counts. The WER is of the
@@ -33,15 +34,19 @@ SOURCE = "real-speech-dev"
 
 
 def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list[str]]:
-    """Each utterance's audio `repeat` times, as links under folder, and the reference of each link."""
+    """Each utterance's audio as a 16 kHz WAV under folder, linked `repeat` times, and the reference of
+    each link. (Some recordings come as flac or mp3; decoding those starts an ffmpeg process, ~60 ms a
+    file, which would weigh the same on every model and hide their difference.)"""
     paths, refs = [], []
-    for r in range(repeat):
-        for i, u in enumerate(utts):
-            link = folder / f"{r}-{i:04d}-{Path(u.audio).name}"
-            link.symlink_to(Path(u.audio).resolve())
+    for i, u in enumerate(utts):
+        wav = data.save_wav(folder / f"{i:04d}.wav", data.load_audio(u.audio, cache=True))
+        for r in range(repeat):
+            link = folder / f"{r}-{i:04d}.wav"
+            link.symlink_to(wav)
             paths.append(str(link))
             refs.append(u.text)
-    return paths, refs
+    order = sorted(range(len(paths)), key=lambda j: Path(paths[j]).name)      # copy 0 of all, then copy 1, ...
+    return [paths[j] for j in order], [refs[j] for j in order]
 
 
 def text_only(model: str) -> list[str]:
