@@ -23,6 +23,11 @@ import warnings
 WEIGHTS_HELP = ("fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
                 "fp16 for students, fp32 (OpenAI's exact tokens) for Whisper models")
 
+# Files are read and handed to the model in chunks of up to FILES_PER_BATCH batches or CHUNK_SECONDS
+# of audio: the model sorts a chunk's pieces by length, so a bigger chunk pads less (measured on 196
+# short files: 14% less time for a student, 5% for Whisper), while memory stays bounded.
+FILES_PER_BATCH, CHUNK_SECONDS = 8, 1200
+
 
 def fail(message: str, code: int = 2):
     print(f"error: {message}", file=sys.stderr)
@@ -127,9 +132,7 @@ def cmd_transcribe(args) -> int:
         fail(str(e))
     failed = 0
     bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
-    for start in range(0, len(args.files), args.batch_size):
-        chunk = args.files[start: start + args.batch_size]
-        paths, audios = read_audio(chunk, bar)
+    for chunk, paths, audios in read_in_chunks(args.files, args.batch_size, bar):
         failed += len(chunk) - len(paths)
         if paths:
             try:
@@ -162,17 +165,23 @@ def check_output_folder(folder: str) -> None:
         fail(f"-o {folder}: cannot write there ({e.strerror or e})")
 
 
-def read_audio(paths: list, bar) -> tuple[list, list]:
-    """The paths that decode and their waveforms; each other one is an error line."""
+def read_in_chunks(paths: list, batch_size: int, bar):
+    """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error line."""
     import data
-    good, audios = [], []
+    chunk, good, audios, samples = [], [], [], 0
     for path in paths:
+        chunk.append(path)
         try:
             audios.append(data.load_audio(path))
             good.append(path)
+            samples += len(audios[-1])
         except (data.AudioError, OSError) as e:
             bar.write(f"error: {e}", file=sys.stderr)
-    return good, audios
+        if len(chunk) >= FILES_PER_BATCH * batch_size or samples >= CHUNK_SECONDS * data.SAMPLE_RATE:
+            yield chunk, good, audios
+            chunk, good, audios, samples = [], [], [], 0
+    if chunk:
+        yield chunk, good, audios
 
 
 def cmd_bench(args) -> int:

@@ -498,3 +498,26 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, gold
                            str(blocked)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: -o {blocked}: cannot write there")
     assert proc.stderr.count("\n") == 1
+
+
+def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
+    """transcribe hands the model up to FILES_PER_BATCH batches of files at a time (or CHUNK_SECONDS
+    of audio), every file once, in order; a bad file is an error line and costs only itself."""
+    sys.path.insert(0, str(ROOT))
+    import fastwhisper
+
+    class Bar:
+        lines = []
+
+        def write(self, text, file=None):
+            self.lines.append(text)
+    good = sorted(sounds.glob("*.g722"))[:19]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    paths = [str(p) for p in good[:5]] + [str(bad)] + [str(p) for p in good[5:]]
+    chunks = list(fastwhisper.read_in_chunks(paths, 2, Bar()))
+    assert [len(c) for c, _, _ in chunks] == [16, 4] and sum((c for c, _, _ in chunks), []) == paths
+    assert sum((g for _, g, _ in chunks), []) == [p for p in paths if p != str(bad)]
+    assert all(len(a) == len(g) for _, g, a in chunks) and Bar.lines == [Bar.lines[0]] and "bad.wav" in Bar.lines[0]
+    monkeypatch.setattr(fastwhisper, "CHUNK_SECONDS", 3)          # about one prompt of audio a chunk
+    assert len(list(fastwhisper.read_in_chunks(paths, 2, Bar()))) >= 10
