@@ -281,7 +281,8 @@ def add_transcribe(sub) -> None:
     p.add_argument("--draft", default=None, help="teacher-exact mode: a student from `train` guesses tokens and "
                    "--model checks them; greedy output is exactly --model's own, sooner")
     p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help=WEIGHTS_HELP)
-    p.add_argument("--batch-size", type=COUNT, default=8, help="30-second windows decoded together (default 8)")
+    p.add_argument("--batch-size", type=COUNT, default=8, help="30-second windows, or a student's pieces, decoded together "
+                   "(default 8; files are read 8 batches or 20 minutes of audio at a time)")
     add_machine(p, quiet=True)
     p.set_defaults(run=cmd_transcribe)
 
