@@ -1126,6 +1126,16 @@ def spec_augment(mel: torch.Tensor, freq_masks: int = 2, F: int = 27, time_masks
     return out
 
 
+def _in_turn(utts, rng: random.Random):
+    """The transcribed utterances, endlessly, in rounds of a fresh shuffle each: every one is used
+    about equally often. (The caller checks that there is at least one.)"""
+    pool = [u for u in utts if (u.text or "").strip()]
+    while True:
+        round_ = rng.sample(pool, len(pool))
+        while round_:
+            yield round_.pop()
+
+
 def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tuple = (0.05, 0.6),
                     seed: int = 0) -> list:
     """`count` long recordings made of the transcribed `utts`, several one after another with a
@@ -1135,21 +1145,20 @@ def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tupl
     equally often (one longer than the span between the bounds is left out); the same arguments
     give the same recordings, written once as WAVs under cache_dir()/joined."""
     rng = random.Random(seed)
-    pool = [u for u in utts if (u.text or "").strip()]
-    joined, queue = [], []
-    for i in range(count if pool else 0):
-        target, parts, texts, ids = rng.uniform(*seconds), [], [], []
-        while sum(map(len, parts)) < target * SAMPLE_RATE:
-            if not queue:
-                queue = rng.sample(pool, len(pool))
-            u = queue.pop()
+    turns = _in_turn(utts, rng)
+    joined = []
+    for i in range(count if any((u.text or "").strip() for u in utts) else 0):
+        target, parts, texts, ids, total = rng.uniform(*seconds), [], [], [], 0
+        while total < target * SAMPLE_RATE:
+            u = next(turns)
             audio = load_audio(u.audio, cache=True)
             if len(audio) > (seconds[1] - seconds[0]) * SAMPLE_RATE:     # long already: not joined
                 continue
             gap = np.zeros(round(rng.uniform(*pause) * SAMPLE_RATE) if parts else 0, np.float32)
-            if parts and sum(map(len, parts)) + len(gap) + len(audio) > seconds[1] * SAMPLE_RATE:
+            if parts and total + len(gap) + len(audio) > seconds[1] * SAMPLE_RATE:
                 break
             parts += [gap, audio]
+            total += len(gap) + len(audio)
             texts.append(u.text.strip())
             ids.append(u.id)
         audio = np.concatenate(parts)
@@ -1187,13 +1196,10 @@ def perturbed_utterances(utts, count: int, seed: int = 0) -> list:
     """`count` perturbed copies (see perturb) of the transcribed `utts`, taken in a seeded order,
     each about equally often: the same words through other rooms, microphones and rates. Written
     once as WAVs under cache_dir()/perturbed; the same arguments give the same copies."""
-    rng = random.Random(seed)
-    pool = [u for u in utts if (u.text or "").strip()]
-    copies, queue = [], []
-    for i in range(count if pool else 0):
-        if not queue:
-            queue = rng.sample(pool, len(pool))
-        u = queue.pop()
+    turns = _in_turn(utts, random.Random(seed))
+    copies = []
+    for i in range(count if any((u.text or "").strip() for u in utts) else 0):
+        u = next(turns)
         key = hashlib.sha1(f"{u.id}|{os.path.abspath(u.audio)}|{seed}|{i}".encode()).hexdigest()[:16]
         path = cache_dir() / "perturbed" / f"{key}.wav"
         if not path.is_file():

@@ -189,18 +189,18 @@ def cmd_bench(args) -> int:
         from bench.kernels import main as bench_kernels
         return bench_kernels() or 0
     device = set_up(args)
+    models = args.model or ["tiny.en", "runs/askd/student.pt"]       # for ood, process and long
     try:
         if args.files[:1] == ["long"]:
             from bench.longform import long_table
-            long_table(args.model or ["tiny.en", "runs/askd/student.pt"], threads=args.threads)
+            long_table(models, threads=args.threads)
         elif args.files[:1] == ["process"]:
             from bench.process import process_table
-            process_table(args.model or ["tiny.en", "runs/askd/student.pt"], repeat=args.repeat, rounds=args.rounds,
-                          threads=args.threads, batch_size=args.batch_size)
+            process_table(models, repeat=args.repeat, rounds=args.rounds, threads=args.threads,
+                          batch_size=args.batch_size)
         elif args.files[:1] == ["ood"]:
             from bench.ood import ood_table
-            ood_table(args.model or ["tiny.en", "runs/askd/student.pt"], per_voice=args.per_voice,
-                      device=device, batch_size=args.batch_size)
+            ood_table(models, per_voice=args.per_voice, device=device, batch_size=args.batch_size)
         else:
             from bench.speed import bench_models
             bench_models(args.model or [], args.files, device=device, limit=args.limit,
@@ -281,8 +281,8 @@ def add_transcribe(sub) -> None:
     p.add_argument("--draft", default=None, help="teacher-exact mode: a student from `train` guesses tokens and "
                    "--model checks them; greedy output is exactly --model's own, sooner")
     p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help=WEIGHTS_HELP)
-    p.add_argument("--batch-size", type=COUNT, default=8, help="30-second windows, or a student's pieces, decoded together "
-                   "(default 8; files are read 8 batches or 20 minutes of audio at a time)")
+    p.add_argument("--batch-size", type=COUNT, default=8, help="30-second windows, or a student's pieces, decoded "
+                   "together (default 8; files are read 8 batches or 20 minutes of audio at a time)")
     add_machine(p, quiet=True)
     p.set_defaults(run=cmd_transcribe)
 

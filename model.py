@@ -376,9 +376,9 @@ def pack_for_cpu(model: Whisper, bf16: Optional[bool] = None) -> Whisper:
 
     In place; returns the model. A decoding step reads every cross-attention key and value of
     every row (memory-bound: 6 MB per layer for 8 rows of 5 s), and bf16 halves that; the encoder's
-    products are arithmetic-bound, which bf16 hardware does twice as fast. Measured on a student:
-    same WER, about 20% less time (bench). A packed model is for decoding only: save and train
-    the unpacked one.
+    products are arithmetic-bound, which bf16 hardware does twice as fast. Measured on a student
+    (49 real recordings, 2 threads): same WER, 30% less time. A packed model is for decoding only:
+    save and train the unpacked one.
     """
     if model.device.type != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
         return model
@@ -532,8 +532,8 @@ def _class_body(ranges) -> str:
 
 
 def _letter_and_number_ranges() -> tuple[list, list]:
-    """The ranges of \\p{L} and \\p{N}. Scanning the Unicode database takes ~0.7 s, a third of a
-    short transcription's start-up, so the result is kept in the cache folder (per Unicode version)."""
+    """The ranges of \\p{L} and \\p{N}. Scanning the Unicode database takes ~0.2 s of every start-up
+    that decodes, so the result is kept in the cache folder (per Unicode version)."""
     path = data.cache_dir() / f"unicode-{unicodedata.unidata_version}-letters-numbers.json"
     try:
         letters, numbers = json.loads(path.read_text())
