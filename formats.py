@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -568,7 +569,11 @@ def load_tokenizer(source, n_vocab: int) -> Tokenizer:
     and in the installed weight packages for a vocabulary of the same kind.
     """
     multilingual = n_vocab >= 51865
-    if isinstance(source, dict):
+    if isinstance(source, dict) and "bytes" in source:
+        blob, ends = source["bytes"].numpy().tobytes(), np.cumsum(source["lengths"].numpy()).tolist()
+        ordinary = [blob[a:b] for a, b in zip([0] + ends[:-1], ends)]
+        return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
+    if isinstance(source, dict):                      # files written before the vocabulary was two tensors
         ordinary = [base64.b64decode(t) for t in source["ordinary"]]
         return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
     source = Path(source)

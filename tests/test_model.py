@@ -200,9 +200,10 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
-    """fp16 decoder weights for the CPU (pack_for_cpu), and with bf16 the encoder and the
-    cross-attention in bf16 too (emulated, slowly, on a CPU without bf16 hardware): logits within
-    1% of their range, same tokens."""
+    """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, the same
+    tokens. With bf16 (emulated, slowly, on a CPU without bf16 hardware) the encoder, the
+    cross-attention and the output projection run in bf16: the same text tokens, and timestamps
+    within 0.06 s (bf16 keeps 8 bits of mantissa, so close timestamps may swap)."""
     packed = M.pack_for_cpu(formats.load_model("tiny.en"), bf16=bf16)
     assert (packed.encoder_autocast == torch.bfloat16) == bf16
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
@@ -217,7 +218,13 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
             got = packed.logits(prefix, packed.embed_audio(mel[None]))
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
         tokens = M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens
-        assert tokens == item["decode_timestamps"]["tokens"]
+        want = item["decode_timestamps"]["tokens"]
+        if not bf16:
+            assert tokens == want
+        begin = tiny.tokenizer.timestamp_begin
+        assert [t for t in tokens if t < begin] == [t for t in want if t < begin]
+        stamps = [(a, b) for a, b in zip(tokens, want) if a >= begin]
+        assert len(stamps) == sum(t >= begin for t in want) and all(abs(a - b) <= 3 for a, b in stamps)
 
 
 @pytest.fixture(scope="module")
