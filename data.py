@@ -300,34 +300,43 @@ def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
     return up, down, width, offsets, taps
 
 
-def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.3, sr: int = SAMPLE_RATE
-                    ) -> list[tuple[int, int]]:
-    """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of speech.
+def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """The audio's level in dB every 10 ms (each over 50 ms), and which 10 ms are quiet: 35 dB
+    below the recording's loud parts, or (noisy recordings) within 6 dB of its quietest tenth, both
+    measured over 110 ms. (The level's own window is short so as not to blur a pause's edges: 0.3 s
+    between two speakers must stay a pause.)"""
+    hop = sr // 100
+    frames = len(audio) // hop
+    if frames == 0:
+        return np.zeros(0), np.zeros(0, bool)
+    power = np.square(np.asarray(audio[: frames * hop], dtype=np.float64)).reshape(frames, hop).mean(axis=1)
+    level = 10 * np.log10(np.convolve(power, np.ones(5) / 5, mode="same") + 1e-10)
+    slow = 10 * np.log10(np.convolve(power, np.ones(11) / 11, mode="same") + 1e-10)
+    return level, level < max(np.percentile(slow, 95) - 35, np.percentile(slow, 10) + 6)
 
-    A pause is at least `min_pause` seconds whose loudness stays 35 dB below the recording's loud
-    parts (and 6 dB above its quietest tenth is still quiet enough, for noisy recordings); each cut
-    lies in a pause's middle. A piece still longer than max_seconds is cut again at its quietest
-    110 ms past the first quarter. Whisper cuts its 30 s windows anywhere and seeks back to its last
-    timestamp; a model that decodes text alone cannot seek and, taught on single utterances, stops
-    after the first one in a piece, so it needs one utterance a piece. Every sample lands in one piece.
+
+def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, join_up_to: float = 0.0,
+                    sr: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+    """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of speech,
+    or, with `join_up_to`, neighbouring stretches together while they span at most that many seconds.
+
+    A pause is at least `min_pause` seconds of quiet (see loudness); each cut lies in a pause's
+    middle. A piece still longer than max_seconds is cut again at its quietest 50 ms past the first
+    quarter. Whisper cuts its 30 s windows anywhere and seeks back to its last timestamp; a model
+    that decodes text alone cannot seek and, taught mostly on single utterances, may stop after the
+    first one in a piece, so it does best on one utterance a piece. Every sample lands in one piece.
     """
-    n, max_len, hop = len(audio), int(max_seconds * sr), sr // 100       # loudness every 10 ms
+    n, max_len, hop = len(audio), int(max_seconds * sr), sr // 100
     if max_len <= hop:
         raise ValueError(f"max_seconds must be more than 0.01, got {max_seconds}")
-    frames = n // hop
+    level, quiet = loudness(audio, sr)
+    frames = len(level)
     if frames == 0:
         return [(0, n)]
-    power = np.square(np.asarray(audio[: frames * hop], dtype=np.float64)).reshape(frames, hop).mean(axis=1)
-    level = 10 * np.log10(np.convolve(power, np.ones(11) / 11, mode="same") + 1e-10)   # dB over 110 ms
-    quiet = level < max(np.percentile(level, 95) - 35, np.percentile(level, 10) + 6)
-    cuts, run_start = [], None
-    for t in range(frames + 1):
-        if t < frames and quiet[t]:
-            run_start = t if run_start is None else run_start
-        elif run_start is not None:
-            if t - run_start >= min_pause * 100 and 0 < run_start and t < frames:
-                cuts.append((run_start + t) // 2 * hop)
-            run_start = None
+    edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)      # quiet runs [start, end)
+    inside = (ends - starts >= min_pause * 100) & (starts > 0) & (ends < frames)
+    cuts = [int((a + b) // 2 * hop) for a, b in zip(starts[inside], ends[inside])]
     pieces, start = [], 0
     for end in cuts + [n]:
         while end - start > max_len:                                    # no pause long enough: force one
@@ -337,7 +346,13 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.3, sr
             start = cut
         pieces.append((start, end))
         start = end
-    return pieces
+    joined = pieces[:1]
+    for a, b in pieces[1:]:
+        if b - joined[-1][0] <= min(join_up_to, max_seconds) * sr:
+            joined[-1] = (joined[-1][0], b)
+        else:
+            joined.append((a, b))
+    return joined
 
 
 # ---------------------------------------------------------------------------
@@ -702,6 +717,7 @@ class Utterance:
     audio: str                        # path to the audio file
     text: str                         # reference transcript
     duration: Optional[float] = None  # seconds, when known without decoding
+    parts: Optional[tuple] = None     # (start s, end s, text) of each utterance it is made of (joined ones)
 
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "file", "filename")
@@ -1143,12 +1159,13 @@ def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tupl
     theirs, joined. A student that learns on short prompts alone never sees a long input and goes
     wrong on one (real talks and calls; the ordinary 30 s path). Each utterance is used about
     equally often (one longer than the span between the bounds is left out); the same arguments
-    give the same recordings, written once as WAVs under cache_dir()/joined."""
+    give the same recordings, written once as WAVs under cache_dir()/joined. Each keeps where its
+    utterances lie (`parts`), so a student can learn their timestamps."""
     rng = random.Random(seed)
     turns = _in_turn(utts, rng)
     joined = []
     for i in range(count if any((u.text or "").strip() for u in utts) else 0):
-        target, parts, texts, ids, total = rng.uniform(*seconds), [], [], [], 0
+        target, parts, spans, ids, total = rng.uniform(*seconds), [], [], [], 0
         while total < target * SAMPLE_RATE:
             u = next(turns)
             audio = load_audio(u.audio, cache=True)
@@ -1158,15 +1175,17 @@ def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tupl
             if parts and total + len(gap) + len(audio) > seconds[1] * SAMPLE_RATE:
                 break
             parts += [gap, audio]
+            spans.append(((total + len(gap)) / SAMPLE_RATE, (total + len(gap) + len(audio)) / SAMPLE_RATE,
+                          u.text.strip()))
             total += len(gap) + len(audio)
-            texts.append(u.text.strip())
             ids.append(u.id)
         audio = np.concatenate(parts)
         key = hashlib.sha1(f"{ids}|{[len(p) for p in parts]}".encode()).hexdigest()[:16]
         path = cache_dir() / "joined" / f"{key}.wav"
         if not path.is_file():
             save_wav(path, audio)
-        joined.append(Utterance("joined:" + "+".join(ids), str(path), " ".join(texts), len(audio) / SAMPLE_RATE))
+        joined.append(Utterance("joined:" + "+".join(ids), str(path), " ".join(t for _, _, t in spans),
+                                len(audio) / SAMPLE_RATE, tuple(spans)))
     return joined
 
 

@@ -79,6 +79,7 @@ def number(kind, low=None, high=None, above=None):
 COUNT, ZERO_OR_MORE = number(int, low=1), number(int, low=0)
 POSITIVE, NON_NEGATIVE = number(float, above=0), number(float, low=0)
 TEMPERATURE = number(float, low=0, high=2)
+FRACTION = number(float, low=0, high=1)
 
 
 def temperatures(value: str):
@@ -273,7 +274,8 @@ def add_transcribe(sub) -> None:
                    help="alpha of ((5+n)/6)^alpha; default: length")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
     p.add_argument("--no-condition", action="store_true", help="do not condition a window on the previous text")
-    p.add_argument("--without-timestamps", action="store_true", help="decode text only (segments = windows)")
+    p.add_argument("--without-timestamps", action="store_true", help="decode text only, which is faster "
+                   "(segments = 30 s windows, or a student's pieces)")
     p.add_argument("--seed", type=ZERO_OR_MORE, default=0, help="seed of the temperature fallback's sampling: the "
                    "same command gives the same text (default 0)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write FILE_STEM.FORMAT (default: here)")
@@ -351,6 +353,9 @@ TRAIN_OPTIONS = [
                      "with short pauses, so the student learns long speech (0: none)", {"type": NON_NEGATIVE}),
         ("--perturbed", "copies per training utterance with speed, room (reverberation), noise and level changed, "
                         "so the student hears more than one recording setup (0: none)", {"type": NON_NEGATIVE}),
+        ("--timestamps", "share of training targets written with timestamps (the teacher's times, forced on the "
+                         "text), so the student can write subtitles and read long audio like Whisper (0: none)",
+         {"type": FRACTION}),
         ("--name", "run name: files go to RUNS_DIR/NAME", {}),
         ("--runs-dir", "where runs go", {}),
         ("--cache-dir", "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "

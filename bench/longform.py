@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import askd  # noqa: E402
 import data  # noqa: E402
-from bench.process import SOURCE, text_only, transcribe_process  # noqa: E402
+from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
 
 GAPS = (0.3, 0.0)        # seconds of silence between recordings
 
@@ -53,13 +53,12 @@ def cue_error(segments: list[dict], reference: list[dict]) -> float:
 
 
 def runs_of(models: list[str]) -> list[tuple[str, str, list[str]]]:
-    """(model, mode, transcribe options): Whisper models long-form and text only, students their own way."""
+    """(model, mode, transcribe options): each model with timestamps (a Whisper model's long-form mode,
+    a student's pieces) and text only."""
     runs = []
     for model in models:
-        if text_only(model):
-            runs += [(model, "long-form", []), (model, "text only", ["--without-timestamps"])]
-        else:
-            runs.append((model, "pieces", []))
+        runs += [(model, "pieces" if is_student(model) else "long-form", []),
+                 (model, "text only", ["--without-timestamps"])]
     return runs
 
 

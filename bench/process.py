@@ -8,11 +8,10 @@ audio files, transcribing them in batches as `transcribe` does (default batch 8)
 transcripts. The files are real speech of other people (real-speech-dev: 49 short recordings,
 fetched on first use), each written once as a 16 kHz WAV and given `--repeat` times under distinct
 names (links), so that a run is long enough for start-up not to hide the models' speed; 4 repeats
-make 196 files. A Whisper model
-decodes text only (`--without-timestamps`, the same task as a student), with transcribe's own
-defaults otherwise (its temperature fallback included); a student from `train` decodes as it
-always does. Each model runs `--rounds` times and its fastest round counts. The WER is of the
-transcripts written, against the recordings' transcripts.
+make 196 files. Every model
+decodes text only (`--without-timestamps`: the same task for all), with transcribe's own defaults
+otherwise (a Whisper model's temperature fallback included). Each model runs `--rounds` times and
+its fastest round counts. The WER is of the transcripts written, against the recordings' transcripts.
 """
 from __future__ import annotations
 
@@ -49,9 +48,9 @@ def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list
     return [paths[j] for j in order], [refs[j] for j in order]
 
 
-def text_only(model: str) -> list[str]:
-    """`--without-timestamps` for a Whisper model (the task a student does), nothing for a student."""
-    return [] if isinstance(askd.load_recognizer(model), askd.Student) else ["--without-timestamps"]
+def is_student(model: str) -> bool:
+    """Whether the model is a student from `train` (trimmed input), not a Whisper model."""
+    return isinstance(askd.load_recognizer(model), askd.Student)
 
 
 def transcribe_process(model: str, files: list[str], options: list[str], threads: int = 0) -> tuple[float, list]:
@@ -70,7 +69,7 @@ def transcribe_process(model: str, files: list[str], options: list[str], threads
 
 
 def run_model(model: str, files: list[str], refs: list[str], rounds: int, threads: int, batch_size: int) -> dict:
-    options = ["--batch-size", str(batch_size), *text_only(model)]
+    options = ["--batch-size", str(batch_size), "--without-timestamps"]
     runs = [transcribe_process(model, files, options, threads) for _ in range(rounds)]
     hyps = [r["text"].strip() for r in runs[-1][1]]
     return {"model": model, "files": len(files), "seconds": min(s for s, _ in runs), "WER %": 100 * data.wer(refs, hyps)}

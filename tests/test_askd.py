@@ -186,11 +186,52 @@ def test_targets_and_labels(tiny):
     tokens = askd.target_tokens(tok, "  Press 1.  ")
     assert tokens == [tok.sot, tok.no_timestamps, *tok.encode(" Press 1."), tok.eot]
     short = askd.target_tokens(tok, "Hi.")
-    inputs, labels = askd.batch_targets([tokens, short], askd.prompt_length(tok), tok.eot)
-    assert inputs[0].tolist() == tokens[:-1]
+    stamped = askd.timestamped_tokens(tok, [(0.0, 1.5, "Hi."), (2.0, 3.3, "Press 1.")])
+    ts = lambda s: tok.timestamp_begin + round(s / 0.02)
+    assert stamped == [tok.sot, ts(0), *tok.encode(" Hi."), ts(1.5), ts(2.0), *tok.encode(" Press 1."), ts(3.3),
+                       tok.eot]
+    prompts = [askd.prompt_length(tok, t) for t in (tokens, short, stamped)]
+    assert prompts == [2, 2, 1]
+    inputs, labels = askd.batch_targets([tokens, short, stamped], prompts, tok.eot)
+    assert inputs[0].tolist() == tokens[:-1] + [tok.eot] * (len(stamped) - len(tokens))
     # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding ignored
-    assert labels[0].tolist() == [askd.IGNORE] + tokens[2:]
-    assert labels[1].tolist() == [askd.IGNORE] + short[2:] + [askd.IGNORE] * (len(tokens) - len(short))
+    pad = lambda t: [askd.IGNORE] * (len(stamped) - len(t))
+    assert labels[0].tolist() == [askd.IGNORE] + tokens[2:] + pad(tokens)
+    assert labels[1].tolist() == [askd.IGNORE] + short[2:] + pad(short)
+    # a timestamped target learns its first timestamp too
+    assert labels[2].tolist() == stamped[1:]
+
+
+def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk, tmp_path, monkeypatch):
+    """Real prompts, alone and joined with known pauses: forced through the reference text, the
+    teacher times each prompt inside its own stretch of audio (its speech, not the pauses), and a
+    training batch of timestamped targets learns those timestamps."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:8]
+    joined = data.join_utterances(utts, 1, seconds=(10.0, 16.0), pause=(0.4, 0.6))
+    examples = askd.prepare_examples(utts[:2] + joined, tiny.tokenizer, 100, tiny.dims.n_text_ctx)
+    assert [len(ex.parts) for ex in examples[:2]] == [1, 1] and len(examples[2].parts) >= 3
+    cache = askd.TeacherCache(tmp_path / "teacher", tiny)
+    times = cache.timestamps(examples, progress=False)
+    for ex in examples:
+        assert [t for _, _, t in times[ex.id]] == [t for _, _, t in ex.parts]       # the reference text, in order
+        flat = [x for a, b, _ in times[ex.id] for x in (a, b)]
+        assert flat == sorted(flat) and flat[-1] <= ex.n_samples / data.SAMPLE_RATE + 0.02
+        for (a, b, _), (start, end, _) in zip(times[ex.id], ex.parts):
+            assert start - 0.1 <= a < b <= end + 0.1 and b - a >= 0.5 * (end - start)
+    speech = [(a, b) for a, b, _ in times[examples[2].id]]
+    gaps = [(e1, s2) for (_, e1, _), (s2, _, _) in zip(examples[2].parts, examples[2].parts[1:])]
+    assert all(b <= g1 + 0.1 and a >= g0 - 0.1 for (_, b), (a, _), (g0, g1) in zip(speech, speech[1:], gaps))
+    assert cache.timestamps(examples, progress=False) == times                     # cached
+    for ex in examples:
+        ex.tokens = askd.timestamped_tokens(tiny.tokenizer, times[ex.id])
+        ex.prompt = askd.prompt_length(tiny.tokenizer, ex.tokens)
+    cache.build(examples, "trimmed", progress=False)
+    batch = askd.collate(examples, cache, "trimmed", tiny.dims.n_mels, tiny.tokenizer.eot)
+    begin = tiny.tokenizer.timestamp_begin
+    for row, ex in zip(batch.labels, examples):
+        learnt = row[row != askd.IGNORE].tolist()
+        assert learnt == ex.tokens[1:] and sum(x >= begin for x in learnt) == 2 * len(ex.parts)
 
 
 def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
@@ -300,6 +341,88 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
     assert "warning: dev set without real-speech-dev" in capsys.readouterr().err
 
 
+def test_timed_segments_follow_whisper_timestamp_pairs(tiny):
+    tok = tiny.tokenizer
+    ts = lambda s: tok.timestamp_begin + round(s / 0.02)
+    hi, press = tok.encode(" Hi."), tok.encode(" Press 1.")
+    tokens = [ts(0.2), *hi, ts(1.5), ts(2.0), *press, ts(3.3), ts(4.0), *hi, tok.eot]
+    assert askd.timed_segments(tokens, tok, 5.0) == [(0.2, 1.5, hi), (2.0, 3.3, press), (4.0, 5.0, hi)]
+    assert askd.timed_segments([ts(0.0), *hi, ts(9.0)], tok, 5.0) == [(0.0, 5.0, hi)]     # never past the piece
+    assert askd.timed_segments([ts(0.0), tok.eot], tok, 5.0) == []
+
+
+def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
+    """Real prompts one after another with 0.8 s pauses, 37 s in all: a student cuts the audio into
+    pieces and times each segment with Whisper's timestamps, across pieces, and `-f srt` writes
+    those times. Each prompt's words come out timed within its own stretch of audio.
+
+    The student here is the teacher's own copy reading pieces padded to 30 s (round_frames 3000),
+    whose timestamps are Whisper's: what is tested is the student's path, not a training run."""
+    student = askd.Student(formats.load_model("tiny.en"), "s.pt", round_frames=3000)
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: (u.duration < 2, u.id))[:40]
+    pause, audios, spans, total = np.zeros(int(0.8 * data.SAMPLE_RATE), np.float32), [], [], 0
+    for u in utts:
+        audio = data.load_audio(u.audio)
+        spans.append((total / data.SAMPLE_RATE, (total + len(audio)) / data.SAMPLE_RATE, u.text))
+        audios += [audio, pause]
+        total += len(audio) + len(pause)
+        if total > 37 * data.SAMPLE_RATE:
+            break
+    (result,) = student.transcribe([np.concatenate(audios)])
+    segments = [s for s in result["segments"] if s["text"]]
+    assert len(segments) >= len(spans) - 1 and segments[-1]["start"] > 30          # pieces past the first 30 s
+    assert all(a["end"] <= b["start"] + 0.02 for a, b in zip(segments, segments[1:]))
+    assert all(s["end"] - s["start"] < 20 for s in segments)
+    for start, end, text in spans:                 # the segments that hold a prompt's words lie on its audio
+        inside = [s for s in segments if start - 0.3 <= (s["start"] + s["end"]) / 2 <= end + 0.3]
+        assert data.wer(text, " ".join(s["text"] for s in inside)) <= 0.35, (text, segments)
+    assert data.wer(" ".join(t for _, _, t in spans), result["text"]) <= 0.15
+    (srt,) = formats.write_result(result, "joined", tmp_path, "srt")
+    cues = srt.read_text().strip().split("\n\n")
+    assert len(cues) == len(segments) and cues[-1].split("\n")[1].startswith("00:00:3")
+
+
+def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypatch):
+    """Real recordings of different people (real-speech-dev, its sources in turn, 36 s in all), one
+    after another with 0.3 s of silence between them and with none: the pieces cover the audio, none
+    is longer than 30 s, the recordings' borders with a gap are cuts, and cutting loses no words:
+    read piece by piece as a student reads (timestamps, reading on where the text stopped early;
+    the reader here is the teacher, each piece in its 30 s window) the joined audio scores within 4
+    points of the WER of the recordings read one by one."""
+    by_source = {}
+    for u in data.load_source("real-speech-dev"):
+        if u.text:
+            by_source.setdefault(u.id.split("_")[0], []).append(u)
+    utts, audios = [], []
+    while sum(map(len, audios)) < 36 * data.SAMPLE_RATE:
+        for source in by_source.values():
+            if source:
+                utts.append(source.pop(0))
+                audios.append(data.load_audio(utts[-1].audio, cache=True))
+    assert len(by_source) >= 4 and len(utts) >= 10
+    reader = askd.Student(formats.load_model("tiny.en"), "teacher in pieces", round_frames=3000)
+    monkeypatch.setattr(askd, "JOIN_SECONDS", 0.0)    # the cuts alone: a student's pieces join stretches
+                                                       # up to 20 s, which suits students, not this reader
+    alone = askd.Recognizer(reader.model).transcribe_text(audios, batch_size=8)
+    one_by_one = data.wer([u.text for u in utts], alone)
+    reference = " ".join(u.text for u in utts)
+    for gap in (0.3, 0.0):
+        silence = np.zeros(round(gap * data.SAMPLE_RATE), np.float32)
+        joined = np.concatenate([x for a in audios for x in (a, silence)][:-1])
+        pieces = data.split_at_pauses(joined, askd.PIECE_SECONDS)
+        assert pieces[0][0] == 0 and pieces[-1][1] == len(joined)
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        assert all(b - a <= askd.PIECE_SECONDS * data.SAMPLE_RATE for a, b in pieces)
+        if gap:          # each border lies in the same pause as a cut: only quiet between the two
+            borders = np.cumsum([len(a) + len(silence) for a in audios[:-1]]) - len(silence) // 2
+            quiet, hop = data.loudness(joined)[1], data.SAMPLE_RATE // 100
+            for b in borders:
+                c = min((a for a, _ in pieces[1:]), key=lambda a: abs(a - b))
+                assert quiet[min(b, c) // hop: max(b, c) // hop + 1].all(), (b, c)
+        (result,) = reader.transcribe([joined])
+        assert data.wer(reference, result["text"]) <= one_by_one + 0.04, (gap, result["text"])
+
+
 def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
     """Whisper returns nothing for silence and for an empty file; so does a student (its no-speech
     probability), instead of inventing 'you'. Options it cannot honour are an error, not ignored."""
@@ -405,7 +528,8 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     student = askd.load_recognizer(run / "student.pt")
     assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
     test = data.load_source(workspace["test"])
-    results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)])
+    results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)],
+                                 M.TranscribeOptions(without_timestamps=True))
     assert len(results) == 3 and [len(r["segments"]) for r in results[:2]] == [1, 1]
     pieces = results[2]["segments"]                      # 31 s of silence: no pause to cut at, cut anyway
     assert len(pieces) == 2 and pieces[0]["start"] == 0 and pieces[-1]["end"] == 31.0
