@@ -459,40 +459,30 @@ class TeacherCache:
         return out
 
     def _forced_times(self, features: Tensor, examples: Sequence[Example]) -> list[list[tuple]]:
-        """Forced timestamps for a batch (see `timestamps`): two decoder passes per part, all the
-        batch's examples at their k-th part together."""
+        """Forced timestamps for a batch (see `timestamps`), one example at a time through a KV
+        cache: each step feeds only the tokens just decided, the audio's keys and values once."""
         t, tok, step = self.teacher, self.teacher.tokenizer, M.TIMESTAMP_STEP
         begin = tok.timestamp_begin
-        stamps = t.decoder.token_embedding.weight[begin: begin + M.N_TIMESTAMPS]
-        sequences = [list(tok.sot_sequence()) for _ in examples]
-        times: list[list[tuple]] = [[] for _ in examples]
-        last_end = [0] * len(examples)                   # in timestamp steps: times never go back
-
-        def best(rows: list[int], bounds: list[tuple[int, int]]) -> list[int]:
-            """Each row's most likely timestamp (as a step count) within its bounds."""
-            n = max(len(sequences[r]) for r in rows)
-            tokens = torch.tensor([sequences[r] + [tok.eot] * (n - len(sequences[r])) for r in rows], device=t.device)
-            hidden = t.decoder.hidden(tokens, features[rows])
-            last = hidden[torch.arange(len(rows)), torch.tensor([len(sequences[r]) - 1 for r in rows])]
-            scores = (last.float() @ stamps.float().T).cpu()
-            return [lo + int(scores[j, lo: hi + 1].argmax()) for j, (lo, hi) in enumerate(bounds)]
-
-        for k in range(max(len(ex.parts) for ex in examples)):
-            rows = [r for r, ex in enumerate(examples) if k < len(ex.parts)]
-            spans = [(round(examples[r].parts[k][0] / step), round(examples[r].parts[k][1] / step)) for r in rows]
-            lows = [max(last_end[r], a - 5) if k else 0 for r, (a, _) in zip(rows, spans)]
-            highs = [max(lo, min(b, 50) if k == 0 else b) for lo, (_, b) in zip(lows, spans)]
-            starts = best(rows, list(zip(lows, highs)))
-            for r, start in zip(rows, starts):
-                sequences[r] += [begin + start] + tok.encode(" " + examples[r].parts[k][2].strip())
-            limit = [min(M.N_TIMESTAMPS - 1, round(examples[r].n_samples / data.SAMPLE_RATE / step)) for r in rows]
-            first = [min(s + 1, M.N_TIMESTAMPS - 1) for s in starts]
-            ends = best(rows, [(f, max(f, min(b + 5, n))) for f, (_, b), n in zip(first, spans, limit)])
-            for r, start, end in zip(rows, starts, ends):
-                sequences[r].append(begin + end)
-                last_end[r] = end
-                times[r].append((start * step, end * step, examples[r].parts[k][2]))
-        return times
+        stamps = t.decoder.token_embedding.weight[begin: begin + M.N_TIMESTAMPS].float()
+        out = []
+        for audio, ex in zip(features, examples):
+            cache = M.KVCache(t, 1, audio.device, audio.dtype)
+            feed = lambda tokens: t.decoder.hidden(torch.tensor([tokens], device=audio.device), audio[None],
+                                                   cache=cache)[0, -1].float()
+            best = lambda hidden, lo, hi: lo + int((stamps[lo: hi + 1] @ hidden).argmax())
+            hidden, times, last_end = feed(list(tok.sot_sequence())), [], 0
+            limit = min(M.N_TIMESTAMPS - 1, round(ex.n_samples / data.SAMPLE_RATE / step))
+            for k, (a, b, text) in enumerate(ex.parts):
+                a, b = round(a / step), round(b / step)
+                lo = max(last_end, a - 5) if k else 0            # give or take 0.1 s; times never go back
+                start = best(hidden, lo, max(lo, b if k else min(b, 50)))        # the first by 1 s
+                hidden = feed([begin + start] + tok.encode(" " + text.strip()))
+                first = min(start + 1, M.N_TIMESTAMPS - 1)
+                last_end = best(hidden, first, max(first, min(b + 5, limit)))
+                hidden = feed([begin + last_end])
+                times.append((start * step, last_end * step, text))
+            out.append(times)
+        return out
 
 
 def timestamp_examples(examples: Sequence[Example], share: float, seed: int) -> list[Example]:
