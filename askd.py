@@ -1453,17 +1453,17 @@ class Student(Recognizer):
         return decoded
 
     def check(self, options: M.TranscribeOptions) -> None:
-        default = M.TranscribeOptions()
+        first = options.temperature if isinstance(options.temperature, (int, float)) else options.temperature[0]
         cannot = [what for what, asked in [
             (f"--language {options.language}", options.language not in (None, "en", "english")),
             (f"--task {options.task}", options.task != "transcribe"),
             (f"--beam-size {options.beam_size}", options.beam_size is not None),
             ("--initial-prompt", bool(options.initial_prompt)),
-            (f"--temperature {options.temperature}", options.temperature not in (0.0, default.temperature))]
+            (f"--temperature {options.temperature}", first != 0)]
             if asked]
         if cannot:
-            raise ValueError(f"{self.name}: a student from `train` decodes English text greedily, so it cannot "
-                             f"honour {', '.join(cannot)}")
+            raise ValueError(f"{self.name}: a student from `train` decodes English greedily (then falls back to "
+                             f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}")
 
     def pieces(self, audios: Sequence) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
         """Waveform pieces, the audio each belongs to, where in it each starts (samples), and which

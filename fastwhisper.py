@@ -7,6 +7,7 @@
     python fastwhisper.py bench ood [--model A --model B ...]
     python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
     python fastwhisper.py bench long [--model A --model B ...]
+    python fastwhisper.py bench pieces [--model STUDENT]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -195,6 +196,9 @@ def cmd_bench(args) -> int:
         if args.files[:1] == ["long"]:
             from bench.longform import long_table
             long_table(models, threads=args.threads)
+        elif args.files[:1] == ["pieces"]:
+            from bench.longform import pieces_table
+            pieces_table(models[-1])
         elif args.files[:1] == ["process"]:
             from bench.process import process_table
             process_table(models, repeat=args.repeat, rounds=args.rounds, threads=args.threads,
@@ -294,8 +298,8 @@ def add_bench(sub) -> None:
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
                    "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole "
-                   "transcribe processes on real speech, as a user waits for them) or `long` (long recordings of "
-                   "real speech)")
+                   "transcribe processes on real speech, as a user waits for them), `long` (long recordings of "
+                   "real speech) or `pieces` (how the last --model, a student, reads them)")
     p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
                    "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
     p.add_argument("--limit", type=COUNT, default=40, help="at most this many files (default 40)")

@@ -2,6 +2,7 @@
 
     python fastwhisper.py bench long                      # tiny.en and runs/askd/student.pt
     python fastwhisper.py bench long --model tiny.en --model runs/askd/student.pt --threads 2
+    python fastwhisper.py bench pieces --model runs/askd/student.pt --threads 2   # how a student reads them
 
 The recordings: the 49 recordings of real-speech-dev (other people: read books, spontaneous talk,
 cold, whispered and falsetto voices) one after another, once with 0.3 s of silence between them and
@@ -12,12 +13,16 @@ long-form mode (timestamps, seeking, the temperature fallback: what users run) a
 of work per second of audio), WER against the joined transcripts, the speed-up over the first
 model's long-form run, and, for subtitles, how far the segments' times are from that run's
 (median over the segments of |start difference| and |end difference|, each segment against the
-reference segment it overlaps most).
+reference segment it overlaps most). `bench pieces` compares, inside one process, the ways a student
+can read the same two recordings: how long its pieces may be, reading on from the last timestamp,
+the temperature fallback, text only.
 """
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import askd  # noqa: E402
 import data  # noqa: E402
+import model as M  # noqa: E402
 from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
 
 GAPS = (0.3, 0.0)        # seconds of silence between recordings
@@ -84,4 +90,45 @@ def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> lis
           f"of segment times from the first model's long-form segments")
     print(askd.format_table(rows, columns=["recording", "model", "mode", "seconds", "RTF", "WER %", "speed-up",
                                            "cue error s"]))
+    return rows
+
+
+PIECE_LENGTHS = (0.0, 10.0, 15.0, 20.0, 25.0, 30.0)     # askd.JOIN_SECONDS to try (0: one per stretch of speech)
+
+
+def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -> list[dict]:
+    """One student, in one process, on the two long recordings: each piece length (askd.JOIN_SECONDS),
+    then the default without reading on (askd.RESEEK_SECONDS), without the fallback, and text only;
+    seconds of transcription (no start-up), WER, and the cue error against the teacher's long-form."""
+    utts = [u for u in data.load_source(source) if u.text]
+    reader, whisper = askd.load_recognizer(student), askd.load_recognizer(teacher)
+    if not isinstance(reader, askd.Student):
+        raise ValueError(f"{student}: bench pieces needs a student from `train`")
+    defaults = (askd.JOIN_SECONDS, askd.RESEEK_SECONDS)
+    variants = [(f"pieces up to {j:g} s" if j else "one piece per stretch of speech", j, defaults[1], True, True)
+                for j in PIECE_LENGTHS]
+    variants += [("default, no reading on", defaults[0], math.inf, True, True),
+                 ("default, no fallback", defaults[0], defaults[1], False, True),
+                 ("default, text only", defaults[0], defaults[1], True, False)]
+    rows = []
+    try:
+        for gap in GAPS:
+            audio, reference = joined_recording(utts, gap)
+            cues = whisper.transcribe([audio], M.TranscribeOptions())[0]["segments"]
+            for name, join, reseek, fallback, timestamps in variants:
+                askd.JOIN_SECONDS, askd.RESEEK_SECONDS = join, reseek
+                options = M.TranscribeOptions(temperature=M.TEMPERATURES if fallback else 0.0,
+                                              without_timestamps=not timestamps)
+                start = time.perf_counter()
+                (result,) = reader.transcribe([audio], options)
+                seconds = time.perf_counter() - start
+                rows.append({"recording": f"{len(audio) / data.SAMPLE_RATE:.0f} s, gaps {gap} s", "reading": name,
+                             "seconds": seconds, "WER %": 100 * data.wer(reference, result["text"]),
+                             "cue error s": cue_error(result["segments"], cues)})
+                print(f"  {rows[-1]['recording']}: {name} {seconds:.2f} s", file=sys.stderr)
+    finally:
+        askd.JOIN_SECONDS, askd.RESEEK_SECONDS = defaults
+    print(f"{source}: {len(utts)} recordings joined; {student}, in one process (seconds without start-up); "
+          f"cue error against {teacher}'s long-form segments")
+    print(askd.format_table(rows, columns=["recording", "reading", "seconds", "WER %", "cue error s"]))
     return rows

@@ -187,3 +187,25 @@ def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
     errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
     assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
     assert np.isnan(longform.cue_error([], reference))
+
+
+def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(asterisk, tmp_path, monkeypatch):
+    """bench pieces: one row per reading of each joined recording, the student's settings restored
+    afterwards; a Whisper model is refused (it has no pieces)."""
+    import askd
+    import formats
+    from bench import longform
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
+    manifest = tmp_path / "two.tsv"
+    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
+    student = askd.save_student(askd.make_student(formats.load_model("tiny.en"), decoder_layers=1),
+                                tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
+    monkeypatch.setattr(longform, "PIECE_LENGTHS", (0.0, 20.0))
+    monkeypatch.setattr(longform.M, "TEMPERATURES", (0.0, 1.0))     # an untrained student loops: fall back once
+    rows = longform.pieces_table(str(student), source=str(manifest))
+    assert len(rows) == 2 * (2 + 3) and {r["recording"].split(", ")[1] for r in rows} == {"gaps 0.3 s", "gaps 0.0 s"}
+    assert rows[0]["reading"] == "one piece per stretch of speech" and rows[4]["reading"] == "default, text only"
+    assert all(r["seconds"] > 0 and r["WER %"] >= 0 for r in rows)
+    assert (askd.JOIN_SECONDS, askd.RESEEK_SECONDS) == (20.0, 1.0)
+    with pytest.raises(ValueError, match="needs a student"):
+        longform.pieces_table("tiny.en", source=str(manifest))
