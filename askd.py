@@ -1399,27 +1399,14 @@ class Student(Recognizer):
         timestamps = not options.without_timestamps
         pieces, owners, offsets, quiet = self.pieces(audios)
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
-        tok = self.model.tokenizer
+        hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
         while pieces:
             decoded = self.fallback(pieces, self.decode_pieces(pieces, batch_size, timestamps), options,
                                     batch_size, timestamps)
             rest = []                                         # (piece, owner, offset) still to read
             for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
-                seconds, start = len(piece) / data.SAMPLE_RATE, offset / data.SAMPLE_RATE
-                timed = timed_segments(r.tokens, tok, seconds) if timestamps else [(0.0, seconds, r.tokens)]
-                if r.no_speech_prob > NO_SPEECH:
-                    timed = [(0.0, seconds, [])]
-                for a, b, tokens in timed:
-                    text = tok.decode(tokens).strip()
-                    if not any(c.isalnum() for c in text):           # "..." or "-" is not a transcript
-                        text, tokens = "", []
-                    out[owner]["segments"].append({
-                        "seek": offset // data.HOP_LENGTH, "start": start + a, "end": start + b,
-                        "text": " " + text if text else "", "tokens": tokens, "temperature": 0.0,
-                        "avg_logprob": r.avg_logprob, "compression_ratio": r.compression_ratio,
-                        "no_speech_prob": r.no_speech_prob})
-                done = round(timed[-1][1] * data.SAMPLE_RATE) if timed and timed[-1][2] else 0
-                hop = data.SAMPLE_RATE // 100                              # loudness every 10 ms
+                segments, done = self.segments(r, len(piece), offset, timestamps)
+                out[owner]["segments"] += segments
                 after = quiet[owner][(offset + done) // hop: (offset + len(piece)) // hop]
                 if timestamps and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE and \
                         (~after).sum() >= 100 * RESEEK_SPEECH:
@@ -1431,6 +1418,26 @@ class Student(Recognizer):
                 seg["id"] = i
             result["text"] = "".join(seg["text"] for seg in result["segments"])
         return out
+
+    def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
+                 ) -> tuple[list[dict], int]:
+        """One decoded piece as Whisper's segments, times in seconds of the whole audio: one per
+        timestamp pair, or the whole piece (text only, or silence: no text); and where in the piece
+        its last segment ends (samples; 0 if that segment is empty, or the piece silence)."""
+        tok, seconds, start = self.model.tokenizer, n_samples / data.SAMPLE_RATE, offset / data.SAMPLE_RATE
+        timed = timed_segments(r.tokens, tok, seconds) if timestamps else [(0.0, seconds, r.tokens)]
+        if r.no_speech_prob > NO_SPEECH:
+            timed = [(0.0, seconds, [])]
+        segments = []
+        for a, b, tokens in timed:
+            text = tok.decode(tokens).strip()
+            if not any(c.isalnum() for c in text):           # "..." or "-" is not a transcript
+                text, tokens = "", []
+            segments.append({"seek": offset // data.HOP_LENGTH, "start": start + a, "end": start + b,
+                             "text": " " + text if text else "", "tokens": tokens, "temperature": r.temperature,
+                             "avg_logprob": r.avg_logprob, "compression_ratio": r.compression_ratio,
+                             "no_speech_prob": r.no_speech_prob})
+        return segments, round(timed[-1][1] * data.SAMPLE_RATE) if timed and timed[-1][2] else 0
 
     def fallback(self, pieces: Sequence[Tensor], decoded: list[M.DecodingResult], options: M.TranscribeOptions,
                  batch_size: int, timestamps: bool) -> list[M.DecodingResult]:
