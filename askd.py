@@ -372,6 +372,12 @@ class TeacherCache:
         span = "full" if input_mode == "padded" else str(ex.frames)
         return self.folder / f"{ex.key}-{tok}-{span}.pt"
 
+    def padded_mel(self, examples: Sequence[Example]) -> Tensor:
+        """The examples' log-mels as the teacher reads them: padded to 30 s, [batch, n_mels, 3000]."""
+        t = self.teacher
+        return torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
+                            for ex in examples]).to(t.device)
+
     def load(self, ex: Example, input_mode: str) -> dict:
         return torch.load(self.path(ex, input_mode), map_location="cpu", weights_only=True)
 
@@ -390,8 +396,7 @@ class TeacherCache:
         bar = tqdm(total=len(todo), desc="teacher cache", unit="utt", disable=not progress, leave=False)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
-            mel = torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
-                               for ex in chunk]).to(t.device)
+            mel = self.padded_mel(chunk)
             inputs, _ = batch_targets([ex.tokens for ex in chunk], [1] * len(chunk), t.tokenizer.eot)
             with autocast or contextlib.nullcontext():
                 states = t.embed_audio(mel)
@@ -445,15 +450,13 @@ class TeacherCache:
                 out[ex.id] = [tuple(p) for p in json.loads(path.read_text())]
             else:
                 todo.append((ex, path))
-        t = self.teacher
         for i in tqdm(range(0, len(todo), batch_size), desc="teacher timestamps", disable=not progress or not todo,
                       leave=False):
             chunk = todo[i: i + batch_size]
-            mel = torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
-                               for ex, _ in chunk]).to(t.device)
+            batch = [ex for ex, _ in chunk]
             with autocast or contextlib.nullcontext():
-                features = t.embed_audio(mel)
-                for (ex, path), parts in zip(chunk, self._forced_times(features, [ex for ex, _ in chunk])):
+                features = self.teacher.embed_audio(self.padded_mel(batch))
+                for (ex, path), parts in zip(chunk, self._forced_times(features, batch)):
                     out[ex.id] = parts
                     data.write_atomic(path, json.dumps(parts).encode())
         return out
@@ -1376,9 +1379,10 @@ class Student(Recognizer):
     Audio longer than PIECE_SECONDS is cut at its pauses (data.split_at_pauses) into pieces of
     speech of up to JOIN_SECONDS (neighbouring stretches together: a student reads a lone phrase of
     another speaker worse than the same phrase in its context), each read whole; the pieces of every
-    audio are decoded together, `batch_size` at a time, similar lengths side by side. With timestamps, a piece whose text stops well before its
-    sound does is read on from its last timestamp, as Whisper seeks (a student taught mostly on
-    single prompts may stop after the first of several). Since the student knows how long its
+    audio are decoded together, `batch_size` at a time, similar lengths side by side. With
+    timestamps, a piece whose text stops well before its sound does is read on from its last
+    timestamp, as Whisper seeks (a student taught mostly on single prompts may stop after the first
+    of several). Since the student knows how long its
     audio is, a decoder stuck in a loop stops after MAX_TOKENS_PER_SECOND tokens per second of
     audio (+ 16), far more than anyone says, not after Whisper's fixed 224.
     """
@@ -1478,9 +1482,10 @@ class Student(Recognizer):
         pieces, owners, offsets, quiet = [], [], [], []
         for i, audio in enumerate(audios):
             audio = torch.as_tensor(data.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio)
-            quiet.append(data.loudness(audio.numpy())[1])
+            levels = data.loudness(audio.numpy())
+            quiet.append(levels[1])
             spans = [(0, audio.shape[-1])] if audio.shape[-1] <= PIECE_SECONDS * data.SAMPLE_RATE else \
-                data.split_at_pauses(audio.numpy(), PIECE_SECONDS, join_up_to=JOIN_SECONDS)
+                data.split_at_pauses(audio.numpy(), PIECE_SECONDS, join_up_to=JOIN_SECONDS, levels=levels)
             for start, end in spans:
                 if end <= start:                     # an empty file: nothing to decode
                     continue

@@ -316,7 +316,7 @@ def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, join_up_to: float = 0.0,
-                    sr: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+                    sr: int = SAMPLE_RATE, levels: Optional[tuple] = None) -> list[tuple[int, int]]:
     """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of speech,
     or, with `join_up_to`, neighbouring stretches together while they span at most that many seconds.
 
@@ -325,11 +325,12 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
     quarter. Whisper cuts its 30 s windows anywhere and seeks back to its last timestamp; a model
     that decodes text alone cannot seek and, taught mostly on single utterances, may stop after the
     first one in a piece, so it does best on one utterance a piece. Every sample lands in one piece.
+    `levels`: the audio's loudness(), if the caller has it already.
     """
     n, max_len, hop = len(audio), int(max_seconds * sr), sr // 100
     if max_len <= hop:
         raise ValueError(f"max_seconds must be more than 0.01, got {max_seconds}")
-    level, quiet = loudness(audio, sr)
+    level, quiet = levels if levels is not None else loudness(audio, sr)
     frames = len(level)
     if frames == 0:
         return [(0, n)]

@@ -830,7 +830,7 @@ class LogitRules:
             if self.max_initial is not None:
                 logits[:, begin + self.max_initial + 1:] = -np.inf
         # when the timestamps together outweigh every single text token, take a timestamp (compared
-        # as logits: the softmax's normaliser is the same on both sides, and skipping it halves the cost)
+        # as logits: the softmax's normaliser is the same on both sides, so it is not computed)
         logits32 = logits.float()
         ts_mass = logits32[:, begin:].logsumexp(dim=-1)
         best_text = logits32[:, :begin].max(dim=-1).values
