@@ -78,6 +78,7 @@ PADDED_PREFIX = "padded:"     # --model padded:STUDENT: a student read in 30 s w
 RESEEK_SECONDS = 1.0          # a piece whose text ends this long before the piece does, and before at
 RESEEK_SPEECH = 0.3           # least this many seconds of sound (data.loudness), is read on from there
 NO_SPEECH = 0.8               # a student's piece more likely silence than this has no text (README: speech <= 0.56)
+KEEP_BYTES = 2 ** 30          # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
 CHECKPOINT_VERSION = 1
 
 
@@ -366,6 +367,7 @@ class TeacherCache:
         self.teacher = teacher
         self.folder = Path(root) / "askd-teacher" / model_fingerprint(teacher)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.kept = {}      # audio key -> encoder states the forced timestamps computed, for `build` to reuse
 
     def path(self, ex: Example, input_mode: str) -> Path:
         tok = hashlib.sha1(json.dumps(ex.tokens).encode()).hexdigest()[:12]
@@ -408,6 +410,15 @@ class TeacherCache:
                 _atomic_torch_save(entry, self.path(ex, input_mode))
             bar.update(len(chunk))
         bar.close()
+        self.kept.clear()
+
+    def encoded(self, examples: Sequence[Example]) -> Tensor:
+        """The teacher's encoder states of the examples' padded audio, [batch, 1500, width]: those the
+        forced timestamps already computed are reused (the main job's teacher cache is ~40 s shorter)."""
+        todo = [ex for ex in examples if ex.key not in self.kept]
+        fresh = iter(self.teacher.embed_audio(self.padded_mel(todo)) if todo else ())
+        dtype = self.teacher.decoder.token_embedding.weight.dtype
+        return torch.stack([(self.kept[ex.key] if ex.key in self.kept else next(fresh)).to(dtype) for ex in examples])
 
     def pseudo_labels(self, utts: Sequence[data.Utterance], batch_size: int = 8, progress: bool = True) -> dict:
         """The teacher's greedy transcript of each utterance (cached by audio file)."""
@@ -456,9 +467,11 @@ class TeacherCache:
             batch = [ex for ex, _ in chunk]
             with autocast or contextlib.nullcontext():
                 features = self.teacher.embed_audio(self.padded_mel(batch))
-                for (ex, path), parts in zip(chunk, self._forced_times(features, batch)):
+                for (ex, path), parts, states in zip(chunk, self._forced_times(features, batch), features):
                     out[ex.id] = parts
                     data.write_atomic(path, json.dumps(parts).encode())
+                    if (len(self.kept) + 1) * states.numel() * 2 <= KEEP_BYTES:
+                        self.kept[ex.key] = states.half()
         return out
 
     def _forced_times(self, features: Tensor, examples: Sequence[Example]) -> list[list[tuple]]:
