@@ -32,7 +32,8 @@ utterance and cached on disk (fp16 / fp32), so each training step costs the stud
 The chapter follows a run: the student, its input, its targets, the schedules and the loss, the
 data (with the teacher cache and pseudo-labels), batches, training as a few named steps of a
 Trainer (set up or resume, one optimiser step, end of epoch, final table), and then transcription
-and evaluation: a Recognizer (any Whisper) or a Student knows how its model reads audio.
+and evaluation: a Recognizer (any Whisper) or a Student knows how its model reads audio; last,
+live transcription, where a stream is read phrase by phrase as it is spoken.
 """
 from __future__ import annotations
 
@@ -398,10 +399,9 @@ class TeacherCache:
         bar = tqdm(total=len(todo), desc="teacher cache", unit="utt", disable=not progress, leave=False)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
-            mel = self.padded_mel(chunk)
             inputs, _ = batch_targets([ex.tokens for ex in chunk], [1] * len(chunk), t.tokenizer.eot)
             with autocast or contextlib.nullcontext():
-                states = t.embed_audio(mel)
+                states = self.encoded(chunk)
                 hidden = t.decoder.hidden(inputs.to(t.device), states)
             for j, ex in enumerate(chunk):
                 keep = states.shape[1] if input_mode == "padded" else ex.frames // 2
@@ -1642,3 +1642,87 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "param
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
     return "\n".join([line(columns)] + [line(r) for r in cells])
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Live transcription: phrase by phrase, as they are spoken
+# ----------------------------------------------------------------------------------------------
+
+STEP_SECONDS = 0.5            # the open phrase is read again after this much more audio, for its partial text
+ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
+PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
+LOOP_RATIO = 2.4              # a partial text more compressible than this is a loop (Whisper's threshold)
+
+
+class LiveTranscriber:
+    """Transcribes a live stream phrase by phrase. data.Endpointer cuts the stream; the open phrase
+    is read again every `step` seconds of audio for its partial text, and once more when it ends for
+    its final text. Every read is the recognizer's greedy text-only decoding of the phrase so far
+    (transcribe_text), so a student reads just the phrase's length, a Whisper model a 30 s window.
+
+    feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
+    ...}, times in seconds of the stream; an empty final is left out (a cough, a click). `reads`
+    keeps what each read cost, for the bench: {"kind", "seconds" (of audio read), "compute" (s),
+    "wait" (for a final: audio heard after the phrase's last sound before it was known to end)}.
+    """
+
+    def __init__(self, recognizer: Recognizer, step: float = STEP_SECONDS, silence: float = ENDPOINT_SECONDS,
+                 max_seconds: float = float(data.CHUNK_LENGTH), partials: bool = True):
+        self.recognizer, self.partials = recognizer, partials
+        self.step = round(step * data.SAMPLE_RATE)
+        self.endpointer = data.Endpointer(silence, max_seconds)
+        self.audio, self.first = np.zeros(0, np.float32), 0     # audio kept, and where in the stream it starts
+        self.read_to = 0                                         # the open phrase was last read up to here
+        self.last_partial = ""
+        self.finals: list[dict] = []
+        self.reads: list[dict] = []
+
+    def feed(self, audio: np.ndarray) -> list[dict]:
+        """Events for this much more audio: the finals of the phrases it ended, and the open phrase's
+        partial text if `step` more of it was heard since it was last read."""
+        self.audio = np.concatenate([self.audio, np.asarray(audio, np.float32)])
+        events = [self.final(*phrase) for phrase in self.endpointer.feed(audio)]
+        start, now = self.endpointer.open, self.endpointer.now
+        if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
+            events.append(self.partial(start, now))
+        keep = min(self.endpointer.free * self.endpointer.hop if start is None else start, now)
+        keep = max(keep, now - round((self.endpointer.keep / 100) * data.SAMPLE_RATE), self.first)
+        self.audio, self.first = self.audio[keep - self.first:], keep       # what no phrase will need
+        return [e for e in events if e is not None]
+
+    def finish(self) -> list[dict]:
+        """The final text of the phrase open when the input ended."""
+        return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
+
+    def read(self, start: int, end: int, kind: str) -> str:
+        began = time.perf_counter()
+        text = self.recognizer.transcribe_text([self.audio[start - self.first: end - self.first]])[0]
+        self.reads.append({"kind": kind, "seconds": (end - start) / data.SAMPLE_RATE,
+                           "compute": time.perf_counter() - began})
+        return text
+
+    def partial(self, start: int, now: int) -> Optional[dict]:
+        """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
+        mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
+        end = self.endpointer.quietest(PARTIAL_CUT)
+        text, self.read_to = self.read(start, end, "partial"), now
+        if not text or text == self.last_partial or M.compression_ratio(text) > LOOP_RATIO:
+            return None
+        self.last_partial = text
+        return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}
+
+    def final(self, start: int, end: int, sound: int) -> Optional[dict]:
+        text = self.read(start, end, "final")
+        self.reads[-1]["wait"] = (self.endpointer.now - sound) / data.SAMPLE_RATE
+        self.read_to, self.last_partial = end, ""
+        if not text:
+            return None
+        self.finals.append({"type": "final", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE,
+                            "text": text})
+        return self.finals[-1]
+
+    def result(self) -> dict:
+        """The finals so far as transcribe's result, one segment each (for formats.write_result)."""
+        segments = [{"id": i, "seek": round(e["start"] * data.FRAMES_PER_SECOND), "start": e["start"],
+                     "end": e["end"], "text": " " + e["text"], "tokens": []} for i, e in enumerate(self.finals)]
+        return {"text": "".join(seg["text"] for seg in segments), "segments": segments, "language": "en"}

@@ -2,7 +2,8 @@
 
 The chapter follows the data: audio files are decoded to 16 kHz mono float32
 (WAV parsed here, everything else through ffmpeg), resampled with a windowed-sinc
-filter when needed, turned into Whisper's exact log-mel spectrogram, paired
+filter when needed (live audio arrives in chunks and is cut into phrases where
+the speaker pauses), turned into Whisper's exact log-mel spectrogram, paired
 with transcripts read from manifests or corpora (load_source names them), and
 finally grouped into length-bucketed batches (optionally with SpecAugment
 masks). Text for scoring goes through an English normaliser so that "Press one."
@@ -17,6 +18,7 @@ import io
 import json
 import math
 import os
+import queue
 import random
 import re
 import secrets
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import unicodedata
 import warnings
 import wave
@@ -312,7 +316,12 @@ def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     power = np.square(np.asarray(audio[: frames * hop], dtype=np.float64)).reshape(frames, hop).mean(axis=1)
     level = 10 * np.log10(np.convolve(power, np.ones(5) / 5, mode="same") + 1e-10)
     slow = 10 * np.log10(np.convolve(power, np.ones(11) / 11, mode="same") + 1e-10)
-    return level, level < max(np.percentile(slow, 95) - 35, np.percentile(slow, 10) + 6)
+    return level, level < quiet_threshold(slow)
+
+
+def quiet_threshold(slow: np.ndarray) -> float:
+    """The level (dB) below which 10 ms is quiet, from a recording's levels over 110 ms."""
+    return max(np.percentile(slow, 95) - 35, np.percentile(slow, 10) + 6)
 
 
 def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, join_up_to: float = 0.0,
@@ -354,6 +363,198 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
         else:
             joined.append((a, b))
     return joined
+
+
+# Live audio: a stream of PCM as it arrives, and where its phrases end. A source hands on what it
+# has read since it was last asked, so a listener that falls behind gets more at once, not later.
+
+LIVE_CHUNK = 0.1             # seconds of audio a live source reads at a time
+LIVE_MOST = 10.0             # and hands on at most, however far behind its listener is
+PHRASE_ONSET = 0.1           # this much sound opens a phrase (a click does not)
+PHRASE_PAD = 0.2             # sound kept before a phrase's first loud 10 ms and after its last
+VAD_HISTORY = 30.0           # seconds of levels that set the quiet threshold (as loudness sets it)
+
+
+def live_audio(source: str, input_format: Optional[str] = None, realtime: bool = False,
+               chunk: float = LIVE_CHUNK):
+    """Yield 16 kHz mono float32 audio as it arrives. `source`: '-' is raw s16le PCM on stdin
+    (16 kHz mono: `arecord -f S16_LE -r 16000 -c 1`); with `input_format`, a capture device that
+    ffmpeg opens (`-f pulse default`, `-f avfoundation :0`, ...); else a file, read whole and handed
+    on `chunk` seconds at a time, at 1x if `realtime` (as if it were live), else at once."""
+    if input_format is None and source != "-":
+        audio, step = load_audio(source), round(chunk * SAMPLE_RATE)
+        began = time.monotonic()
+        for i in range(0, len(audio), step):
+            if realtime:
+                time.sleep(max(0.0, began + (i + step) / SAMPLE_RATE - time.monotonic()))
+            yield audio[i: i + step]
+        return
+    if input_format is None:
+        process, pipe = None, sys.stdin.fileno()
+    else:
+        process = _open_device(source, input_format)
+        pipe = process.stdout.fileno()
+    arrived = queue.Queue()
+    threading.Thread(target=_read_pcm, args=(pipe, round(chunk * SAMPLE_RATE) * 2, arrived), daemon=True).start()
+    heard = False
+    try:
+        while True:
+            parts = [arrived.get()]
+            while not arrived.empty() and parts[-1] is not None and len(parts) * chunk < LIVE_MOST:
+                parts.append(arrived.get())
+            done = parts[-1] is None
+            audio = b"".join(p for p in parts if p)
+            if audio:
+                heard = True
+                yield np.frombuffer(audio[: len(audio) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+            if done:
+                break
+    finally:
+        if process is not None:
+            process.kill()
+            error = [re.sub(r"^\[\w+ @ 0x[0-9a-f]+\] ", "", line) for line in
+                     process.stderr.read().decode(errors="replace").strip().splitlines()]
+            if process.wait() != 0 and not heard and error:     # the first line says why (a bad device)
+                raise AudioError(f"{source}: cannot record from it (ffmpeg -f {input_format}: {error[0]})")
+
+
+def _open_device(source: str, input_format: str) -> subprocess.Popen:
+    if shutil.which("ffmpeg") is None:
+        raise AudioError(f"{source}: ffmpeg is not installed; it is needed to record from a device "
+                         f"(install it, e.g. `apt-get install ffmpeg`, or pipe PCM into `stream -`)")
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", input_format, "-i", source,
+           "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _read_pcm(fd: int, size: int, arrived: "queue.Queue") -> None:
+    """Read a pipe up to `size` bytes at a time into `arrived` until it ends (then None). An odd
+    byte waits for its partner, so a read that splits a sample does not shift the rest. (os.read,
+    not a file object: a reader blocked in it must not hold a lock the exiting interpreter wants.)"""
+    odd = b""
+    try:
+        while True:
+            block = os.read(fd, size)
+            if not block:
+                break
+            block = odd + block
+            cut = len(block) // 2 * 2
+            odd = block[cut:]
+            arrived.put(block[:cut])
+    except (OSError, ValueError):
+        pass
+    arrived.put(None)
+
+
+class Endpointer:
+    """Cuts a live stream into phrases: voice-activity detection by loudness, online.
+
+    Each 10 ms is quiet or not by loudness()'s rule, its thresholds taken from the last VAD_HISTORY
+    seconds. PHRASE_ONSET of sound in a row opens a phrase (from where that sound began, with
+    PHRASE_PAD before it); `silence` seconds of quiet close it (PHRASE_PAD after its last sound kept).
+    A phrase that reaches `max_seconds` is cut at its quietest 50 ms past its first quarter, and the
+    rest carries on as the next phrase. So every stretch of sound longer than a click ends up in a
+    phrase. Positions are samples of the whole stream.
+    """
+
+    def __init__(self, silence: float = 0.5, max_seconds: float = 30.0, sr: int = SAMPLE_RATE):
+        if silence <= 0 or max_seconds <= 1:
+            raise ValueError(f"an endpoint needs silence > 0 and phrases over 1 s (got {silence}, {max_seconds})")
+        self.hop = sr // 100
+        self.silence, self.max_frames = round(silence * 100), round(max_seconds * 100)
+        self.keep = round(max(VAD_HISTORY, max_seconds) * 100) + 100      # 10 ms frames of history
+        self.power = np.zeros(0)                 # power of each 10 ms of the history
+        self.db = np.zeros(0)                    # level of each (dB over the 50 ms ending there)
+        self.tail = np.zeros(0, np.float32)      # samples short of a whole 10 ms
+        self.frames = 0                          # 10 ms frames seen
+        self.start = None                        # the open phrase's first frame (None: between phrases)
+        self.sound = 0                           # the frame after its last one with sound
+        self.free = 0                            # where the next phrase may start: the last one's end
+
+    @property
+    def open(self) -> Optional[int]:
+        """Where the open phrase starts, or None between phrases."""
+        return None if self.start is None else self.start * self.hop
+
+    @property
+    def now(self) -> int:
+        """Samples heard so far."""
+        return self.frames * self.hop + len(self.tail)
+
+    def feed(self, audio) -> list[tuple[int, int, int]]:
+        """The phrases this audio closed, as (start, end, end of the last sound)."""
+        audio = np.concatenate([self.tail, np.asarray(audio, np.float32)])
+        n = len(audio) // self.hop
+        self.tail = audio[n * self.hop:]
+        if n == 0:
+            return []
+        power = np.square(audio[: n * self.hop], dtype=np.float64).reshape(n, self.hop).mean(axis=1)
+        self.power = np.concatenate([self.power, power])[-self.keep:]
+        self.db = 10 * np.log10(np.convolve(self.power, np.ones(5) / 5)[: len(self.power)] + 1e-10)
+        slow = 10 * np.log10(np.convolve(self.power, np.ones(11) / 11, mode="valid") + 1e-10)
+        threshold = quiet_threshold(slow if len(slow) else self.db)
+        # Between phrases, everything since the last one is looked at again by the new threshold: at
+        # the start of a stream the threshold settles only once it has heard a pause.
+        frame = self.frames if self.start is not None else max(self.free, self.frames - len(self.db) + n)
+        self.frames += n
+        closed = []
+        while frame < self.frames:
+            if self.start is None:
+                frame = self._onset(frame, threshold)
+            else:
+                closed += self._step(frame, threshold)
+                frame += 1
+        return closed
+
+    def _level(self, frame: int):
+        return self.db[frame - self.frames + len(self.db)]
+
+    def _onset(self, frame: int, threshold: float) -> int:
+        """Open a phrase at the first PHRASE_ONSET of sound from `frame` on, if there is one; the
+        frame to go on from."""
+        onset = round(PHRASE_ONSET * 100)
+        loud = self.db[frame - self.frames + len(self.db):] >= threshold
+        full = np.flatnonzero(np.convolve(loud, np.ones(onset, int), mode="valid") == onset)
+        if not len(full):
+            return self.frames
+        first = frame + int(full[0])
+        self.start, self.sound = max(self.free, first - round(PHRASE_PAD * 100)), first + onset
+        return first + onset
+
+    def _step(self, frame: int, threshold: float) -> list[tuple[int, int, int]]:
+        if self._level(frame) >= threshold:
+            self.sound = frame + 1
+        if frame + 1 - self.sound >= self.silence:
+            return [self._close(min(frame + 1, self.sound + round(PHRASE_PAD * 100)))]
+        if frame + 1 - self.start >= self.max_frames:               # too long: cut at its quietest
+            lo = self.start + self.max_frames // 4
+            cut = lo + int(np.argmin([self._level(f) for f in range(lo, frame + 1)]))
+            phrase = self._close(cut, min(self.sound, cut))
+            self.start, self.sound = cut, max(self.sound, cut)
+            return [phrase]
+        return []
+
+    def quietest(self, seconds: float) -> int:
+        """The middle of the quietest 50 ms among the last `seconds` of the open phrase (samples):
+        a place between two words, more likely than the stream's edge, to read a phrase up to."""
+        lo = max(self.start, self.frames - round(seconds * 100), self.frames - len(self.db))
+        if lo >= self.frames:
+            return self.now
+        frame = lo + int(np.argmin(self.db[lo - self.frames + len(self.db):]))
+        return max(self.start, frame - 1) * self.hop
+
+    def _close(self, end: int, sound: Optional[int] = None) -> tuple[int, int, int]:
+        phrase = (self.start * self.hop, end * self.hop, (self.sound if sound is None else sound) * self.hop)
+        self.start, self.free = None, end
+        return phrase
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        """The open phrase, closed where the input ended."""
+        if self.start is None:
+            return []
+        phrase = (self.start * self.hop, self.now, self.sound * self.hop)
+        self.start, self.free = None, self.frames
+        return [phrase]
 
 
 # ---------------------------------------------------------------------------

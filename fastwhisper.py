@@ -2,12 +2,14 @@
 
     python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
     python fastwhisper.py transcribe FILES... --model tiny.en --draft runs/askd/student.pt   # teacher-exact
+    python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--model M] [--jsonl]
     python fastwhisper.py bench [FILES...] [--model A --model B ...]
     python fastwhisper.py bench kernels
     python fastwhisper.py bench ood [--model A --model B ...]
     python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
     python fastwhisper.py bench long [--model A --model B ...]
     python fastwhisper.py bench pieces [--model STUDENT]
+    python fastwhisper.py bench stream [--model A --model B ...]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -156,6 +158,46 @@ def cmd_transcribe(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_stream(args) -> int:
+    import json
+    import shutil
+    import askd
+    import data
+    import formats
+
+    device = set_up(args)
+    if args.output_dir:
+        check_output_folder(args.output_dir)
+    live_source = args.source == "-" or args.input_format
+    name = "stream" if live_source else formats.output_names([args.source], args.output_dir or ".",
+                                                              args.output_format)[0]
+    if not live_source and not os.path.exists(args.source):
+        fail(f"{args.source}: file not found (a capture device needs --input-format, e.g. -i pulse)")
+    recognizer = load(args.model, device, args.weights)
+    live = askd.LiveTranscriber(recognizer, step=args.step, silence=args.silence, partials=args.step > 0)
+    terminal, width = sys.stdout.isatty() and not args.jsonl, shutil.get_terminal_size().columns
+
+    def show(events):
+        for event in events:
+            sys.stdout.write(json.dumps(event) + "\n" if args.jsonl else formats.live_line(event, terminal, width))
+            sys.stdout.flush()
+            if event["type"] == "final" and args.output_dir:        # rewritten at each final: nothing lost
+                formats.write_result(live.result(), name, args.output_dir, args.output_format)
+
+    try:
+        try:
+            for audio in data.live_audio(args.source, args.input_format, args.realtime):
+                show(live.feed(audio))
+        except KeyboardInterrupt:                 # Ctrl-C: the open phrase still gets its final text
+            pass
+        show(live.finish())
+    except data.AudioError as e:
+        fail(str(e))
+    except BrokenPipeError:                       # whoever read our output has gone: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def check_output_folder(folder: str) -> None:
     """The output folder exists (made if need be) and takes files, before any decoding starts."""
     import tempfile
@@ -196,6 +238,9 @@ def cmd_bench(args) -> int:
         if args.files[:1] == ["long"]:
             from bench.longform import long_table
             long_table(models, threads=args.threads)
+        elif args.files[:1] == ["stream"]:
+            from bench.stream import stream_table
+            stream_table(models, limit=args.limit, device=device)
         elif args.files[:1] == ["pieces"]:
             from bench.longform import pieces_table
             pieces_table(models[-1])
@@ -208,7 +253,7 @@ def cmd_bench(args) -> int:
             ood_table(models, per_voice=args.per_voice, device=device, batch_size=args.batch_size)
         else:
             from bench.speed import bench_models
-            bench_models(args.model or [], args.files, device=device, limit=args.limit,
+            bench_models(args.model or [], args.files, device=device, limit=args.limit or 40,
                          batch_size=args.batch_size, long_audio=not args.no_long)
     except ValueError as e:
         fail(str(e))
@@ -293,16 +338,41 @@ def add_transcribe(sub) -> None:
     p.set_defaults(run=cmd_transcribe)
 
 
+def add_stream(sub) -> None:
+    p = sub.add_parser("stream", help="live transcription of a microphone, a pipe or a file, phrase by phrase")
+    p.add_argument("source", help="'-': raw 16 kHz mono s16le PCM on stdin; a file (decoded whole, handed on as if "
+                   "live; --realtime paces it at 1x); with --input-format, a capture device that ffmpeg opens "
+                   "(pulse default, alsa hw:0, avfoundation :0, dshow audio=NAME)")
+    p.add_argument("--model", default="tiny.en", help="as for transcribe: a student from `train` reads only each "
+                   "phrase's length, a Whisper model a 30-second window (default tiny.en)")
+    p.add_argument("--input-format", "-i", default=None, help="ffmpeg's input format of a capture device: pulse, "
+                   "alsa, avfoundation, dshow, ...")
+    p.add_argument("--realtime", action="store_true", help="hand a file on at 1x, as a live source would")
+    p.add_argument("--step", type=NON_NEGATIVE, default=0.5, help="seconds of new audio between partial texts of "
+                   "the open phrase (0: finals only; default 0.5)")
+    p.add_argument("--silence", type=POSITIVE, default=0.5, help="seconds of quiet that end a phrase (default 0.5)")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per event: {type: partial|final, start, "
+                   "end, text}, times in seconds of the stream")
+    p.add_argument("--output-dir", "-o", default=None, help="also write the finals into this folder, as transcribe "
+                   "writes a file (rewritten after each final)")
+    p.add_argument("--output-format", "-f", default="txt", choices=["txt", "srt", "vtt", "json", "tsv", "all"])
+    p.add_argument("--weights", choices=("auto", "fp32", "fp16"), default="auto", help=WEIGHTS_HELP)
+    add_machine(p)
+    p.set_defaults(run=cmd_stream)
+
+
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed: real-time factor and per-token latency, models side by side; "
                                      "`bench kernels` for the Triton kernels")
     p.add_argument("files", nargs="*", help="audio to time (default: the test split of the default corpus), "
                    "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole "
                    "transcribe processes on real speech, as a user waits for them), `long` (long recordings of "
-                   "real speech) or `pieces` (how the last --model, a student, reads them)")
+                   "real speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
+                   "split as live streams: latency after each phrase, partials, WER)")
     p.add_argument("--model", action="append", help="a model to time (repeat to compare; the first is the "
                    "baseline; default: tiny.en and runs/askd/student.pt if it exists)")
-    p.add_argument("--limit", type=COUNT, default=40, help="at most this many files (default 40)")
+    p.add_argument("--limit", type=COUNT, default=None, help="at most this many files (default 40; bench stream: "
+                   "all of the test split)")
     p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
     p.add_argument("--per-voice", type=COUNT, default=30, help="bench ood: sentences per synthetic voice (default 30)")
     p.add_argument("--repeat", type=COUNT, default=4, help="bench process: each real recording this many times "
@@ -428,7 +498,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
                        argument_default=argparse.SUPPRESS,
                        description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
-                                   "prompts), about 11 minutes on a 2-core CPU, then a test table. Writes "
+                                   "prompts), about 15 minutes on a 2-core CPU, then a test table. Writes "
                                    "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
                                    "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
                                    "fastwhisper.py train ...")
@@ -448,7 +518,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_transcribe, add_bench, add_train, add_eval):
+    for add in (add_transcribe, add_stream, add_bench, add_train, add_eval):
         add(sub)
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:

@@ -652,3 +652,12 @@ def write_result(result: dict, name: str, output_dir: str | Path, fmt: str = "tx
         data.write_atomic(path, format_result(result, f).encode("utf-8"))
         written.append(path)
     return written
+
+
+def live_line(event: dict, terminal: bool, width: int = 80) -> str:
+    """How `stream` shows an event. In a terminal the open phrase's partial text is rewritten in
+    place (its last `width` characters) and each final gets its own line; elsewhere only finals."""
+    if event["type"] == "partial":
+        return f"\r\033[K{event['text'][-(width - 1):]}" if terminal else ""
+    line = f"[{format_timestamp(event['start'])} --> {format_timestamp(event['end'])}] {event['text']}\n"
+    return "\r\033[K" + line if terminal else line

