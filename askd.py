@@ -1364,8 +1364,9 @@ class Recognizer:
         return "fp16-dec" if self.model.packed else dtype
 
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False) -> list[dict]:
-        """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many."""
+                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
+        """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many.
+        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way)."""
         options = options if self.draft is None else replace(options, draft=self.draft)
         return M.transcribe_many(self.model, audios, options, batch_size=batch_size, progress=progress)
 
@@ -1408,33 +1409,55 @@ class Student(Recognizer):
 
     @torch.inference_mode()
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False) -> list[dict]:
+                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
         """As Recognizer.transcribe: the segments of each piece, timed by the student's timestamps
         (or one per piece with options.without_timestamps). A piece the student finds more likely
-        silence than NO_SPEECH keeps no text, as Whisper skips one."""
+        silence than NO_SPEECH keeps no text, as Whisper skips one.
+
+        Timestamps are decoded where they are used: for segment times (`times`: the caller writes
+        srt, vtt, tsv or json), and in audio longer than PIECE_SECONDS, where a piece that stopped
+        early is read on from its last timestamp. A recording of up to 30 s whose times nobody
+        reads is decoded text only: on real speech of other people that scores 22.7% against 25.0%
+        with timestamps (which make a student invent a word or two on odd voices; README)."""
         self.check(options)
-        timestamps = not options.without_timestamps
         pieces, owners, offsets, quiet = self.pieces(audios)
+        long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
+        timed = [not options.without_timestamps and (times or long[i]) for i in owners]
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
         hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
         while pieces:
-            decoded = self.fallback(pieces, self.decode_pieces(pieces, batch_size, timestamps), options,
-                                    batch_size, timestamps)
+            decoded = self.read(pieces, timed, options, batch_size)
             rest = []                                         # (piece, owner, offset) still to read
-            for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
-                segments, done = self.segments(r, len(piece), offset, timestamps)
+            for piece, owner, offset, stamped, r in zip(pieces, owners, offsets, timed, decoded):
+                segments, done = self.segments(r, len(piece), offset, stamped)
                 out[owner]["segments"] += segments
                 after = quiet[owner][(offset + done) // hop: (offset + len(piece)) // hop]
-                if timestamps and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE and \
-                        (~after).sum() >= 100 * RESEEK_SPEECH:
+                if stamped and long[owner] and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE \
+                        and (~after).sum() >= 100 * RESEEK_SPEECH:
                     rest.append((piece[done:], owner, offset + done))       # it stopped before the speech did
             pieces, owners, offsets = (list(x) for x in zip(*rest)) if rest else ([], [], [])
+            timed = [True] * len(pieces)
         for result in out:
             result["segments"].sort(key=lambda seg: seg["start"])
             for i, seg in enumerate(result["segments"]):
                 seg["id"] = i
             result["text"] = "".join(seg["text"] for seg in result["segments"])
         return out
+
+    def read(self, pieces: Sequence[Tensor], timed: Sequence[bool], options: M.TranscribeOptions,
+             batch_size: int) -> list[M.DecodingResult]:
+        """Decode the pieces, those with timestamps and those without in batches of their own, each
+        with the temperature fallback."""
+        decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
+        for stamped in (True, False):
+            which = [j for j, t in enumerate(timed) if t == stamped]
+            if which:
+                these = [pieces[j] for j in which]
+                results = self.fallback(these, self.decode_pieces(these, batch_size, stamped), options,
+                                        batch_size, stamped)
+                for j, r in zip(which, results):
+                    decoded[j] = r
+        return decoded
 
     def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
                  ) -> tuple[list[dict], int]:
@@ -1652,13 +1675,16 @@ STEP_SECONDS = 0.5            # the open phrase is read again after this much mo
 ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
 PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
 LOOP_RATIO = 2.4              # a partial text more compressible than this is a loop (Whisper's threshold)
+NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
+LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
 
 
 class LiveTranscriber:
     """Transcribes a live stream phrase by phrase. data.Endpointer cuts the stream; the open phrase
     is read again every `step` seconds of audio for its partial text, and once more when it ends for
-    its final text. Every read is the recognizer's greedy text-only decoding of the phrase so far
-    (transcribe_text), so a student reads just the phrase's length, a Whisper model a 30 s window.
+    its final text. Every read is the recognizer's text-only decoding of the phrase so far, greedy
+    (a final that loops is decoded again at the next temperatures, as `transcribe` does), so a
+    student reads just the phrase's length, a Whisper model a 30 s window.
 
     feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
     ...}, times in seconds of the stream; an empty final is left out (a cough, a click). `reads`
@@ -1694,12 +1720,21 @@ class LiveTranscriber:
         """The final text of the phrase open when the input ended."""
         return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
 
-    def read(self, start: int, end: int, kind: str) -> str:
+    def read(self, start: int, end: int, kind: str, sound: Optional[int] = None) -> str:
+        """The text of the stream from `start` to `end`, greedy and text only. A phrase with under
+        NOISE_SECONDS of sound (up to `sound`) whose text the model itself doubts (average
+        log-probability under -1, Whisper's sign of a failed window) is taken for noise: a breath
+        or a click read as "you", as Whisper does on near-silence."""
         began = time.perf_counter()
-        text = self.recognizer.transcribe_text([self.audio[start - self.first: end - self.first]])[0]
+        options = LIVE_DECODING if kind == "final" else replace(LIVE_DECODING, temperature=0.0)
+        (result,) = self.recognizer.transcribe([self.audio[start - self.first: end - self.first]], options,
+                                               batch_size=1, times=False)
         self.reads.append({"kind": kind, "seconds": (end - start) / data.SAMPLE_RATE,
                            "compute": time.perf_counter() - began})
-        return text
+        doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
+        if sound is not None and sound - start < NOISE_SECONDS * data.SAMPLE_RATE and doubt < -1:
+            return ""
+        return result["text"].strip()
 
     def partial(self, start: int, now: int) -> Optional[dict]:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
@@ -1712,7 +1747,7 @@ class LiveTranscriber:
         return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}
 
     def final(self, start: int, end: int, sound: int) -> Optional[dict]:
-        text = self.read(start, end, "final")
+        text = self.read(start, end, "final", sound)
         self.reads[-1]["wait"] = (self.endpointer.now - sound) / data.SAMPLE_RATE
         self.read_to, self.last_partial = end, ""
         if not text:

