@@ -7,9 +7,10 @@
 The recordings: the 49 recordings of real-speech-dev (other people: read books, spontaneous talk,
 cold, whispered and falsetto voices) one after another, once with 0.3 s of silence between them and
 once with none, as a talk or a call with several speakers would run. Each model transcribes each
-recording in a whole `transcribe` process, as a user runs it: a Whisper model twice, in Whisper's
-long-form mode (timestamps, seeking, the temperature fallback: what users run) and text only
-(`--without-timestamps`); a student once, its own way. For each: seconds, real-time factor (seconds
+recording in whole `transcribe` processes, as a user runs it, twice: with timestamps (a Whisper
+model's long-form mode: timestamps, seeking, the temperature fallback, what users run; a student's
+timestamps, what `-f srt` or `json` gets) and text only (`--without-timestamps`, which is also what
+a student gives for `-f txt`). For each: seconds, real-time factor (seconds
 of work per second of audio), WER against the joined transcripts, the speed-up over the first
 model's long-form run, and, for subtitles, how far the segments' times are from that run's
 (median over the segments of |start difference| and |end difference|, each segment against the
@@ -63,8 +64,8 @@ def runs_of(models: list[str]) -> list[tuple[str, str, list[str]]]:
     a student's pieces) and text only."""
     runs = []
     for model in models:
-        runs += [(model, "pieces" if is_student(model) else "long-form", []),
-                 (model, "text only", ["--without-timestamps"])]
+        runs += [(model, "timestamps (srt, json)" if is_student(model) else "long-form", []),
+                 (model, "text only (txt)" if is_student(model) else "text only", ["--without-timestamps"])]
     return runs
 
 
