@@ -1721,8 +1721,8 @@ class LiveTranscriber:
         """The final text of the phrase open when the input ended."""
         return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
 
-    def read(self, start: int, end: int, kind: str, sound: Optional[int] = None) -> str:
-        """The text of the stream from `start` to `end`, greedy and text only. A phrase with under
+    def read(self, start: int, end: int, kind: str, sound: int) -> str:
+        """The text of the stream from `start` to `end`, text only. A phrase with under
         NOISE_SECONDS of sound (up to `sound`) whose text the model itself doubts (average
         log-probability under -1, Whisper's sign of a failed window) is taken for noise: a breath
         or a click read as "you", as Whisper does on near-silence."""
@@ -1733,7 +1733,7 @@ class LiveTranscriber:
         self.reads.append({"kind": kind, "seconds": (end - start) / data.SAMPLE_RATE,
                            "compute": time.perf_counter() - began})
         doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
-        if sound is not None and sound - start < NOISE_SECONDS * data.SAMPLE_RATE and doubt < -1:
+        if sound - start < NOISE_SECONDS * data.SAMPLE_RATE and doubt < -1:
             return ""
         return result["text"].strip()
 
@@ -1741,7 +1741,7 @@ class LiveTranscriber:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
         mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
         end = self.endpointer.quietest(PARTIAL_CUT)
-        text, self.read_to = self.read(start, end, "partial"), now
+        text, self.read_to = self.read(start, end, "partial", self.endpointer.sound * self.endpointer.hop), now
         if not text or text == self.last_partial or M.compression_ratio(text) > LOOP_RATIO:
             return None
         self.last_partial = text

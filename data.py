@@ -400,7 +400,8 @@ def live_audio(source: str, input_format: Optional[str] = None, realtime: bool =
     try:
         while True:
             parts = [arrived.get()]
-            while not arrived.empty() and parts[-1] is not None and len(parts) * chunk < LIVE_MOST:
+            while not arrived.empty() and parts[-1] is not None and \
+                    sum(map(len, parts)) < LIVE_MOST * SAMPLE_RATE * 2:
                 parts.append(arrived.get())
             done = parts[-1] is None
             audio = b"".join(p for p in parts if p)

@@ -115,6 +115,43 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     assert live.result()["text"].strip() == " ".join(f["text"] for f in finals)
 
 
+class Scripted:
+    """A stand-in recognizer: "you" read with doubt (average log-probability -1.4) for whatever is
+    shorter than 0.7 s, a loop for the first partial of 0.7 s or more, and otherwise `text`, finals
+    with the same doubt."""
+
+    def __init__(self, text):
+        self.text, self.asked = text, []
+
+    def transcribe(self, audios, options, batch_size=1, times=True):
+        seconds, final = len(audios[0]) / SR, options.temperature != 0.0
+        self.asked.append((seconds, final))
+        first_partial = not final and not any(s >= 0.7 and not f for s, f in self.asked[:-1])
+        text, logprob = ("you", -1.4) if seconds < 0.7 else ("and an element " * 12, -0.2) if first_partial \
+            else (self.text, -1.4 if final else -0.3)
+        return [{"text": text, "segments": [{"text": text, "avg_logprob": logprob}]}]
+
+
+def test_noise_and_loops_are_not_shown(speech):
+    """A click (0.15 s of sound) that the model reads with doubt ("you") is noise, neither a partial
+    nor a final; a prompt read with the same doubt still is a final. A partial whose text is a loop is not shown, the
+    next one is. Partials are greedy; finals are read with the fallback schedule."""
+    audio, spans, texts = speech
+    click = np.zeros(2 * SR, np.float32)
+    click[SR // 2: SR // 2 + round(0.15 * SR)] = 0.3 * np.sin(np.arange(round(0.15 * SR)) * 0.3)
+    stream = np.concatenate([click, audio[: spans[0][1] + SR]])     # then the first prompt, 1 s of quiet
+    live = askd.LiveTranscriber(Scripted(texts[0]))
+    events = []
+    for i in range(0, len(stream), 1600):
+        events += live.feed(stream[i: i + 1600])
+    events += live.finish()
+    finals = [e for e in events if e["type"] == "final"]
+    assert [e["text"] for e in finals] == [texts[0]] and finals[0]["start"] > 2.0     # the click gave none
+    assert live.recognizer.asked[1] == (pytest.approx(0.6, abs=0.15), True)           # though it was read
+    partials = [e["text"] for e in events if e["type"] == "partial"]
+    assert partials == [texts[0]]              # no "you"; the loop was not shown, the next partial was
+
+
 # ----- the command ---------------------------------------------------------------------------------
 
 def run_stream(args, stdin=None, env=None, timeout=300):
