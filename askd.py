@@ -1423,42 +1423,27 @@ class Student(Recognizer):
         self.check(options)
         pieces, owners, offsets, quiet = self.pieces(audios)
         long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
-        timed = [times and not options.without_timestamps] * len(pieces)
+        timestamps = times and not options.without_timestamps
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
         hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
         while pieces:
-            decoded = self.read(pieces, timed, options, batch_size)
+            decoded = self.fallback(pieces, self.decode_pieces(pieces, batch_size, timestamps), options,
+                                    batch_size, timestamps)
             rest = []                                         # (piece, owner, offset) still to read
-            for piece, owner, offset, stamped, r in zip(pieces, owners, offsets, timed, decoded):
-                segments, done = self.segments(r, len(piece), offset, stamped)
+            for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
+                segments, done = self.segments(r, len(piece), offset, timestamps)
                 out[owner]["segments"] += segments
                 after = quiet[owner][(offset + done) // hop: (offset + len(piece)) // hop]
-                if stamped and long[owner] and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE \
+                if timestamps and long[owner] and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE \
                         and (~after).sum() >= 100 * RESEEK_SPEECH:
                     rest.append((piece[done:], owner, offset + done))       # it stopped before the speech did
             pieces, owners, offsets = (list(x) for x in zip(*rest)) if rest else ([], [], [])
-            timed = [True] * len(pieces)
         for result in out:
             result["segments"].sort(key=lambda seg: seg["start"])
             for i, seg in enumerate(result["segments"]):
                 seg["id"] = i
             result["text"] = "".join(seg["text"] for seg in result["segments"])
         return out
-
-    def read(self, pieces: Sequence[Tensor], timed: Sequence[bool], options: M.TranscribeOptions,
-             batch_size: int) -> list[M.DecodingResult]:
-        """Decode the pieces, those with timestamps and those without in batches of their own, each
-        with the temperature fallback."""
-        decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
-        for stamped in (True, False):
-            which = [j for j, t in enumerate(timed) if t == stamped]
-            if which:
-                these = [pieces[j] for j in which]
-                results = self.fallback(these, self.decode_pieces(these, batch_size, stamped), options,
-                                        batch_size, stamped)
-                for j, r in zip(which, results):
-                    decoded[j] = r
-        return decoded
 
     def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
                  ) -> tuple[list[dict], int]:
@@ -1675,7 +1660,6 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "param
 STEP_SECONDS = 0.5            # the open phrase is read again after this much more audio, for its partial text
 ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
 PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
-LOOP_RATIO = 2.4              # a partial text more compressible than this is a loop (Whisper's threshold)
 NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
 LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
 
@@ -1712,8 +1696,7 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        keep = min(self.endpointer.free * self.endpointer.hop if start is None else start, now)
-        keep = max(keep, now - round((self.endpointer.keep / 100) * data.SAMPLE_RATE), self.first)
+        keep = max(self.endpointer.earliest, self.first)
         self.audio, self.first = self.audio[keep - self.first:], keep       # what no phrase will need
         return [e for e in events if e is not None]
 
@@ -1741,8 +1724,9 @@ class LiveTranscriber:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
         mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
         end = self.endpointer.quietest(PARTIAL_CUT)
-        text, self.read_to = self.read(start, end, "partial", self.endpointer.sound * self.endpointer.hop), now
-        if not text or text == self.last_partial or M.compression_ratio(text) > LOOP_RATIO:
+        text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound), now
+        if not text or text == self.last_partial or \
+                M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold:      # a loop
             return None
         self.last_partial = text
         return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}

@@ -482,6 +482,17 @@ class Endpointer:
         """Samples heard so far."""
         return self.frames * self.hop + len(self.tail)
 
+    @property
+    def earliest(self) -> int:
+        """The earliest sample a phrase may still hold: the open phrase's start, or between phrases
+        the later of the last one's end and the oldest 10 ms of the history."""
+        return self.start * self.hop if self.start is not None else self._oldest() * self.hop
+
+    @property
+    def last_sound(self) -> int:
+        """Where the open phrase's last sound ends (samples)."""
+        return self.sound * self.hop
+
     def feed(self, audio) -> list[tuple[int, int, int]]:
         """The phrases this audio closed, as (start, end, end of the last sound)."""
         audio = np.concatenate([self.tail, np.asarray(audio, np.float32)])
@@ -500,8 +511,8 @@ class Endpointer:
         threshold = max(np.percentile(slow, 95) - 35, slow.min() + 8)
         # Between phrases, everything since the last one is looked at again by the new threshold: at
         # the start of a stream the threshold settles only once it has heard a pause.
-        frame = self.frames if self.start is not None else max(self.free, self.frames - len(self.db) + n)
         self.frames += n
+        frame = self.frames - n if self.start is not None else self._oldest()
         closed = []
         while frame < self.frames:
             if self.start is None:
@@ -511,29 +522,35 @@ class Endpointer:
                 frame += 1
         return closed
 
-    def _level(self, frame: int):
-        return self.db[frame - self.frames + len(self.db)]
+    def _oldest(self) -> int:
+        """The first frame a new phrase may start at: the last phrase's end, or the history's start."""
+        return max(self.free, self.frames - len(self.db))
+
+    def _levels(self, start: int, end: Optional[int] = None) -> np.ndarray:
+        """The levels of frames [start, end) (to the newest if end is None), from the history."""
+        base = len(self.db) - self.frames
+        return self.db[start + base: None if end is None else end + base]
 
     def _onset(self, frame: int, threshold: float) -> int:
         """Open a phrase at the first PHRASE_ONSET of sound from `frame` on, if there is one; the
         frame to go on from."""
         onset = round(PHRASE_ONSET * 100)
-        loud = self.db[frame - self.frames + len(self.db):] >= threshold
+        loud = self._levels(frame) >= threshold
         full = np.flatnonzero(np.convolve(loud, np.ones(onset, int), mode="valid") == onset)
         if not len(full):
             return self.frames
         first = frame + int(full[0])
-        self.start, self.sound = max(self.free, first - round(PHRASE_PAD * 100)), first + onset
+        self.start, self.sound = max(self._oldest(), first - round(PHRASE_PAD * 100)), first + onset
         return first + onset
 
     def _step(self, frame: int, threshold: float) -> list[tuple[int, int, int]]:
-        if self._level(frame) >= threshold:
+        if self._levels(frame, frame + 1)[0] >= threshold:
             self.sound = frame + 1
         if frame + 1 - self.sound >= self.silence:
             return [self._close(min(frame + 1, self.sound + round(PHRASE_PAD * 100)))]
         if frame + 1 - self.start >= self.max_frames:               # too long: cut at its quietest
             lo = self.start + self.max_frames // 4
-            cut = lo + int(np.argmin([self._level(f) for f in range(lo, frame + 1)]))
+            cut = lo + int(np.argmin(self._levels(lo, frame + 1)))
             phrase = self._close(cut, min(self.sound, cut))
             self.start, self.sound = cut, max(self.sound, cut)
             return [phrase]
@@ -545,7 +562,7 @@ class Endpointer:
         lo = max(self.start, self.frames - round(seconds * 100), self.frames - len(self.db))
         if lo >= self.frames:
             return self.now
-        frame = lo + int(np.argmin(self.db[lo - self.frames + len(self.db):]))
+        frame = lo + int(np.argmin(self._levels(lo)))
         return max(self.start, frame - 1) * self.hop
 
     def _close(self, end: int, sound: Optional[int] = None) -> tuple[int, int, int]:
