@@ -1422,13 +1422,16 @@ class Student(Recognizer):
         voices; README)."""
         self.check(options)
         pieces, owners, offsets, quiet = self.pieces(audios)
+        if options.prefix and len(pieces) > 1:
+            raise ValueError(f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
+                             f"{PIECE_SECONDS:g} s")
         long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
         out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
         hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
         while pieces:
-            decoded = self.fallback(pieces, self.decode_pieces(pieces, batch_size, timestamps), options,
-                                    batch_size, timestamps)
+            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix, draft=options.draft)
+            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
             rest = []                                         # (piece, owner, offset) still to read
             for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
                 segments, done = self.segments(r, len(piece), offset, timestamps)
@@ -1480,7 +1483,7 @@ class Student(Recognizer):
             if not redo:
                 break
             again = self.decode_pieces([pieces[j] for j in redo], batch_size, timestamps, temperature,
-                                       options.best_of)
+                                       options.best_of, options.prefix)
             for j, r in zip(redo, again):
                 decoded[j] = r
         return decoded
@@ -1517,9 +1520,11 @@ class Student(Recognizer):
         return pieces, owners, offsets, quiet
 
     def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
-                      temperature: float = 0.0, best_of: Optional[int] = None) -> list[M.DecodingResult]:
+                      temperature: float = 0.0, best_of: Optional[int] = None, prefix: Optional[str] = None,
+                      draft: Optional[M.TextDraft] = None) -> list[M.DecodingResult]:
         """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
-        tokens if `timestamps`: greedy, or at a temperature the best of `best_of` samples."""
+        tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
+        best of `best_of` samples; after `prefix` (forced text, not returned) if given."""
         model = self.model
         frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
         order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
@@ -1530,12 +1535,13 @@ class Student(Recognizer):
             seconds = max(len(pieces[j]) for j in chunk) / data.SAMPLE_RATE
             sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds))
             options = M.DecodingOptions(language="en", without_timestamps=not timestamps, sample_len=sample_len,
-                                        close_segments=True, temperature=temperature,
+                                        close_segments=True, temperature=temperature, prefix=prefix,
                                         best_of=best_of if temperature > 0 else None)
             mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
                                for j in chunk])
             features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            results = M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths)
+            results = M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths,
+                                     draft=draft if isinstance(draft, M.TextDraft) else None)  # (a model's: no)
             for j, r in zip(chunk, results):
                 decoded[j] = r
         return decoded
@@ -1661,6 +1667,8 @@ STEP_SECONDS = 0.5            # the open phrase is read again after this much mo
 ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
 PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
 NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
+CONTEXT_SECONDS = 10.0        # a phrase is read after the one before it (its final text forced) if both fit in this
+CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
 LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
 
 
@@ -1669,7 +1677,8 @@ class LiveTranscriber:
     is read again every `step` seconds of audio for its partial text, and once more when it ends for
     its final text. Every read is the recognizer's text-only decoding of the phrase so far, greedy
     (a final that loops is decoded again at the next temperatures, as `transcribe` does), so a
-    student reads just the phrase's length, a Whisper model a 30 s window.
+    student reads just the phrase's length, a Whisper model a 30 s window. Where the phrase before
+    fits in (CONTEXT_SECONDS), each read starts with it, its final text forced (read()).
 
     feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
     ...}, times in seconds of the stream; an empty final is left out (a cough, a click). `reads`
@@ -1685,6 +1694,7 @@ class LiveTranscriber:
         self.audio, self.first = np.zeros(0, np.float32), 0     # audio kept, and where in the stream it starts
         self.read_to = 0                                         # the open phrase was last read up to here
         self.last_partial = ""
+        self.context: Optional[tuple[int, str]] = None           # the last final phrase: where it starts, its text
         self.finals: list[dict] = []
         self.reads: list[dict] = []
 
@@ -1696,35 +1706,64 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        keep = max(self.endpointer.earliest, self.first)
-        self.audio, self.first = self.audio[keep - self.first:], keep       # what no phrase will need
+        keep = self.endpointer.earliest if self.context is None else min(self.endpointer.earliest, self.context[0])
+        keep = max(keep, self.first)
+        self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
         return [e for e in events if e is not None]
 
     def finish(self) -> list[dict]:
         """The final text of the phrase open when the input ended."""
         return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
 
-    def read(self, start: int, end: int, kind: str, sound: int) -> str:
-        """The text of the stream from `start` to `end`, text only. A phrase with under
-        NOISE_SECONDS of sound (up to `sound`) whose text the model itself doubts (average
-        log-probability under -1, Whisper's sign of a failed window) is taken for noise: a breath
-        or a click read as "you", as Whisper does on near-silence."""
+    def read(self, start: int, end: int, kind: str, sound: int, context: Optional[tuple[int, str]] = None) -> str:
+        """The text of the stream from `start` to `end`, text only.
+
+        With `context` (the phrase before: where it starts, its final text) the read starts there
+        and that text is forced as the start of the transcript, so the model hears the phrase among
+        its neighbours, as `transcribe` reads a recording, and writes only what follows: a student
+        reads a lone phrase of another speaker worse (README: live transcription). If that gives no
+        text, a loop, or a short phrase's text in doubt, the phrase is read alone after all (a model
+        may end its transcript with the forced text, as across a change of speaker, or repeat it).
+
+        A phrase with under NOISE_SECONDS of sound (up to `sound`) whose text the model itself
+        doubts (average log-probability under -1, Whisper's sign of a failed window) is taken for
+        noise: a breath or a click read as "you", as Whisper does on near-silence."""
         began = time.perf_counter()
         options = LIVE_DECODING if kind == "final" else replace(LIVE_DECODING, temperature=0.0)
+        short = sound - start < NOISE_SECONDS * data.SAMPLE_RATE
+        text, doubt = self.decode(start, end, options, context)
+        loop = M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
+        if context is not None and (not text or loop or short and doubt < -1):
+            text, doubt = self.decode(start, end, options)
+        self.reads.append({"kind": kind, "seconds": (end - (start if context is None else context[0])) /
+                           data.SAMPLE_RATE, "compute": time.perf_counter() - began})
+        return "" if short and doubt < -1 else text
+
+    def decode(self, start: int, end: int, options: M.TranscribeOptions, context: Optional[tuple[int, str]] = None
+               ) -> tuple[str, float]:
+        """(text, lowest average log-probability of its segments) of the audio from `start` (or the
+        context's start, its text forced) to `end`."""
+        if context is not None:
+            start, options = context[0], replace(options, prefix=context[1], sample_len=CONTEXT_SAMPLE_LEN)
+        if self.last_partial:                # the open phrase's text a moment ago: what it probably says now
+            tok = self.recognizer.model.tokenizer
+            options = replace(options, draft=M.TextDraft(tok.encode(" " + self.last_partial) + [tok.eot]))
         (result,) = self.recognizer.transcribe([self.audio[start - self.first: end - self.first]], options,
                                                batch_size=1, times=False)
-        self.reads.append({"kind": kind, "seconds": (end - start) / data.SAMPLE_RATE,
-                           "compute": time.perf_counter() - began})
         doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
-        if sound - start < NOISE_SECONDS * data.SAMPLE_RATE and doubt < -1:
-            return ""
-        return result["text"].strip()
+        return result["text"].strip(), doubt
+
+    def context_for(self, end: int) -> Optional[tuple[int, str]]:
+        """The phrase before, if a read up to `end` can take it in (CONTEXT_SECONDS)."""
+        if self.context and end - self.context[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE:
+            return self.context
+        return None
 
     def partial(self, start: int, now: int) -> Optional[dict]:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
         mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
         end = self.endpointer.quietest(PARTIAL_CUT)
-        text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound), now
+        text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound, self.context_for(end)), now
         if not text or text == self.last_partial or \
                 M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold:      # a loop
             return None
@@ -1732,7 +1771,8 @@ class LiveTranscriber:
         return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}
 
     def final(self, start: int, end: int, sound: int) -> Optional[dict]:
-        text = self.read(start, end, "final", sound)
+        text = self.read(start, end, "final", sound, self.context_for(end))
+        self.context = (start, text) if text else None
         self.reads[-1]["wait"] = (self.endpointer.now - sound) / data.SAMPLE_RATE
         self.read_to, self.last_partial = end, ""
         if not text:

@@ -889,7 +889,7 @@ class DecodingTask:
                                language_tokens[i]) for i in range(n_audio)]
         if len({len(r) for r in rows}) != 1:
             raise ValueError("all windows of a batch need prompts of the same length")
-        if draft is not None and draft.model.dims.n_vocab != model.dims.n_vocab:
+        if isinstance(draft, Draft) and draft.model.dims.n_vocab != model.dims.n_vocab:
             raise ValueError(f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
                              f"({model.dims.n_vocab}): draft with a student of this teacher")
         self.sample_begin, self.sot_index = len(rows[0]), rows[0].index(self.tok.sot)
@@ -1050,7 +1050,7 @@ class DecodingTask:
         tokens = self.tokens[i].tolist()
         cache, logits, no_speech = self.first_step(self.tokens[i: i + 1], features, lengths)
         logits = logits[0]                                 # the model's logits after the last token in `tokens`
-        draft_row = DraftRow(self.draft, self.options.task, self.languages[i // self.n_group], i // self.n_group)
+        draft_row = self.draft.row(self.options.task, self.languages[i // self.n_group], i // self.n_group)
         sum_logprob, emitted = 0.0, 0
         while True:
             token, logprob = self._choose(logits, tokens)   # the model's own next token
@@ -1124,6 +1124,10 @@ class Draft:
         lengths = None if self.lengths is None else self.lengths[index]
         return replace(self, features=self.features[index], lengths=lengths)
 
+    def row(self, task: str, language: str, row: int) -> DraftRow:
+        """The draft's side of window `row`, as speculative decoding asks it for guesses."""
+        return DraftRow(self, task, language, row)
+
     def guess_logits(self, hidden: Tensor) -> Tensor:
         """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf elsewhere).
 
@@ -1181,6 +1185,56 @@ class DraftRow:
         """Drop the last `n` guesses (the ones the verifying model did not keep)."""
         del self.tokens[len(self.tokens) - n:]
         self.fed = min(self.fed, len(self.tokens))
+
+
+@dataclass
+class TextDraft:
+    """A text the model will probably write, as the draft of speculative decoding: no second model.
+
+    Live transcription has one: the text read from the same phrase half a second before, when less
+    of it had been heard (askd.LiveTranscriber). Guesses are the draft's tokens that follow where
+    the model's text so far ends in it, so a read that agrees with the draft costs a few forward
+    passes of the decoder, not one per token; where they disagree the model's own tokens win, as
+    with any draft. `tokens`: the draft's text tokens, <|endoftext|> last (so the end is guessed too).
+    """
+    tokens: list[int]
+    guesses: int = 8                         # tokens guessed per step of the verifying model
+
+    def encode(self, mel: Tensor, sizes: Sequence[int]) -> TextDraft:
+        return self                          # nothing to read: the same text serves every window
+
+    def select(self, index: Sequence[int]) -> TextDraft:
+        return self
+
+    def row(self, task: str, language: str, row: int) -> TextDraftRow:
+        return TextDraftRow(self)
+
+
+class TextDraftRow:
+    """A TextDraft's side of one window: the text so far (as DraftRow keeps it) and where it goes on
+    in the draft."""
+    TAIL = 4                                 # the most tokens of the text so far matched against the draft
+
+    def __init__(self, draft: TextDraft):
+        self.draft, self.tokens = draft, []
+
+    def guess(self, limit: int) -> list[int]:
+        """Up to `limit` of the draft's tokens after the place where the text so far ends in it:
+        after the text itself if the draft starts with it, else after the latest occurrence of its
+        longest tail (a word the model wrote differently), else none."""
+        text, draft = self.tokens, self.draft.tokens
+        at = len(text) if draft[: len(text)] == text else None
+        for n in range(min(self.TAIL, len(text)), 0, -1):
+            if at is not None:
+                break
+            at = max((j + n for j in range(len(draft) - n) if draft[j: j + n] == text[-n:]), default=None)
+        guesses = draft[at: at + limit] if at is not None else []
+        self.tokens += guesses
+        return guesses
+
+    def forget(self, n: int) -> None:
+        """Drop the last `n` guesses (the ones the verifying model did not keep)."""
+        del self.tokens[len(self.tokens) - n:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -382,8 +382,8 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
     student = askd.Student(tiny, "s.pt", round_frames=3000)
     decoded = []
     real = student.decode_pieces
-    monkeypatch.setattr(student, "decode_pieces", lambda pieces, batch, stamped=False, *rest:
-                        decoded.append(stamped) or real(pieces, batch, stamped, *rest))
+    monkeypatch.setattr(student, "decode_pieces", lambda pieces, batch, stamped=False, *rest, **named:
+                        decoded.append(stamped) or real(pieces, batch, stamped, *rest, **named))
     u = next(u for u in data.split_corpus(asterisk)["test"] if 3 < u.duration < 8)
     audio = data.load_audio(u.audio, cache=True)
     seconds = len(audio) / data.SAMPLE_RATE

@@ -247,6 +247,35 @@ def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, d
         assert draft.projections and set(vars(draft.model)) == set(vars(M.Whisper(tiny.dims)))  # cached on the draft
 
 
+def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, sounds, monkeypatch):
+    """Speculative decoding with a text for a draft (what live transcription has: the phrase's
+    text a moment ago): the model's own greedy tokens whether the draft is right, misses a word,
+    has a wrong one, or is another utterance's; a right draft takes a pass per 9 tokens, not per token."""
+    passes = []
+    logits = tiny.logits
+    monkeypatch.setattr(tiny, "logits", lambda *a, **k: passes.append(1) or logits(*a, **k))
+    eot = tiny.tokenizer.eot
+    items = [i for i in speech(golden) if len(i["decode_no_timestamps"]["tokens"]) >= 6][:3]
+    assert len(items) == 3
+    for n, item in enumerate(items):
+        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        features = tiny.embed_audio(mel)
+        own = item["decode_no_timestamps"]["tokens"]
+        other = items[(n + 1) % len(items)]["decode_no_timestamps"]["tokens"]
+        drafts = {"right": own, "a word missing": own[:2] + own[3:], "a word wrong": own[:2] + [own[0]] + own[3:],
+                  "another text": other, "the start only": own[: len(own) // 2]}
+        for name, text in drafts.items():
+            for key, options in (("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True)),
+                                 ("decode_timestamps", M.DecodingOptions(language="en"))):
+                passes.clear()
+                (result,) = M.decode_batch(tiny, options=options, audio_features=features,
+                                           draft=M.TextDraft(text + [eot]))
+                assert result.tokens == item[key]["tokens"], (item["name"], name, key)
+                assert abs(result.avg_logprob - item[key]["avg_logprob"]) < 1e-3
+                if name == "right" and key == "decode_no_timestamps":
+                    assert len(passes) <= (len(own) + 1) // 9 + 1, (len(passes), len(own))
+
+
 def test_transcribe_options_write_each_default_once():
     options = M.TranscribeOptions(beam_size=5, without_timestamps=True)
     greedy, sampled = options.for_window(0.0, "en"), options.for_window(0.4, "en")

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -97,7 +98,8 @@ def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_clo
 def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     """A student's reading (the teacher's weights, each phrase read at its own padded length) of the
     two prompts streamed 0.1 s at a time: one final per prompt, inside its span give or take the
-    phrase padding, the text right; partials every 0.5 s of each open phrase come first."""
+    phrase padding, the text right (the second read after the first, whose text is not repeated);
+    partials every 0.5 s of each open phrase come first."""
     audio, spans, texts = speech
     live = askd.LiveTranscriber(askd.Student(tiny, "student", round_frames=3000))
     events = []
@@ -112,27 +114,32 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     partials = [e for e in events if e["type"] == "partial"]
     assert partials and all(p["start"] in {f["start"] for f in finals} for p in partials)
     assert [r["kind"] for r in live.reads].count("final") == 2 and all(r["compute"] > 0 for r in live.reads)
+    second = [r for r in live.reads if r["kind"] == "final"][1]          # read after the first prompt
+    assert second["seconds"] == pytest.approx(finals[1]["end"] - finals[0]["start"], abs=0.01)
     assert live.result()["text"].strip() == " ".join(f["text"] for f in finals)
 
 
 class Scripted:
     """A stand-in recognizer: "you" read with doubt (average log-probability -1.4) for whatever is
     shorter than 0.7 s, a loop for the first partial of 0.7 s or more, and otherwise `text`, finals
-    with the same doubt."""
+    with the same doubt; read after the phrase before (a forced prefix), `after_context`."""
 
-    def __init__(self, text):
-        self.text, self.asked = text, []
+    def __init__(self, text, tokenizer, after_context=None):
+        self.text, self.after_context, self.asked = text, after_context, []
+        self.model = SimpleNamespace(tokenizer=tokenizer)           # for the drafts LiveTranscriber makes
 
     def transcribe(self, audios, options, batch_size=1, times=True):
         seconds, final = len(audios[0]) / SR, options.temperature != 0.0
-        self.asked.append((seconds, final))
-        first_partial = not final and not any(s >= 0.7 and not f for s, f in self.asked[:-1])
+        self.asked.append((seconds, final, options.prefix))
+        first_partial = not final and not any(s >= 0.7 and not f for s, f, _ in self.asked[:-1])
         text, logprob = ("you", -1.4) if seconds < 0.7 else ("and an element " * 12, -0.2) if first_partial \
             else (self.text, -1.4 if final else -0.3)
+        if options.prefix and self.after_context is not None:
+            text, logprob = self.after_context, -0.3
         return [{"text": text, "segments": [{"text": text, "avg_logprob": logprob}]}]
 
 
-def test_noise_and_loops_are_not_shown(speech):
+def test_noise_and_loops_are_not_shown(speech, tiny):
     """A click (0.15 s of sound) that the model reads with doubt ("you") is noise, neither a partial
     nor a final; a prompt read with the same doubt still is a final. A partial whose text is a loop is not shown, the
     next one is. Partials are greedy; finals are read with the fallback schedule."""
@@ -140,16 +147,43 @@ def test_noise_and_loops_are_not_shown(speech):
     click = np.zeros(2 * SR, np.float32)
     click[SR // 2: SR // 2 + round(0.15 * SR)] = 0.3 * np.sin(np.arange(round(0.15 * SR)) * 0.3)
     stream = np.concatenate([click, audio[: spans[0][1] + SR]])     # then the first prompt, 1 s of quiet
-    live = askd.LiveTranscriber(Scripted(texts[0]))
+    live = askd.LiveTranscriber(Scripted(texts[0], tiny.tokenizer))
     events = []
     for i in range(0, len(stream), 1600):
         events += live.feed(stream[i: i + 1600])
     events += live.finish()
     finals = [e for e in events if e["type"] == "final"]
     assert [e["text"] for e in finals] == [texts[0]] and finals[0]["start"] > 2.0     # the click gave none
-    assert live.recognizer.asked[1] == (pytest.approx(0.6, abs=0.15), True)           # though it was read
+    assert live.recognizer.asked[1] == (pytest.approx(0.6, abs=0.15), True, None)     # though it was read
     partials = [e["text"] for e in events if e["type"] == "partial"]
     assert partials == [texts[0]]              # no "you"; the loop was not shown, the next partial was
+
+
+def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, monkeypatch):
+    """The second prompt is read from the first one's start, the first one's final text forced
+    (prefix); if that read gives no text or a loop, it is read alone after all. Past
+    CONTEXT_SECONDS it is read alone at once."""
+    audio, spans, texts = speech
+    for after_context, alone_again in (("followed by", False), ("", True), ("la " * 40, True)):
+        live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, after_context), partials=False)
+        events = []
+        for i in range(0, len(audio), 1600):
+            events += live.feed(audio[i: i + 1600])
+        events += live.finish()
+        first, second = [e for e in events if e["type"] == "final"]
+        reads = [(seconds, prefix) for seconds, final, prefix in live.recognizer.asked if final]
+        assert reads[0][1] is None and reads[1][1] == "agent logged in"
+        assert reads[1][0] == pytest.approx(second["end"] - first["start"], abs=0.01)     # from the first's start
+        if alone_again:
+            assert reads[2] == (pytest.approx(second["end"] - second["start"], abs=0.01), None)
+            assert second["text"] == "agent logged in" and len(reads) == 3
+        else:
+            assert second["text"] == "followed by" and len(reads) == 2
+    monkeypatch.setattr(askd, "CONTEXT_SECONDS", 1.0)
+    live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, ""), partials=False)
+    live.feed(audio)
+    live.finish()
+    assert [prefix for _, final, prefix in live.recognizer.asked if final] == [None, None]
 
 
 # ----- the command ---------------------------------------------------------------------------------
