@@ -1706,6 +1706,8 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
+        if self.context and self.endpointer.now - self.context[0] > CONTEXT_SECONDS * data.SAMPLE_RATE:
+            self.context = None                                  # no later read can take it in
         keep = self.endpointer.earliest if self.context is None else min(self.endpointer.earliest, self.context[0])
         keep = max(keep, self.first)
         self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need

@@ -162,7 +162,7 @@ def test_noise_and_loops_are_not_shown(speech, tiny):
 def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, monkeypatch):
     """The second prompt is read from the first one's start, the first one's final text forced
     (prefix); if that read gives no text or a loop, it is read alone after all. Past
-    CONTEXT_SECONDS it is read alone at once."""
+    CONTEXT_SECONDS it is read alone at once, and the audio kept for it is let go."""
     audio, spans, texts = speech
     for after_context, alone_again in (("followed by", False), ("", True), ("la " * 40, True)):
         live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, after_context), partials=False)
@@ -179,6 +179,9 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
             assert second["text"] == "agent logged in" and len(reads) == 3
         else:
             assert second["text"] == "followed by" and len(reads) == 2
+    for _ in range(400):                      # 40 s of quiet after: the context's audio goes, the endpointer's
+        live.feed(np.zeros(1600, np.float32))  # history of the stream stays
+    assert live.context is None and len(live.audio) <= (data.VAD_HISTORY + 2) * SR
     monkeypatch.setattr(askd, "CONTEXT_SECONDS", 1.0)
     live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, ""), partials=False)
     live.feed(audio)
