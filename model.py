@@ -404,6 +404,12 @@ def pack_for_cpu(model: Whisper, bf16: Optional[bool] = None) -> Whisper:
         model.encoder_autocast = torch.bfloat16
         for block in model.decoder.blocks:
             block.cross_attn.kv_dtype = torch.bfloat16
+        # the weights autocast would cast to bf16 at every read, cast once: the same values, no copies
+        linears = [layer for b in model.encoder.blocks
+                   for layer in (b.attn.query, b.attn.key, b.attn.value, b.attn.out, b.mlp[0], b.mlp[2])]
+        linears += [layer for b in model.decoder.blocks for layer in (b.cross_attn.key, b.cross_attn.value)]
+        for layer in linears:
+            layer.to(torch.bfloat16)
     return model
 
 
@@ -1035,12 +1041,16 @@ class DecodingTask:
         rows = [self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)]  # a group's rows are equal
         return [([seq], [logprob]) for seq, logprob, _ in rows], [ns for *_, ns in rows for _ in range(self.n_group)]
 
-    def _choose(self, step_logits: Tensor, prefix: list[int]) -> tuple[int, float]:
-        """The model's greedy token after `prefix`, and its log-probability, as sample() computes them."""
-        step_logits = step_logits[None].clone()
-        self.rules(step_logits, torch.tensor([prefix], device=step_logits.device))
-        token = int(step_logits.argmax(dim=-1))
-        return token, float(F.log_softmax(step_logits.float(), dim=-1)[0, token])
+    def _choose(self, logits: Tensor, prefix: list[int], guesses: Sequence[int] = ()) -> list[tuple[int, float]]:
+        """The model's greedy token and its log-probability, as sample() computes them, at each row of
+        logits [1 + len(guesses), vocab]: after `prefix`, after `prefix` and the first guess, ... (the
+        rules row by row, the rest for all rows at once)."""
+        logits = logits.clone()
+        for p in range(logits.shape[0]):
+            self.rules(logits[p: p + 1], torch.tensor([prefix + list(guesses[:p])], device=logits.device))
+        tokens = logits.argmax(dim=-1)
+        logprobs = F.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
+        return list(zip(tokens.tolist(), logprobs.tolist()))
 
     def _speculative_row(self, i: int) -> tuple[list[int], float, float]:
         """Row i's tokens, their total log-probability and its no-speech probability."""
@@ -1052,8 +1062,8 @@ class DecodingTask:
         logits = logits[0]                                 # the model's logits after the last token in `tokens`
         draft_row = self.draft.row(self.options.task, self.languages[i // self.n_group], i // self.n_group)
         sum_logprob, emitted = 0.0, 0
+        token, logprob = self._choose(logits[None], tokens)[0]     # the model's own next token
         while True:
-            token, logprob = self._choose(logits, tokens)   # the model's own next token
             tokens.append(token)
             sum_logprob += logprob
             emitted += 1
@@ -1066,9 +1076,9 @@ class DecodingTask:
             cache.offset = len(tokens) - 1
             candidates = torch.tensor([[token] + guesses], device=features.device)
             scored = self.model.logits(candidates, features, lengths, cache)[0]
+            choices = self._choose(scored, tokens, guesses)   # its own token after each guess
             kept = 0
-            for guess in guesses:
-                choice, logprob = self._choose(scored[kept], tokens)
+            for guess, (choice, logprob) in zip(guesses, choices):
                 if choice != guess:
                     break
                 tokens.append(guess)
@@ -1079,7 +1089,7 @@ class DecodingTask:
                     break
             if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
                 break
-            logits = scored[kept]                          # the model's logits after the last kept token
+            token, logprob = choices[kept]                 # its own token after the last kept guess
             cache.offset = len(tokens)
             draft_row.forget(len(guesses) - kept)
         return _until_eot(tokens[self.sample_begin:], eot), sum_logprob, no_speech[0]

@@ -196,15 +196,23 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, the same
     tokens. With bf16 (emulated, slowly, on a CPU without bf16 hardware) the encoder, the
     cross-attention and the output projection run in bf16: the same text tokens, and timestamps
-    within 0.06 s (bf16 keeps 8 bits of mantissa, so close timestamps may swap)."""
+    within 0.06 s (bf16 keeps 8 bits of mantissa, so close timestamps may swap); the encoder's
+    weights, cast to bf16 once, give exactly what autocast gives casting them at every call."""
     packed = M.pack_for_cpu(formats.load_model("tiny.en"), bf16=bf16)
     assert (packed.encoder_autocast == torch.bfloat16) == bf16
     assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
     assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
     assert packed.packed and not tiny.packed and tiny.decoder.packed_projection is None
-    for item in speech(golden)[:6]:
+    for n, item in enumerate(speech(golden)[:6]):
         mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
+        if bf16 and n == 0:     # weights cast to bf16 once give what autocast gives casting them at every call
+            autocast = M.Whisper(tiny.dims)
+            autocast.load_state_dict(tiny.state_dict())
+            autocast.encoder_autocast = torch.bfloat16
+            assert packed.encoder.blocks[0].mlp[0].weight.dtype == torch.bfloat16
+            with torch.no_grad():
+                assert torch.equal(packed.embed_audio(mel[None]), autocast.embed_audio(mel[None]))
         prefix = torch.tensor([item["decode_timestamps"]["tokens"][:8]])
         with torch.no_grad():
             want = tiny.logits(prefix, tiny.embed_audio(mel[None]))
