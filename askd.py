@@ -1541,7 +1541,8 @@ class Student(Recognizer):
                                for j in chunk])
             features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
             results = M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths,
-                                     draft=draft if isinstance(draft, M.TextDraft) else None)  # (a model's: no)
+                                     # a model's draft would need an encoder pass of its own: text drafts only
+                                     draft=draft if isinstance(draft, M.TextDraft) else None)
             for j, r in zip(chunk, results):
                 decoded[j] = r
         return decoded
@@ -1672,6 +1673,11 @@ CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whis
 LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
 
 
+def is_loop(text: str) -> bool:
+    """Whether a text repeats itself as a decoder stuck in a loop does (Whisper's compression rule)."""
+    return M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
+
+
 class LiveTranscriber:
     """Transcribes a live stream phrase by phrase. data.Endpointer cuts the stream; the open phrase
     is read again every `step` seconds of audio for its partial text, and once more when it ends for
@@ -1706,8 +1712,7 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        if self.context and self.endpointer.now - self.context[0] > CONTEXT_SECONDS * data.SAMPLE_RATE:
-            self.context = None                                  # no later read can take it in
+        self.context = self.context_for(now)                     # let it go once no later read can take it in
         keep = self.endpointer.earliest if self.context is None else min(self.endpointer.earliest, self.context[0])
         keep = max(keep, self.first)
         self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
@@ -1734,8 +1739,7 @@ class LiveTranscriber:
         options = LIVE_DECODING if kind == "final" else replace(LIVE_DECODING, temperature=0.0)
         short = sound - start < NOISE_SECONDS * data.SAMPLE_RATE
         text, doubt = self.decode(start, end, options, context)
-        loop = M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
-        if context is not None and (not text or loop or short and doubt < -1):
+        if context is not None and (not text or is_loop(text) or short and doubt < -1):
             text, doubt = self.decode(start, end, options)
         self.reads.append({"kind": kind, "seconds": (end - (start if context is None else context[0])) /
                            data.SAMPLE_RATE, "compute": time.perf_counter() - began})
@@ -1766,8 +1770,7 @@ class LiveTranscriber:
         mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
         end = self.endpointer.quietest(PARTIAL_CUT)
         text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound, self.context_for(end)), now
-        if not text or text == self.last_partial or \
-                M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold:      # a loop
+        if not text or text == self.last_partial or is_loop(text):
             return None
         self.last_partial = text
         return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}

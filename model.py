@@ -1060,10 +1060,9 @@ class DecodingTask:
         lengths = None if self.lengths is None else self.lengths[i: i + 1]
         tokens = self.tokens[i].tolist()
         cache, logits, no_speech = self.first_step(self.tokens[i: i + 1], features, lengths)
-        logits = logits[0]                                 # the model's logits after the last token in `tokens`
         draft_row = self.draft.row(self.options.task, self.languages[i // self.n_group], i // self.n_group)
         sum_logprob, emitted = 0.0, 0
-        token, logprob = self._choose(logits[None], tokens)[0]     # the model's own next token
+        token, logprob = self._choose(logits, tokens)[0]   # the model's own token after `tokens`
         while True:
             tokens.append(token)
             sum_logprob += logprob
@@ -1233,15 +1232,21 @@ class TextDraftRow:
         """Up to `limit` of the draft's tokens after the place where the text so far ends in it:
         after the text itself if the draft starts with it, else after the latest occurrence of its
         longest tail (a word the model wrote differently), else none."""
-        text, draft = self.tokens, self.draft.tokens
-        at = len(text) if draft[: len(text)] == text else None
-        for n in range(min(self.TAIL, len(text)), 0, -1):
-            if at is not None:
-                break
-            at = max((j + n for j in range(len(draft) - n) if draft[j: j + n] == text[-n:]), default=None)
-        guesses = draft[at: at + limit] if at is not None else []
+        at = self.where()
+        guesses = self.draft.tokens[at: at + limit] if at is not None else []
         self.tokens += guesses
         return guesses
+
+    def where(self) -> Optional[int]:
+        """Where in the draft the text so far goes on (see guess), or None."""
+        text, draft = self.tokens, self.draft.tokens
+        if draft[: len(text)] == text:
+            return len(text)
+        for n in range(min(self.TAIL, len(text)), 0, -1):
+            ends = [j + n for j in range(len(draft) - n) if draft[j: j + n] == text[-n:]]
+            if ends:
+                return ends[-1]
+        return None
 
     def forget(self, n: int) -> None:
         """Drop the last `n` guesses (the ones the verifying model did not keep)."""
