@@ -123,7 +123,8 @@ def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encod
                 state[f"{side}.blocks.{keep[side].index(int(index))}.{tail}"] = value
         else:
             state[name] = value
-    student = M.Whisper(dims)
+    with M.without_random_init():            # every weight is the teacher's: no random numbers drawn
+        student = M.Whisper(dims)
     student.load_state_dict(state)
     student.tokenizer = teacher.tokenizer
     return student.to(teacher.device)

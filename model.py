@@ -12,6 +12,7 @@ so a state dict saved here loads in any Whisper tool and vice versa.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -82,7 +83,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, q_offset: i
     mask = None
     if causal or k_lengths is not None:                     # the kernel's and its twin's one rule
         mask = visible_keys(n_q, n_k, causal=causal, q_offset=q_offset, k_lengths=k_lengths, device=q.device)
+    if n_q == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not cpu_has_amx():
+        return one_query_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """attention() for one query position in bf16 on a CPU without AMX: two matrix products and an
+    fp32 softmax. There SDPA's bf16 kernel is 7x slower than this on a decoding step's
+    cross-attention (8 rows, 1,000 audio frames: 3.9 ms against 0.55 ms, AMD EPYC with AVX512-BF16,
+    2 threads), 60% of a student's time on a long recording. The scores are rounded to bf16 before
+    the softmax (SDPA keeps them in fp32): outputs within ~1e-2, as the bf16 keys already are."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 class KVCache:
@@ -149,9 +164,11 @@ class MultiHeadAttention(nn.Module):
         """Cross-attention keys and values of the audio; with kv_dtype set, computed and kept in it."""
         if self.kv_dtype is None:
             return self.split_heads(self.key(source)), self.split_heads(self.value(source))
+        # contiguous per head: every decoding step multiplies by them (one_query_attention), and a
+        # strided view would be copied at each step
         with torch.autocast(source.device.type, dtype=self.kv_dtype):
-            return (self.split_heads(self.key(source)).to(self.kv_dtype),
-                    self.split_heads(self.value(source)).to(self.kv_dtype))
+            return (self.split_heads(self.key(source)).to(self.kv_dtype).contiguous(),
+                    self.split_heads(self.value(source)).to(self.kv_dtype).contiguous())
 
     def forward(self, x: Tensor, source: Optional[Tensor] = None, causal: bool = False,
                 k_lengths: Optional[Tensor] = None, cache: Optional[KVCache] = None, layer: int = 0) -> Tensor:
@@ -377,6 +394,16 @@ def cpu_has_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (amx_bf16 in /proc/cpuinfo): only with them is SDPA's
+    bf16 kernel fast on one query (one_query_attention)."""
+    try:
+        return re.search(r"\bamx_bf16\b", Path("/proc/cpuinfo").read_text()) is not None
+    except OSError:
+        return False
+
+
 def pack_for_cpu(model: Whisper, bf16: Optional[bool] = None) -> Whisper:
     """Swap the decoder's per-token linear layers and its output projection for PackedLinear, and on
     a CPU with bf16 hardware (`bf16` None: cpu_has_bf16()) run the encoder under bf16 autocast and
@@ -437,16 +464,34 @@ def read_checkpoint(path: Path) -> tuple[ModelDims, dict[str, Tensor], dict]:
 
 def build_whisper(dims: ModelDims, state_dict: dict[str, Tensor], source="weights") -> Whisper:
     """A Whisper of these sizes holding these weights (OpenAI's names; the sinusoids may be left out).
-    (Built on the CPU and overwritten: a model built on the meta device would skip the 0.2 s of random
-    initialisation, but its first random fill imports torch's compiler, 1.3 s.)"""
-    model = Whisper(dims)
-    state_dict = {k: v.float() for k, v in state_dict.items() if k != "alignment_heads"}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    The modules are built without their random initialisation and then take the given tensors as
+    their weights (no copy): filling 37M weights with random numbers only to overwrite them was
+    0.2-0.3 s of every start. (The meta device would skip it too, but its first normal_() imports
+    torch's compiler, 2 s.)"""
+    with without_random_init():
+        model = Whisper(dims)
+    state_dict = {k: v.float().contiguous() for k, v in state_dict.items() if k != "alignment_heads"}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [k for k in missing if k != "encoder.positional_embedding"]   # sinusoids can be recomputed
     if missing or unexpected:
         raise ModelError(f"{source}: weights do not fit a Whisper of these sizes "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
+
+
+@contextlib.contextmanager
+def without_random_init():
+    """Modules built inside keep torch.empty's memory where nn.init would draw random numbers: for a
+    model whose every weight is assigned next (build_whisper). LayerNorm's ones and zeros still run."""
+    names = ("kaiming_uniform_", "uniform_", "normal_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    for name in names:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, init in saved.items():
+            setattr(nn.init, name, init)
 
 
 def save_model(model: Whisper, path: str | Path, half: bool = False, extra: Optional[dict] = None) -> Path:

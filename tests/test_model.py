@@ -59,6 +59,42 @@ def test_tiny_en_dims(tiny):
     assert torch.allclose(tiny.encoder.positional_embedding, M.sinusoids(1500, 384), atol=1e-3)
 
 
+def test_weights_are_assigned_without_random_numbers(tiny):
+    """build_whisper takes the checkpoint's tensors as they are (no random fill first, no copy),
+    and leaves nn.init as it was: a Whisper built afterwards is random again."""
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    built = M.build_whisper(tiny.dims, state)
+    assert torch.equal(torch.random.get_rng_state(), before)            # nothing was drawn
+    assert built.decoder.token_embedding.weight.data_ptr() == state["decoder.token_embedding.weight"].data_ptr()
+    assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
+    fresh = M.Whisper(tiny.dims)
+    assert not torch.equal(torch.random.get_rng_state(), before)
+    assert fresh.decoder.token_embedding.weight.std() > 0.5           # nn.Embedding's N(0, 1) again
+
+
+@pytest.mark.parametrize("lengths", [None, [1000, 640, 37]])
+def test_one_query_attention_matches_sdpa(lengths, monkeypatch):
+    """A decoding step's bf16 cross-attention on a CPU without AMX (one_query_attention) gives
+    SDPA's result within bf16's precision, padded keys hidden; attention() takes it there only."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 6, n, 64).bfloat16() for n in (1, 1000, 1000))
+    k_lengths = None if lengths is None else torch.tensor(lengths)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(),
+        attn_mask=None if lengths is None else M.visible_keys(1, 1000, k_lengths=k_lengths))
+    calls, one_query = [], M.one_query_attention
+    monkeypatch.setattr(M, "one_query_attention", lambda *a: calls.append(1) or one_query(*a))
+    for amx, used in ((False, 1), (True, 0)):
+        monkeypatch.setattr(M, "cpu_has_amx", lambda: amx)
+        got = M.attention(q, k, v, k_lengths=k_lengths)
+        assert len(calls) == used and got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() < 2e-2
+        calls.clear()
+    assert len(calls) == 0 and M.attention(q.float(), k.float(), v.float()).dtype == torch.float32   # fp32: SDPA
+
+
 def test_kv_cache_matches_full_forward(tiny):
     """Decoding token by token through the cache gives the logits of one full pass."""
     torch.manual_seed(0)
