@@ -384,24 +384,25 @@ class PackedLinear(nn.Module):
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, from the 'flags' lines of /proc/cpuinfo (none where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(flag for line in re.findall(r"^flags\s*:(.*)$", text, re.M) for flag in line.split())
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX flags in /proc/cpuinfo).
-    Only there is bf16 worth it: elsewhere it is emulated, and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Only there is bf16
+    worth it: elsewhere it is emulated, and slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-@functools.cache
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (amx_bf16 in /proc/cpuinfo): only with them is SDPA's
-    bf16 kernel fast on one query (one_query_attention)."""
-    try:
-        return re.search(r"\bamx_bf16\b", Path("/proc/cpuinfo").read_text()) is not None
-    except OSError:
-        return False
+    """Whether this CPU has AMX tiles for bf16: only with them is SDPA's bf16 kernel fast on one
+    query (one_query_attention)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def pack_for_cpu(model: Whisper, bf16: Optional[bool] = None) -> Whisper:
