@@ -595,3 +595,18 @@ def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
     assert all(len(a) == len(g) for _, g, a in chunks) and Bar.lines == [Bar.lines[0]] and "bad.wav" in Bar.lines[0]
     monkeypatch.setattr(fastwhisper, "CHUNK_SECONDS", 3)          # about one prompt of audio a chunk
     assert len(list(fastwhisper.read_in_chunks(paths, 2, Bar()))) >= 10
+
+
+def test_packed_linear_multiplies_few_rows_in_fp16_and_many_in_bf16():
+    """With a bf16 copy at hand, PackedLinear still takes fbgemm's fp16 product up to
+    PACKED_FP16_MAX_ROWS rows (faster there, measured) and the bf16 one above: each path's output
+    equals that path computed directly."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(300, 64), torch.randn(300)
+    layer = M.PackedLinear(weight, bias, bf16=True)
+    fp16_only = M.PackedLinear(weight, bias)
+    few = torch.randn(M.PACKED_FP16_MAX_ROWS, 1, 64)
+    many = torch.randn(M.PACKED_FP16_MAX_ROWS + 1, 1, 64)
+    assert torch.equal(layer(few), fp16_only(few))
+    assert torch.equal(layer(many), torch.nn.functional.linear(many.bfloat16(), weight.bfloat16()).float() + bias)
+    assert not torch.equal(layer(many), fp16_only(many))
