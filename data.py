@@ -399,7 +399,7 @@ def live_audio(source: str, input_format: Optional[str] = None, realtime: bool =
     heard = False
     try:
         while True:
-            parts = [arrived.get()]
+            parts = [_next_block(arrived)]
             while not arrived.empty() and parts[-1] is not None and \
                     sum(map(len, parts)) < LIVE_MOST * SAMPLE_RATE * 2:
                 parts.append(arrived.get())
@@ -426,6 +426,18 @@ def _open_device(source: str, input_format: str) -> subprocess.Popen:
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", input_format, "-i", source,
            "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _next_block(arrived: "queue.Queue", poll: float = 0.1):
+    """The next block the reader thread put in `arrived`, waited for in slices of `poll` seconds.
+    (A Ctrl-C that the kernel hands to another thread, the reader or a torch worker, only marks
+    the signal for the main thread; one blocked in a plain get() would never wake to act on it
+    while a live source stays open and quiet.)"""
+    while True:
+        try:
+            return arrived.get(timeout=poll)
+        except queue.Empty:
+            pass
 
 
 def _read_pcm(fd: int, size: int, arrived: "queue.Queue") -> None:

@@ -274,6 +274,31 @@ def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech):
     proc.stdin.close()
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX thread signals")
+def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(speech, monkeypatch):
+    """The kernel may hand a Ctrl-C to any thread (the PCM reader, a torch worker): live_audio()
+    waiting on an open, quiet pipe must still raise KeyboardInterrupt at once, not when the pipe
+    next speaks or closes (the `stream -` that hung in the full suite)."""
+    audio, spans, _ = speech
+    read, write = os.pipe()
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(fileno=lambda: read))
+
+    def speaker():
+        os.write(write, pcm(audio[: SR // 2]))
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)     # to this thread, not the main one
+        time.sleep(5)
+        os.close(write)
+
+    threading.Thread(target=speaker, daemon=True).start()
+    began, heard = time.monotonic(), 0
+    with pytest.raises(KeyboardInterrupt):
+        for block in data.live_audio("-"):
+            heard += len(block)
+    assert heard == SR // 2 and time.monotonic() - began < 2
+    os.close(read)
+
+
 def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     """A bad device, a bad input format, no ffmpeg: one `error:` line, status 2. A reader that goes
     away (`| head -1`) ends the stream quietly, status 0."""
