@@ -279,7 +279,7 @@ def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(spe
     """The kernel may hand a Ctrl-C to any thread (the PCM reader, a torch worker): live_audio()
     waiting on an open, quiet pipe must still raise KeyboardInterrupt at once, not when the pipe
     next speaks or closes (the `stream -` that hung in the full suite)."""
-    audio, spans, _ = speech
+    audio, _, _ = speech
     read, write = os.pipe()
     monkeypatch.setattr(sys, "stdin", SimpleNamespace(fileno=lambda: read))
 
