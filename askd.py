@@ -1669,7 +1669,7 @@ STEP_SECONDS = 0.5            # the open phrase is read again after this much mo
 ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
 PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
 NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
-CONTEXT_SECONDS = 10.0        # a phrase is read after the one before it (its final text forced) if both fit in this
+CONTEXT_SECONDS = 10.0        # a phrase is read after the finals before it that fit in this with it, text forced
 CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
 LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
 
@@ -1684,8 +1684,8 @@ class LiveTranscriber:
     is read again every `step` seconds of audio for its partial text, and once more when it ends for
     its final text. Every read is the recognizer's text-only decoding of the phrase so far, greedy
     (a final that loops is decoded again at the next temperatures, as `transcribe` does), so a
-    student reads just the phrase's length, a Whisper model a 30 s window. Where the phrase before
-    fits in (CONTEXT_SECONDS), each read starts with it, its final text forced (read()).
+    student reads just the phrase's length, a Whisper model a 30 s window. Each read starts with
+    the final phrases before it that fit in CONTEXT_SECONDS with it, their text forced (read()).
 
     feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
     ...}, times in seconds of the stream; an empty final is left out (a cough, a click). `reads`
@@ -1701,7 +1701,7 @@ class LiveTranscriber:
         self.audio, self.first = np.zeros(0, np.float32), 0     # audio kept, and where in the stream it starts
         self.read_to = 0                                         # the open phrase was last read up to here
         self.last_partial = ""
-        self.context: Optional[tuple[int, str]] = None           # the last final phrase: where it starts, its text
+        self.context: list[tuple[int, str]] = []                  # the last final phrases: where each starts, its text
         self.finals: list[dict] = []
         self.reads: list[dict] = []
 
@@ -1713,8 +1713,8 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        self.context = self.context_for(now)                     # let it go once no later read can take it in
-        keep = self.endpointer.earliest if self.context is None else min(self.endpointer.earliest, self.context[0])
+        self.context = [p for p in self.context if now - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]  # let go
+        keep = min([self.endpointer.earliest] + [p[0] for p in self.context[:1]])   # of what no later read takes in
         keep = max(keep, self.first)
         self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
         return [e for e in events if e is not None]
@@ -1726,8 +1726,8 @@ class LiveTranscriber:
     def read(self, start: int, end: int, kind: str, sound: int, context: Optional[tuple[int, str]] = None) -> str:
         """The text of the stream from `start` to `end`, text only.
 
-        With `context` (the phrase before: where it starts, its final text) the read starts there
-        and that text is forced as the start of the transcript, so the model hears the phrase among
+        With `context` (the phrases before: where the first starts, their final text) the read starts
+        there and that text is forced as the start of the transcript, so the model hears the phrase among
         its neighbours, as `transcribe` reads a recording, and writes only what follows: a student
         reads a lone phrase of another speaker worse (README: live transcription). If that gives no
         text, a loop, or a short phrase's text in doubt, the phrase is read alone after all (a model
@@ -1761,10 +1761,10 @@ class LiveTranscriber:
         return result["text"].strip(), doubt
 
     def context_for(self, end: int) -> Optional[tuple[int, str]]:
-        """The phrase before, if a read up to `end` can take it in (CONTEXT_SECONDS)."""
-        if self.context and end - self.context[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE:
-            return self.context
-        return None
+        """(where the first starts, their text) of the final phrases before that a read up to `end`
+        can take in (CONTEXT_SECONDS): more of them than one read a short phrase better (README)."""
+        phrases = [p for p in self.context if end - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]
+        return (phrases[0][0], " ".join(text for _, text in phrases)) if phrases else None
 
     def partial(self, start: int, now: int) -> Optional[dict]:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
@@ -1778,7 +1778,7 @@ class LiveTranscriber:
 
     def final(self, start: int, end: int, sound: int) -> Optional[dict]:
         text = self.read(start, end, "final", sound, self.context_for(end))
-        self.context = (start, text) if text else None
+        self.context = self.context + [(start, text)] if text else []
         self.reads[-1]["wait"] = (self.endpointer.now - sound) / data.SAMPLE_RATE
         self.read_to, self.last_partial = end, ""
         if not text:

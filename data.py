@@ -371,7 +371,7 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
 LIVE_CHUNK = 0.1             # seconds of audio a live source reads at a time
 LIVE_MOST = 10.0             # and hands on at most, however far behind its listener is
 PHRASE_ONSET = 0.1           # this much sound opens a phrase (a click does not)
-PHRASE_PAD = 0.2             # sound kept before a phrase's first loud 10 ms and after its last
+PHRASE_PAD = 0.3             # sound kept before a phrase's first loud 10 ms and after its last (README: live)
 VAD_HISTORY = 30.0           # seconds of levels that set the quiet threshold (as loudness sets it)
 
 

@@ -109,7 +109,8 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     finals = [e for e in events if e["type"] == "final"]
     assert len(finals) == 2
     for f, (a, b), text in zip(finals, spans, texts):
-        assert a / SR - 0.25 <= f["start"] <= a / SR + 0.5 and a / SR < f["end"] <= b / SR + 0.25
+        pad = data.PHRASE_PAD + 0.05
+        assert a / SR - pad <= f["start"] <= a / SR + 0.5 and a / SR < f["end"] <= b / SR + pad
         assert data.wer(text, f["text"]) <= 0.2, (text, f["text"])
     partials = [e for e in events if e["type"] == "partial"]
     assert partials and all(p["start"] in {f["start"] for f in finals} for p in partials)
@@ -121,7 +122,7 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
 
 class Scripted:
     """A stand-in recognizer: "you" read with doubt (average log-probability -1.4) for whatever is
-    shorter than 0.7 s, a loop for the first partial of 0.7 s or more, and otherwise `text`, finals
+    shorter than 0.9 s, a loop for the first partial of 0.9 s or more, and otherwise `text`, finals
     with the same doubt; read after the phrase before (a forced prefix), `after_context`."""
 
     def __init__(self, text, tokenizer, after_context=None):
@@ -131,8 +132,8 @@ class Scripted:
     def transcribe(self, audios, options, batch_size=1, times=True):
         seconds, final = len(audios[0]) / SR, options.temperature != 0.0
         self.asked.append((seconds, final, options.prefix))
-        first_partial = not final and not any(s >= 0.7 and not f for s, f, _ in self.asked[:-1])
-        text, logprob = ("you", -1.4) if seconds < 0.7 else ("and an element " * 12, -0.2) if first_partial \
+        first_partial = not final and not any(s >= 0.9 and not f for s, f, _ in self.asked[:-1])
+        text, logprob = ("you", -1.4) if seconds < 0.9 else ("and an element " * 12, -0.2) if first_partial \
             else (self.text, -1.4 if final else -0.3)
         if options.prefix and self.after_context is not None:
             text, logprob = self.after_context, -0.3
@@ -154,7 +155,8 @@ def test_noise_and_loops_are_not_shown(speech, tiny):
     events += live.finish()
     finals = [e for e in events if e["type"] == "final"]
     assert [e["text"] for e in finals] == [texts[0]] and finals[0]["start"] > 2.0     # the click gave none
-    assert live.recognizer.asked[1] == (pytest.approx(0.6, abs=0.15), True, None)     # though it was read
+    click_read = 0.15 + 2 * data.PHRASE_PAD                                           # its sound, padded
+    assert live.recognizer.asked[1] == (pytest.approx(click_read, abs=0.1), True, None)   # though it was read
     partials = [e["text"] for e in events if e["type"] == "partial"]
     assert partials == [texts[0]]              # no "you"; the loop was not shown, the next partial was
 
@@ -181,7 +183,7 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
             assert second["text"] == "followed by" and len(reads) == 2
     for _ in range(400):                      # 40 s of quiet after: the context's audio goes, the endpointer's
         live.feed(np.zeros(1600, np.float32))  # history of the stream stays
-    assert live.context is None and len(live.audio) <= (data.VAD_HISTORY + 2) * SR
+    assert live.context == [] and len(live.audio) <= (data.VAD_HISTORY + 2) * SR
     monkeypatch.setattr(askd, "CONTEXT_SECONDS", 1.0)
     live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, ""), partials=False)
     live.feed(audio)
@@ -190,6 +192,26 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
 
 
 # ----- the command ---------------------------------------------------------------------------------
+
+def test_a_phrase_is_read_after_every_final_before_it_that_fits(speech, tiny, monkeypatch):
+    """Three prompts in a row: the third is read from the first one's start, the first two finals'
+    text forced, where all three fit in CONTEXT_SECONDS; where only the second fits with it, from
+    the second's start after its text alone."""
+    audio, spans, texts = speech
+    three = np.concatenate([audio, audio[spans[0][0]: spans[0][1]], np.zeros(SR, np.float32)])
+    for fits, forced in ((60.0, "agent logged in followed by"), (None, "followed by")):
+        live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, "followed by"), partials=False)
+        # only the second and third fit: the third's end less the second's start, plus a little
+        monkeypatch.setattr(askd, "CONTEXT_SECONDS", fits or (len(three) - spans[1][0]) / SR)
+        events = []
+        for i in range(0, len(three), 1600):
+            events += live.feed(three[i: i + 1600])
+        events += live.finish()
+        finals = [e for e in events if e["type"] == "final"]
+        reads = [(seconds, prefix) for seconds, final, prefix in live.recognizer.asked if final]
+        assert len(finals) == 3 and reads[2][1] == forced, reads
+        begins = finals[0]["start"] if fits else finals[1]["start"]
+        assert reads[2][0] == pytest.approx(finals[2]["end"] - begins, abs=0.01)
 
 def run_stream(args, stdin=None, env=None, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "stream", *args], input=stdin,
