@@ -191,17 +191,15 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
     assert [prefix for _, final, prefix in live.recognizer.asked if final] == [None, None]
 
 
-# ----- the command ---------------------------------------------------------------------------------
-
 def test_a_phrase_is_read_after_every_final_before_it_that_fits(speech, tiny, monkeypatch):
     """Three prompts in a row: the third is read from the first one's start, the first two finals'
     text forced, where all three fit in CONTEXT_SECONDS; where only the second fits with it, from
     the second's start after its text alone."""
-    audio, spans, texts = speech
+    audio, spans, _ = speech
     three = np.concatenate([audio, audio[spans[0][0]: spans[0][1]], np.zeros(SR, np.float32)])
     for fits, forced in ((60.0, "agent logged in followed by"), (None, "followed by")):
         live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, "followed by"), partials=False)
-        # only the second and third fit: the third's end less the second's start, plus a little
+        # (None: a span that holds the second phrase and the third, not the first)
         monkeypatch.setattr(askd, "CONTEXT_SECONDS", fits or (len(three) - spans[1][0]) / SR)
         events = []
         for i in range(0, len(three), 1600):
@@ -212,6 +210,9 @@ def test_a_phrase_is_read_after_every_final_before_it_that_fits(speech, tiny, mo
         assert len(finals) == 3 and reads[2][1] == forced, reads
         begins = finals[0]["start"] if fits else finals[1]["start"]
         assert reads[2][0] == pytest.approx(finals[2]["end"] - begins, abs=0.01)
+
+
+# ----- the command ---------------------------------------------------------------------------------
 
 def run_stream(args, stdin=None, env=None, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "stream", *args], input=stdin,
