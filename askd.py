@@ -1713,8 +1713,8 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        self.context = [p for p in self.context if now - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]  # let go
-        keep = min([self.endpointer.earliest] + [p[0] for p in self.context[:1]])   # of what no later read takes in
+        self.context = self.recent(now)                          # let go of what no later read can take in
+        keep = min([self.endpointer.earliest] + [p[0] for p in self.context[:1]])
         keep = max(keep, self.first)
         self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
         return [e for e in events if e is not None]
@@ -1760,10 +1760,14 @@ class LiveTranscriber:
         doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
         return result["text"].strip(), doubt
 
+    def recent(self, end: int) -> list[tuple[int, str]]:
+        """The final phrases kept as context that a read up to `end` can take in (CONTEXT_SECONDS)."""
+        return [p for p in self.context if end - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]
+
     def context_for(self, end: int) -> Optional[tuple[int, str]]:
-        """(where the first starts, their text) of the final phrases before that a read up to `end`
-        can take in (CONTEXT_SECONDS): more of them than one read a short phrase better (README)."""
-        phrases = [p for p in self.context if end - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]
+        """(where the first starts, their text) of the recent() finals: more of them than one read a
+        short phrase better (README)."""
+        phrases = self.recent(end)
         return (phrases[0][0], " ".join(text for _, text in phrases)) if phrases else None
 
     def partial(self, start: int, now: int) -> Optional[dict]:
