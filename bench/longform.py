@@ -14,7 +14,9 @@ a student gives for `-f txt`). For each: seconds, real-time factor (seconds
 of work per second of audio), WER against the joined transcripts, the speed-up over the first
 model's long-form run, and, for subtitles, how far the segments' times are from that run's
 (median over the segments of |start difference| and |end difference|, each segment against the
-reference segment it overlaps most). `bench pieces` compares, inside one process, the ways a student
+reference segment it overlaps most). The first model, a Whisper model, also reads each recording
+with SHIFTS seconds of silence before it, its times then taken back by as much: how far its own
+cues move when only where its 30 s windows fall has changed, the scale for a student's. `bench pieces` compares, inside one process, the ways a student
 can read the same two recordings: how long its pieces may be, reading on from the last timestamp,
 the temperature fallback, text only.
 """
@@ -36,6 +38,7 @@ import model as M  # noqa: E402
 from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
 
 GAPS = (0.3, 0.0)        # seconds of silence between recordings
+SHIFTS = (0.5, 3.0)      # seconds of silence before the recording, for the teacher against itself
 
 
 def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
@@ -59,14 +62,23 @@ def cue_error(segments: list[dict], reference: list[dict]) -> float:
     return float(np.median(errors)) if errors else float("nan")
 
 
-def runs_of(models: list[str]) -> list[tuple[str, str, list[str]]]:
-    """(model, mode, transcribe options): each model with timestamps (a Whisper model's long-form mode,
-    a student's pieces) and text only."""
+def runs_of(models: list[str]) -> list[tuple[str, str, list[str], float]]:
+    """(model, mode, transcribe options, seconds of silence before the recording): each model with
+    timestamps (a Whisper model's long-form mode, a student's pieces) and text only; and the first
+    model's long-form again on the recording SHIFTS seconds later, if it is a Whisper model: how far
+    its own cues move when nothing but where its 30 s windows fall has changed."""
     runs = []
     for model in models:
-        runs += [(model, "timestamps (srt, json)" if is_student(model) else "long-form", []),
-                 (model, "text only (txt)" if is_student(model) else "text only", ["--without-timestamps"])]
+        runs += [(model, "timestamps (srt, json)" if is_student(model) else "long-form", [], 0.0),
+                 (model, "text only (txt)" if is_student(model) else "text only", ["--without-timestamps"], 0.0)]
+        if model == models[0] and not is_student(model):
+            runs += [(model, f"long-form, {shift:g} s later", [], shift) for shift in SHIFTS]
     return runs
+
+
+def shifted_back(segments: list[dict], seconds: float) -> list[dict]:
+    """Segments of a recording that had `seconds` of silence put before it, in the recording's own times."""
+    return [{**s, "start": s["start"] - seconds, "end": s["end"] - seconds} for s in segments]
 
 
 def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> list[dict]:
@@ -75,16 +87,21 @@ def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> lis
     with tempfile.TemporaryDirectory() as folder:
         for gap in GAPS:
             audio, reference = joined_recording(utts, gap)
-            path = data.save_wav(Path(folder) / f"joined-{gap}.wav", audio)
             seconds_of_audio = len(audio) / data.SAMPLE_RATE
-            first = None
-            for model, mode, options in runs_of(models):
+            first, paths = None, {}
+            for model, mode, options, shift in runs_of(models):
+                if shift not in paths:
+                    silence = np.zeros(round(shift * data.SAMPLE_RATE), np.float32)
+                    paths[shift] = data.save_wav(Path(folder) / f"joined-{gap}-{shift}.wav",
+                                                 np.concatenate([silence, audio]))
+                path = paths[shift]
                 seconds, (result,) = transcribe_process(model, [str(path)], options, threads)
-                first = first or (seconds, result["segments"])
+                segments = shifted_back(result["segments"], shift)
+                first = first or (seconds, segments)
                 rows.append({"recording": f"{seconds_of_audio:.0f} s, gaps {gap} s", "model": model, "mode": mode,
                              "seconds": seconds, "RTF": seconds / seconds_of_audio,
                              "WER %": 100 * data.wer(reference, result["text"]), "speed-up": first[0] / seconds,
-                             "cue error s": cue_error(result["segments"], first[1])})
+                             "cue error s": cue_error(segments, first[1])})
                 print(f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, WER {rows[-1]['WER %']:.2f}%",
                       file=sys.stderr)
     print(f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; cue error: median distance "

@@ -189,6 +189,34 @@ def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
     assert np.isnan(longform.cue_error([], reference))
 
 
+def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later(asterisk, monkeypatch):
+    """bench long: the first model, a Whisper model, also reads each recording after SHIFTS seconds
+    of silence; its times are taken back by as much, so cues that follow the speech score 0."""
+    from bench import longform
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
+    monkeypatch.setattr(longform.data, "load_source", lambda source: utts)
+    monkeypatch.setattr(longform, "is_student", lambda model: model.endswith(".pt"))
+    read = []
+
+    def transcribe_process(model, files, options, threads):
+        audio = data.load_audio(files[0])
+        lead = int(np.argmax(np.abs(audio) > 1e-3)) / data.SAMPLE_RATE     # the silence put before it
+        read.append((model, options, lead))
+        segments = [{"start": lead + 0.2, "end": lead + 1.0, "text": " x"}]
+        return 1.0, [{"text": " ".join(u.text for u in utts), "segments": segments}]
+
+    monkeypatch.setattr(longform, "transcribe_process", transcribe_process)
+    rows = longform.long_table(["tiny.en", "student.pt"])
+    modes = ["long-form", "text only"] + [f"long-form, {s:g} s later" for s in longform.SHIFTS] + \
+            ["timestamps (srt, json)", "text only (txt)"]
+    assert [r["mode"] for r in rows] == modes * len(longform.GAPS)
+    first_sound = float(np.argmax(np.abs(data.load_audio(utts[0].audio, cache=True)) > 1e-3)) / data.SAMPLE_RATE
+    leads = [lead - first_sound for _, _, lead in read[: len(modes)]]
+    assert leads == pytest.approx([0, 0, *longform.SHIFTS, 0, 0], abs=1e-3)
+    assert all(r["cue error s"] == pytest.approx(0) for r in rows)       # shifted back: the same times
+    assert all(options == [] for model, options, _ in read[2: 2 + len(longform.SHIFTS)])   # long-form
+
+
 def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(asterisk, tmp_path, monkeypatch):
     """bench pieces: one row per reading of each joined recording, the student's settings restored
     afterwards; a Whisper model is refused (it has no pieces)."""
