@@ -16,9 +16,10 @@ model's long-form run, and, for subtitles, how far the segments' times are from 
 (median over the segments of |start difference| and |end difference|, each segment against the
 reference segment it overlaps most). The first model, a Whisper model, also reads each recording
 with SHIFTS seconds of silence before it, its times then taken back by as much: how far its own
-cues move when only where its 30 s windows fall has changed, the scale for a student's. `bench pieces` compares, inside one process, the ways a student
-can read the same two recordings: how long its pieces may be, reading on from the last timestamp,
-the temperature fallback, text only.
+cues move when only where its 30 s windows fall has changed, the scale for a student's.
+
+`bench pieces` compares, inside one process, the ways a student can read the same two recordings:
+how long its pieces may be, reading on from the last timestamp, the temperature fallback, text only.
 """
 from __future__ import annotations
 
