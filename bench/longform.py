@@ -69,10 +69,10 @@ def runs_of(models: list[str]) -> list[tuple[str, str, list[str], float]]:
     model's long-form again on the recording SHIFTS seconds later, if it is a Whisper model: how far
     its own cues move when nothing but where its 30 s windows fall has changed."""
     runs = []
-    for model in models:
+    for i, model in enumerate(models):
         runs += [(model, "timestamps (srt, json)" if is_student(model) else "long-form", [], 0.0),
                  (model, "text only (txt)" if is_student(model) else "text only", ["--without-timestamps"], 0.0)]
-        if model == models[0] and not is_student(model):
+        if i == 0 and not is_student(model):
             runs += [(model, f"long-form, {shift:g} s later", [], shift) for shift in SHIFTS]
     return runs
 
