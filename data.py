@@ -996,35 +996,58 @@ def read_manifest(path) -> list:
 
 def _manifest_records(path, ext):
     """Yield (line number, dict or None for unparsable) for each non-blank line."""
-    with open(path, newline="", encoding="utf-8") as f:
-        if ext in (".jsonl", ".json", ".ndjson"):
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                yield lineno, record if isinstance(record, dict) else None
-            return
-        if ext == ".tsv":  # transcripts may contain quotes: no CSV quoting in TSV
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        elif ext == ".csv":
-            reader = csv.reader(f)
-        else:
-            raise DataError(f"{path}: unknown manifest type '{ext}' (use .tsv, .csv or .jsonl)")
-        header = next(reader, None)
-        if header is None:
-            return
-        names = [h.strip().lower() for h in header]
-        if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
-            raise DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
-                            f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
-        for row in reader:
-            if not any(cell.strip() for cell in row):
+    if ext not in (".jsonl", ".json", ".ndjson", ".tsv", ".csv"):
+        raise DataError(f"{path}: unknown manifest type '{ext}' (use .tsv, .csv or .jsonl)")
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or brief(e)})") from None
+    try:
+        text = blob.decode("utf-8-sig")                  # a byte-order mark is allowed
+    except UnicodeDecodeError as e:
+        line = blob.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {blob[e.start]:#04x}); "
+                        f"save the manifest as UTF-8") from None
+    f = io.StringIO(text, newline="")
+    if ext in (".jsonl", ".json", ".ndjson"):
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            record = dict(zip(names, row)) if len(row) == len(names) else {"_columns": len(row)}
-            yield reader.line_num, record
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            yield lineno, record if isinstance(record, dict) else None
+        return
+    # transcripts may contain quotes: no CSV quoting in TSV
+    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv"
+              else csv.reader(f))
+    rows = _csv_rows(reader, path)
+    header = next(rows, None)
+    if header is None:
+        return
+    names = [h.strip().lower() for h in header]
+    if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
+        raise DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
+                        f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        record = dict(zip(names, row)) if len(row) == len(names) else {"_columns": len(row)}
+        yield reader.line_num, record
+
+
+def _csv_rows(reader, path):
+    """The reader's rows; what csv cannot parse (a field over csv.field_size_limit(), a NUL
+    byte) is a DataError naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: {e}") from None
+        yield row
 
 
 def _utterance_from_record(record, folder):
@@ -1055,9 +1078,12 @@ def _seconds(record, key):
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"bad {key} {value!r}") from None
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:  # NaN, inf or negative seconds
+        raise ValueError(f"bad {key} {value!r}")
+    return seconds
 
 
 def cut_audio(path, start: Optional[float], end: Optional[float]) -> str:

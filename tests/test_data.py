@@ -466,6 +466,32 @@ def test_a_package_that_cannot_be_fetched_is_one_line(tmp_path, monkeypatch):
         assert data.read_manifest(tmp_path / "m.tsv") == []
 
 
+def test_manifest_text_problems_are_one_line(tmp_path):
+    """Latin-1 text, a field over csv's limit and NaN / infinite / negative seconds are one line
+    each (the first two stop the reading, the last are bad lines); a UTF-8 byte-order mark is
+    fine."""
+    make_audio_files(tmp_path, ["a.wav"])
+    (tmp_path / "bom.csv").write_text("\ufeffaudio,text\na.wav,Café\n", encoding="utf-8")
+    assert [u.text for u in data.read_manifest(tmp_path / "bom.csv")] == ["Café"]
+    (tmp_path / "latin.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\tCafé\n",
+                                        encoding="latin-1")
+    with pytest.raises(data.DataError, match=r"latin\.tsv:3: not UTF-8 text \(byte 0xe9\)"):
+        data.read_manifest(tmp_path / "latin.tsv")
+    (tmp_path / "big.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\t" + "x" * 140_000 + "\n")
+    with pytest.raises(data.DataError, match=r"big\.tsv:3: field larger than field") as caught:
+        data.read_manifest(tmp_path / "big.tsv")
+    assert "\n" not in str(caught.value)
+    (tmp_path / "nan.tsv").write_text("audio\ttext\tduration\tstart\tend\n"
+                                      "a.wav\tOne.\tnan\t\t\n" "a.wav\tTwo.\tinf\t\t\n"
+                                      "a.wav\tThree.\t-1\t\t\n" "a.wav\tFour.\t\tnan\t\n"
+                                      "a.wav\tFive.\t\t\tinf\n" "a.wav\tSix.\t0.5\t\t\n")
+    with pytest.warns(UserWarning, match=r"skipped 5 bad line\(s\): .*nan\.tsv:2: bad duration "
+                      r"'nan'; .*:3: bad duration 'inf'; .*:4: bad duration '-1'; "
+                      r".*:5: bad start 'nan'; .*:6: bad end 'inf'"):
+        utts = data.read_manifest(tmp_path / "nan.tsv")
+    assert [(u.text, u.duration) for u in utts] == [("Six.", 0.5)]
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(data.DataError, match=r"nothere\.tsv: manifest not found"):
         data.read_manifest(tmp_path / "nothere.tsv")
