@@ -1357,6 +1357,8 @@ def _find_sdist(name: str, version: str, indexes, sha256: str):
             problems.append(f"{_shown(page)}: {brief(e)}")
             continue
         for link in links:
+            if link.startswith("file:") and not page.startswith("file:"):
+                continue    # a remote page may not point at this machine's files
             file_name = _file_name(link).lower()
             stem = next((file_name[:-len(s)] for s in SDIST_SUFFIXES if file_name.endswith(s)), "")
             project, _, got = stem.rpartition("-")
