@@ -164,6 +164,8 @@ def _decode(path: str, sr: int) -> np.ndarray:
 
 # WAV format tags (the "fmt " chunk's first field).
 WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+# Sample rates a WAV header may declare (Hz); any other is a damaged header, not a recording.
+WAV_RATES = (1000, 768000)
 
 
 def _read_wav(path: str):
@@ -199,6 +201,9 @@ def _read_wav(path: str):
     if channels == 0 or rate == 0 or block_align == 0 or block_align % channels:
         raise AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz, "
                          f"{block_align} bytes per frame)")
+    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+        raise AudioError(f"{path}: sample rate {rate} Hz is outside "
+                         f"{WAV_RATES[0]}-{WAV_RATES[1]} Hz (a damaged WAV header?)")
     width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
     if 0 < chunk_size < 0xFFFFFFFF and len(raw) < chunk_size:
         warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of audio, the "
@@ -247,6 +252,13 @@ def _decode_ffmpeg(path: str, sr: int) -> np.ndarray:
     return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
 
 
+# A polyphase table (phases x taps) or packed kernel holds at most this many coefficients; a ratio
+# that needs more (an odd rate such as 44101 Hz, or an absurd one) is filtered block by block.
+MAX_POLYPHASE_TAPS = 2**20
+# Outputs x taps (x rows) filtered at once on that block-by-block path: bounds its extra memory.
+DIRECT_BLOCK = 2**17
+
+
 def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.95,
              beta: float = 10.0):
     """Band-limited resampling along the last axis (numpy in -> numpy out, tensor -> tensor).
@@ -254,7 +266,10 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     Windowed-sinc polyphase filter: the rate ratio is reduced to up/down, output
     sample n sits at input time n*down/up, and each of the `up` phases gets its own
     Kaiser-windowed sinc taps (`zeros` zero crossings each side) low-passed at
-    rolloff * min(orig_sr, new_sr) / 2. All phases run as one strided conv1d.
+    rolloff * min(orig_sr, new_sr) / 2. All phases run as one strided conv1d. When
+    that table would exceed MAX_POLYPHASE_TAPS, the same filter is read from a fine
+    table by interpolation and applied to a block of outputs at a time, so the extra
+    memory stays bounded for any pair of rates.
     """
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr <= 0 or new_sr <= 0:
@@ -266,6 +281,12 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     if not t.is_floating_point():
         t = t.float()
     shape, n = t.shape[:-1], t.shape[-1]
+    up, down, cutoff, width = _filter_size(orig_sr, new_sr, zeros, rolloff)
+    if up * 2 * width > MAX_POLYPHASE_TAPS:
+        rows = t.detach().reshape(math.prod(shape), n).cpu().numpy()
+        y = torch.from_numpy(_resample_direct(rows, orig_sr, new_sr, cutoff, width, beta))
+        y = y.to(dtype=t.dtype, device=t.device).reshape(*shape, -1)
+        return y.numpy() if is_numpy else y
     up, down, width, offsets, taps = _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta)
     n_out = -(-n * up // down)  # ceil: the output covers the whole input
     n_blocks = -(-n_out // up)  # each conv step produces one output per phase
@@ -275,7 +296,7 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     out = torch.empty(signal.shape[0], n_blocks, up, dtype=t.dtype, device=t.device)
     # Phases are packed into one kernel of width (offset spread + 2*width); for odd
     # ratios with thousands of phases that would be huge, so go a group at a time.
-    group = max(1, 2**22 // (down + 2 * width))
+    group = max(1, MAX_POLYPHASE_TAPS // (down + 2 * width))
     for p0 in range(0, up, group):
         p1 = min(up, p0 + group)
         base = offsets[p0]
@@ -289,19 +310,66 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     return y.numpy() if is_numpy else y
 
 
-@functools.lru_cache(maxsize=16)
-def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
+def _filter_size(orig_sr, new_sr, zeros, rolloff):
+    """(up, down, cutoff in cycles per input sample, half-length of the filter in input samples)."""
     g = math.gcd(orig_sr, new_sr)
-    up, down = new_sr // g, orig_sr // g
-    cutoff = rolloff * min(orig_sr, new_sr) / 2 / orig_sr  # in cycles per input sample
-    width = math.ceil(zeros / (2 * cutoff))  # half-length of the filter in input samples
+    cutoff = rolloff * min(orig_sr, new_sr) / 2 / orig_sr
+    return new_sr // g, orig_sr // g, cutoff, math.ceil(zeros / (2 * cutoff))
+
+
+def _kaiser_sinc(t, cutoff, width, beta):
+    """The filter's value at `t` input samples from an output's time."""
+    window = np.i0(beta * np.sqrt(np.clip(1 - (t / width) ** 2, 0, None))) / np.i0(beta)
+    return 2 * cutoff * np.sinc(2 * cutoff * t) * window
+
+
+@functools.lru_cache(maxsize=8)  # tables of up to MAX_POLYPHASE_TAPS each
+def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
+    up, down, cutoff, width = _filter_size(orig_sr, new_sr, zeros, rolloff)
     phase = np.arange(up)
     offsets = phase * down // up          # whole input samples before each phase's time
     frac = phase * down / up - offsets    # and the fraction of a sample left over
     t = frac[:, None] - np.arange(-width + 1, width + 1)[None, :]  # distance to each tap
-    window = np.i0(beta * np.sqrt(np.clip(1 - (t / width) ** 2, 0, None))) / np.i0(beta)
-    taps = 2 * cutoff * np.sinc(2 * cutoff * t) * window
-    return up, down, width, offsets, taps
+    return up, down, width, offsets, _kaiser_sinc(t, cutoff, width, beta)
+
+
+# Points of the fine filter table the block-by-block path interpolates in.
+FILTER_TABLE = 2**18
+
+
+@functools.lru_cache(maxsize=4)
+def _filter_table(cutoff, width, beta):
+    return _kaiser_sinc(np.linspace(-width, width, FILTER_TABLE + 1), cutoff, width, beta)
+
+
+def _resample_direct(x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, width: int,
+                     beta: float) -> np.ndarray:
+    """resample() of rows `x` for any ratio: output o sits at input time o*orig/new exactly, its
+    taps (clipped to the input) are read from a fine table of the filter by linear interpolation,
+    and DIRECT_BLOCK outputs x taps are filtered at a time."""
+    rows, n = x.shape
+    n_out = -(-n * new_sr // orig_sr)
+    out = np.zeros((rows, n_out))
+    table = _filter_table(cutoff, width, beta)
+    scale = FILTER_TABLE / (2 * width)                    # table points per input sample
+    span = min(2 * width, n)                              # taps of an output inside the input
+    budget = max(1, DIRECT_BLOCK // max(1, rows))
+    block = max(1, budget // span)
+    for o0 in range(0, n_out, block):
+        o = np.arange(o0, min(n_out, o0 + block), dtype=np.int64)
+        offset, rest = np.divmod(o * orig_sr, new_sr)     # whole input samples, and the fraction
+        frac = rest / new_sr
+        k_lo, k_hi = max(1 - width, -int(offset[-1])), min(width, n - 1 - int(offset[0]))
+        step = max(1, budget // len(o))
+        for k0 in range(k_lo, k_hi + 1, step):
+            k = np.arange(k0, min(k_hi + 1, k0 + step))
+            index = offset[:, None] + k
+            pos = (frac[:, None] - k + width) * scale
+            i = np.minimum(pos.astype(np.int64), FILTER_TABLE - 1)
+            taps = table[i] + (pos - i) * (table[i + 1] - table[i])
+            taps[(index < 0) | (index >= n)] = 0.0
+            out[:, o0:o0 + len(o)] += (x[:, np.clip(index, 0, n - 1)] * taps).sum(-1)
+    return out
 
 
 def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
