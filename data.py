@@ -23,6 +23,7 @@ import random
 import re
 import secrets
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
 
     cache=True keeps the decoded array under cache_dir()/audio, keyed by the file's
     path, size and mtime, which turns re-reading a corpus from ffmpeg seconds into
-    a few milliseconds per file.
+    a few milliseconds per file. A FIFO, `<(...)` (/dev/fd/N) or other stream is read
+    to its end first, and never cached.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -95,6 +97,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
     if os.path.isdir(path):
         raise AudioError(f"{path}: is a directory, not an audio file")
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # its size says nothing, and it can be read only once
+        return _decode(path, sr, _read_stream(path))
     if st.st_size == 0:
         raise AudioError(f"{path}: empty file")
     if not cache:
@@ -151,13 +155,39 @@ def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
     return write_atomic(dest, buffer.getvalue())
 
 
-def _decode(path: str, sr: int) -> np.ndarray:
+# A pipe or device is read whole before decoding; past this it is refused (/dev/zero never ends).
+MAX_STREAM_BYTES = 2**31
+
+
+def _read_stream(path: str) -> bytes:
+    """All the bytes of a FIFO, a pipe's /dev/fd/N or a device, up to MAX_STREAM_BYTES."""
+    parts, total = [], 0
+    with open(path, "rb") as f:
+        while part := f.read(1 << 20):
+            parts.append(part)
+            total += len(part)
+            if total > MAX_STREAM_BYTES:
+                raise AudioError(f"{path}: the stream holds more than "
+                                 f"{MAX_STREAM_BYTES >> 30} GiB; save it to a file first")
+    if not total:
+        raise AudioError(f"{path}: empty input (nothing could be read from it)")
+    return b"".join(parts)
+
+
+def _decode(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
+    """Decode the file at `path`, or `blob` (a stream's bytes, `path` naming it in errors)."""
     if path.lower().endswith(".raw"):  # headerless 16 kHz mono s16le, as speech toolkits ship test audio
-        samples = np.fromfile(path, "<i2").astype(np.float32) / 32768.0
+        pcm = (np.fromfile(path, "<i2") if blob is None
+               else np.frombuffer(blob, "<i2", len(blob) // 2))
+        samples = pcm.astype(np.float32) / 32768.0
         return resample(samples, SAMPLE_RATE, sr) if sr != SAMPLE_RATE else samples
-    wav = _read_wav(path)
+    if blob is None:
+        with open(path, "rb") as f:
+            wav = _read_wav(path, f, os.fstat(f.fileno()).st_size)
+    else:
+        wav = _read_wav(path, io.BytesIO(blob), len(blob))
     if wav is None:  # not a WAV, or a WAV codec we do not parse (mu-law, ADPCM...)
-        return _decode_ffmpeg(path, sr)
+        return _decode_ffmpeg(path, sr, blob)
     samples, rate = wav
     return resample(samples, rate, sr) if rate != sr else samples
 
@@ -168,32 +198,33 @@ WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 0x0001, 0x0003
 WAV_RATES = (1000, 768000)
 
 
-def _read_wav(path: str):
-    """Parse a RIFF/WAVE file: returns (mono float32 samples, sample rate), or None to
-    hand the file to ffmpeg. Python's `wave` module rejects float and extensible
-    24-bit files, hence this small chunk walker."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        fmt = None
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                raise AudioError(f"{path}: WAV file has no data chunk")
-            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if chunk_id == b"fmt ":
-                fmt = f.read(chunk_size)
-                f.seek(chunk_size & 1, 1)  # chunks are padded to an even length
-            elif chunk_id == b"data":
-                break
-            else:
-                f.seek(chunk_size + (chunk_size & 1), 1)
-        if fmt is None or len(fmt) < 16:
-            raise AudioError(f"{path}: WAV file has no valid fmt chunk before its data")
-        # Streaming writers leave the size at 0xFFFFFFFF (or just wrong): read what is there.
-        raw = f.read(min(chunk_size, size - f.tell()))
+def _read_wav(path: str, f, size: int):
+    """Parse a RIFF/WAVE file open as `f` (`size` bytes; `path` names it in messages):
+    returns (mono float32 samples, sample rate), or None to hand the file to ffmpeg.
+    Python's `wave` module rejects float and extensible 24-bit files, hence this small
+    chunk walker."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    fmt = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise AudioError(f"{path}: WAV file has no data chunk")
+        chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if chunk_id == b"fmt ":
+            fmt = f.read(chunk_size)
+            f.seek(chunk_size & 1, 1)  # chunks are padded to an even length
+        elif chunk_id == b"data":
+            break
+        else:
+            f.seek(chunk_size + (chunk_size & 1), 1)
+    if fmt is None or len(fmt) < 16:
+        raise AudioError(f"{path}: WAV file has no valid fmt chunk before its data")
+    # Streaming writers leave the size at 0xFFFFFFFF (or just wrong), a crashed recorder at 0:
+    # read what is there.
+    raw = f.read(size - f.tell() if chunk_size == 0 else min(chunk_size, size - f.tell()))
+    got = len(raw)
 
     tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
@@ -204,10 +235,11 @@ def _read_wav(path: str):
     if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
         raise AudioError(f"{path}: sample rate {rate} Hz is outside "
                          f"{WAV_RATES[0]}-{WAV_RATES[1]} Hz (a damaged WAV header?)")
+    need = channels * -(-bits // 8)
+    if tag in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT) and block_align != need:
+        raise AudioError(f"{path}: invalid WAV header ({bits}-bit samples in {channels} "
+                         f"channel(s) take {need} bytes per frame, not {block_align})")
     width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
-    if 0 < chunk_size < 0xFFFFFFFF and len(raw) < chunk_size:
-        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of audio, the "
-                      f"file holds {len(raw) / block_align / rate:.2f} s: reading what is there", stacklevel=4)
     raw = raw[: len(raw) // block_align * block_align]  # drop a truncated final frame
 
     if tag == WAVE_FORMAT_PCM and width == 1:
@@ -229,18 +261,38 @@ def _read_wav(path: str):
         x = np.clip(x, -1.0, 1.0)  # as ffmpeg's conversion to 16-bit would
     else:
         return None
+    if chunk_size == 0 and raw:
+        warnings.warn(f"{path}: the WAV header declares no audio (data size 0) but "
+                      f"{len(raw) / block_align / rate:.2f} s follow it: read to the end of the "
+                      f"file", stacklevel=4)
+    elif 0 < chunk_size < 0xFFFFFFFF and got < chunk_size:
+        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of "
+                      f"audio, the file holds {got / block_align / rate:.2f} s: reading what is "
+                      f"there", stacklevel=4)
     x = x.reshape(-1, channels)
     mono = x[:, 0] if channels == 1 else x.mean(axis=1)
     return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
-def _decode_ffmpeg(path: str, sr: int) -> np.ndarray:
+def _decode_ffmpeg(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
     if shutil.which("ffmpeg") is None:
         kind = os.path.splitext(path)[1] or "non-WAV"
         raise AudioError(f"{path}: ffmpeg is not installed; it is needed to decode {kind} files "
                          f"(install it, e.g. `apt-get install ffmpeg`, or convert to WAV)")
+    if blob is not None:  # ffmpeg seeks in some formats (an m4a's index may come last): a file
+        with tempfile.TemporaryDirectory(prefix="fastwhisper-") as folder:
+            # the stream's own extension: ffmpeg knows raw G.722 by its name alone
+            copy = os.path.join(folder, "stream" + os.path.splitext(path)[1])
+            with open(copy, "wb") as f:
+                f.write(blob)
+            return _ffmpeg_pcm(path, copy, sr)
+    return _ffmpeg_pcm(path, path, sr)
+
+
+def _ffmpeg_pcm(path: str, source: str, sr: int) -> np.ndarray:
+    """ffmpeg's decode of the file `source` to mono s16le at `sr`; errors name `path`."""
     # "file:" stops ffmpeg from reading a name like "a:b.mp3" as a protocol.
-    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(path),
+    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(source),
            "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sr), "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -133,6 +134,61 @@ def test_wav_sample_rate_outside_wav_rates_is_an_error(tmp_path, asterisk):
     for rate, length in ((768_000, 21), (1000, 16000)):
         edge = write_wav(tmp_path / f"edge{rate}.wav", pcm[:2000], rate=rate)
         assert data.load_audio(edge).shape == (length,)
+
+
+def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, asterisk):
+    """Data size 0 with audio after it (a recorder that died before writing the size) is read to
+    the end with a warning; a block_align that does not fit the sample size is a one-line error
+    naming the file (it was read as 24-bit noise)."""
+    pcm = prompt_pcm(asterisk)
+    expected = np.frombuffer(pcm, "<i2") / 32768
+    crashed = write_wav(tmp_path / "crashed.wav", pcm + b"\x01", data_size=0)
+    with pytest.warns(UserWarning, match=rf"crashed\.wav: the WAV header declares no audio \(data "
+                                         rf"size 0\) but {len(expected) / 16000:.2f} s follow it: "
+                                         rf"read to the end of the file"):
+        np.testing.assert_array_equal(data.load_audio(crashed), expected)
+    odd = bytearray(Path(write_wav(tmp_path / "odd.wav", pcm)).read_bytes())
+    odd[32:34] = struct.pack("<H", 3)                   # block_align 3 for 16-bit mono
+    (tmp_path / "odd.wav").write_bytes(bytes(odd))
+    bad_align = r"^\S*odd\.wav: invalid WAV header \(16-bit samples in 1 channel\(s\) take 2 bytes"
+    bad_align += r" per frame, not 3\)$"
+    with pytest.raises(data.AudioError, match=bad_align):
+        data.load_audio(tmp_path / "odd.wav")
+
+
+def feed(path, blob: bytes):
+    """Write `blob` into a FIFO (or a pipe's write end, an int) from a thread, then close it."""
+    def write():
+        with open(path, "wb") as f:
+            f.write(blob)
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_ffmpeg
+def test_fifos_and_process_substitution_are_read_like_files(tmp_path, asterisk):
+    """A FIFO and a pipe's /dev/fd/N (what `<(...)` gives) report size 0 but hold a stream: a WAV
+    in one is parsed, anything else goes through ffmpeg (a raw .g722 by the FIFO's name), and each
+    equals reading the file; a stream that ends at once is an error."""
+    wav = write_wav(tmp_path / "prompt.wav", prompt_pcm(asterisk))
+    flac = tmp_path / "prompt.flac"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, flac], check=True)
+    g722 = asterisk[1].audio
+    for name, source in (("fifo.wav", wav), ("fifo.g722", g722)):
+        os.mkfifo(tmp_path / name)
+        feed(tmp_path / name, Path(source).read_bytes())
+        np.testing.assert_array_equal(data.load_audio(tmp_path / name, cache=True),
+                                      data.load_audio(source))
+    read_end, write_end = os.pipe()
+    try:
+        feed(write_end, flac.read_bytes())
+        np.testing.assert_array_equal(data.load_audio(f"/dev/fd/{read_end}"), data.load_audio(wav))
+    finally:
+        os.close(read_end)
+    feed(tmp_path / "fifo.wav", b"")
+    with pytest.raises(data.AudioError, match=r"fifo\.wav: empty input \(nothing could be read"):
+        data.load_audio(tmp_path / "fifo.wav")
 
 
 def test_written_files_keep_the_umask(tmp_path):
