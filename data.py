@@ -94,7 +94,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
 
     cache=True keeps the decoded array under cache_dir()/audio, keyed by the file's
     path, size and mtime, which turns re-reading a corpus from ffmpeg seconds into
-    a few milliseconds per file.
+    a few milliseconds per file. A FIFO, `<(...)` (/dev/fd/N) or other stream is read
+    to its end first, and never cached.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -102,6 +103,8 @@ def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
     if os.path.isdir(path):
         raise AudioError(f"{path}: is a directory, not an audio file")
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # its size says nothing, and it can be read only once
+        return _decode(path, sr, _read_stream(path))
     if st.st_size == 0:
         raise AudioError(f"{path}: empty file")
     if not cache:
@@ -158,47 +161,76 @@ def save_wav(dest, audio, sr: int = SAMPLE_RATE) -> Path:
     return write_atomic(dest, buffer.getvalue())
 
 
-def _decode(path: str, sr: int) -> np.ndarray:
+# A pipe or device is read whole before decoding; past this it is refused (/dev/zero never ends).
+MAX_STREAM_BYTES = 2**31
+
+
+def _read_stream(path: str) -> bytes:
+    """All the bytes of a FIFO, a pipe's /dev/fd/N or a device, up to MAX_STREAM_BYTES."""
+    parts, total = [], 0
+    with open(path, "rb") as f:
+        while part := f.read(1 << 20):
+            parts.append(part)
+            total += len(part)
+            if total > MAX_STREAM_BYTES:
+                raise AudioError(f"{path}: the stream holds more than "
+                                 f"{MAX_STREAM_BYTES >> 30} GiB; save it to a file first")
+    if not total:
+        raise AudioError(f"{path}: empty input (nothing could be read from it)")
+    return b"".join(parts)
+
+
+def _decode(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
+    """Decode the file at `path`, or `blob` (a stream's bytes, `path` naming it in errors)."""
     if path.lower().endswith(".raw"):  # headerless 16 kHz mono s16le, as speech toolkits ship test audio
-        samples = np.fromfile(path, "<i2").astype(np.float32) / 32768.0
+        pcm = (np.fromfile(path, "<i2") if blob is None
+               else np.frombuffer(blob, "<i2", len(blob) // 2))
+        samples = pcm.astype(np.float32) / 32768.0
         return resample(samples, SAMPLE_RATE, sr) if sr != SAMPLE_RATE else samples
-    wav = _read_wav(path)
+    if blob is None:
+        with open(path, "rb") as f:
+            wav = _read_wav(path, f, os.fstat(f.fileno()).st_size)
+    else:
+        wav = _read_wav(path, io.BytesIO(blob), len(blob))
     if wav is None:  # not a WAV, or a WAV codec we do not parse (mu-law, ADPCM...)
-        return _decode_ffmpeg(path, sr)
+        return _decode_ffmpeg(path, sr, blob)
     samples, rate = wav
     return resample(samples, rate, sr) if rate != sr else samples
 
 
 # WAV format tags (the "fmt " chunk's first field).
 WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+# Sample rates a WAV header may declare (Hz); any other is a damaged header, not a recording.
+WAV_RATES = (1000, 768000)
 
 
-def _read_wav(path: str):
-    """Parse a RIFF/WAVE file: returns (mono float32 samples, sample rate), or None to
-    hand the file to ffmpeg. Python's `wave` module rejects float and extensible
-    24-bit files, hence this small chunk walker."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        fmt = None
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                raise AudioError(f"{path}: WAV file has no data chunk")
-            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if chunk_id == b"fmt ":
-                fmt = f.read(chunk_size)
-                f.seek(chunk_size & 1, 1)  # chunks are padded to an even length
-            elif chunk_id == b"data":
-                break
-            else:
-                f.seek(chunk_size + (chunk_size & 1), 1)
-        if fmt is None or len(fmt) < 16:
-            raise AudioError(f"{path}: WAV file has no valid fmt chunk before its data")
-        # Streaming writers leave the size at 0xFFFFFFFF (or just wrong): read what is there.
-        raw = f.read(min(chunk_size, size - f.tell()))
+def _read_wav(path: str, f, size: int):
+    """Parse a RIFF/WAVE file open as `f` (`size` bytes; `path` names it in messages):
+    returns (mono float32 samples, sample rate), or None to hand the file to ffmpeg.
+    Python's `wave` module rejects float and extensible 24-bit files, hence this small
+    chunk walker."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    fmt = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise AudioError(f"{path}: WAV file has no data chunk")
+        chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if chunk_id == b"fmt ":
+            fmt = f.read(chunk_size)
+            f.seek(chunk_size & 1, 1)  # chunks are padded to an even length
+        elif chunk_id == b"data":
+            break
+        else:
+            f.seek(chunk_size + (chunk_size & 1), 1)
+    if fmt is None or len(fmt) < 16:
+        raise AudioError(f"{path}: WAV file has no valid fmt chunk before its data")
+    # Streaming writers leave the size at 0xFFFFFFFF (or just wrong), a crashed recorder at 0:
+    # read what is there.
+    raw = f.read(size - f.tell() if chunk_size == 0 else min(chunk_size, size - f.tell()))
+    got = len(raw)
 
     tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
@@ -206,10 +238,14 @@ def _read_wav(path: str):
     if channels == 0 or rate == 0 or block_align == 0 or block_align % channels:
         raise AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz, "
                          f"{block_align} bytes per frame)")
+    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+        raise AudioError(f"{path}: sample rate {rate} Hz is outside "
+                         f"{WAV_RATES[0]}-{WAV_RATES[1]} Hz (a damaged WAV header?)")
+    need = channels * -(-bits // 8)
+    if tag in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT) and block_align != need:
+        raise AudioError(f"{path}: invalid WAV header ({bits}-bit samples in {channels} "
+                         f"channel(s) take {need} bytes per frame, not {block_align})")
     width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
-    if 0 < chunk_size < 0xFFFFFFFF and len(raw) < chunk_size:
-        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of audio, the "
-                      f"file holds {len(raw) / block_align / rate:.2f} s: reading what is there", stacklevel=4)
     raw = raw[: len(raw) // block_align * block_align]  # drop a truncated final frame
 
     if tag == WAVE_FORMAT_PCM and width == 1:
@@ -231,18 +267,38 @@ def _read_wav(path: str):
         x = np.clip(x, -1.0, 1.0)  # as ffmpeg's conversion to 16-bit would
     else:
         return None
+    if chunk_size == 0 and raw:
+        warnings.warn(f"{path}: the WAV header declares no audio (data size 0) but "
+                      f"{len(raw) / block_align / rate:.2f} s follow it: read to the end of the "
+                      f"file", stacklevel=4)
+    elif 0 < chunk_size < 0xFFFFFFFF and got < chunk_size:
+        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of "
+                      f"audio, the file holds {got / block_align / rate:.2f} s: reading what is "
+                      f"there", stacklevel=4)
     x = x.reshape(-1, channels)
     mono = x[:, 0] if channels == 1 else x.mean(axis=1)
     return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
-def _decode_ffmpeg(path: str, sr: int) -> np.ndarray:
+def _decode_ffmpeg(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
     if shutil.which("ffmpeg") is None:
         kind = os.path.splitext(path)[1] or "non-WAV"
         raise AudioError(f"{path}: ffmpeg is not installed; it is needed to decode {kind} files "
                          f"(install it, e.g. `apt-get install ffmpeg`, or convert to WAV)")
+    if blob is not None:  # ffmpeg seeks in some formats (an m4a's index may come last): a file
+        with tempfile.TemporaryDirectory(prefix="fastwhisper-") as folder:
+            # the stream's own extension: ffmpeg knows raw G.722 by its name alone
+            copy = os.path.join(folder, "stream" + os.path.splitext(path)[1])
+            with open(copy, "wb") as f:
+                f.write(blob)
+            return _ffmpeg_pcm(path, copy, sr)
+    return _ffmpeg_pcm(path, path, sr)
+
+
+def _ffmpeg_pcm(path: str, source: str, sr: int) -> np.ndarray:
+    """ffmpeg's decode of the file `source` to mono s16le at `sr`; errors name `path`."""
     # "file:" stops ffmpeg from reading a name like "a:b.mp3" as a protocol.
-    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(path),
+    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(source),
            "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sr), "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
@@ -254,6 +310,13 @@ def _decode_ffmpeg(path: str, sr: int) -> np.ndarray:
     return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
 
 
+# A polyphase table (phases x taps) or packed kernel holds at most this many coefficients; a ratio
+# that needs more (an odd rate such as 44101 Hz, or an absurd one) is filtered block by block.
+MAX_POLYPHASE_TAPS = 2**20
+# Outputs x taps (x rows) filtered at once on that block-by-block path: bounds its extra memory.
+DIRECT_BLOCK = 2**17
+
+
 def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.95,
              beta: float = 10.0):
     """Band-limited resampling along the last axis (numpy in -> numpy out, tensor -> tensor).
@@ -261,7 +324,10 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     Windowed-sinc polyphase filter: the rate ratio is reduced to up/down, output
     sample n sits at input time n*down/up, and each of the `up` phases gets its own
     Kaiser-windowed sinc taps (`zeros` zero crossings each side) low-passed at
-    rolloff * min(orig_sr, new_sr) / 2. All phases run as one strided conv1d.
+    rolloff * min(orig_sr, new_sr) / 2. All phases run as one strided conv1d. When
+    that table would exceed MAX_POLYPHASE_TAPS, the same filter is read from a fine
+    table by interpolation and applied to a block of outputs at a time, so the extra
+    memory stays bounded for any pair of rates.
     """
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr <= 0 or new_sr <= 0:
@@ -273,6 +339,12 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     if not t.is_floating_point():
         t = t.float()
     shape, n = t.shape[:-1], t.shape[-1]
+    up, down, cutoff, width = _filter_size(orig_sr, new_sr, zeros, rolloff)
+    if up * 2 * width > MAX_POLYPHASE_TAPS:
+        rows = t.detach().reshape(math.prod(shape), n).cpu().numpy()
+        y = torch.from_numpy(_resample_direct(rows, orig_sr, new_sr, cutoff, width, beta))
+        y = y.to(dtype=t.dtype, device=t.device).reshape(*shape, -1)
+        return y.numpy() if is_numpy else y
     up, down, width, offsets, taps = _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta)
     n_out = -(-n * up // down)  # ceil: the output covers the whole input
     n_blocks = -(-n_out // up)  # each conv step produces one output per phase
@@ -282,7 +354,7 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     out = torch.empty(signal.shape[0], n_blocks, up, dtype=t.dtype, device=t.device)
     # Phases are packed into one kernel of width (offset spread + 2*width); for odd
     # ratios with thousands of phases that would be huge, so go a group at a time.
-    group = max(1, 2**22 // (down + 2 * width))
+    group = max(1, MAX_POLYPHASE_TAPS // (down + 2 * width))
     for p0 in range(0, up, group):
         p1 = min(up, p0 + group)
         base = offsets[p0]
@@ -296,19 +368,66 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     return y.numpy() if is_numpy else y
 
 
-@functools.lru_cache(maxsize=16)
-def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
+def _filter_size(orig_sr, new_sr, zeros, rolloff):
+    """(up, down, cutoff in cycles per input sample, half-length of the filter in input samples)."""
     g = math.gcd(orig_sr, new_sr)
-    up, down = new_sr // g, orig_sr // g
-    cutoff = rolloff * min(orig_sr, new_sr) / 2 / orig_sr  # in cycles per input sample
-    width = math.ceil(zeros / (2 * cutoff))  # half-length of the filter in input samples
+    cutoff = rolloff * min(orig_sr, new_sr) / 2 / orig_sr
+    return new_sr // g, orig_sr // g, cutoff, math.ceil(zeros / (2 * cutoff))
+
+
+def _kaiser_sinc(t, cutoff, width, beta):
+    """The filter's value at `t` input samples from an output's time."""
+    window = np.i0(beta * np.sqrt(np.clip(1 - (t / width) ** 2, 0, None))) / np.i0(beta)
+    return 2 * cutoff * np.sinc(2 * cutoff * t) * window
+
+
+@functools.lru_cache(maxsize=8)  # tables of up to MAX_POLYPHASE_TAPS each
+def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
+    up, down, cutoff, width = _filter_size(orig_sr, new_sr, zeros, rolloff)
     phase = np.arange(up)
     offsets = phase * down // up          # whole input samples before each phase's time
     frac = phase * down / up - offsets    # and the fraction of a sample left over
     t = frac[:, None] - np.arange(-width + 1, width + 1)[None, :]  # distance to each tap
-    window = np.i0(beta * np.sqrt(np.clip(1 - (t / width) ** 2, 0, None))) / np.i0(beta)
-    taps = 2 * cutoff * np.sinc(2 * cutoff * t) * window
-    return up, down, width, offsets, taps
+    return up, down, width, offsets, _kaiser_sinc(t, cutoff, width, beta)
+
+
+# Points of the fine filter table the block-by-block path interpolates in.
+FILTER_TABLE = 2**18
+
+
+@functools.lru_cache(maxsize=4)
+def _filter_table(cutoff, width, beta):
+    return _kaiser_sinc(np.linspace(-width, width, FILTER_TABLE + 1), cutoff, width, beta)
+
+
+def _resample_direct(x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, width: int,
+                     beta: float) -> np.ndarray:
+    """resample() of rows `x` for any ratio: output o sits at input time o*orig/new exactly, its
+    taps (clipped to the input) are read from a fine table of the filter by linear interpolation,
+    and DIRECT_BLOCK outputs x taps are filtered at a time."""
+    rows, n = x.shape
+    n_out = -(-n * new_sr // orig_sr)
+    out = np.zeros((rows, n_out))
+    table = _filter_table(cutoff, width, beta)
+    scale = FILTER_TABLE / (2 * width)                    # table points per input sample
+    span = min(2 * width, n)                              # taps of an output inside the input
+    budget = max(1, DIRECT_BLOCK // max(1, rows))
+    block = max(1, budget // span)
+    for o0 in range(0, n_out, block):
+        o = np.arange(o0, min(n_out, o0 + block), dtype=np.int64)
+        offset, rest = np.divmod(o * orig_sr, new_sr)     # whole input samples, and the fraction
+        frac = rest / new_sr
+        k_lo, k_hi = max(1 - width, -int(offset[-1])), min(width, n - 1 - int(offset[0]))
+        step = max(1, budget // len(o))
+        for k0 in range(k_lo, k_hi + 1, step):
+            k = np.arange(k0, min(k_hi + 1, k0 + step))
+            index = offset[:, None] + k
+            pos = (frac[:, None] - k + width) * scale
+            i = np.minimum(pos.astype(np.int64), FILTER_TABLE - 1)
+            taps = table[i] + (pos - i) * (table[i + 1] - table[i])
+            taps[(index < 0) | (index >= n)] = 0.0
+            out[:, o0:o0 + len(o)] += (x[:, np.clip(index, 0, n - 1)] * taps).sum(-1)
+    return out
 
 
 def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:

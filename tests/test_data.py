@@ -13,6 +13,8 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -36,8 +38,8 @@ def write_wav(path, payload: bytes, tag=1, channels=1, rate=16000, bits=16,
               extensible=False, before_fmt=b"", before_data=b"", data_size=None):
     """A RIFF/WAVE file; `tag` is the real format, optionally wrapped in EXTENSIBLE."""
     block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * block,
-                      block, bits)
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate,
+                      min(rate * block, 0xFFFFFFFF), block, bits)
     if extensible:  # cbSize, valid bits, channel mask, SubFormat GUID (tag + fixed tail)
         fmt += struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", tag) + \
             b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
@@ -116,6 +118,81 @@ def test_bad_wavs_are_one_line_errors_or_warnings(tmp_path):
     with pytest.warns(UserWarning, match=r"half\.wav: the WAV header declares 2\.00 s of audio, the file holds "
                                          r"1\.00 s: reading what is there"):
         assert data.load_audio(half).shape == (16000,)
+
+
+def prompt_pcm(asterisk, index=0) -> bytes:
+    """A real Asterisk prompt as 16 kHz mono s16le bytes."""
+    audio = data.load_audio(asterisk[index].audio)
+    return (audio * 32768).clip(-32768, 32767).astype("<i2").tobytes()
+
+
+def test_wav_sample_rate_outside_wav_rates_is_an_error(tmp_path, asterisk):
+    """A header rate outside WAV_RATES (4294967291 Hz once had the resampler ask for terabytes) is
+    a one-line error naming the file; the range's own edges decode."""
+    pcm = prompt_pcm(asterisk)
+    for rate in (4_294_967_291, 999, 768_001):
+        absurd = write_wav(tmp_path / f"r{rate}.wav", pcm, rate=rate)
+        outside = rf"^\S*r{rate}\.wav: sample rate {rate} Hz is outside 1000-768000 Hz "
+        with pytest.raises(data.AudioError, match=outside + r"\(a damaged WAV header\?\)$"):
+            data.load_audio(absurd)
+    for rate, length in ((768_000, 21), (1000, 16000)):
+        edge = write_wav(tmp_path / f"edge{rate}.wav", pcm[:2000], rate=rate)
+        assert data.load_audio(edge).shape == (length,)
+
+
+def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, asterisk):
+    """Data size 0 with audio after it (a recorder that died before writing the size) is read to
+    the end with a warning; a block_align that does not fit the sample size is a one-line error
+    naming the file (it was read as 24-bit noise)."""
+    pcm = prompt_pcm(asterisk)
+    expected = np.frombuffer(pcm, "<i2") / 32768
+    crashed = write_wav(tmp_path / "crashed.wav", pcm + b"\x01", data_size=0)
+    with pytest.warns(UserWarning, match=rf"crashed\.wav: the WAV header declares no audio \(data "
+                                         rf"size 0\) but {len(expected) / 16000:.2f} s follow it: "
+                                         rf"read to the end of the file"):
+        np.testing.assert_array_equal(data.load_audio(crashed), expected)
+    odd = bytearray(Path(write_wav(tmp_path / "odd.wav", pcm)).read_bytes())
+    odd[32:34] = struct.pack("<H", 3)                   # block_align 3 for 16-bit mono
+    (tmp_path / "odd.wav").write_bytes(bytes(odd))
+    bad_align = r"^\S*odd\.wav: invalid WAV header \(16-bit samples in 1 channel\(s\) take 2 bytes"
+    bad_align += r" per frame, not 3\)$"
+    with pytest.raises(data.AudioError, match=bad_align):
+        data.load_audio(tmp_path / "odd.wav")
+
+
+def feed(path, blob: bytes):
+    """Write `blob` into a FIFO (or a pipe's write end, an int) from a thread, then close it."""
+    def write():
+        with open(path, "wb") as f:
+            f.write(blob)
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_ffmpeg
+def test_fifos_and_process_substitution_are_read_like_files(tmp_path, asterisk):
+    """A FIFO and a pipe's /dev/fd/N (what `<(...)` gives) report size 0 but hold a stream: a WAV
+    in one is parsed, anything else goes through ffmpeg (a raw .g722 by the FIFO's name), and each
+    equals reading the file; a stream that ends at once is an error."""
+    wav = write_wav(tmp_path / "prompt.wav", prompt_pcm(asterisk))
+    flac = tmp_path / "prompt.flac"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, flac], check=True)
+    g722 = asterisk[1].audio
+    for name, source in (("fifo.wav", wav), ("fifo.g722", g722)):
+        os.mkfifo(tmp_path / name)
+        feed(tmp_path / name, Path(source).read_bytes())
+        np.testing.assert_array_equal(data.load_audio(tmp_path / name, cache=True),
+                                      data.load_audio(source))
+    read_end, write_end = os.pipe()
+    try:
+        feed(write_end, flac.read_bytes())
+        np.testing.assert_array_equal(data.load_audio(f"/dev/fd/{read_end}"), data.load_audio(wav))
+    finally:
+        os.close(read_end)
+    feed(tmp_path / "fifo.wav", b"")
+    with pytest.raises(data.AudioError, match=r"fifo\.wav: empty input \(nothing could be read"):
+        data.load_audio(tmp_path / "fifo.wav")
 
 
 def test_written_files_keep_the_umask(tmp_path):
@@ -241,6 +318,33 @@ def test_resample_tensor_and_batch_and_odd_ratio():
     assert len(z) == math.ceil(4410 * 16001 / 44100)
     assert abs(np.abs(z[200:-200]).max() - 0.8) < 5e-3
     assert data.resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
+
+
+@pytest.mark.parametrize("orig", [4_294_967_291, 1_234_567])
+def test_resample_memory_stays_bounded_for_absurd_rates(orig):
+    """Rates whose polyphase table would take gigabytes (no factor shared with 16 kHz) are filtered
+    a block at a time: tens of MB at most, and a tone still comes out as the same tone."""
+    x = sine(1000, orig, seconds=16000 / orig if orig > 10**7 else 0.06)
+    tracemalloc.start()
+    try:
+        y = data.resample(x, orig, 16000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20 and len(y) == math.ceil(len(x) * 16000 / orig)
+    if orig < 10**7:
+        expected = sine(1000, 16000, 0.06)[:len(y)]
+        np.testing.assert_allclose(y[200:-200], expected[200:-200], atol=2e-3)
+
+
+def test_resample_block_path_matches_the_polyphase_filter(monkeypatch):
+    x = np.stack([sine(3000, 44100, 0.2), sine(440, 44100, 0.2)])
+    polyphase = data.resample(x, 44100, 16000)
+    monkeypatch.setattr(data, "MAX_POLYPHASE_TAPS", 0)
+    blocks = data.resample(torch.from_numpy(x), 44100, 16000)
+    assert torch.is_tensor(blocks) and blocks.dtype == torch.float32
+    assert blocks.shape == polyphase.shape
+    np.testing.assert_allclose(blocks.numpy(), polyphase, atol=2e-6)
 
 
 # ---------------------------------------------------------------------------

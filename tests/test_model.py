@@ -504,6 +504,38 @@ def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_p
     assert sorted(p.name for p in out.iterdir()) == [f"prompt.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
 
 
+def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, sounds, tmp_path):
+    """In one chunk of files: a WAV declaring 4294967291 Hz is one error line; `<(cat x.wav)` of a
+    WAV whose data size is 0 (a crashed recorder) is read to its end with a warning; the other
+    files' transcripts are written."""
+    item = speech(golden)[5]
+    pcm = (audio_of(sounds, item["name"]) * 32768).clip(-32768, 32767).astype("<i2").tobytes()
+
+    def wav(name, rate=16000, size=len(pcm)):
+        fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 32000, 2, 16)
+        (tmp_path / name).write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " +
+                                      fmt + b"data" + struct.pack("<I", size) + pcm)
+        return str(tmp_path / name)
+    good, absurd = wav("good.wav"), wav("absurd.wav", rate=4_294_967_291)
+    crashed, out = wav("crashed.wav", size=0), tmp_path / "out"
+    command = 'exec "$0" "$1" transcribe "$2" "$3" <(cat "$4") --temperature 0 -o "$5" -q'
+    proc = subprocess.run(["bash", "-c", command, sys.executable, str(ROOT / "fastwhisper.py"),
+                           good, absurd, crashed, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {absurd}: sample rate 4294967291 Hz is outside 1000-768000 Hz "
+                      f"(a damaged WAV header?)"]
+    assert any(line.startswith("warning: /dev/fd/") and "no audio (data size 0) but " in line
+               and line.endswith(" s follow it: read to the end of the file")
+               for line in proc.stderr.splitlines())
+    text = item["transcribe"]["text"].strip()
+    lines = proc.stdout.splitlines()
+    assert f"{good}: {text}" in lines
+    assert any(line.startswith("/dev/fd/") and line.endswith(f": {text}") for line in lines)
+    assert len(list(out.iterdir())) == 2 and (out / "good.txt").read_text().strip() == text
+
+
 def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
     """Temperature > 0 draws from a generator seeded by DecodingOptions.seed: the same seed gives
     the same tokens (a whole fallback transcript is then reproducible); another seed, other draws."""
