@@ -483,9 +483,9 @@ def _split_vocabulary(names_by_id: dict[int, str], path, byte_level: bool):
     """Ordinary tokens are everything below <|endoftext|> (or all, if absent)."""
     eot = next((i for i, n in sorted(names_by_id.items()) if n == "<|endoftext|>"),
                max(names_by_id, default=-1) + 1)
-    missing = [i for i in range(eot) if i not in names_by_id]
-    if missing:
-        raise ValueError(f"{path}: vocabulary has no token with id {missing[0]}")
+    missing = next((i for i in range(eot) if i not in names_by_id), None)   # stops at the first gap
+    if missing is not None:
+        raise ValueError(f"{path}: vocabulary has no token with id {missing}")
     ordinary = [names_by_id[i] for i in range(eot)]
     specials = {i: n for i, n in names_by_id.items() if i >= eot}
     if byte_level:
@@ -521,18 +521,25 @@ def _read_vocab_mapping(path: Path, vocab, added=()):
     """Hugging Face: {token: id}, plus the optional added_tokens list."""
     if not isinstance(vocab, dict):
         raise ValueError(f"{path}: expected a {{token: id}} mapping")
-    names_by_id = {int(i): t for t, i in vocab.items()}
+    def entry_fits(e) -> bool:
+        return isinstance(e, dict) and _whole(e.get("id")) and isinstance(e.get("content"), str)
+    added_fit = isinstance(added, (list, tuple)) and all(entry_fits(e) for e in added)
+    if not added_fit or not all(_whole(i) for i in vocab.values()):
+        raise ValueError(f"{path}: expected {{token: id}} with whole-number ids, and added_tokens "
+                         f"as [{{id, content}}]")
+    names_by_id = {i: t for t, i in vocab.items()}
     for entry in added:
-        names_by_id.setdefault(int(entry["id"]), entry["content"])
+        names_by_id.setdefault(entry["id"], entry["content"])
     return _split_vocabulary(names_by_id, path, byte_level=True)
 
 
 def _read_tokenizer_json(path: Path):
     doc = _read_json(path)
     try:
-        return _read_vocab_mapping(path, doc["model"]["vocab"], doc.get("added_tokens", ()))
-    except (KeyError, TypeError):
+        vocab, added = doc["model"]["vocab"], doc.get("added_tokens", ())
+    except (KeyError, TypeError, AttributeError):
         raise ValueError(f"{path}: no model.vocab in this tokenizer.json") from None
+    return _read_vocab_mapping(path, vocab, added)
 
 
 def _read_tiktoken(path: Path):
