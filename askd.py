@@ -54,6 +54,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+try:
+    import fcntl
+except ImportError:                 # Windows: run folders are not locked there
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -1238,50 +1243,65 @@ def train(cfg: TrainConfig) -> dict:
 
 
 class RunLock:
-    """runs/NAME/.lock, holding the host and pid of the run that uses the folder: two runs never write
-    into one folder at once. A lock whose process has died on this host is stale and taken over."""
+    """runs/NAME/.lock: two runs never write into one folder at once. The file's text (host, pid,
+    start time) is for people; the lock itself is the kernel's, so it dies with its process."""
 
     def __init__(self, run_dir: Path, main: bool = True):
-        self.path, self.main, self.held = run_dir / ".lock", main, False
+        self.path, self.main, self.fd = run_dir / ".lock", main, None
 
     def __enter__(self):
         if not self.main:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale():
-                    owner = self.path.read_text().strip() or "?"
-                    raise TrainError(f"{self.path.parent}: another run (host and pid {owner}) is using this "
-                                     f"folder; wait for it to end, or choose another --name") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
-            self.held = True
+        if fcntl is None:
+            print(f"warning: {self.path.parent}: run folders cannot be locked on this system",
+                  file=sys.stderr)
             return self
+        # flock on a file kept open for the run's life: taking it is one atomic call that fails
+        # while a live process holds it, a dead run's file is taken as is, and the holder removes
+        # the file before letting go, so a taker whose file is no longer at the path tries again
+        for _ in range(100):
+            fd = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if self._same_file(fd):
+                    started = time.strftime("%Y-%m-%d %H:%M:%S")
+                    os.ftruncate(fd, 0)
+                    me = f"host {socket.gethostname()} pid {os.getpid()} started {started}\n"
+                    os.write(fd, me.encode())
+                    self.fd, fd = fd, None
+                    return self
+            except BlockingIOError:
+                owner = self._owner()
+                owner = f" ({owner})" if owner else ""
+                raise TrainError(f"{self.path.parent}: another run{owner} is using this folder; "
+                                 f"wait for it to end, or choose another --name") from None
+            except OSError as e:
+                raise TrainError(f"{self.path}: cannot take the run folder's lock ({e.strerror})") \
+                    from None
+            finally:
+                if fd is not None:
+                    os.close(fd)
         raise TrainError(f"{self.path}: could not take the run folder's lock")
 
-    def _stale(self) -> bool:
+    def _same_file(self, fd: int) -> bool:
         try:
-            host, pid = self.path.read_text().split()
-            if host != socket.gethostname():
-                return False                 # another machine's process: it cannot be checked from here
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:              # alive, another user's
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
             return False
-        except (OSError, ValueError):        # unreadable or half-written: a crash while taking it
-            return True
-        return False
+
+    def _owner(self) -> str:
+        try:
+            return " ".join(self.path.read_text(errors="replace").split())
+        except OSError:
+            return ""
 
     def __exit__(self, *exc):
-        if self.held:
-            self.path.unlink(missing_ok=True)
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)        # before letting go: see __enter__
+            os.close(self.fd)
+            self.fd = None
         return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -22,7 +23,8 @@ from torch import Tensor
 
 import data
 from model import (LANGUAGES, N_ORDINARY_ENGLISH, N_ORDINARY_MULTILINGUAL, N_TIMESTAMPS, TASK_AND_MISC_TOKENS,
-                   ModelDims, ModelError, Tokenizer, Whisper, build_whisper, read_checkpoint)
+                   ModelDims, ModelError, Tokenizer, Whisper, build_whisper, check_dims,
+                   read_checkpoint)
 
 # ----------------------------------------------------------------------------------------------
 # 1. Weights: CTranslate2 (faster-whisper) folders, safetensors, Hugging Face folders
@@ -55,7 +57,11 @@ class _Reader:
 
     def string(self) -> str:
         (n,) = self.unpack("H")
-        return bytes(self.take(n)).rstrip(b"\0").decode("utf-8")
+        try:
+            return bytes(self.take(n)).rstrip(b"\0").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"{self.path}: corrupt file (a name at offset {self.pos - n} is not "
+                             f"UTF-8)") from None
 
 
 def read_ct2_variables(parts: Sequence[Path]) -> dict[str, Tensor]:
@@ -80,11 +86,18 @@ def read_ct2_variables(parts: Sequence[Path]) -> dict[str, Tensor]:
         (nbytes,) = r.unpack("I")
         if code not in CT2_DTYPES:
             raise ModelError(f"{label}: variable {name} has unknown dtype code {code}")
+        dtype, need = CT2_DTYPES[code], math.prod(shape) * CT2_DTYPES[code].itemsize
+        if nbytes != need:
+            raise ModelError(f"{label}: variable {name} holds {nbytes} bytes, but its shape "
+                             f"{list(shape)} of {str(dtype).removeprefix('torch.')} needs {need}")
         buf = bytes(r.take(nbytes))
-        variables[name] = torch.frombuffer(bytearray(buf), dtype=CT2_DTYPES[code]).reshape(shape) if nbytes else torch.empty(shape)
+        variables[name] = torch.frombuffer(bytearray(buf), dtype=dtype).reshape(shape) if nbytes \
+            else torch.empty(shape, dtype=dtype)
     (n_alias,) = r.unpack("I")
     for _ in range(n_alias):
         alias, target = r.string(), r.string()
+        if target not in variables:
+            raise ModelError(f"{label}: alias {alias} names no variable ({target})")
         variables[alias] = variables[target]
     return variables
 
@@ -137,17 +150,22 @@ def ct2_to_openai(v: dict[str, Tensor], path: Path):
         norm("decoder.ln", "decoder/layer_norm", sd)
         sd["decoder.token_embedding.weight"] = weight("decoder/embeddings/weight")
         sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
+        n_state = sd["encoder.conv1.weight"].shape[0]
+        text_state = sd["decoder.token_embedding.weight"].shape[1]
+        heads = lambda side, width: \
+            int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
+        dims = ModelDims(
+            n_mels=sd["encoder.conv1.weight"].shape[1],
+            n_audio_ctx=sd["encoder.positional_embedding"].shape[0], n_audio_state=n_state,
+            n_audio_head=heads("encoder", n_state), n_audio_layer=n_audio_layer,
+            n_vocab=sd["decoder.token_embedding.weight"].shape[0],
+            n_text_ctx=sd["decoder.positional_embedding"].shape[0], n_text_state=text_state,
+            n_text_head=heads("decoder", text_state), n_text_layer=n_text_layer)
     except KeyError as e:
         raise ModelError(f"{path}: CTranslate2 model is missing variable {e}")
-
-    n_state = sd["encoder.conv1.weight"].shape[0]
-    text_state = sd["decoder.token_embedding.weight"].shape[1]
-    heads = lambda side, width: int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
-    dims = ModelDims(
-        n_mels=sd["encoder.conv1.weight"].shape[1], n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
-        n_audio_state=n_state, n_audio_head=heads("encoder", n_state), n_audio_layer=n_audio_layer,
-        n_vocab=sd["decoder.token_embedding.weight"].shape[0], n_text_ctx=sd["decoder.positional_embedding"].shape[0],
-        n_text_state=text_state, n_text_head=heads("decoder", text_state), n_text_layer=n_text_layer)
+    except (ValueError, IndexError, RuntimeError) as e:    # no layers, a weight of the wrong rank
+        raise ModelError(f"{path}: CTranslate2 variables do not form a Whisper model "
+                         f"({data.brief(e)})")
     return dims, sd
 
 
@@ -180,19 +198,46 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         header = json.loads(raw[8: 8 + n])
     except (ValueError, UnicodeDecodeError):
         raise ModelError(f"{path}: not a safetensors file (bad header)")
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: not a safetensors file (its header is a JSON "
+                         f"{type(header).__name__}, not an object)")
     body, tensors = raw[8 + n:], {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        start, end = info["data_offsets"]
-        if end > len(body):
-            raise ModelError(f"{path}: truncated file (tensor {name} ends past the end of the data)")
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        tensors[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(info["shape"]) if end > start \
-            else torch.empty(info["shape"], dtype=dtype)
+        dtype, shape, start, end = _safetensors_entry(name, info, len(body), path)
+        tensors[name] = torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(shape) \
+            if end > start else torch.empty(shape, dtype=dtype)
     return tensors
+
+
+def _whole(value) -> bool:
+    """A JSON value usable as a size, an offset or an id: an int (not a bool), not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _safetensors_entry(name: str, info, size: int, path: Path):
+    """(dtype, shape, start, end) of a tensor's header entry, checked against the data's `size`."""
+    try:
+        code, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+    except (TypeError, KeyError, ValueError):
+        raise ModelError(f"{path}: tensor {name}: its header entry is not "
+                         f"{{dtype, shape, data_offsets: [start, end]}}") from None
+    dtype = SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+    if dtype is None:
+        raise ModelError(f"{path}: tensor {name} has unsupported dtype {code!r}")
+    if not isinstance(shape, list) or not all(_whole(d) for d in shape):
+        raise ModelError(f"{path}: tensor {name} has shape {shape!r}, not a list of sizes")
+    if not (_whole(start) and _whole(end) and start <= end):
+        raise ModelError(f"{path}: tensor {name} has data offsets {[start, end]}, "
+                         f"not 0 <= start <= end")
+    if end > size:
+        raise ModelError(f"{path}: truncated file (tensor {name} ends past the end of the data)")
+    need = math.prod(shape) * dtype.itemsize
+    if end - start != need:
+        raise ModelError(f"{path}: tensor {name} holds {end - start} bytes, but its shape {shape} "
+                         f"of {code} needs {need}")
+    return dtype, shape, start, end
 
 
 def write_safetensors(tensors: dict[str, Tensor], path: Path) -> None:
@@ -231,9 +276,12 @@ def read_hf_folder(folder: Path):
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not an object")
         dims = ModelDims(**{ours: config[theirs] for theirs, ours in HF_CONFIG})
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{config_path}: not a Hugging Face Whisper config ({type(e).__name__}: {e})")
+        raise ModelError(f"{config_path}: not a Hugging Face Whisper config ({data.brief(e)})")
+    check_dims(dims, config_path, names={ours: theirs for theirs, ours in HF_CONFIG})
     files = sorted(folder.glob("model*.safetensors"))
     if not files:
         raise ModelError(f"{folder}: config.json but no model.safetensors (PyTorch .bin files are not read: "
@@ -435,9 +483,9 @@ def _split_vocabulary(names_by_id: dict[int, str], path, byte_level: bool):
     """Ordinary tokens are everything below <|endoftext|> (or all, if absent)."""
     eot = next((i for i, n in sorted(names_by_id.items()) if n == "<|endoftext|>"),
                max(names_by_id, default=-1) + 1)
-    missing = [i for i in range(eot) if i not in names_by_id]
-    if missing:
-        raise ValueError(f"{path}: vocabulary has no token with id {missing[0]}")
+    missing = next((i for i in range(eot) if i not in names_by_id), None)   # stops at the first gap
+    if missing is not None:
+        raise ValueError(f"{path}: vocabulary has no token with id {missing}")
     ordinary = [names_by_id[i] for i in range(eot)]
     specials = {i: n for i, n in names_by_id.items() if i >= eot}
     if byte_level:
@@ -473,18 +521,25 @@ def _read_vocab_mapping(path: Path, vocab, added=()):
     """Hugging Face: {token: id}, plus the optional added_tokens list."""
     if not isinstance(vocab, dict):
         raise ValueError(f"{path}: expected a {{token: id}} mapping")
-    names_by_id = {int(i): t for t, i in vocab.items()}
+    def entry_fits(e) -> bool:
+        return isinstance(e, dict) and _whole(e.get("id")) and isinstance(e.get("content"), str)
+    added_fit = isinstance(added, (list, tuple)) and all(entry_fits(e) for e in added)
+    if not added_fit or not all(_whole(i) for i in vocab.values()):
+        raise ValueError(f"{path}: expected {{token: id}} with whole-number ids, and added_tokens "
+                         f"as [{{id, content}}]")
+    names_by_id = {i: t for t, i in vocab.items()}
     for entry in added:
-        names_by_id.setdefault(int(entry["id"]), entry["content"])
+        names_by_id.setdefault(entry["id"], entry["content"])
     return _split_vocabulary(names_by_id, path, byte_level=True)
 
 
 def _read_tokenizer_json(path: Path):
     doc = _read_json(path)
     try:
-        return _read_vocab_mapping(path, doc["model"]["vocab"], doc.get("added_tokens", ()))
-    except (KeyError, TypeError):
+        vocab, added = doc["model"]["vocab"], doc.get("added_tokens", ())
+    except (KeyError, TypeError, AttributeError):
         raise ValueError(f"{path}: no model.vocab in this tokenizer.json") from None
+    return _read_vocab_mapping(path, vocab, added)
 
 
 def _read_tiktoken(path: Path):

@@ -56,6 +56,87 @@ class ModelDims:
     n_text_layer: int
 
 
+# The largest sizes a checkpoint may claim, far above any released Whisper's (large-v3: 128 mels,
+# 1280 wide, 32 layers), so that a corrupt file is refused before anything is built; the encoder
+# never reads more than one 30 s window.
+DIM_LIMITS = {"n_mels": 1024, "n_audio_ctx": data.N_FRAMES // 2, "n_audio_state": 1 << 14,
+              "n_audio_head": 1024, "n_audio_layer": 1024, "n_vocab": 1 << 20,
+              "n_text_ctx": 1 << 14, "n_text_state": 1 << 14, "n_text_head": 1024,
+              "n_text_layer": 1024}
+
+
+def check_dims(dims: ModelDims, source, names: Optional[dict] = None) -> None:
+    """A one-line ModelError unless each size is a whole number from 1 to its DIM_LIMITS and each
+    width splits evenly into its heads. `names`: the file's own names of the sizes, if any."""
+    label = lambda key: f"{names[key]} ({key})" if names and key in names else key
+    for key, limit in DIM_LIMITS.items():
+        value = getattr(dims, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelError(f"{source}: {label(key)} is {value!r}, not a whole number")
+        if not 1 <= value <= limit:
+            raise ModelError(f"{source}: {label(key)} is {value}, outside 1 to {limit}")
+    for side in ("audio", "text"):
+        state, head = f"n_{side}_state", f"n_{side}_head"
+        if getattr(dims, state) % getattr(dims, head):
+            raise ModelError(f"{source}: {label(state)} {getattr(dims, state)} does not split into "
+                             f"{label(head)} {getattr(dims, head)} equal heads")
+
+
+def weight_shapes(dims: ModelDims) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of Whisper(dims), by name, worked out without building it."""
+    a, t = dims.n_audio_state, dims.n_text_state
+    shapes = {"encoder.conv1.weight": (a, dims.n_mels, 3), "encoder.conv1.bias": (a,),
+              "encoder.conv2.weight": (a, a, 3), "encoder.conv2.bias": (a,),
+              "encoder.positional_embedding": (dims.n_audio_ctx, a),
+              "decoder.token_embedding.weight": (dims.n_vocab, t),
+              "decoder.positional_embedding": (dims.n_text_ctx, t)}
+    for side, n, layers in (("encoder", a, dims.n_audio_layer), ("decoder", t, dims.n_text_layer)):
+        attentions = ("attn", "cross_attn") if side == "decoder" else ("attn",)
+        for i in range(layers):
+            block = f"{side}.blocks.{i}"
+            for attn in attentions:
+                for proj in ("query", "key", "value", "out"):
+                    shapes[f"{block}.{attn}.{proj}.weight"] = (n, n)
+                    if proj != "key":
+                        shapes[f"{block}.{attn}.{proj}.bias"] = (n,)
+                shapes[f"{block}.{attn}_ln.weight"] = shapes[f"{block}.{attn}_ln.bias"] = (n,)
+            shapes.update({f"{block}.mlp.0.weight": (4 * n, n), f"{block}.mlp.0.bias": (4 * n,),
+                           f"{block}.mlp.2.weight": (n, 4 * n), f"{block}.mlp.2.bias": (n,),
+                           f"{block}.mlp_ln.weight": (n,), f"{block}.mlp_ln.bias": (n,)})
+    for norm, n in (("encoder.ln_post", a), ("decoder.ln", t)):
+        shapes[f"{norm}.weight"] = shapes[f"{norm}.bias"] = (n,)
+    return shapes
+
+
+def check_weights(dims: ModelDims, state_dict, source) -> None:
+    """A one-line ModelError unless the sizes are sane (check_dims) and the tensors are exactly
+    those of a Whisper of these sizes, each of the shape they imply: so nothing is allocated for a
+    file whose sizes and tensors disagree."""
+    check_dims(dims, source)
+    if not isinstance(state_dict, dict):
+        raise ModelError(f"{source}: the weights are a {type(state_dict).__name__}, not a dict")
+    shapes = weight_shapes(dims)
+    tensors = {k: v for k, v in state_dict.items() if k != "alignment_heads"}
+    sinusoids = "encoder.positional_embedding"           # may be left out: it can be recomputed
+    missing = [k for k in shapes if k not in tensors and k != sinusoids]
+    unexpected = [k for k in tensors if k not in shapes]
+    if missing or unexpected:
+        raise ModelError(f"{source}: weights do not fit a Whisper of these sizes "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    positions = {sinusoids: "n_audio_ctx", "decoder.positional_embedding": "n_text_ctx"}
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise ModelError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+        want = shapes[name]
+        if tuple(value.shape) == want:
+            continue
+        if name in positions and value.dim() == 2 and value.shape[1] == want[1]:
+            raise ModelError(f"{source}: {positions[name]} is {want[0]}, but the weights hold "
+                             f"{value.shape[0]} positions ({name})")
+        raise ModelError(f"{source}: tensor {name} has shape {list(value.shape)}; these sizes need "
+                         f"{list(want)}")
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. The network
 # ----------------------------------------------------------------------------------------------
@@ -462,11 +543,21 @@ def read_checkpoint(path: Path) -> tuple[ModelDims, dict[str, Tensor], dict]:
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({data.brief(e)})")
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise ModelError(f"{path}: not an OpenAI Whisper checkpoint (expected the keys 'dims' and 'model_state_dict')")
-    try:
-        dims = ModelDims(**checkpoint.pop("dims"))
-    except TypeError as e:
-        raise ModelError(f"{path}: bad 'dims' in checkpoint ({e})")
-    return dims, checkpoint.pop("model_state_dict"), checkpoint
+    dims, state = checkpoint.pop("dims"), checkpoint.pop("model_state_dict")
+    if not isinstance(dims, dict):
+        raise ModelError(f"{path}: the checkpoint's 'dims' is a {type(dims).__name__}, not a dict")
+    keys = [f.name for f in fields(ModelDims)]
+    missing, unknown = [k for k in keys if k not in dims], [str(k) for k in dims if k not in keys]
+    if missing:
+        raise ModelError(f"{path}: the checkpoint's 'dims' lack {', '.join(missing)}")
+    if unknown:
+        raise ModelError(f"{path}: the checkpoint's 'dims' hold unknown keys {', '.join(unknown)}")
+    dims = ModelDims(**dims)
+    check_dims(dims, path)
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: the checkpoint's 'model_state_dict' is a "
+                         f"{type(state).__name__}, not a dict")
+    return dims, state, checkpoint
 
 
 def build_whisper(dims: ModelDims, state_dict: dict[str, Tensor], source="weights") -> Whisper:
@@ -475,14 +566,11 @@ def build_whisper(dims: ModelDims, state_dict: dict[str, Tensor], source="weight
     their weights (no copy): filling 37M weights with random numbers only to overwrite them was
     0.2-0.3 s of every start. (The meta device would skip it too, but its first normal_() imports
     torch's compiler, 2 s.)"""
+    check_weights(dims, state_dict, source)
     with without_random_init():
         model = Whisper(dims)
     state_dict = {k: v.float().contiguous() for k, v in state_dict.items() if k != "alignment_heads"}
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    missing = [k for k in missing if k != "encoder.positional_embedding"]   # sinusoids can be recomputed
-    if missing or unexpected:
-        raise ModelError(f"{source}: weights do not fit a Whisper of these sizes "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(state_dict, strict=False, assign=True)    # sinusoids may be missing
     return model
 
 

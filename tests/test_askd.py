@@ -5,7 +5,9 @@ torchrun (the same as one process accumulating two micro-batches).
 """
 import json
 import math
+import multiprocessing
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -688,6 +690,71 @@ def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypat
     assert noisy_wer <= clean_wer + 0.25
 
 
+FORK = multiprocessing.get_context("fork")          # children start at once, askd already imported
+
+
+def take_and_die(run: Path) -> None:
+    """Leave a dead run's lock in `run`: a process takes it and exits without letting go."""
+    child = FORK.Process(target=lambda: (askd.RunLock(run).__enter__(), os._exit(0)))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert (run / ".lock").read_text().startswith(f"host {socket.gethostname()} pid ")
+
+
+def race_for_locks(runs, start, tried, done, results):
+    """One racer: at each round, try to take that round's run folder, say whether it got it, and
+    (if so) hold it until every racer has tried."""
+    for run in runs:
+        start.wait(10)
+        lock = askd.RunLock(run)
+        try:
+            lock.__enter__()
+        except askd.TrainError:
+            pass
+        results.put((os.getpid(), lock.fd is not None))
+        tried.wait(10)
+        done.wait(10)
+        lock.__exit__(None, None, None)
+
+
+ROUNDS = 100           # enough that a lock with a gap between taking and writing it is caught
+
+
+def test_racing_runs_never_share_a_folder(tmp_path):
+    """6 processes released together race for a run folder, round after round, every second one with
+    a dead run's lock in it: each time exactly one holds it, and the lock's text names that one."""
+    runs = [tmp_path / f"run{i}" for i in range(ROUNDS)]
+    take_and_die(runs[1])
+    for run in runs[3::2]:
+        run.mkdir()
+        (run / ".lock").write_bytes((runs[1] / ".lock").read_bytes())
+    start, tried, done = (FORK.Barrier(7) for _ in range(3))
+    results = FORK.Queue()
+    racers = [FORK.Process(target=race_for_locks, args=(runs, start, tried, done, results))
+              for _ in range(6)]
+    for racer in racers:
+        racer.start()
+    try:
+        for run in runs:
+            start.wait(10)
+            tried.wait(10)
+            holders = [pid for pid, held in (results.get(timeout=10) for _ in racers) if held]
+            assert len(holders) == 1, f"{run.name}: held by {len(holders)} processes at once"
+            assert f" pid {holders[0]} " in (run / ".lock").read_text()
+            done.wait(10)
+        for racer in racers:
+            racer.join(10)
+            assert racer.exitcode == 0
+    finally:
+        for barrier in (start, tried, done):
+            barrier.abort()
+        for racer in racers:
+            racer.kill()
+            racer.join()
+    assert not any((run / ".lock").exists() for run in runs)      # each holder took its lock away
+
+
 def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, monkeypatch):
     """A live run's lock stops a second run; a dead one's is taken over; --overwrite removes the old
     run's files before anything else; a corrupt last.pt on --resume is a one-line error."""
@@ -695,12 +762,11 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
                cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, joined=0,
                perturbed=0, quiet=True)
     run = tmp_path / "locked"
-    run.mkdir()
-    (run / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")      # this test process: alive
-    with pytest.raises(askd.TrainError, match=r"locked: another run \(host and pid .* \d+\) is using this folder"):
-        askd.train(askd.TrainConfig(**cfg))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")
+    with askd.RunLock(run):                                              # this test process: alive
+        owner = rf"host {re.escape(socket.gethostname())} pid {os.getpid()} started [-\d]+ [:\d]+"
+        with pytest.raises(askd.TrainError, match=rf"locked: another run \({owner}\) is using "):
+            askd.train(askd.TrainConfig(**cfg))
+    take_and_die(run)
     for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl"):
         (run / name).write_text("an older run")
     seen = {}

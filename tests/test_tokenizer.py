@@ -160,3 +160,20 @@ def test_missing_or_broken_vocabulary(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
     with pytest.raises(ValueError, match="2 ordinary tokens"):
         tokenizer_from_folder(tmp_path)
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("vocab.json", {"a": 0, "b": [1]}, "expected {token: id} with whole-number ids"),
+    ("tokenizer.json", {"model": {"vocab": {"a": 0}}, "added_tokens": [5]},
+     "added_tokens as [{id, content}]"),
+    ("tokenizer.json", [1, 2], "no model.vocab in this tokenizer.json"),
+    ("tokenizer.json", {"model": {"vocab": {"a": 0, "b": 10 ** 15}}}, "has no token with id 1"),
+])
+def test_malformed_vocabularies_are_one_line_errors(tmp_path, name, content, problem):
+    """Valid JSON of the wrong form: a one-line ValueError naming the file (no TypeError, and a huge
+    id does not make it count to it)."""
+    (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(ValueError) as e:
+        tokenizer_from_folder(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / name}: ") and problem in str(e.value)
+    assert "\n" not in str(e.value)
