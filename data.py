@@ -367,7 +367,7 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
 
 # The silence gate in front of every model (`transcribe --no-vad` turns it off). Whisper writes
 # "you" or "." for a 30 s window of digital silence or faint noise; a student does the same.
-SILENCE_DB = -80.0           # 10 ms this quiet is silence in any recording (below any speech)
+SILENCE_DB = -80.0           # 10 ms this quiet is silence in any recording (a few steps of 16 bits)
 FAINT_DB = -55.0             # and this quiet too, where quiet_threshold() also finds it quiet
 SILENCE_GAP = 5.0            # seconds of silence in a row that the gate leaves out
 SILENCE_KEEP = 1.0           # of which it keeps this much next to the sound on either side
@@ -407,6 +407,8 @@ def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
             continue
         cut_from = 0 if a == 0 else int(a + margin) * hop
         cut_to = n if b == len(silent) else int(b - margin) * hop
+        if cut_to <= cut_from:                        # (a gap under twice `keep`: nothing to cut)
+            continue
         if cut_from > at:
             regions.append((at, cut_from))
         at = max(at, cut_to)
