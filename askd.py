@@ -1442,7 +1442,7 @@ class Student(Recognizer):
         within a point or two either way (timestamps make a student invent a word or two on odd
         voices; README)."""
         self.check(options)
-        pieces, owners, offsets, quiet = self.pieces(audios)
+        pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
         if options.prefix and len(pieces) > 1:
             raise ValueError(f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
                              f"{PIECE_SECONDS:g} s")
@@ -1522,22 +1522,30 @@ class Student(Recognizer):
             raise ValueError(f"{self.name}: a student from `train` decodes English greedily (then falls back to "
                              f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}")
 
-    def pieces(self, audios: Sequence) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
+    def pieces(self, audios: Sequence, vad: bool = True
+               ) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
         """Waveform pieces, the audio each belongs to, where in it each starts (samples), and which
-        10 ms of each audio are quiet (data.loudness)."""
+        10 ms of each audio are quiet (data.loudness). With `vad`, long silence is left out
+        (data.sound_regions), and all of an audio that holds no sound."""
         pieces, owners, offsets, quiet = [], [], [], []
+        hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
         for i, audio in enumerate(audios):
             audio = torch.as_tensor(data.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio)
             levels = data.loudness(audio.numpy())
             quiet.append(levels[1])
-            spans = [(0, audio.shape[-1])] if audio.shape[-1] <= PIECE_SECONDS * data.SAMPLE_RATE else \
-                data.split_at_pauses(audio.numpy(), PIECE_SECONDS, join_up_to=JOIN_SECONDS, levels=levels)
-            for start, end in spans:
-                if end <= start:                     # an empty file: nothing to decode
-                    continue
-                pieces.append(audio[start: end])
-                owners.append(i)
-                offsets.append(start)
+            regions = data.sound_regions(audio.numpy(), levels=levels) if vad else [(0, len(audio))]
+            for a, b in regions:
+                spans = [(0, b - a)]
+                if b - a > PIECE_SECONDS * data.SAMPLE_RATE:
+                    levels_ab = tuple(x[a // hop: b // hop] for x in levels)
+                    spans = data.split_at_pauses(audio[a: b].numpy(), PIECE_SECONDS,
+                                                 join_up_to=JOIN_SECONDS, levels=levels_ab)
+                for start, end in spans:
+                    if end <= start:                     # an empty file: nothing to decode
+                        continue
+                    pieces.append(audio[a + start: a + end])
+                    owners.append(i)
+                    offsets.append(a + start)
         return pieces, owners, offsets, quiet
 
     def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
@@ -1691,7 +1699,8 @@ PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this
 NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
 CONTEXT_SECONDS = 10.0        # a phrase is read after the finals before it that fit in this with it, text forced
 CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
-LIVE_DECODING = M.TranscribeOptions(without_timestamps=True)   # text only; a final that loops falls back
+# text only; a final that loops falls back; the endpointer is the gate (a read spans pauses)
+LIVE_DECODING = M.TranscribeOptions(without_timestamps=True, vad=False)
 
 
 def is_loop(text: str) -> bool:

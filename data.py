@@ -491,6 +491,58 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
     return joined
 
 
+# The silence gate in front of every model (`transcribe --no-vad` turns it off). Whisper writes
+# "you" or "." for a 30 s window of digital silence or faint noise; a student does the same.
+SILENCE_DB = -80.0           # 10 ms this quiet is silence in any recording (a few steps of 16 bits)
+FAINT_DB = -55.0             # and this quiet too, where quiet_threshold() also finds it quiet
+SILENCE_GAP = 5.0            # seconds of silence in a row that the gate leaves out
+SILENCE_KEEP = 1.0           # of which it keeps this much next to the sound on either side
+
+
+def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
+                  gap: float = SILENCE_GAP, keep: float = SILENCE_KEEP) -> list[tuple[int, int]]:
+    """The stretches of a recording a model should read, as (start, end) sample indices: all of it
+    but its silences of `gap` seconds or more (less `keep` seconds of each next to the sound), and
+    nothing if it holds no sound at all. The samples of a stretch are left as they are.
+
+    Silence is absolute, not only relative to the recording (an all-silent one would look loud to
+    itself): 10 ms under SILENCE_DB, or under FAINT_DB and quiet by quiet_threshold() over the
+    levels above SILENCE_DB (so that faint noise between long digital silences is quiet, and faint
+    speech in a quiet recording is not); sound shorter than PHRASE_ONSET between silences (a click)
+    counts as silence. A pause inside real speech is far shorter than `gap` (README: silence).
+    `levels`: the audio's loudness(), if known.
+    """
+    hop, n = sr // 100, len(audio)
+    level = (levels if levels is not None else loudness(audio, sr))[0]
+    silent = level < SILENCE_DB
+    if silent.all():
+        return []
+    silent |= (level < FAINT_DB) & (level < quiet_threshold(level[~silent]))
+
+    def runs(flags):                                  # [start, end) of each run of True
+        edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+        return np.flatnonzero(edges).reshape(-1, 2)
+    sounds = runs(~silent)
+    for a, b in sounds[sounds[:, 1] - sounds[:, 0] < round(PHRASE_ONSET * 100)]:
+        silent[a:b] = True
+    if silent.all():
+        return []
+    regions, at, margin = [], 0, round(keep * 100)
+    for a, b in runs(silent):
+        if b - a < gap * 100:
+            continue
+        cut_from = 0 if a == 0 else int(a + margin) * hop
+        cut_to = n if b == len(silent) else int(b - margin) * hop
+        if cut_to <= cut_from:                        # (a gap under twice `keep`: nothing to cut)
+            continue
+        if cut_from > at:
+            regions.append((at, cut_from))
+        at = max(at, cut_to)
+    if at < n:
+        regions.append((at, n))
+    return regions
+
+
 # Live audio: a stream of PCM as it arrives, and where its phrases end. A source hands on what it
 # has read since it was last asked, so a listener that falls behind gets more at once, not later.
 

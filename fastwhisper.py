@@ -129,7 +129,8 @@ def cmd_transcribe(args) -> int:
                                   beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
                                   length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
                                   condition_on_previous_text=not args.no_condition,
-                                  without_timestamps=args.without_timestamps, seed=args.seed)
+                                  without_timestamps=args.without_timestamps, seed=args.seed,
+                                  vad=not args.no_vad)
     try:
         recognizer.check(options)
     except ValueError as e:
@@ -326,6 +327,9 @@ def add_transcribe(sub) -> None:
     p.add_argument("--no-condition", action="store_true", help="do not condition a window on the previous text")
     p.add_argument("--without-timestamps", action="store_true", help="decode text only, which is faster "
                    "(segments = 30 s windows, or a student's pieces)")
+    p.add_argument("--no-vad", action="store_true", help="read long silence too: no silence "
+                   "gate in front of the model, so a Whisper model gives exactly OpenAI's output, "
+                   "text it may invent in silence and all")
     p.add_argument("--seed", type=ZERO_OR_MORE, default=0, help="seed of the temperature fallback's sampling: the "
                    "same command gives the same text (default 0)")
     p.add_argument("--output-dir", "-o", default=".", help="where to write FILE_STEM.FORMAT (default: here)")

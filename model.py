@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import math
+import os
 import re
 import unicodedata
 import zlib
@@ -1420,6 +1421,7 @@ class TranscribeOptions(DecodingOptions):
     condition_on_previous_text: bool = True
     initial_prompt: Optional[str] = None
     draft: Optional[Draft] = None            # faster greedy windows, the same text (see DecodingTask.speculative)
+    vad: bool = True                         # skip long silence (data.sound_regions); off: Whisper
 
     def for_window(self, temperature: float, language: Optional[str]) -> DecodingOptions:
         """The options of one try of one window: beam search at temperature 0, best_of samples above."""
@@ -1450,6 +1452,20 @@ class _Track:
     segments: list = field(default_factory=list)
     prompt_reset_since: int = 0
     initial_prompt_tokens: list = field(default_factory=list)
+    regions: Optional[list] = None   # (start, end) frames to read, the rest silence; None: all
+
+    def region_end(self) -> int:
+        """Where the stretch to read that holds the seek ends: no window reads past it."""
+        if self.regions is None:
+            return self.content_frames
+        return next((b for a, b in self.regions if self.seek < b), self.content_frames)
+
+    def skip_silence(self) -> None:
+        """Move the seek past silence to the next stretch to read (or to the end), as Whisper's
+        no-speech rule skips a silent window: the text so far still conditions what follows."""
+        if self.regions is not None:
+            ahead = [max(self.seek, a) for a, b in self.regions if self.seek < b]
+            self.seek = ahead[0] if ahead else self.content_frames
 
 
 def transcribe_one(model: Whisper, audio, options: TranscribeOptions = TranscribeOptions()) -> dict:
@@ -1462,7 +1478,10 @@ def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions
                     batch_size: int = 1, progress: bool = False) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
-    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input.
+    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. Only with
+    options.vad (the default) the seek jumps over each silence of data.SILENCE_GAP seconds or
+    more (data.sound_regions), and no window reads into one; what is read is the whole input's mel.
+    (An input given as log-mel is read whole.)
     """
     from tqdm import tqdm
     if options.task == "translate" and not model.is_multilingual:
@@ -1471,13 +1490,23 @@ def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions
     prompt = model.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
     tracks = []
     for audio in audios:
-        mel = audio if isinstance(audio, Tensor) and audio.ndim == 2 else \
-            data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
-        tracks.append(_Track(mel=mel, content_frames=mel.shape[-1] - data.N_FRAMES, language=options.language,
-                             all_tokens=list(prompt), initial_prompt_tokens=prompt))
-    _detect_languages(model, [t for t in tracks if t.language is None and t.content_frames > 0], batch_size)
+        regions = None
+        if not (isinstance(audio, Tensor) and audio.ndim == 2):
+            audio = data.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
+            if options.vad:       # the silence gate; its 10 ms frames are the mel frames
+                samples = audio.cpu().numpy() if isinstance(audio, Tensor) else audio
+                regions = [(a // data.HOP_LENGTH, b // data.HOP_LENGTH)
+                           for a, b in data.sound_regions(samples)]
+            audio = data.log_mel_spectrogram(audio, model.dims.n_mels, padding=data.N_SAMPLES)
+        tracks.append(_Track(mel=audio, content_frames=audio.shape[-1] - data.N_FRAMES,
+                             language=options.language, all_tokens=list(prompt),
+                             initial_prompt_tokens=prompt, regions=regions))
+        tracks[-1].skip_silence()
+    undetected = [t for t in tracks if t.language is None and t.seek < t.content_frames]
+    _detect_languages(model, undetected, batch_size)
 
-    with tqdm(total=sum(t.content_frames for t in tracks), unit="frames", disable=not progress, leave=False) as bar:
+    total = sum(t.content_frames - t.seek for t in tracks)
+    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
         while active := [t for t in tracks if t.seek < t.content_frames]:
             # windows decode together when their prompts are equally long (one tensor of tokens)
             groups: dict[tuple, list[_Track]] = {}
@@ -1505,10 +1534,11 @@ def _language_code(model: Whisper, language: Optional[str]) -> Optional[str]:
 
 
 def _detect_languages(model: Whisper, tracks: list[_Track], batch_size: int) -> None:
-    """Language of each input from its first 30 s (multilingual models, no --language given)."""
+    """Language of each input from the first 30 s it reads (multilingual models, no --language)."""
     for i in range(0, len(tracks), batch_size):
         chunk = tracks[i: i + batch_size]
-        mel = torch.stack([t.mel[:, : data.N_FRAMES] for t in chunk]).to(model.device, next(model.parameters()).dtype)
+        mel = torch.stack([t.mel[:, t.seek: t.seek + data.N_FRAMES] for t in chunk])    # 1st window
+        mel = mel.to(model.device, next(model.parameters()).dtype)
         _, probs = detect_language(model, model.embed_audio(mel))
         for t, p in zip(chunk, probs):
             t.language = max(p, key=p.get)
@@ -1522,7 +1552,7 @@ def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
 
 def _transcribe_windows(model: Whisper, tracks: list[_Track], options: TranscribeOptions) -> None:
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
-    sizes = [min(data.N_FRAMES, t.content_frames - t.seek) for t in tracks]
+    sizes = [min(data.N_FRAMES, t.region_end() - t.seek) for t in tracks]
     mel = torch.stack([data.pad_or_trim(t.mel[:, t.seek: t.seek + n], data.N_FRAMES) for t, n in zip(tracks, sizes)])
     temperatures = [options.temperature] if isinstance(options.temperature, (int, float)) else options.temperature
     draft = options.draft
@@ -1542,6 +1572,7 @@ def _transcribe_windows(model: Whisper, tracks: list[_Track], options: Transcrib
             break
     for t, size, result in zip(tracks, sizes, results):
         _advance(model, t, size, result, options)
+        t.skip_silence()
 
 
 def _advance(model: Whisper, t: _Track, size: int, result: DecodingResult, options: TranscribeOptions) -> None:

