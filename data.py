@@ -509,7 +509,7 @@ def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
     itself): 10 ms under SILENCE_DB, or under FAINT_DB and quiet by quiet_threshold() over the
     levels above SILENCE_DB (so that faint noise between long digital silences is quiet, and faint
     speech in a quiet recording is not); sound shorter than PHRASE_ONSET between silences (a click)
-    counts as silence. A pause inside real speech is far shorter than `gap` (README: silence).
+    counts as silence. A pause inside real speech is far shorter than `gap`.
     `levels`: the audio's loudness(), if known.
     """
     hop, n = sr // 100, len(audio)
