@@ -52,7 +52,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -1365,11 +1365,14 @@ class Recognizer:
         return "fp16-dec" if self.model.packed else dtype
 
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
+                   batch_size: int = 8, progress: bool = False, times: bool = True,
+                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
         """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many.
-        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way)."""
+        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way).
+        `done(i, result)`: called as soon as audio i is read to its end (model.transcribe_many)."""
         options = options if self.draft is None else replace(options, draft=self.draft)
-        return M.transcribe_many(self.model, audios, options, batch_size=batch_size, progress=progress)
+        return M.transcribe_many(self.model, audios, options, batch_size=batch_size,
+                                 progress=progress, done=done)
 
     def check(self, options: M.TranscribeOptions) -> None:
         """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
@@ -1410,7 +1413,8 @@ class Student(Recognizer):
 
     @torch.inference_mode()
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
+                   batch_size: int = 8, progress: bool = False, times: bool = True,
+                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
         """As Recognizer.transcribe: the segments of each piece, timed by the student's timestamps
         (or one per piece with options.without_timestamps). A piece the student finds more likely
         silence than NO_SPEECH keeps no text, as Whisper skips one.
@@ -1420,7 +1424,11 @@ class Student(Recognizer):
         early is read on from its last timestamp. Otherwise text only, which is faster and on real
         speech of other people no worse: 22.9% against 25.2% on short recordings, and on long ones
         within a point or two either way (timestamps make a student invent a word or two on odd
-        voices; README)."""
+        voices; README).
+
+        `done(i, result)`: called as soon as audio i is read to its end: when the batch that held
+        its last piece is decoded, unless a piece of it needs the temperature fallback or is read
+        on (then after those)."""
         self.check(options)
         pieces, owners, offsets, quiet = self.pieces(audios)
         if options.prefix and len(pieces) > 1:
@@ -1428,25 +1436,59 @@ class Student(Recognizer):
                              f"{PIECE_SECONDS:g} s")
         long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
-        out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
+        out: list[Optional[dict]] = [None] * len(audios)
+        parts = [[] for _ in audios]                 # ((round, piece), segments) of each audio
+        left = Counter(owners)                       # pieces of each audio not read to their end
         hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
-        while pieces:
-            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix, draft=options.draft)
-            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
-            rest = []                                         # (piece, owner, offset) still to read
-            for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
-                segments, done = self.segments(r, len(piece), offset, timestamps)
-                out[owner]["segments"] += segments
-                after = quiet[owner][(offset + done) // hop: (offset + len(piece)) // hop]
-                if timestamps and long[owner] and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE \
-                        and (~after).sum() >= 100 * RESEEK_SPEECH:
-                    rest.append((piece[done:], owner, offset + done))       # it stopped before the speech did
-            pieces, owners, offsets = (list(x) for x in zip(*rest)) if rest else ([], [], [])
-        for result in out:
-            result["segments"].sort(key=lambda seg: seg["start"])
-            for i, seg in enumerate(result["segments"]):
+
+        def finish(owner: int) -> None:
+            segments = [seg for _, segs in sorted(parts[owner], key=lambda p: p[0]) for seg in segs]
+            segments.sort(key=lambda seg: seg["start"])
+            for i, seg in enumerate(segments):
                 seg["id"] = i
-            result["text"] = "".join(seg["text"] for seg in result["segments"])
+            text = "".join(seg["text"] for seg in segments)
+            out[owner] = {"text": text, "segments": segments, "language": "en"}
+            if done is not None:
+                done(owner, out[owner])
+
+        for owner in range(len(audios)):
+            if not left[owner]:                      # an empty audio: no piece to read
+                finish(owner)
+        loops = replace(options, logprob_threshold=None)      # as fallback() tells a loop
+        temperatures = options.temperature
+        falls_back = not isinstance(temperatures, (int, float)) and len(temperatures) > 1
+        looping = lambda r: falls_back and loops.needs_fallback(r)       # noqa: E731
+        round_ = 0
+        while pieces:
+            rest = {}                                 # piece -> (its unread end, owner, offset)
+
+            def read(j: int, r: M.DecodingResult) -> None:
+                piece, owner, offset = pieces[j], owners[j], offsets[j]
+                segments, end = self.segments(r, len(piece), offset, timestamps)
+                parts[owner].append(((round_, j), segments))
+                after = quiet[owner][(offset + end) // hop: (offset + len(piece)) // hop]
+                unread = len(piece) - end > RESEEK_SECONDS * data.SAMPLE_RATE
+                if timestamps and long[owner] and end and unread and \
+                        (~after).sum() >= 100 * RESEEK_SPEECH:
+                    rest[j] = (piece[end:], owner, offset + end)  # it stopped before the speech did
+                    return
+                left[owner] -= 1
+                if not left[owner]:
+                    finish(owner)
+
+            def read_unless_looping(j: int, r: M.DecodingResult) -> None:
+                if not looping(r):                # a loop is read once the fallback has redone it
+                    read(j, r)
+
+            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix,
+                                       draft=options.draft, each=read_unless_looping)
+            redo = [j for j, r in enumerate(first) if looping(r)]
+            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
+            for j in redo:
+                read(j, decoded[j])
+            later = [rest[j] for j in sorted(rest)]
+            pieces, owners, offsets = (list(x) for x in zip(*later)) if later else ([], [], [])
+            round_ += 1
         return out
 
     def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
@@ -1522,10 +1564,13 @@ class Student(Recognizer):
 
     def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
                       temperature: float = 0.0, best_of: Optional[int] = None, prefix: Optional[str] = None,
-                      draft: Optional[M.TextDraft] = None) -> list[M.DecodingResult]:
+                      draft: Optional[M.TextDraft] = None,
+                      each: Optional[Callable[[int, M.DecodingResult], None]] = None
+                      ) -> list[M.DecodingResult]:
         """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
         tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
-        best of `best_of` samples; after `prefix` (forced text, not returned) if given."""
+        best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
+        result)` is called for every piece of a batch as soon as that batch is decoded."""
         model = self.model
         frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
         order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
@@ -1546,6 +1591,8 @@ class Student(Recognizer):
                                      draft=draft if isinstance(draft, M.TextDraft) else None)
             for j, r in zip(chunk, results):
                 decoded[j] = r
+                if each is not None:
+                    each(j, r)
         return decoded
 
     def drafted_by(self, student: Recognizer) -> Recognizer:

@@ -397,6 +397,23 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
         assert data.wer(u.text, result["text"]) <= 0.2
 
 
+def test_each_audio_is_handed_on_as_soon_as_its_batch_is_decoded(tiny, asterisk, monkeypatch):
+    """transcribe(done=...) hands each audio's result on right after the batch that finished it,
+    before the next batch is decoded (an empty audio at once), and returns the same results."""
+    audios = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+              if 1 < u.duration < 3][:2] + [np.zeros(0, np.float32)]
+    batches, real = [], M.decode_batch
+    monkeypatch.setattr(M, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k))
+    for reader in (askd.Student(tiny, "s.pt", round_frames=3000), askd.Recognizer(tiny, "tiny.en")):
+        batches.clear()
+        seen = {}
+        options = M.TranscribeOptions(temperature=0.0, without_timestamps=True)
+        results = reader.transcribe(audios, options, batch_size=1,
+                                    done=lambda i, r: seen.setdefault(i, (len(batches), r)))
+        assert sorted(n for n, _ in seen.values()) == [0, 1, 2] and seen[2][0] == 0
+        assert [seen[i][1] for i in range(3)] == results and results[0]["text"].strip()
+
+
 def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypatch):
     """Real recordings of different people (real-speech-dev, its sources in turn, 36 s in all), one
     after another with 0.3 s of silence between them and with none: the pieces cover the audio, none
