@@ -906,7 +906,8 @@ class Trainer:
         """last.pt when resuming (checked against the options); a run is never silently overwritten."""
         cfg, path = self.cfg, self.last_path
         if cfg.resume and not path.exists():
-            raise TrainError(f"{path}: nothing to resume (no checkpoint); start without --resume")
+            raise TrainError(f"{self.run_dir}: there is no run to resume there (no {path.name}); "
+                             f"start it without --resume")
         if not cfg.resume and path.exists() and not cfg.overwrite:
             raise TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
                              f"over, or --name for a new one")
@@ -1055,8 +1056,9 @@ class Trainer:
                         self.save_checkpoint()
                     if stop_now:
                         self.bar.close()
-                        self.say(f"stopped at step {self.step} of {self.total_steps}; continue with the same "
-                                 f"command and --resume")
+                        if self.main:            # even with --quiet: how to go on is not progress
+                            print(f"stopped at step {self.step} of {self.total_steps}; continue "
+                                  f"with the same command and --resume", file=sys.stderr)
                         return {"stopped": self.step}
         self.bar.close()
         return self.final_table()
@@ -1243,10 +1245,12 @@ class RunLock:
 
     def __init__(self, run_dir: Path, main: bool = True):
         self.path, self.main, self.held = run_dir / ".lock", main, False
+        self.made = []                   # the folders it made, the deepest first
 
     def __enter__(self):
         if not self.main:
             return self
+        self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
@@ -1282,6 +1286,11 @@ class RunLock:
     def __exit__(self, *exc):
         if self.held:
             self.path.unlink(missing_ok=True)
+        for folder in self.made:         # a run that wrote nothing leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:              # not empty: the run's files are there
+                break
         return False
 
 

@@ -627,11 +627,12 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
 
 
-def test_interrupted_run_saves_and_resumes(reference_run, workspace):
+def test_interrupted_run_saves_and_resumes(reference_run, workspace, ctrl_c):
     """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume ends
     exactly where the uninterrupted run did."""
     stopped = train_cli(workspace, "interrupted", "--accum", "2", interrupt=4)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "stopped at step 4 of 6; continue with the same command and --resume" in stopped.stderr
     assert final_weights(workspace, "interrupted")["step"] == 4
     resumed = train_cli(workspace, "interrupted", "--accum", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -729,6 +730,17 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
         askd.train(askd.TrainConfig(**cfg, resume=True))
+
+
+def test_resuming_a_run_that_is_not_there_leaves_nothing(tmp_path, capsys):
+    """`train --resume` of a run that was never started: one line saying so, and no folder made."""
+    import fastwhisper
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit:
+        fastwhisper.main(["train", "--runs-dir", str(runs), "--name", "never", "--resume", "-q"])
+    assert exit.value.code == 2 and not runs.exists()
+    said = "there is no run to resume there (no last.pt); start it without --resume"
+    assert capsys.readouterr().err == f"error: {runs / 'never'}: {said}\n"
 
 
 def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):
