@@ -1195,11 +1195,13 @@ class Trainer:
                 student = str(self.run_dir / "student.pt")
                 models = [cfg.teacher, student, PADDED_PREFIX + student]      # the last: as other tools read it
                 names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})", "student, 30 s windows"]
-                rows = evaluate(models, self.test_utts, device=self.device, names=names, quiet=cfg.quiet)
+                rows = evaluate(models, self.test_utts, device=self.device, names=names,
+                                quiet=cfg.quiet, source=self.test_label)
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
                 label, ood = self.ood_utterances()
                 if ood:
-                    for row, other in zip(rows, evaluate(models, ood, device=self.device, quiet=True)):
+                    others = evaluate(models, ood, device=self.device, quiet=True, source=label)
+                    for row, other in zip(rows, others):
                         row["OOD WER %"] = other["WER %"]
                     caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + \
                         ("; a dev set, so it chose the student)" if label in self.dev_sets else ")")
@@ -1678,11 +1680,27 @@ def read_utterances(utts: Sequence[data.Utterance], warn: bool = True) -> tuple[
     return audios, refs
 
 
+def with_references(utts: Sequence[data.Utterance], source: str = "") -> list:
+    """The utterances whose reference text keeps words after data.normalize_text; the others are
+    left out of WER (their hypotheses would count as insertions), with one warning naming them. A
+    set with no reference at all is kept whole: it can still be timed (its WER is nan)."""
+    kept = [u for u in utts if data.normalize_text(u.text or "")]
+    if kept and len(kept) < len(utts):
+        empty = [u.id for u in utts if not data.normalize_text(u.text or "")]
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        print(f"warning: {source or 'evaluation data'}: {len(empty)} utterance(s) with an empty "
+              f"reference text left out of WER: {shown}", file=sys.stderr)
+        return kept
+    return list(utts)
+
+
 def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto") -> list[dict]:
+             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto",
+             source: str = "") -> list[dict]:
     """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
-    model is timed; one warm-up utterance first). The first model is the speed baseline."""
-    audios, refs = read_utterances(utts)
+    model is timed; one warm-up utterance first). The first model is the speed baseline. Utterances
+    without reference words are left out (with_references: `source` names the data)."""
+    audios, refs = read_utterances(with_references(utts, source))
     if not audios:
         raise data.DataError("no readable audio to evaluate on")
     rows = []

@@ -332,7 +332,7 @@ def cmd_eval(args) -> int:
         if args.limit:
             utts = utts[: args.limit]
         rows = askd.evaluate(args.model or ["tiny.en"], utts, device=device, batch_size=args.batch_size,
-                             quiet=args.quiet, weights=args.weights)
+                             quiet=args.quiet, weights=args.weights, source=args.data)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "

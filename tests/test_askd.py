@@ -316,6 +316,28 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
 
 
+def test_eval_leaves_out_utterances_without_reference_words(tiny, asterisk, tmp_path, capsys):
+    """`eval` on a manifest where some texts are empty, blank or only a note: those utterances are
+    left out of the WER (not counted as insertions), with one warning naming how many and which."""
+    import fastwhisper
+    said = [u for u in data.split_corpus(asterisk)["test"] if 1 < u.duration < 3][:4]
+    texts = [said[0].text, "", "   ", "[noise]"]
+    rows = [f"{u.audio}\t{text}\tu{i}\n" for i, (u, text) in enumerate(zip(said, texts))]
+    mixed, plain = tmp_path / "mixed.tsv", tmp_path / "plain.tsv"
+    mixed.write_text("audio\ttext\tid\n" + "".join(rows))
+    plain.write_text("audio\ttext\tid\n" + rows[0])
+    runs = []
+    for manifest in (mixed, plain):
+        assert fastwhisper.main(["eval", "--data", str(manifest), "-q"]) == 0
+        runs.append(capsys.readouterr())
+    (out, err), (plain_out, _) = runs
+    row = lambda text: text.splitlines()[-1].split()[:5]    # model, params, input, weights, WER %
+    assert out.startswith(f"{mixed}: 1 utterances") and row(out) == row(plain_out)
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {mixed}: 3 utterance(s) with an empty reference text left out of "
+                      f"WER: u1, u2, u3"]
+
+
 def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeypatch, capsys):
     """With the default corpus the student is chosen on its dev split and on real speech of other
     people; if that cannot be fetched, on the dev split alone, with a warning."""
