@@ -52,7 +52,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 try:
     import fcntl
@@ -911,7 +911,8 @@ class Trainer:
         """last.pt when resuming (checked against the options); a run is never silently overwritten."""
         cfg, path = self.cfg, self.last_path
         if cfg.resume and not path.exists():
-            raise TrainError(f"{path}: nothing to resume (no checkpoint); start without --resume")
+            raise TrainError(f"{self.run_dir}: there is no run to resume there (no {path.name}); "
+                             f"start it without --resume")
         if not cfg.resume and path.exists() and not cfg.overwrite:
             raise TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
                              f"over, or --name for a new one")
@@ -1060,8 +1061,9 @@ class Trainer:
                         self.save_checkpoint()
                     if stop_now:
                         self.bar.close()
-                        self.say(f"stopped at step {self.step} of {self.total_steps}; continue with the same "
-                                 f"command and --resume")
+                        if self.main:            # even with --quiet: how to go on is not progress
+                            print(f"stopped at step {self.step} of {self.total_steps}; continue "
+                                  f"with the same command and --resume", file=sys.stderr)
                         return {"stopped": self.step}
         self.bar.close()
         return self.final_table()
@@ -1198,11 +1200,13 @@ class Trainer:
                 student = str(self.run_dir / "student.pt")
                 models = [cfg.teacher, student, PADDED_PREFIX + student]      # the last: as other tools read it
                 names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})", "student, 30 s windows"]
-                rows = evaluate(models, self.test_utts, device=self.device, names=names, quiet=cfg.quiet)
+                rows = evaluate(models, self.test_utts, device=self.device, names=names,
+                                quiet=cfg.quiet, source=self.test_label)
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
                 label, ood = self.ood_utterances()
                 if ood:
-                    for row, other in zip(rows, evaluate(models, ood, device=self.device, quiet=True)):
+                    others = evaluate(models, ood, device=self.device, quiet=True, source=label)
+                    for row, other in zip(rows, others):
                         row["OOD WER %"] = other["WER %"]
                     caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + \
                         ("; a dev set, so it chose the student)" if label in self.dev_sets else ")")
@@ -1248,10 +1252,12 @@ class RunLock:
 
     def __init__(self, run_dir: Path, main: bool = True):
         self.path, self.main, self.fd = run_dir / ".lock", main, None
+        self.made = []                   # the folders it made, the deepest first
 
     def __enter__(self):
         if not self.main:
             return self
+        self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         if fcntl is None:
             print(f"warning: {self.path.parent}: run folders cannot be locked on this system",
                   file=sys.stderr)
@@ -1302,6 +1308,11 @@ class RunLock:
             self.path.unlink(missing_ok=True)        # before letting go: see __enter__
             os.close(self.fd)
             self.fd = None
+        for folder in self.made:         # a run that wrote nothing leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:              # not empty: the run's files are there
+                break
         return False
 
 
@@ -1385,11 +1396,14 @@ class Recognizer:
         return "fp16-dec" if self.model.packed else dtype
 
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
+                   batch_size: int = 8, progress: bool = False, times: bool = True,
+                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
         """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many.
-        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way)."""
+        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way).
+        `done(i, result)`: called as soon as audio i is read to its end (model.transcribe_many)."""
         options = options if self.draft is None else replace(options, draft=self.draft)
-        return M.transcribe_many(self.model, audios, options, batch_size=batch_size, progress=progress)
+        return M.transcribe_many(self.model, audios, options, batch_size=batch_size,
+                                 progress=progress, done=done)
 
     def check(self, options: M.TranscribeOptions) -> None:
         """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
@@ -1430,7 +1444,8 @@ class Student(Recognizer):
 
     @torch.inference_mode()
     def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True) -> list[dict]:
+                   batch_size: int = 8, progress: bool = False, times: bool = True,
+                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
         """As Recognizer.transcribe: the segments of each piece, timed by the student's timestamps
         (or one per piece with options.without_timestamps). A piece the student finds more likely
         silence than NO_SPEECH keeps no text, as Whisper skips one.
@@ -1440,7 +1455,11 @@ class Student(Recognizer):
         early is read on from its last timestamp. Otherwise text only, which is faster and on real
         speech of other people no worse: 22.9% against 25.2% on short recordings, and on long ones
         within a point or two either way (timestamps make a student invent a word or two on odd
-        voices; README)."""
+        voices; README).
+
+        `done(i, result)`: called as soon as audio i is read to its end: when the batch that held
+        its last piece is decoded, unless a piece of it needs the temperature fallback or is read
+        on (then after those)."""
         self.check(options)
         pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
         if options.prefix and len(pieces) > 1:
@@ -1448,25 +1467,59 @@ class Student(Recognizer):
                              f"{PIECE_SECONDS:g} s")
         long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
-        out = [{"text": "", "segments": [], "language": "en"} for _ in audios]
+        out: list[Optional[dict]] = [None] * len(audios)
+        parts = [[] for _ in audios]                 # ((round, piece), segments) of each audio
+        left = Counter(owners)                       # pieces of each audio not read to their end
         hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
-        while pieces:
-            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix, draft=options.draft)
-            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
-            rest = []                                         # (piece, owner, offset) still to read
-            for piece, owner, offset, r in zip(pieces, owners, offsets, decoded):
-                segments, done = self.segments(r, len(piece), offset, timestamps)
-                out[owner]["segments"] += segments
-                after = quiet[owner][(offset + done) // hop: (offset + len(piece)) // hop]
-                if timestamps and long[owner] and done and len(piece) - done > RESEEK_SECONDS * data.SAMPLE_RATE \
-                        and (~after).sum() >= 100 * RESEEK_SPEECH:
-                    rest.append((piece[done:], owner, offset + done))       # it stopped before the speech did
-            pieces, owners, offsets = (list(x) for x in zip(*rest)) if rest else ([], [], [])
-        for result in out:
-            result["segments"].sort(key=lambda seg: seg["start"])
-            for i, seg in enumerate(result["segments"]):
+
+        def finish(owner: int) -> None:
+            segments = [seg for _, segs in sorted(parts[owner], key=lambda p: p[0]) for seg in segs]
+            segments.sort(key=lambda seg: seg["start"])
+            for i, seg in enumerate(segments):
                 seg["id"] = i
-            result["text"] = "".join(seg["text"] for seg in result["segments"])
+            text = "".join(seg["text"] for seg in segments)
+            out[owner] = {"text": text, "segments": segments, "language": "en"}
+            if done is not None:
+                done(owner, out[owner])
+
+        for owner in range(len(audios)):
+            if not left[owner]:                      # an empty audio: no piece to read
+                finish(owner)
+        loops = replace(options, logprob_threshold=None)      # as fallback() tells a loop
+        temperatures = options.temperature
+        falls_back = not isinstance(temperatures, (int, float)) and len(temperatures) > 1
+        looping = lambda r: falls_back and loops.needs_fallback(r)       # noqa: E731
+        round_ = 0
+        while pieces:
+            rest = {}                                 # piece -> (its unread end, owner, offset)
+
+            def read(j: int, r: M.DecodingResult) -> None:
+                piece, owner, offset = pieces[j], owners[j], offsets[j]
+                segments, end = self.segments(r, len(piece), offset, timestamps)
+                parts[owner].append(((round_, j), segments))
+                after = quiet[owner][(offset + end) // hop: (offset + len(piece)) // hop]
+                unread = len(piece) - end > RESEEK_SECONDS * data.SAMPLE_RATE
+                if timestamps and long[owner] and end and unread and \
+                        (~after).sum() >= 100 * RESEEK_SPEECH:
+                    rest[j] = (piece[end:], owner, offset + end)  # it stopped before the speech did
+                    return
+                left[owner] -= 1
+                if not left[owner]:
+                    finish(owner)
+
+            def read_unless_looping(j: int, r: M.DecodingResult) -> None:
+                if not looping(r):                # a loop is read once the fallback has redone it
+                    read(j, r)
+
+            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix,
+                                       draft=options.draft, each=read_unless_looping)
+            redo = [j for j, r in enumerate(first) if looping(r)]
+            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
+            for j in redo:
+                read(j, decoded[j])
+            later = [rest[j] for j in sorted(rest)]
+            pieces, owners, offsets = (list(x) for x in zip(*later)) if later else ([], [], [])
+            round_ += 1
         return out
 
     def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
@@ -1550,10 +1603,13 @@ class Student(Recognizer):
 
     def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
                       temperature: float = 0.0, best_of: Optional[int] = None, prefix: Optional[str] = None,
-                      draft: Optional[M.TextDraft] = None) -> list[M.DecodingResult]:
+                      draft: Optional[M.TextDraft] = None,
+                      each: Optional[Callable[[int, M.DecodingResult], None]] = None
+                      ) -> list[M.DecodingResult]:
         """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
         tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
-        best of `best_of` samples; after `prefix` (forced text, not returned) if given."""
+        best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
+        result)` is called for every piece of a batch as soon as that batch is decoded."""
         model = self.model
         frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
         order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
@@ -1574,6 +1630,8 @@ class Student(Recognizer):
                                      draft=draft if isinstance(draft, M.TextDraft) else None)
             for j, r in zip(chunk, results):
                 decoded[j] = r
+                if each is not None:
+                    each(j, r)
         return decoded
 
     def drafted_by(self, student: Recognizer) -> Recognizer:
@@ -1650,11 +1708,27 @@ def read_utterances(utts: Sequence[data.Utterance], warn: bool = True) -> tuple[
     return audios, refs
 
 
+def with_references(utts: Sequence[data.Utterance], source: str = "") -> list:
+    """The utterances whose reference text keeps words after data.normalize_text; the others are
+    left out of WER (their hypotheses would count as insertions), with one warning naming them. A
+    set with no reference at all is kept whole: it can still be timed (its WER is nan)."""
+    kept = [u for u in utts if data.normalize_text(u.text or "")]
+    if kept and len(kept) < len(utts):
+        empty = [u.id for u in utts if not data.normalize_text(u.text or "")]
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        print(f"warning: {source or 'evaluation data'}: {len(empty)} utterance(s) with an empty "
+              f"reference text left out of WER: {shown}", file=sys.stderr)
+        return kept
+    return list(utts)
+
+
 def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto") -> list[dict]:
+             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto",
+             source: str = "") -> list[dict]:
     """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
-    model is timed; one warm-up utterance first). The first model is the speed baseline."""
-    audios, refs = read_utterances(utts)
+    model is timed; one warm-up utterance first). The first model is the speed baseline. Utterances
+    without reference words are left out (with_references: `source` names the data)."""
+    audios, refs = read_utterances(with_references(utts, source))
     if not audios:
         raise data.DataError("no readable audio to evaluate on")
     rows = []

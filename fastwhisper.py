@@ -16,11 +16,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 
 WEIGHTS_HELP = ("fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
@@ -112,6 +115,18 @@ def schedule(value: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def cmd_transcribe(args) -> int:
+    written = []                                  # the files whose outputs are all written
+    try:
+        return transcribe_files(args, written)
+    except KeyboardInterrupt:                     # Ctrl-C: the files written stay; one line says so
+        print(f"interrupted: {len(written)} of {len(args.files)} files written, "
+              f"{len(args.files) - len(written)} not", file=sys.stderr)
+        return 130
+
+
+def transcribe_files(args, written: list) -> int:
+    """Transcribe args.files, writing each file's outputs as soon as it is decoded (its path then
+    goes into `written`)."""
     from tqdm import tqdm
     import formats
     import model as M
@@ -136,28 +151,51 @@ def cmd_transcribe(args) -> int:
     except ValueError as e:
         fail(str(e))
     failed = 0
-    bar = tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet)
-    for chunk, paths, audios in read_in_chunks(args.files, args.batch_size, bar):
-        failed += len(chunk) - len(paths)
-        if paths:
-            try:
-                results = recognizer.transcribe(audios, options, args.batch_size,
-                                                progress=not args.quiet and len(paths) == 1,
-                                                times=args.output_format != "txt")
-            except ValueError as e:
-                fail(str(e))
-            for path, result in zip(paths, results):
-                bar.write(f"{path}: {result['text'].strip()}" if len(args.files) > 1 else result["text"].strip())
+    with tqdm(args.files, unit="file", disable=len(args.files) < 2 or args.quiet) as bar:
+        def write(path: str, result: dict) -> None:
+            nonlocal failed
+            text = result["text"].strip()
+            with holding_ctrl_c():                # its outputs and its line, whole or not at all
+                bar.write(f"{path}: {text}" if len(args.files) > 1 else text)
                 try:
                     formats.write_result(result, names[path], args.output_dir, args.output_format)
+                    written.append(path)
                 except OSError as e:
                     bar.write(f"error: {path}: cannot write its transcript ({e})", file=sys.stderr)
                     failed += 1
-        bar.update(len(chunk))
-    bar.close()
+                bar.update(1)
+
+        for chunk, paths, audios in read_in_chunks(args.files, args.batch_size, bar):
+            failed += len(chunk) - len(paths)
+            bar.update(len(chunk) - len(paths))
+            if paths:
+                each = lambda i, result, paths=paths: write(paths[i], result)      # noqa: E731
+                try:
+                    recognizer.transcribe(audios, options, args.batch_size,
+                                          progress=not args.quiet and len(paths) == 1,
+                                          times=args.output_format != "txt", done=each)
+                except ValueError as e:
+                    fail(str(e))
     if failed:
         print(f"{failed} of {len(args.files)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def holding_ctrl_c():
+    """A Ctrl-C that comes inside the block is raised as KeyboardInterrupt when the block ends."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield                                     # SIGINT ignored or handled elsewhere: leave it be
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def cmd_stream(args) -> int:
@@ -295,7 +333,7 @@ def cmd_eval(args) -> int:
         if args.limit:
             utts = utts[: args.limit]
         rows = askd.evaluate(args.model or ["tiny.en"], utts, device=device, batch_size=args.batch_size,
-                             quiet=args.quiet, weights=args.weights)
+                             quiet=args.quiet, weights=args.weights, source=args.data)
     except (data.DataError, M.ModelError) as e:
         fail(str(e))
     print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "

@@ -23,7 +23,7 @@ import unicodedata
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -1475,13 +1475,16 @@ def transcribe_one(model: Whisper, audio, options: TranscribeOptions = Transcrib
 
 @torch.inference_mode()
 def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions = TranscribeOptions(), *,
-                    batch_size: int = 1, progress: bool = False) -> list[dict]:
+                    batch_size: int = 1, progress: bool = False,
+                    done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
     With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. Only with
     options.vad (the default) the seek jumps over each silence of data.SILENCE_GAP seconds or
     more (data.sound_regions), and no window reads into one; what is read is the whole input's mel.
     (An input given as log-mel is read whole.)
+    `done(i, result)` is called as soon as input i is read to its end (the inputs whose last windows
+    share a batch together), so a caller can keep each result before the others are decoded.
     """
     from tqdm import tqdm
     if options.task == "translate" and not model.is_multilingual:
@@ -1504,7 +1507,19 @@ def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions
         tracks[-1].skip_silence()
     undetected = [t for t in tracks if t.language is None and t.seek < t.content_frames]
     _detect_languages(model, undetected, batch_size)
+    results: list[Optional[dict]] = [None] * len(tracks)
+    place = {id(t): i for i, t in enumerate(tracks)}        # by identity: tracks compare by value
 
+    def finish(ts: Sequence[_Track]) -> None:
+        for t in ts:
+            i = place[id(t)]
+            if t.seek >= t.content_frames and results[i] is None:
+                text = model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens):])
+                results[i] = {"text": text, "segments": t.segments, "language": t.language or "en"}
+                if done is not None:
+                    done(i, results[i])
+
+    finish(tracks)                           # inputs with nothing to decode
     total = sum(t.content_frames - t.seek for t in tracks)
     with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
         while active := [t for t in tracks if t.seek < t.content_frames]:
@@ -1519,8 +1534,8 @@ def transcribe_many(model: Whisper, audios: Sequence, options: TranscribeOptions
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
                     _transcribe_windows(model, chunk, options)
                     bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
-    return [{"text": model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens):]), "segments": t.segments,
-             "language": t.language or "en"} for t in tracks]
+                    finish(chunk)
+    return results
 
 
 def _language_code(model: Whisper, language: Optional[str]) -> Optional[str]:

