@@ -29,67 +29,53 @@ The teacher's padded encoder states and its teacher-forced decoder states are co
 utterance and cached on disk (fp16 / fp32), so each training step costs the student alone.
 `--input padded` is the classic setting for comparison: frozen encoder, 30 s input.
 
-The chapter follows a run: the student, its input, its targets, the schedules and the loss, the
-data (with the teacher cache and pseudo-labels), batches, training as a few named steps of a
-Trainer (set up or resume, one optimiser step, end of epoch, final table), and then transcription
-and evaluation: a Recognizer (any Whisper) or a Student knows how its model reads audio; last,
-live transcription, where a stream is read phrase by phrase as it is spoken.
+The chapter follows a run: the student, its targets, the schedules and the loss, the data (with
+the teacher cache and pseudo-labels), batches, and training as a few named steps of a Trainer (set
+up or resume, one optimiser step, end of epoch, final table). Around it: run_plumbing.py holds a
+run's lock, checkpoints and torchrun; transcribe.py the student's trimmed input and the Recognizer
+/ Student that read audio (training uses them; they never use training).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import math
 import os
 import random
-import signal
-import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Optional, Sequence
-
-try:
-    import fcntl
-except ImportError:                 # Windows: run folders are not locked there
-    fcntl = None
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import audio_io
 import data
-import formats
+import fileio
 import model as M
+import run_plumbing
+import text_norm
+import tokenization
+import transcribe
+import weight_files
 from kernels import kd_loss
+
 
 LOSSES = ("ce", "kd", "askd")
 INPUTS = ("trimmed", "padded")
 TRUSTS = ("prob", "argmax", "none")
 SELF_TEACHERS = ("ema", "epoch")
-WEIGHTS = ("auto", "fp32", "fp16")    # how a model is held for inference (load_recognizer)
 LABELS = ("auto", "reference", "pseudo")
 IGNORE = -100                 # label of positions that carry no loss (the prompt, padding)
-ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
-MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
-PIECE_SECONDS = 30.0          # longer audio is cut at its pauses, a longer stretch of speech at its quietest,
-JOIN_SECONDS = 20.0           # and neighbouring stretches read together up to this long (README: long-form)
-PADDED_PREFIX = "padded:"     # --model padded:STUDENT: a student read in 30 s windows, as other tools do
-RESEEK_SECONDS = 1.0          # a piece whose text ends this long before the piece does, and before at
-RESEEK_SPEECH = 0.3           # least this many seconds of sound (data.loudness), is read on from there
-NO_SPEECH = 0.8               # a student's piece more likely silence than this has no text (README: speech <= 0.56)
 KEEP_BYTES = 2 ** 30          # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
 CHECKPOINT_VERSION = 1
-
-
-class TrainError(ValueError):
-    """A run that cannot start or go on; the message says what to do."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +114,7 @@ def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encod
                 state[f"{side}.blocks.{keep[side].index(int(index))}.{tail}"] = value
         else:
             state[name] = value
-    with M.without_random_init():            # every weight is the teacher's: no random numbers drawn
+    with weight_files.without_random_init():  # every weight is the teacher's: no random numbers drawn
         student = M.Whisper(dims)
     student.load_state_dict(state)
     student.tokenizer = teacher.tokenizer
@@ -136,30 +122,7 @@ def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encod
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The student's input: the log-mel cut after the speech
-# ----------------------------------------------------------------------------------------------
-
-def trimmed_frames(n_samples: int, round_frames: int = ROUND_FRAMES) -> int:
-    """Mel frames a trimmed-input model reads for audio of n_samples: the audio's frames rounded
-    up to a multiple of round_frames, at least one multiple, at most Whisper's 3000."""
-    return data.trimmed_frames(math.ceil(n_samples / data.HOP_LENGTH), round_frames)
-
-
-def trimmed_mel(audio, n_mels: int, frames: int) -> Tensor:
-    """The first `frames` frames of Whisper's log-mel of the audio padded with 30 s of silence.
-
-    Only `frames` frames plus one FFT window of zeros are computed: the frames past the speech see
-    nothing but the silence Whisper would have padded with, and the loudness floor is set by the
-    speech either way, so the result equals the padded version's first frames exactly.
-    """
-    audio = torch.as_tensor(audio)
-    length = max(audio.shape[-1], frames * data.HOP_LENGTH) + data.N_FFT
-    mel = data.log_mel_spectrogram(F.pad(audio, (0, length - audio.shape[-1])), n_mels)
-    return mel[..., :frames]
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. Targets
+# 2. Targets
 # ----------------------------------------------------------------------------------------------
 
 def target_tokens(tokenizer, text: str) -> list[int]:
@@ -171,7 +134,8 @@ def target_tokens(tokenizer, text: str) -> list[int]:
 
 
 def timestamp_token(tokenizer, seconds: float) -> int:
-    return tokenizer.timestamp_begin + min(M.N_TIMESTAMPS - 1, max(0, round(seconds / M.TIMESTAMP_STEP)))
+    return tokenizer.timestamp_begin + min(tokenization.N_TIMESTAMPS - 1, max(0,
+                                                                              round(seconds / tokenization.TIMESTAMP_STEP)))
 
 
 def timestamped_tokens(tokenizer, parts: Sequence[tuple]) -> list[int]:
@@ -205,7 +169,7 @@ def batch_targets(token_lists: Sequence[list[int]], prompts: Sequence[int], pad:
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Schedules and trust
+# 3. Schedules and trust
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -292,7 +256,7 @@ class LossConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. The loss
+# 4. The loss
 # ----------------------------------------------------------------------------------------------
 
 def distill_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None,
@@ -331,7 +295,7 @@ def encoder_loss(student_states: Tensor, teacher_states: Sequence[Tensor], posit
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Data: sources, examples, the teacher cache, pseudo-labels
+# 5. Data: sources, examples, the teacher cache, pseudo-labels
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -384,7 +348,8 @@ class TeacherCache:
     def padded_mel(self, examples: Sequence[Example]) -> Tensor:
         """The examples' log-mels as the teacher reads them: padded to 30 s, [batch, n_mels, 3000]."""
         t = self.teacher
-        return torch.stack([trimmed_mel(data.load_audio(ex.audio, cache=True), t.dims.n_mels, data.N_FRAMES)
+        return torch.stack([transcribe.trimmed_mel(audio_io.load_audio(ex.audio, cache=True), t.dims.n_mels,
+                                                   audio_io.N_FRAMES)
                             for ex in examples]).to(t.device)
 
     def load(self, ex: Example, input_mode: str) -> dict:
@@ -413,7 +378,7 @@ class TeacherCache:
                 keep = states.shape[1] if input_mode == "padded" else ex.frames // 2
                 entry = {"enc": states[j, :keep].half().cpu().clone(),
                          "hidden": hidden[j, : len(ex.tokens) - 1].float().cpu().clone()}
-                _atomic_torch_save(entry, self.path(ex, input_mode))
+                run_plumbing.atomic_torch_save(entry, self.path(ex, input_mode))
             bar.update(len(chunk))
         bar.close()
         self.kept.clear()
@@ -439,12 +404,13 @@ class TeacherCache:
         for i in tqdm(range(0, len(todo), batch_size), desc="pseudo-labels", disable=not progress or not todo,
                       leave=False):
             chunk = todo[i: i + batch_size]
-            results = M.transcribe_many(self.teacher, [data.load_audio(u.audio, cache=True) for u in chunk],
-                                        M.TranscribeOptions(temperature=0.0, without_timestamps=True),
-                                        batch_size=batch_size)
+            results = transcribe.transcribe_many(self.teacher, [audio_io.load_audio(u.audio,
+                                                                                    cache=True) for u in chunk],
+                                                 transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True),
+                                                 batch_size=batch_size)
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
-                data.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
+                fileio.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
                                 json.dumps({"audio": u.audio, "text": out[u.audio]}).encode())
         return out
 
@@ -475,7 +441,7 @@ class TeacherCache:
                 features = self.teacher.embed_audio(self.padded_mel(batch))
                 for (ex, path), parts, states in zip(chunk, self._forced_times(features, batch), features):
                     out[ex.id] = parts
-                    data.write_atomic(path, json.dumps(parts).encode())
+                    fileio.write_atomic(path, json.dumps(parts).encode())
                     if (len(self.kept) + 1) * states.numel() * 2 <= KEEP_BYTES:
                         self.kept[ex.key] = states.half()
         return out
@@ -483,9 +449,9 @@ class TeacherCache:
     def _forced_times(self, features: Tensor, examples: Sequence[Example]) -> list[list[tuple]]:
         """Forced timestamps for a batch (see `timestamps`), one example at a time through a KV
         cache: each step feeds only the tokens just decided, the audio's keys and values once."""
-        t, tok, step = self.teacher, self.teacher.tokenizer, M.TIMESTAMP_STEP
+        t, tok, step = self.teacher, self.teacher.tokenizer, tokenization.TIMESTAMP_STEP
         begin = tok.timestamp_begin
-        stamps = t.decoder.token_embedding.weight[begin: begin + M.N_TIMESTAMPS].float()
+        stamps = t.decoder.token_embedding.weight[begin: begin + tokenization.N_TIMESTAMPS].float()
         out = []
         for audio, ex in zip(features, examples):
             cache = M.KVCache(t, 1, audio.device, audio.dtype)
@@ -493,13 +459,13 @@ class TeacherCache:
                                                    cache=cache)[0, -1].float()
             best = lambda hidden, lo, hi: lo + int((stamps[lo: hi + 1] @ hidden).argmax())
             hidden, times, last_end = feed(list(tok.sot_sequence())), [], 0
-            limit = min(M.N_TIMESTAMPS - 1, round(ex.n_samples / data.SAMPLE_RATE / step))
+            limit = min(tokenization.N_TIMESTAMPS - 1, round(ex.n_samples / audio_io.SAMPLE_RATE / step))
             for k, (a, b, text) in enumerate(ex.parts):
                 a, b = round(a / step), round(b / step)
                 lo = max(last_end, a - 5) if k else 0            # give or take 0.1 s; times never go back
                 start = best(hidden, lo, max(lo, b if k else min(b, 50)))        # the first by 1 s
                 hidden = feed([begin + start] + tok.encode(" " + text.strip()))
-                first = min(start + 1, M.N_TIMESTAMPS - 1)
+                first = min(start + 1, tokenization.N_TIMESTAMPS - 1)
                 last_end = best(hidden, first, max(first, min(b + 5, limit)))
                 hidden = feed([begin + last_end])
                 times.append((start * step, last_end * step, text))
@@ -511,12 +477,6 @@ def timestamp_examples(examples: Sequence[Example], share: float, seed: int) -> 
     """The examples whose targets carry timestamps: each with probability `share`, drawn once per
     example (so the teacher cache holds one target each), the same draw in every run of a seed."""
     return [ex for ex in examples if random.Random(f"{seed}:{ex.id}").random() < share]
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data.write_atomic(path, buffer.getvalue())
 
 
 def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: int, n_text_ctx: int,
@@ -534,21 +494,21 @@ def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: in
 
     for u in utts:
         try:
-            n = len(data.load_audio(u.audio, cache=True))
-        except (data.AudioError, OSError) as e:
+            n = len(audio_io.load_audio(u.audio, cache=True))
+        except (fileio.AudioError, OSError) as e:
             skip(u, "unreadable audio", f" ({str(e).split(': ', 1)[-1]})")
             continue
         if n == 0:
             skip(u, "empty audio")
             continue
-        if n > data.N_SAMPLES:
-            skip(u, "longer than 30 s", f" ({n / data.SAMPLE_RATE:.1f} s)")
+        if n > audio_io.N_SAMPLES:
+            skip(u, "longer than 30 s", f" ({n / audio_io.SAMPLE_RATE:.1f} s)")
             continue
         ref = (u.text or "").strip()
         text = ref
         if labels == "pseudo" or (labels == "auto" and not ref):
             text = (pseudo or {}).get(u.audio, "")
-            if ref and labels == "pseudo" and data.wer(ref, text) > max_label_wer:
+            if ref and labels == "pseudo" and text_norm.wer(ref, text) > max_label_wer:
                 skip(u, "pseudo-label disagrees with the reference")
                 continue
         if not text:
@@ -562,8 +522,9 @@ def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: in
         if len(tokens) > n_text_ctx:
             skip(u, "text too long", f" ({len(tokens)} tokens > {n_text_ctx})")
             continue
-        parts = u.parts if u.parts and text == ref else ((0.0, n / data.SAMPLE_RATE, text),)
-        examples.append(Example(u.id, u.audio, text, tokens, n, trimmed_frames(n, round_frames), audio_key(u.audio),
+        parts = u.parts if u.parts and text == ref else ((0.0, n / audio_io.SAMPLE_RATE, text),)
+        examples.append(Example(u.id, u.audio, text, tokens, n, transcribe.trimmed_frames(n, round_frames),
+                                audio_key(u.audio),
                                 parts, prompt_length(tokenizer, tokens)))
     if notes:
         shown = "; ".join(notes[:5]) + ("; ..." if len(notes) > 5 else "")
@@ -572,7 +533,7 @@ def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: in
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. Batches
+# 6. Batches
 # ----------------------------------------------------------------------------------------------
 
 def epoch_batches(examples: Sequence[Example], epoch: int, batch_size: int, max_frames: Optional[int],
@@ -614,7 +575,7 @@ def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n
     generator = torch.Generator().manual_seed(seed)
     mels = []
     for ex in examples:
-        mel = trimmed_mel(data.load_audio(ex.audio, cache=True), n_mels, frames)
+        mel = transcribe.trimmed_mel(audio_io.load_audio(ex.audio, cache=True), n_mels, frames)
         if augment:
             own = mel[:, : ex.frames]
             own.copy_(data.spec_augment(own, T=max(1, min(100, ex.frames // 10)), generator=generator))
@@ -643,7 +604,7 @@ class StudentStep(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Training
+# 7. Training
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -666,12 +627,12 @@ class TrainConfig(LossConfig):
                                        # TeacherCache.timestamps), as Whisper trains; 0 for none
     name: str = "askd"
     runs_dir: str = "runs"
-    cache_dir: Optional[str] = None    # teacher cache; default data.cache_dir()
+    cache_dir: Optional[str] = None    # teacher cache; default fileio.cache_dir()
     # the student
     decoder_layers: Optional[int] = None   # default: all of the teacher's (2 of tiny.en's 4 loop; see README)
     encoder_layers: Optional[int] = None
     input: str = "trimmed"
-    round_frames: int = ROUND_FRAMES
+    round_frames: int = transcribe.ROUND_FRAMES
     train_embed: bool = False          # train the token embedding (= output projection); default: the teacher's
     # the loss, besides LossConfig's
     self_teacher: str = "ema"
@@ -713,7 +674,7 @@ class TrainConfig(LossConfig):
                    "labels": LABELS, "lr_schedule": ("linear", "cosine"), "precision": ("auto", "fp32", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}")
+                raise run_plumbing.TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}")
         for name in ("alpha", "beta"):
             Schedule.parse(getattr(self, name))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum": self.accum,
@@ -721,46 +682,11 @@ class TrainConfig(LossConfig):
                     "lr": self.lr, "save_every": self.save_every}
         for name, value in positive.items():
             if value <= 0:
-                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise run_plumbing.TrainError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.timestamps <= 1:
-            raise TrainError(f"--timestamps must be in [0, 1], got {self.timestamps}")
+            raise run_plumbing.TrainError(f"--timestamps must be in [0, 1], got {self.timestamps}")
         if not 0 <= self.ema_decay < 1:
-            raise TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-
-
-def _setup_distributed(cfg: TrainConfig):
-    """(rank, world size, device); under torchrun each process takes one GPU (or the CPU with gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(f"--device {device}: no CUDA device is available")
-    if world > 1:
-        import torch.distributed as dist
-        if device == "cuda":
-            device = f"cuda:{local}"
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return rank, world, torch.device(device)
-
-
-def _all_reduce(values: list[float], world: int, device) -> list[float]:
-    if world == 1:
-        return values
-    import torch.distributed as dist
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+            raise run_plumbing.TrainError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -774,56 +700,11 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
-def _rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _data_fingerprint(examples: Sequence[Example]) -> str:
     h = hashlib.sha1()
     for ex in examples:
         h.update(f"{ex.id}|{ex.key}|{ex.frames}|{ex.tokens}\n".encode())
     return h.hexdigest()[:16]
-
-
-class _StopFlag:
-    """SIGINT / SIGTERM ask the loop to stop at the next step boundary and save (a second Ctrl-C
-    stops at once)."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, self.handle)
-            except ValueError:          # not the main thread: leave signals alone
-                pass
-        return self
-
-    def handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
@@ -837,7 +718,7 @@ def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
         dev = {"asterisk:dev": data.load_source("asterisk:dev")}
         try:                        # real speech of other people: choose the student that generalises
             dev["real-speech-dev"] = data.load_source("real-speech-dev")
-        except data.DataError as e:
+        except fileio.DataError as e:
             print(f"warning: dev set without real-speech-dev, the student is chosen on asterisk:dev alone: {e}",
                   file=sys.stderr)
     else:
@@ -869,7 +750,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.rank, self.world, self.device = _setup_distributed(cfg)
+        self.rank, self.world, self.device = run_plumbing.setup_distributed(cfg)
         self.main = self.rank == 0
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         self.last_path, self.metrics_path = self.run_dir / "last.pt", self.run_dir / "metrics.jsonl"
@@ -885,7 +766,7 @@ class Trainer:
         elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics_path.write_text("")
-            data.write_atomic(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+            fileio.write_atomic(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
         self.step_module = StudentStep(self.student)
         if self.world > 1:
             self.step_module = nn.parallel.DistributedDataParallel(
@@ -911,11 +792,11 @@ class Trainer:
         """last.pt when resuming (checked against the options); a run is never silently overwritten."""
         cfg, path = self.cfg, self.last_path
         if cfg.resume and not path.exists():
-            raise TrainError(f"{self.run_dir}: there is no run to resume there (no {path.name}); "
-                             f"start it without --resume")
+            raise run_plumbing.TrainError(f"{self.run_dir}: there is no run to resume there (no {path.name}); "
+                                          f"start it without --resume")
         if not cfg.resume and path.exists() and not cfg.overwrite:
-            raise TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
-                             f"over, or --name for a new one")
+            raise run_plumbing.TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
+                                          f"over, or --name for a new one")
         if not cfg.resume:
             if cfg.overwrite and self.main:      # the old run's files go first: a folder never mixes two runs
                 for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl", "config.json"):
@@ -924,55 +805,55 @@ class Trainer:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:               # truncated, corrupted, or not a checkpoint at all
-            raise TrainError(f"{path}: cannot read the checkpoint ({data.brief(e)}); start over with "
-                             f"--overwrite") from None
+            raise run_plumbing.TrainError(f"{path}: cannot read the checkpoint ({fileio.brief(e)}); start over with "
+                                          f"--overwrite") from None
         version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
         if version != CHECKPOINT_VERSION:
-            raise TrainError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
+            raise run_plumbing.TrainError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
         old = checkpoint["config"]
         changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
                    if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
         if changed:
-            raise TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
+            raise run_plumbing.TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
         return checkpoint
 
     def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
         """The teacher; the utterances; pseudo-labels where needed, the usable examples and the teacher
         cache filled for them. With several processes each computes its share, then reads everyone's."""
         cfg, rank, world, progress = self.cfg, self.rank, self.world, self.main and not self.cfg.quiet
-        teacher = formats.load_model(cfg.teacher, device=self.device)
+        teacher = weight_files.load_model(cfg.teacher, device=self.device)
         self.tok = teacher.tokenizer
         utts, self.dev_sets, self.test_utts, self.test_label = default_sources(cfg)
         utts = utts + data.join_utterances(utts, round(cfg.joined * len(utts)), seed=cfg.seed) + \
             data.perturbed_utterances(utts, round(cfg.perturbed * len(utts)), seed=cfg.seed)
-        cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else data.cache_dir(), teacher)
+        cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else fileio.cache_dir(), teacher)
         unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
         pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
         if unlabelled:
             cache.pseudo_labels(readable[rank::world], progress=progress)
-            _barrier(world)
+            run_plumbing.barrier(world)
             pseudo = cache.pseudo_labels(readable, progress=False)
         self.skipped = Counter()
         self.examples = prepare_examples(utts, self.tok, cfg.round_frames, teacher.dims.n_text_ctx, cfg.labels,
                                          pseudo, cfg.max_label_wer, self.skipped)
         if not self.examples:
-            raise TrainError(f"{cfg.train}: no usable training utterances ({dict(self.skipped)})")
+            raise run_plumbing.TrainError(f"{cfg.train}: no usable training utterances ({dict(self.skipped)})")
         stamped = timestamp_examples(self.examples, cfg.timestamps, cfg.seed)
         if stamped:
             cache.timestamps(stamped[rank::world], progress=progress, autocast=self.amp)
-            _barrier(world)
+            run_plumbing.barrier(world)
             times = cache.timestamps(stamped, progress=False)
             for ex in stamped:
                 tokens = timestamped_tokens(self.tok, times[ex.id])
                 if len(tokens) <= teacher.dims.n_text_ctx:
                     ex.tokens, ex.parts, ex.prompt = tokens, tuple(times[ex.id]), prompt_length(self.tok, tokens)
         cache.build(self.examples[rank::world], cfg.input, progress=progress, autocast=self.amp)
-        _barrier(world)
+        run_plumbing.barrier(world)
         cache.build(self.examples, cfg.input, progress=False, autocast=self.amp)   # anything another rank missed
         self.fingerprint = _data_fingerprint(self.examples)
         if checkpoint is not None and checkpoint["data"] != self.fingerprint:
-            raise TrainError(f"{self.last_path}: the training data changed since this run started (files, texts "
-                             f"or options that select them); start a new run with --name")
+            raise run_plumbing.TrainError(f"{self.last_path}: the training data changed since this run started (files, texts "
+                                          f"or options that select them); start a new run with --name")
         return teacher
 
     def _make_student(self, teacher: M.Whisper) -> None:
@@ -995,8 +876,8 @@ class Trainer:
         self.steps_per_epoch = len(epoch_batches(self.examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed)) \
             // self.group
         if self.steps_per_epoch == 0:
-            raise TrainError(f"{len(self.examples)} utterances make fewer micro-batches than ranks x --accum "
-                             f"({self.group})")
+            raise run_plumbing.TrainError(f"{len(self.examples)} utterances make fewer micro-batches than ranks x --accum "
+                                          f"({self.group})")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
         beta = Schedule.parse(cfg.beta)
@@ -1012,28 +893,29 @@ class Trainer:
         self.step, self.best_wer = checkpoint["step"], checkpoint["best_wer"]
         self.counters = Counter(checkpoint["counters"])
         states = checkpoint["rng"]
-        _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
+        run_plumbing.set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
         if self.main:
-            _truncate_metrics(self.metrics_path, self.step)
+            run_plumbing.truncate_metrics(self.metrics_path, self.step)
         best = f" (best dev WER so far {100 * self.best_wer:.2f}%)" if self.best_wer < math.inf else ""
         self.say(f"resuming {self.run_dir} at step {self.step} of {self.total_steps}{best}")
 
     def save_checkpoint(self) -> None:
         """last.pt, written atomically: everything `_resume` needs, every rank's random state included."""
-        rng = _gather_objects(_rng_state(), self.world)
+        rng = run_plumbing.gather_objects(run_plumbing.rng_state(), self.world)
         if not self.main:
             return
         try:
-            _atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(self.cfg), "data": self.fingerprint,
-                                "step": self.step, "student": self.student.state_dict(),
-                                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                                "earlier": self.earlier.state_dict() if self.earlier is not None else None,
-                                "rng": rng, "best_wer": self.best_wer, "counters": dict(self.counters)},
-                               self.last_path)
+            run_plumbing.atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(self.cfg),
+                                            "data": self.fingerprint,
+                                            "step": self.step, "student": self.student.state_dict(),
+                                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                                            "earlier": self.earlier.state_dict() if self.earlier is not None else None,
+                                            "rng": rng, "best_wer": self.best_wer, "counters": dict(self.counters)},
+                                           self.last_path)
         except OSError as e:                     # a full disk: the last checkpoint written is still whole
-            raise TrainError(f"{self.last_path}: cannot write the checkpoint at step {self.step} "
-                             f"({e.strerror or e}); the one before is intact: make room and continue with "
-                             f"--resume") from None
+            raise run_plumbing.TrainError(f"{self.last_path}: cannot write the checkpoint at step {self.step} "
+                                          f"({e.strerror or e}); the one before is intact: make room and continue with "
+                                          f"--resume") from None
 
     # --- the loop ---
 
@@ -1045,7 +927,7 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.main or cfg.quiet,
                         dynamic_ncols=True)
         self.started = time.time()
-        with _StopFlag() as stop:
+        with run_plumbing.StopFlag() as stop:
             while self.step < self.total_steps:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
                 batches = epoch_batches(self.examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, self.group)
@@ -1053,7 +935,7 @@ class Trainer:
                     self.earlier.load_state_dict(self.student.state_dict())          # last epoch's self
                 for in_epoch in range(in_epoch, self.steps_per_epoch):
                     self.train_step(batches, epoch, in_epoch)
-                    stop_now = _all_reduce([float(stop.requested)], self.world, self.device)[0] > 0
+                    stop_now = run_plumbing.all_reduce([float(stop.requested)], self.world, self.device)[0] > 0
                     epoch_done = in_epoch + 1 == self.steps_per_epoch
                     if epoch_done:
                         self.end_of_epoch(epoch + 1)
@@ -1084,7 +966,7 @@ class Trainer:
             _ema_update(self.earlier, self.student, cfg.ema_decay)
         self.step += 1
         keys = sorted(sums)
-        totals = dict(zip(keys, [v / self.world for v in _all_reduce([sums[k] for k in keys], self.world,
+        totals = dict(zip(keys, [v / self.world for v in run_plumbing.all_reduce([sums[k] for k in keys], self.world,
                                                                       self.device)]))
         record = {"step": self.step, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
                   "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
@@ -1153,9 +1035,9 @@ class Trainer:
         self.bad_in_a_row += 1
         if self.bad_in_a_row >= self.cfg.max_bad_steps:
             self.bar.close()
-            raise TrainError(f"{self.cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
-                             f"{self.step + 1}); lower --lr or check the data. The last good checkpoint "
-                             f"is {self.last_path}")
+            raise run_plumbing.TrainError(f"{self.cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
+                                          f"{self.step + 1}); lower --lr or check the data. The last good checkpoint "
+                                          f"is {self.last_path}")
         if self.main:
             self.bar.write(f"warning: step {self.step + 1}: {why}, update skipped "
                            f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})")
@@ -1167,11 +1049,11 @@ class Trainer:
         saved as student.pt (without dev data, the latest one)."""
         cfg, path = self.cfg, self.run_dir / "student.pt"
         if self.main and not self.dev_sets:
-            save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None})
+            run_plumbing.save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None})
             self.bar.write(f"epoch {epoch}: no dev data, student.pt is this epoch's student")
         elif self.main:
             self.student.eval()
-            recognizer = as_recognizer(self.student, student_info(cfg))
+            recognizer = transcribe.as_recognizer(self.student, transcribe.student_info(cfg))
             wers = {name: dev_wer(recognizer, utts, cfg.eval_batch_size) for name, utts in self.dev_sets.items()}
             self.student.train()
             wer = sum(wers.values()) / len(wers)
@@ -1180,10 +1062,10 @@ class Trainer:
             better = wer < self.best_wer or not path.exists()
             if better:
                 self.best_wer = wer
-                save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer})
+                run_plumbing.save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer})
             each = "" if len(wers) == 1 else " (" + ", ".join(f"{n} {100 * w:.2f}%" for n, w in wers.items()) + ")"
             self.bar.write(f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}")
-        self.best_wer = _gather_objects(self.best_wer, self.world)[0]          # rank 0's, on every rank
+        self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[0]  # rank 0's, on every rank
 
     def final_table(self) -> dict:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
@@ -1198,26 +1080,26 @@ class Trainer:
                 self.say(f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
                          f"utterance at a time")
                 student = str(self.run_dir / "student.pt")
-                models = [cfg.teacher, student, PADDED_PREFIX + student]      # the last: as other tools read it
+                models = [cfg.teacher, student, transcribe.PADDED_PREFIX + student]  # the last: as other tools read it
                 names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})", "student, 30 s windows"]
-                rows = evaluate(models, self.test_utts, device=self.device, names=names,
-                                quiet=cfg.quiet, source=self.test_label)
+                rows = transcribe.evaluate(models, self.test_utts, device=self.device, names=names,
+                                           quiet=cfg.quiet, source=self.test_label)
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
                 label, ood = self.ood_utterances()
                 if ood:
-                    others = evaluate(models, ood, device=self.device, quiet=True, source=label)
+                    others = transcribe.evaluate(models, ood, device=self.device, quiet=True, source=label)
                     for row, other in zip(rows, others):
                         row["OOD WER %"] = other["WER %"]
                     caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + \
                         ("; a dev set, so it chose the student)" if label in self.dev_sets else ")")
                 results["test"] = rows
-                results["table"] = caption + "\n" + format_table(rows)
+                results["table"] = caption + "\n" + transcribe.format_table(rows)
                 print(results["table"])
-        results = _finite(results)          # no NaN or infinity: results.json is valid JSON
+        results = run_plumbing.finite(results)  # no NaN or infinity: results.json is valid JSON
         if self.main:
-            data.write_atomic(self.run_dir / "results.json",
-                              json.dumps(results, indent=1, default=str, allow_nan=False).encode())
-        _barrier(self.world)
+            fileio.write_atomic(self.run_dir / "results.json",
+                                json.dumps(results, indent=1, default=str, allow_nan=False).encode())
+        run_plumbing.barrier(self.world)
         return results
 
     def ood_utterances(self) -> tuple[str, list]:
@@ -1229,123 +1111,27 @@ class Trainer:
             return label, self.dev_sets.get(label, [])
         try:
             return label, data.load_source(label)
-        except data.DataError as e:
+        except fileio.DataError as e:
             print(f"warning: no out-of-domain column: {e}", file=sys.stderr)
             return label, []
 
 
-def dev_wer(recognizer: "Recognizer", utts: Sequence[data.Utterance], batch_size: int) -> float:
+def dev_wer(recognizer: transcribe.Recognizer, utts: Sequence[data.Utterance], batch_size: int) -> float:
     """WER of a student on the transcribed, readable utterances of a dev set (inf if there are none)."""
-    audios, refs = read_utterances([u for u in utts if (u.text or "").strip()], warn=False)
-    return data.wer(refs, recognizer.transcribe_text(audios, batch_size)) if refs else math.inf
+    audios, refs = transcribe.read_utterances([u for u in utts if (u.text or "").strip()], warn=False)
+    return text_norm.wer(refs, recognizer.transcribe_text(audios, batch_size)) if refs else math.inf
 
 
 def train(cfg: TrainConfig) -> dict:
     """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json)."""
-    with RunLock(Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0):
+    with run_plumbing.RunLock(Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0):
         return Trainer(cfg).run()
-
-
-class RunLock:
-    """runs/NAME/.lock: two runs never write into one folder at once. The file's text (host, pid,
-    start time) is for people; the lock itself is the kernel's, so it dies with its process."""
-
-    def __init__(self, run_dir: Path, main: bool = True):
-        self.path, self.main, self.fd = run_dir / ".lock", main, None
-        self.made = []                   # the folders it made, the deepest first
-
-    def __enter__(self):
-        if not self.main:
-            return self
-        self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        if fcntl is None:
-            print(f"warning: {self.path.parent}: run folders cannot be locked on this system",
-                  file=sys.stderr)
-            return self
-        # flock on a file kept open for the run's life: taking it is one atomic call that fails
-        # while a live process holds it, a dead run's file is taken as is, and the holder removes
-        # the file before letting go, so a taker whose file is no longer at the path tries again
-        for _ in range(100):
-            fd = None
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if self._same_file(fd):
-                    started = time.strftime("%Y-%m-%d %H:%M:%S")
-                    os.ftruncate(fd, 0)
-                    me = f"host {socket.gethostname()} pid {os.getpid()} started {started}\n"
-                    os.write(fd, me.encode())
-                    self.fd, fd = fd, None
-                    return self
-            except BlockingIOError:
-                owner = self._owner()
-                owner = f" ({owner})" if owner else ""
-                raise TrainError(f"{self.path.parent}: another run{owner} is using this folder; "
-                                 f"wait for it to end, or choose another --name") from None
-            except OSError as e:
-                raise TrainError(f"{self.path}: cannot take the run folder's lock ({e.strerror})") \
-                    from None
-            finally:
-                if fd is not None:
-                    os.close(fd)
-        raise TrainError(f"{self.path}: could not take the run folder's lock")
-
-    def _same_file(self, fd: int) -> bool:
-        try:
-            return os.path.samestat(os.fstat(fd), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
-    def _owner(self) -> str:
-        try:
-            return " ".join(self.path.read_text(errors="replace").split())
-        except OSError:
-            return ""
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)        # before letting go: see __enter__
-            os.close(self.fd)
-            self.fd = None
-        for folder in self.made:         # a run that wrote nothing leaves no empty folder behind
-            try:
-                folder.rmdir()
-            except OSError:              # not empty: the run's files are there
-                break
-        return False
 
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1 - decay)
-
-
-def save_student(student: M.Whisper, path: Path, cfg: TrainConfig, extra: dict) -> Path:
-    """The student in OpenAI's .pt format, with its vocabulary and how it wants its input."""
-    info = {**student_info(cfg), **extra}
-    return M.save_model(student, path, extra={"fastwhisper": info})
-
-
-def _finite(value):
-    """`value` with every NaN or infinity inside it replaced by None: results.json stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _gather_objects(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -1356,546 +1142,3 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if precision == "fp32":
         return None
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (the resumed run writes them again)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError):
-            continue
-    data.write_atomic(path, "".join(line + "\n" for line in kept).encode())
-
-
-# ----------------------------------------------------------------------------------------------
-# 9. Transcribing and evaluating: a loaded model knows how it reads audio
-# ----------------------------------------------------------------------------------------------
-
-class Recognizer:
-    """A Whisper model ready to transcribe: 30-second windows, Whisper's long-form loop.
-
-    The CLI, the bench and eval hold every model as a Recognizer or a Student and call its
-    transcribe() or transcribe_text(): the model knows how it reads audio, nobody asks.
-    A `draft` (a student's guesses) makes greedy decoding faster and changes no token.
-    """
-    input = "padded"
-    pack = False               # load_recognizer(weights="auto") keeps Whisper's own fp32: OpenAI's exact tokens
-
-    def __init__(self, model: M.Whisper, name: str = "", draft: Optional[M.Draft] = None):
-        self.model, self.name, self.draft = model, name, draft
-
-    @property
-    def weights(self) -> str:
-        """fp32 as stored, or fp16-dec: the decoder packed in fp16 for the CPU (pack_for_cpu)."""
-        dtype = str(next(self.model.parameters()).dtype).replace("torch.float", "fp")
-        return "fp16-dec" if self.model.packed else dtype
-
-    def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True,
-                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
-        """Per audio (path or waveform) {'text', 'segments', 'language'}, as model.transcribe_many.
-        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way).
-        `done(i, result)`: called as soon as audio i is read to its end (model.transcribe_many)."""
-        options = options if self.draft is None else replace(options, draft=self.draft)
-        return M.transcribe_many(self.model, audios, options, batch_size=batch_size,
-                                 progress=progress, done=done)
-
-    def check(self, options: M.TranscribeOptions) -> None:
-        """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
-
-    def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
-        """Greedy, no timestamps, no fallback: the decoding every model is compared under."""
-        results = self.transcribe(audios, M.TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size)
-        return [r["text"].strip() for r in results]
-
-    def drafted_by(self, student: "Recognizer") -> "Recognizer":
-        """This model in teacher-exact mode: its own greedy tokens, the student guessing ahead."""
-        return Recognizer(self.model, self.name, draft=student.as_draft())
-
-    def as_draft(self) -> M.Draft:
-        raise ValueError(f"{self.name}: only a student from `train` can draft for a model")
-
-
-class Student(Recognizer):
-    """A student from `train`: it reads each audio at its own length (trimmed input), greedy,
-    English, with timestamps (its segments' real times) unless asked for text alone.
-
-    Audio longer than PIECE_SECONDS is cut at its pauses (data.split_at_pauses) into pieces of
-    speech of up to JOIN_SECONDS (neighbouring stretches together: a student reads a lone phrase of
-    another speaker worse than the same phrase in its context), each read whole; the pieces of every
-    audio are decoded together, `batch_size` at a time, similar lengths side by side. With
-    timestamps, a piece whose text stops well before its sound does is read on from its last
-    timestamp, as Whisper seeks (a student taught mostly on single prompts may stop after the first
-    of several). Since the student knows how long its
-    audio is, a decoder stuck in a loop stops after MAX_TOKENS_PER_SECOND tokens per second of
-    audio (+ 16), far more than anyone says, not after Whisper's fixed 224.
-    """
-    input = "trimmed"
-    pack = True                # the decoder in fp16 for the CPU: about twice the decoding speed
-
-    def __init__(self, model: M.Whisper, name: str = "", round_frames: int = ROUND_FRAMES):
-        super().__init__(model, name)
-        self.round_frames = round_frames
-
-    @torch.inference_mode()
-    def transcribe(self, audios: Sequence, options: M.TranscribeOptions = M.TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True,
-                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
-        """As Recognizer.transcribe: the segments of each piece, timed by the student's timestamps
-        (or one per piece with options.without_timestamps). A piece the student finds more likely
-        silence than NO_SPEECH keeps no text, as Whisper skips one.
-
-        Timestamps are decoded only where they are used, for segment times (`times`: the caller
-        writes srt, vtt, tsv or json); then a piece of audio longer than PIECE_SECONDS that stopped
-        early is read on from its last timestamp. Otherwise text only, which is faster and on real
-        speech of other people no worse: 22.9% against 25.2% on short recordings, and on long ones
-        within a point or two either way (timestamps make a student invent a word or two on odd
-        voices; README).
-
-        `done(i, result)`: called as soon as audio i is read to its end: when the batch that held
-        its last piece is decoded, unless a piece of it needs the temperature fallback or is read
-        on (then after those)."""
-        self.check(options)
-        pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
-        if options.prefix and len(pieces) > 1:
-            raise ValueError(f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
-                             f"{PIECE_SECONDS:g} s")
-        long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
-        timestamps = times and not options.without_timestamps
-        out: list[Optional[dict]] = [None] * len(audios)
-        parts = [[] for _ in audios]                 # ((round, piece), segments) of each audio
-        left = Counter(owners)                       # pieces of each audio not read to their end
-        hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
-
-        def finish(owner: int) -> None:
-            segments = [seg for _, segs in sorted(parts[owner], key=lambda p: p[0]) for seg in segs]
-            segments.sort(key=lambda seg: seg["start"])
-            for i, seg in enumerate(segments):
-                seg["id"] = i
-            text = "".join(seg["text"] for seg in segments)
-            out[owner] = {"text": text, "segments": segments, "language": "en"}
-            if done is not None:
-                done(owner, out[owner])
-
-        for owner in range(len(audios)):
-            if not left[owner]:                      # an empty audio: no piece to read
-                finish(owner)
-        loops = replace(options, logprob_threshold=None)      # as fallback() tells a loop
-        temperatures = options.temperature
-        falls_back = not isinstance(temperatures, (int, float)) and len(temperatures) > 1
-        looping = lambda r: falls_back and loops.needs_fallback(r)       # noqa: E731
-        round_ = 0
-        while pieces:
-            rest = {}                                 # piece -> (its unread end, owner, offset)
-
-            def read(j: int, r: M.DecodingResult) -> None:
-                piece, owner, offset = pieces[j], owners[j], offsets[j]
-                segments, end = self.segments(r, len(piece), offset, timestamps)
-                parts[owner].append(((round_, j), segments))
-                after = quiet[owner][(offset + end) // hop: (offset + len(piece)) // hop]
-                unread = len(piece) - end > RESEEK_SECONDS * data.SAMPLE_RATE
-                if timestamps and long[owner] and end and unread and \
-                        (~after).sum() >= 100 * RESEEK_SPEECH:
-                    rest[j] = (piece[end:], owner, offset + end)  # it stopped before the speech did
-                    return
-                left[owner] -= 1
-                if not left[owner]:
-                    finish(owner)
-
-            def read_unless_looping(j: int, r: M.DecodingResult) -> None:
-                if not looping(r):                # a loop is read once the fallback has redone it
-                    read(j, r)
-
-            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix,
-                                       draft=options.draft, each=read_unless_looping)
-            redo = [j for j, r in enumerate(first) if looping(r)]
-            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
-            for j in redo:
-                read(j, decoded[j])
-            later = [rest[j] for j in sorted(rest)]
-            pieces, owners, offsets = (list(x) for x in zip(*later)) if later else ([], [], [])
-            round_ += 1
-        return out
-
-    def segments(self, r: M.DecodingResult, n_samples: int, offset: int, timestamps: bool
-                 ) -> tuple[list[dict], int]:
-        """One decoded piece as Whisper's segments, times in seconds of the whole audio: one per
-        timestamp pair, or the whole piece (text only, or silence: no text); and where in the piece
-        its last segment ends (samples; 0 if that segment is empty, or the piece silence)."""
-        tok, seconds, start = self.model.tokenizer, n_samples / data.SAMPLE_RATE, offset / data.SAMPLE_RATE
-        timed = timed_segments(r.tokens, tok, seconds) if timestamps else [(0.0, seconds, r.tokens)]
-        if r.no_speech_prob > NO_SPEECH:
-            timed = [(0.0, seconds, [])]
-        segments = []
-        for a, b, tokens in timed:
-            text = tok.decode(tokens).strip()
-            if not any(c.isalnum() for c in text):           # "..." or "-" is not a transcript
-                text, tokens = "", []
-            segments.append({"seek": offset // data.HOP_LENGTH, "start": start + a, "end": start + b,
-                             "text": " " + text if text else "", "tokens": tokens, "temperature": r.temperature,
-                             "avg_logprob": r.avg_logprob, "compression_ratio": r.compression_ratio,
-                             "no_speech_prob": r.no_speech_prob})
-        return segments, round(timed[-1][1] * data.SAMPLE_RATE) if timed and timed[-1][2] else 0
-
-    def fallback(self, pieces: Sequence[Tensor], decoded: list[M.DecodingResult], options: M.TranscribeOptions,
-                 batch_size: int, timestamps: bool) -> list[M.DecodingResult]:
-        """Whisper's temperature fallback, for the pieces whose greedy text is a loop (more
-        compressible than options.compression_ratio_threshold): decoded again at each next
-        temperature of the schedule, best of options.best_of samples, until it is not. One piece or
-        two of a long recording need it (a strange voice). Whisper's other rule, an average
-        log-probability under -1, is left out: on the real-speech long-form bench it re-read one or
-        two pieces more and changed the WER by -0.5 to +0.2 points, for up to 0.5 s."""
-        schedule = [] if isinstance(options.temperature, (int, float)) else list(options.temperature)[1:]
-        loops = replace(options, logprob_threshold=None)       # (see the docstring)
-        for temperature in schedule:
-            redo = [j for j, r in enumerate(decoded) if loops.needs_fallback(r)]
-            if not redo:
-                break
-            again = self.decode_pieces([pieces[j] for j in redo], batch_size, timestamps, temperature,
-                                       options.best_of, options.prefix)
-            for j, r in zip(redo, again):
-                decoded[j] = r
-        return decoded
-
-    def check(self, options: M.TranscribeOptions) -> None:
-        first = options.temperature if isinstance(options.temperature, (int, float)) else options.temperature[0]
-        cannot = [what for what, asked in [
-            (f"--language {options.language}", options.language not in (None, "en", "english")),
-            (f"--task {options.task}", options.task != "transcribe"),
-            (f"--beam-size {options.beam_size}", options.beam_size is not None),
-            ("--initial-prompt", bool(options.initial_prompt)),
-            (f"--temperature {options.temperature}", first != 0)]
-            if asked]
-        if cannot:
-            raise ValueError(f"{self.name}: a student from `train` decodes English greedily (then falls back to "
-                             f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}")
-
-    def pieces(self, audios: Sequence, vad: bool = True
-               ) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
-        """Waveform pieces, the audio each belongs to, where in it each starts (samples), and which
-        10 ms of each audio are quiet (data.loudness). With `vad`, long silence is left out
-        (data.sound_regions), and all of an audio that holds no sound."""
-        pieces, owners, offsets, quiet = [], [], [], []
-        hop = data.SAMPLE_RATE // 100                                  # loudness every 10 ms
-        for i, audio in enumerate(audios):
-            audio = torch.as_tensor(data.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio)
-            levels = data.loudness(audio.numpy())
-            quiet.append(levels[1])
-            regions = data.sound_regions(audio.numpy(), levels=levels) if vad else [(0, len(audio))]
-            for a, b in regions:
-                spans = [(0, b - a)]
-                if b - a > PIECE_SECONDS * data.SAMPLE_RATE:
-                    levels_ab = tuple(x[a // hop: b // hop] for x in levels)
-                    spans = data.split_at_pauses(audio[a: b].numpy(), PIECE_SECONDS,
-                                                 join_up_to=JOIN_SECONDS, levels=levels_ab)
-                for start, end in spans:
-                    if end <= start:                     # an empty file: nothing to decode
-                        continue
-                    pieces.append(audio[a + start: a + end])
-                    owners.append(i)
-                    offsets.append(a + start)
-        return pieces, owners, offsets, quiet
-
-    def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
-                      temperature: float = 0.0, best_of: Optional[int] = None, prefix: Optional[str] = None,
-                      draft: Optional[M.TextDraft] = None,
-                      each: Optional[Callable[[int, M.DecodingResult], None]] = None
-                      ) -> list[M.DecodingResult]:
-        """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
-        tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
-        best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
-        result)` is called for every piece of a batch as soon as that batch is decoded."""
-        model = self.model
-        frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
-        order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
-        decoded: list[Optional[M.DecodingResult]] = [None] * len(pieces)
-        for b in range(0, len(order), batch_size):
-            chunk = order[b: b + batch_size][::-1]     # longest first: short rows finish first, and
-                                                        # the rows that stay then need not move (KVCache.keep)
-            seconds = max(len(pieces[j]) for j in chunk) / data.SAMPLE_RATE
-            sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds))
-            options = M.DecodingOptions(language="en", without_timestamps=not timestamps, sample_len=sample_len,
-                                        close_segments=True, temperature=temperature, prefix=prefix,
-                                        best_of=best_of if temperature > 0 else None)
-            mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
-                               for j in chunk])
-            features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            results = M.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths,
-                                     # a model's draft would need an encoder pass of its own: text drafts only
-                                     draft=draft if isinstance(draft, M.TextDraft) else None)
-            for j, r in zip(chunk, results):
-                decoded[j] = r
-                if each is not None:
-                    each(j, r)
-        return decoded
-
-    def drafted_by(self, student: Recognizer) -> Recognizer:
-        raise ValueError(f"{self.name}: the model to draft for must be a Whisper model, not a student")
-
-    def as_draft(self) -> M.Draft:
-        return M.Draft(self.model, round_frames=self.round_frames)
-
-
-def timed_segments(tokens: Sequence[int], tokenizer, seconds: float) -> list[tuple[float, float, list[int]]]:
-    """(start s, end s, text tokens) of each segment in one piece's timestamped tokens, Whisper's
-    pairs <|a|> text <|b|><|c|> text <|d|>: a timestamp after text closes a segment, one before text
-    opens it. Text after the last timestamp (the piece ended mid-segment) runs to the piece's end;
-    no time lies past it."""
-    begin, segments, start, last, text = tokenizer.timestamp_begin, [], None, 0.0, []
-    for x in tokens:
-        if x >= begin:
-            t = min(round((x - begin) * M.TIMESTAMP_STEP, 2), seconds)
-            if text:
-                segments.append((last if start is None else start, t, text))
-                start, text = None, []
-            else:
-                start = t
-            last = t
-        elif x < tokenizer.eot:
-            text.append(x)
-    if text:
-        segments.append((last if start is None else start, seconds, text))
-    return segments
-
-
-def student_info(cfg) -> dict:
-    """What a student's checkpoint says about how it reads audio (and where it came from)."""
-    return {"input": cfg.input, "round_frames": cfg.round_frames, "teacher": cfg.teacher, "loss": cfg.loss}
-
-
-def as_recognizer(model: M.Whisper, info: Optional[dict] = None, name: str = "") -> Recognizer:
-    """A Student if `info` (a checkpoint's 'fastwhisper' entry, see student_info) says it was
-    trained for trimmed input, else a Recognizer (30-second windows)."""
-    if info and info.get("input") == "trimmed":
-        return Student(model, name, info.get("round_frames", ROUND_FRAMES))
-    return Recognizer(model, name)
-
-
-def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
-    """A model ready to transcribe, read once from a name or a path. 'padded:PATH' reads a student as
-    any Whisper tool reads its .pt: 30-second windows, timestamps and all (a Recognizer).
-
-    weights: 'fp32' as stored; 'fp16' packs the decoder for the CPU (model.pack_for_cpu: half the
-    bytes per token, about twice the decoding speed, logits within ~1e-3); 'auto' packs a student
-    from `train` and leaves Whisper checkpoints in fp32, so they give OpenAI's tokens exactly.
-    """
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
-    padded = str(spec).startswith(PADDED_PREFIX)
-    model, extra = formats.open_model(str(spec)[len(PADDED_PREFIX):] if padded else spec, device=device)
-    recognizer = Recognizer(model, str(spec)) if padded else as_recognizer(model, extra.get("fastwhisper"), str(spec))
-    if weights == "fp16" or (weights == "auto" and recognizer.pack):
-        M.pack_for_cpu(model)
-    return recognizer
-
-
-def read_utterances(utts: Sequence[data.Utterance], warn: bool = True) -> tuple[list, list[str]]:
-    """The waveforms of the utterances whose audio decodes (through the audio cache), and their
-    texts; each other one is left out, with a warning if `warn`."""
-    audios, refs = [], []
-    for u in utts:
-        try:
-            audios.append(data.load_audio(u.audio, cache=True))
-            refs.append(u.text or "")
-        except (data.AudioError, OSError) as e:
-            if warn:
-                print(f"warning: {e}", file=sys.stderr)
-    return audios, refs
-
-
-def with_references(utts: Sequence[data.Utterance], source: str = "") -> list:
-    """The utterances whose reference text keeps words after data.normalize_text; the others are
-    left out of WER (their hypotheses would count as insertions), with one warning naming them. A
-    set with no reference at all is kept whole: it can still be timed (its WER is nan)."""
-    kept = [u for u in utts if data.normalize_text(u.text or "")]
-    if kept and len(kept) < len(utts):
-        empty = [u.id for u in utts if not data.normalize_text(u.text or "")]
-        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
-        print(f"warning: {source or 'evaluation data'}: {len(empty)} utterance(s) with an empty "
-              f"reference text left out of WER: {shown}", file=sys.stderr)
-        return kept
-    return list(utts)
-
-
-def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto",
-             source: str = "") -> list[dict]:
-    """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
-    model is timed; one warm-up utterance first). The first model is the speed baseline. Utterances
-    without reference words are left out (with_references: `source` names the data)."""
-    audios, refs = read_utterances(with_references(utts, source))
-    if not audios:
-        raise data.DataError("no readable audio to evaluate on")
-    rows = []
-    for i, spec in enumerate(models):
-        recognizer = load_recognizer(spec, device, weights)
-        recognizer.transcribe_text(audios[:1], batch_size)            # warm-up
-        start = time.perf_counter()
-        hyps = recognizer.transcribe_text(audios, batch_size)
-        seconds = time.perf_counter() - start
-        row = {"model": names[i] if names else str(spec), "params (M)": recognizer.model.num_parameters() / 1e6,
-               "input": recognizer.input, "weights": recognizer.weights,
-               "WER %": 100 * data.wer(refs, hyps) if any(refs) else float("nan"),
-               "s / utt": seconds / len(audios), "utterances": len(audios)}
-        rows.append(row)
-        if not quiet:
-            print(f"  {row['model']}: WER {row['WER %']:.2f}%, {row['s / utt']:.3f} s per utterance", file=sys.stderr)
-    for row in rows:
-        row["speed-up"] = rows[0]["s / utt"] / row["s / utt"]
-    return rows
-
-
-def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "weights", "WER %",
-                                                                  "OOD WER %", "s / utt", "speed-up")) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-        return str(v)
-    columns = [c for c in columns if any(c in r for r in rows)]
-    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
-    return "\n".join([line(columns)] + [line(r) for r in cells])
-
-
-# ----------------------------------------------------------------------------------------------
-# 10. Live transcription: phrase by phrase, as they are spoken
-# ----------------------------------------------------------------------------------------------
-
-STEP_SECONDS = 0.5            # the open phrase is read again after this much more audio, for its partial text
-ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (data.Endpointer), which is then read for its final
-PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
-NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
-CONTEXT_SECONDS = 10.0        # a phrase is read after the finals before it that fit in this with it, text forced
-CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
-# text only; a final that loops falls back; the endpointer is the gate (a read spans pauses)
-LIVE_DECODING = M.TranscribeOptions(without_timestamps=True, vad=False)
-
-
-def is_loop(text: str) -> bool:
-    """Whether a text repeats itself as a decoder stuck in a loop does (Whisper's compression rule)."""
-    return M.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
-
-
-class LiveTranscriber:
-    """Transcribes a live stream phrase by phrase. data.Endpointer cuts the stream; the open phrase
-    is read again every `step` seconds of audio for its partial text, and once more when it ends for
-    its final text. Every read is the recognizer's text-only decoding of the phrase so far, greedy
-    (a final that loops is decoded again at the next temperatures, as `transcribe` does), so a
-    student reads just the phrase's length, a Whisper model a 30 s window. Each read starts with
-    the final phrases before it that fit in CONTEXT_SECONDS with it, their text forced (read()).
-
-    feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
-    ...}, times in seconds of the stream; an empty final is left out (a cough, a click). `reads`
-    keeps what each read cost, for the bench: {"kind", "seconds" (of audio read), "compute" (s),
-    "wait" (for a final: audio heard after the phrase's last sound before it was known to end)}.
-    """
-
-    def __init__(self, recognizer: Recognizer, step: float = STEP_SECONDS, silence: float = ENDPOINT_SECONDS,
-                 max_seconds: float = float(data.CHUNK_LENGTH), partials: bool = True):
-        self.recognizer, self.partials = recognizer, partials
-        self.step = round(step * data.SAMPLE_RATE)
-        self.endpointer = data.Endpointer(silence, max_seconds)
-        self.audio, self.first = np.zeros(0, np.float32), 0     # audio kept, and where in the stream it starts
-        self.read_to = 0                                         # the open phrase was last read up to here
-        self.last_partial = ""
-        self.context: list[tuple[int, str]] = []                  # the last final phrases: where each starts, its text
-        self.finals: list[dict] = []
-        self.reads: list[dict] = []
-
-    def feed(self, audio: np.ndarray) -> list[dict]:
-        """Events for this much more audio: the finals of the phrases it ended, and the open phrase's
-        partial text if `step` more of it was heard since it was last read."""
-        self.audio = np.concatenate([self.audio, np.asarray(audio, np.float32)])
-        events = [self.final(*phrase) for phrase in self.endpointer.feed(audio)]
-        start, now = self.endpointer.open, self.endpointer.now
-        if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
-            events.append(self.partial(start, now))
-        self.context = self.recent(now)                          # let go of what no later read can take in
-        keep = min([self.endpointer.earliest] + [p[0] for p in self.context[:1]])
-        keep = max(keep, self.first)
-        self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
-        return [e for e in events if e is not None]
-
-    def finish(self) -> list[dict]:
-        """The final text of the phrase open when the input ended."""
-        return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
-
-    def read(self, start: int, end: int, kind: str, sound: int, context: Optional[tuple[int, str]] = None) -> str:
-        """The text of the stream from `start` to `end`, text only.
-
-        With `context` (the phrases before: where the first starts, their final text) the read starts
-        there and that text is forced as the start of the transcript, so the model hears the phrase among
-        its neighbours, as `transcribe` reads a recording, and writes only what follows: a student
-        reads a lone phrase of another speaker worse (README: live transcription). If that gives no
-        text, a loop, or a short phrase's text in doubt, the phrase is read alone after all (a model
-        may end its transcript with the forced text, as across a change of speaker, or repeat it).
-
-        A phrase with under NOISE_SECONDS of sound (up to `sound`) whose text the model itself
-        doubts (average log-probability under -1, Whisper's sign of a failed window) is taken for
-        noise: a breath or a click read as "you", as Whisper does on near-silence."""
-        began = time.perf_counter()
-        options = LIVE_DECODING if kind == "final" else replace(LIVE_DECODING, temperature=0.0)
-        short = sound - start < NOISE_SECONDS * data.SAMPLE_RATE
-        text, doubt = self.decode(start, end, options, context)
-        if context is not None and (not text or is_loop(text) or short and doubt < -1):
-            text, doubt = self.decode(start, end, options)
-        self.reads.append({"kind": kind, "seconds": (end - (start if context is None else context[0])) /
-                           data.SAMPLE_RATE, "compute": time.perf_counter() - began})
-        return "" if short and doubt < -1 else text
-
-    def decode(self, start: int, end: int, options: M.TranscribeOptions, context: Optional[tuple[int, str]] = None
-               ) -> tuple[str, float]:
-        """(text, lowest average log-probability of its segments) of the audio from `start` (or the
-        context's start, its text forced) to `end`."""
-        if context is not None:
-            start, options = context[0], replace(options, prefix=context[1], sample_len=CONTEXT_SAMPLE_LEN)
-        if self.last_partial:                # the open phrase's text a moment ago: what it probably says now
-            tok = self.recognizer.model.tokenizer
-            options = replace(options, draft=M.TextDraft(tok.encode(" " + self.last_partial) + [tok.eot]))
-        (result,) = self.recognizer.transcribe([self.audio[start - self.first: end - self.first]], options,
-                                               batch_size=1, times=False)
-        doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
-        return result["text"].strip(), doubt
-
-    def recent(self, end: int) -> list[tuple[int, str]]:
-        """The final phrases kept as context that a read up to `end` can take in (CONTEXT_SECONDS)."""
-        return [p for p in self.context if end - p[0] <= CONTEXT_SECONDS * data.SAMPLE_RATE]
-
-    def context_for(self, end: int) -> Optional[tuple[int, str]]:
-        """(where the first starts, their text) of the recent() finals: more of them than one read a
-        short phrase better (README)."""
-        phrases = self.recent(end)
-        return (phrases[0][0], " ".join(text for _, text in phrases)) if phrases else None
-
-    def partial(self, start: int, now: int) -> Optional[dict]:
-        """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
-        mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
-        end = self.endpointer.quietest(PARTIAL_CUT)
-        text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound, self.context_for(end)), now
-        if not text or text == self.last_partial or is_loop(text):
-            return None
-        self.last_partial = text
-        return {"type": "partial", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE, "text": text}
-
-    def final(self, start: int, end: int, sound: int) -> Optional[dict]:
-        text = self.read(start, end, "final", sound, self.context_for(end))
-        self.context = self.context + [(start, text)] if text else []
-        self.reads[-1]["wait"] = (self.endpointer.now - sound) / data.SAMPLE_RATE
-        self.read_to, self.last_partial = end, ""
-        if not text:
-            return None
-        self.finals.append({"type": "final", "start": start / data.SAMPLE_RATE, "end": end / data.SAMPLE_RATE,
-                            "text": text})
-        return self.finals[-1]
-
-    def result(self) -> dict:
-        """The finals so far as transcribe's result, one segment each (for formats.write_result)."""
-        segments = [{"id": i, "seek": round(e["start"] * data.FRAMES_PER_SECOND), "start": e["start"],
-                     "end": e["end"], "text": " " + e["text"], "tokens": []} for i, e in enumerate(self.finals)]
-        return {"text": "".join(seg["text"] for seg in segments), "segments": segments, "language": "en"}

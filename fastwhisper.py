@@ -1,4 +1,4 @@
-"""FastWhisper's command line: argument parsing only; the work is in model.py, data.py, askd.py.
+"""FastWhisper's command line: argument parsing only; the work is in the modules (docs/architecture.md).
 
     python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
     python fastwhisper.py transcribe FILES... --model tiny.en --draft runs/askd/student.pt   # teacher-exact
@@ -54,11 +54,11 @@ def set_up(args) -> str:
 
 
 def load(name: str, device: str, weights: str = "auto"):
-    """An askd.Recognizer (a Whisper model or a student that knows how it reads audio), or a one-line error."""
-    import askd
+    """A transcribe.Recognizer (a Whisper model or a student that knows how it reads audio), or a one-line error."""
     import model
+    import transcribe
     try:
-        return askd.load_recognizer(name, device, weights)
+        return transcribe.load_recognizer(name, device, weights)
     except (model.ModelError, OSError) as e:
         fail(str(e))
 
@@ -128,24 +128,25 @@ def transcribe_files(args, written: list) -> int:
     """Transcribe args.files, writing each file's outputs as soon as it is decoded (its path then
     goes into `written`)."""
     from tqdm import tqdm
-    import formats
-    import model as M
+
+    import transcribe
+    import writers
 
     device = set_up(args)
     check_output_folder(args.output_dir)
-    names = dict(zip(args.files, formats.output_names(args.files, args.output_dir, args.output_format)))
+    names = dict(zip(args.files, writers.output_names(args.files, args.output_dir, args.output_format)))
     recognizer = load(args.model, device, args.weights)
     if args.draft:
         try:
             recognizer = recognizer.drafted_by(load(args.draft, device))
         except ValueError as e:
             fail(f"--draft {args.draft}: {e}")
-    options = M.TranscribeOptions(language=args.language, task=args.task, temperature=args.temperature,
-                                  beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
-                                  length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
-                                  condition_on_previous_text=not args.no_condition,
-                                  without_timestamps=args.without_timestamps, seed=args.seed,
-                                  vad=not args.no_vad)
+    options = transcribe.TranscribeOptions(language=args.language, task=args.task, temperature=args.temperature,
+                                           beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
+                                           length_penalty=args.length_penalty, initial_prompt=args.initial_prompt,
+                                           condition_on_previous_text=not args.no_condition,
+                                           without_timestamps=args.without_timestamps, seed=args.seed,
+                                           vad=not args.no_vad)
     try:
         recognizer.check(options)
     except ValueError as e:
@@ -158,7 +159,7 @@ def transcribe_files(args, written: list) -> int:
             with holding_ctrl_c():                # its outputs and its line, whole or not at all
                 bar.write(f"{path}: {text}" if len(args.files) > 1 else text)
                 try:
-                    formats.write_result(result, names[path], args.output_dir, args.output_format)
+                    writers.write_result(result, names[path], args.output_dir, args.output_format)
                     written.append(path)
                 except OSError as e:
                     bar.write(f"error: {path}: cannot write its transcript ({e})", file=sys.stderr)
@@ -201,37 +202,38 @@ def holding_ctrl_c():
 def cmd_stream(args) -> int:
     import json
     import shutil
-    import askd
-    import data
-    import formats
+
+    import fileio
+    import streaming
+    import writers
 
     device = set_up(args)
     if args.output_dir:
         check_output_folder(args.output_dir)
     live_source = args.source == "-" or args.input_format
-    name = "stream" if live_source else formats.output_names([args.source], args.output_dir or ".",
+    name = "stream" if live_source else writers.output_names([args.source], args.output_dir or ".",
                                                               args.output_format)[0]
     if not live_source and not os.path.exists(args.source):
         fail(f"{args.source}: file not found (a capture device needs --input-format, e.g. -i pulse)")
     recognizer = load(args.model, device, args.weights)
-    live = askd.LiveTranscriber(recognizer, step=args.step, silence=args.silence, partials=args.step > 0)
+    live = streaming.LiveTranscriber(recognizer, step=args.step, silence=args.silence, partials=args.step > 0)
     terminal, width = sys.stdout.isatty() and not args.jsonl, shutil.get_terminal_size().columns
 
     def show(events):
         for event in events:
-            sys.stdout.write(json.dumps(event) + "\n" if args.jsonl else formats.live_line(event, terminal, width))
+            sys.stdout.write(json.dumps(event) + "\n" if args.jsonl else writers.live_line(event, terminal, width))
             sys.stdout.flush()
             if event["type"] == "final" and args.output_dir:        # rewritten at each final: nothing lost
-                formats.write_result(live.result(), name, args.output_dir, args.output_format)
+                writers.write_result(live.result(), name, args.output_dir, args.output_format)
 
     try:
         try:
-            for audio in data.live_audio(args.source, args.input_format, args.realtime):
+            for audio in streaming.live_audio(args.source, args.input_format, args.realtime):
                 show(live.feed(audio))
         except KeyboardInterrupt:                 # Ctrl-C: the open phrase still gets its final text
             pass
         show(live.finish())
-    except data.AudioError as e:
+    except fileio.AudioError as e:
         fail(str(e))
     except BrokenPipeError:                       # whoever read our output has gone: end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -251,17 +253,18 @@ def check_output_folder(folder: str) -> None:
 
 def read_in_chunks(paths: list, batch_size: int, bar):
     """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error line."""
-    import data
+    import audio_io
+    import fileio
     chunk, good, audios, samples = [], [], [], 0
     for path in paths:
         chunk.append(path)
         try:
-            audios.append(data.load_audio(path))
+            audios.append(audio_io.load_audio(path))
             good.append(path)
             samples += len(audios[-1])
-        except (data.AudioError, OSError) as e:
+        except (fileio.AudioError, OSError) as e:
             bar.write(f"error: {e}", file=sys.stderr)
-        if len(chunk) >= FILES_PER_BATCH * batch_size or samples >= CHUNK_SECONDS * data.SAMPLE_RATE:
+        if len(chunk) >= FILES_PER_BATCH * batch_size or samples >= CHUNK_SECONDS * audio_io.SAMPLE_RATE:
             yield chunk, good, audios
             chunk, good, audios, samples = [], [], [], 0
     if chunk:
@@ -302,14 +305,16 @@ def cmd_bench(args) -> int:
 
 def cmd_train(args) -> int:
     import torch
-    import data
-    import model as M
+
     import askd
+    import fileio
+    import model as M
+    import run_plumbing
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     try:
         results = askd.train(askd.TrainConfig(**options))
-    except (askd.TrainError, data.DataError, M.ModelError) as e:
+    except (run_plumbing.TrainError, fileio.DataError, M.ModelError) as e:
         fail(str(e))
     except torch.cuda.OutOfMemoryError as e:
         fail(f"out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size or --max-frames, "
@@ -322,9 +327,10 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     import torch
-    import data
+
+    import fileio
     import model as M
-    import askd
+    import transcribe
     from bench.ood import load_eval_source
 
     device = set_up(args)
@@ -332,13 +338,13 @@ def cmd_eval(args) -> int:
         utts = load_eval_source(args.data)
         if args.limit:
             utts = utts[: args.limit]
-        rows = askd.evaluate(args.model or ["tiny.en"], utts, device=device, batch_size=args.batch_size,
-                             quiet=args.quiet, weights=args.weights, source=args.data)
-    except (data.DataError, M.ModelError) as e:
+        rows = transcribe.evaluate(args.model or ["tiny.en"], utts, device=device, batch_size=args.batch_size,
+                                   quiet=args.quiet, weights=args.weights, source=args.data)
+    except (fileio.DataError, M.ModelError) as e:
         fail(str(e))
     print(f"{args.data}: {rows[0]['utterances']} utterances, greedy decoding without timestamps, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print(askd.format_table(rows))
+    print(transcribe.format_table(rows))
     return 0
 
 
@@ -537,9 +543,8 @@ TRAIN_OPTIONS = [
 ]
 
 
-def add_train(sub) -> None:
-    import askd
-    defaults = {f.name: f.default for f in dataclasses.fields(askd.TrainConfig)}
+def add_train(sub, options: bool = True) -> None:
+    """The train command; its options, and so the training code (askd), only with `options`."""
     p = sub.add_parser("train", help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
                        argument_default=argparse.SUPPRESS,
                        description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
@@ -547,15 +552,19 @@ def add_train(sub) -> None:
                                    "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
                                    "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
                                    "fastwhisper.py train ...")
-    for title, options in TRAIN_OPTIONS:
+    p.set_defaults(run=cmd_train)
+    if not options:
+        return
+    import askd
+    defaults = {f.name: f.default for f in dataclasses.fields(askd.TrainConfig)}
+    for title, group_options in TRAIN_OPTIONS:
         group = p.add_argument_group(title)
-        for flag, text, keywords in options:
+        for flag, text, keywords in group_options:
             dest = flag[2:].replace("-", "_")
             default = defaults[dest]
             shown = "" if keywords.get("action") == "store_true" or default is None else f" (default {default})"
             flags = [flag] + (["-q"] if flag == "--quiet" else ["--temperature"] if flag == "--T" else [])
             group.add_argument(*flags, dest=dest, help=text + shown, **keywords)
-    p.set_defaults(run=cmd_train)
 
 
 def main(argv=None) -> int:
@@ -563,8 +572,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastwhisper.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_transcribe, add_stream, add_bench, add_train, add_eval):
-        add(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    add_transcribe(sub)
+    add_stream(sub)
+    add_bench(sub)
+    add_train(sub, options=command == "train")       # other commands never import the training code
+    add_eval(sub)
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be at least 1")

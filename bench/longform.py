@@ -33,9 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
-import model as M  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
 from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
 
 GAPS = (0.3, 0.0)        # seconds of silence between recordings
@@ -44,8 +45,8 @@ SHIFTS = (0.5, 3.0)      # seconds of silence before the recording, for the teac
 
 def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
     """The utterances' audio one after another with `gap` seconds of silence between, and their text."""
-    silence = np.zeros(round(gap * data.SAMPLE_RATE), np.float32)
-    audios = [data.load_audio(u.audio, cache=True) for u in utts]
+    silence = np.zeros(round(gap * audio_io.SAMPLE_RATE), np.float32)
+    audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
     return np.concatenate([x for a in audios for x in (a, silence)][:-1]), " ".join(u.text.strip() for u in utts)
 
 
@@ -88,42 +89,42 @@ def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> lis
     with tempfile.TemporaryDirectory() as folder:
         for gap in GAPS:
             audio, reference = joined_recording(utts, gap)
-            seconds_of_audio = len(audio) / data.SAMPLE_RATE
+            seconds_of_audio = len(audio) / audio_io.SAMPLE_RATE
             first, paths = None, {}
             for model, mode, options, shift in runs_of(models):
                 if shift not in paths:
-                    silence = np.zeros(round(shift * data.SAMPLE_RATE), np.float32)
-                    paths[shift] = data.save_wav(Path(folder) / f"joined-{gap}-{shift}.wav",
-                                                 np.concatenate([silence, audio]))
+                    silence = np.zeros(round(shift * audio_io.SAMPLE_RATE), np.float32)
+                    paths[shift] = audio_io.save_wav(Path(folder) / f"joined-{gap}-{shift}.wav",
+                                                     np.concatenate([silence, audio]))
                 path = paths[shift]
                 seconds, (result,) = transcribe_process(model, [str(path)], options, threads)
                 segments = shifted_back(result["segments"], shift)
                 first = first or (seconds, segments)
                 rows.append({"recording": f"{seconds_of_audio:.0f} s, gaps {gap} s", "model": model, "mode": mode,
                              "seconds": seconds, "RTF": seconds / seconds_of_audio,
-                             "WER %": 100 * data.wer(reference, result["text"]), "speed-up": first[0] / seconds,
+                             "WER %": 100 * text_norm.wer(reference, result["text"]), "speed-up": first[0] / seconds,
                              "cue error s": cue_error(segments, first[1])})
                 print(f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, WER {rows[-1]['WER %']:.2f}%",
                       file=sys.stderr)
     print(f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; cue error: median distance "
           f"of segment times from the first model's long-form segments")
-    print(askd.format_table(rows, columns=["recording", "model", "mode", "seconds", "RTF", "WER %", "speed-up",
-                                           "cue error s"]))
+    print(transcribe.format_table(rows, columns=["recording", "model", "mode", "seconds", "RTF", "WER %", "speed-up",
+                                                 "cue error s"]))
     return rows
 
 
-PIECE_LENGTHS = (0.0, 10.0, 15.0, 20.0, 25.0, 30.0)     # askd.JOIN_SECONDS to try (0: one per stretch of speech)
+PIECE_LENGTHS = (0.0, 10.0, 15.0, 20.0, 25.0, 30.0)     # transcribe.JOIN_SECONDS to try (0: one per stretch of speech)
 
 
 def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -> list[dict]:
-    """One student, in one process, on the two long recordings: each piece length (askd.JOIN_SECONDS),
-    then the default without reading on (askd.RESEEK_SECONDS), without the fallback, and text only;
+    """One student, in one process, on the two long recordings: each piece length (transcribe.JOIN_SECONDS),
+    then the default without reading on (transcribe.RESEEK_SECONDS), without the fallback, and text only;
     seconds of transcription (no start-up), WER, and the cue error against the teacher's long-form."""
     utts = [u for u in data.load_source(source) if u.text]
-    reader, whisper = askd.load_recognizer(student), askd.load_recognizer(teacher)
-    if not isinstance(reader, askd.Student):
+    reader, whisper = transcribe.load_recognizer(student), transcribe.load_recognizer(teacher)
+    if not isinstance(reader, transcribe.Student):
         raise ValueError(f"{student}: bench pieces needs a student from `train`")
-    defaults = (askd.JOIN_SECONDS, askd.RESEEK_SECONDS)
+    defaults = (transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS)
     variants = [(f"pieces up to {j:g} s" if j else "one piece per stretch of speech", j, defaults[1], True, True)
                 for j in PIECE_LENGTHS]
     variants += [("default, no reading on", defaults[0], math.inf, True, True),
@@ -133,21 +134,21 @@ def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -
     try:
         for gap in GAPS:
             audio, reference = joined_recording(utts, gap)
-            cues = whisper.transcribe([audio], M.TranscribeOptions())[0]["segments"]
+            cues = whisper.transcribe([audio], transcribe.TranscribeOptions())[0]["segments"]
             for name, join, reseek, fallback, timestamps in variants:
-                askd.JOIN_SECONDS, askd.RESEEK_SECONDS = join, reseek
-                options = M.TranscribeOptions(temperature=M.TEMPERATURES if fallback else 0.0,
-                                              without_timestamps=not timestamps)
+                transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS = join, reseek
+                options = transcribe.TranscribeOptions(temperature=transcribe.TEMPERATURES if fallback else 0.0,
+                                                       without_timestamps=not timestamps)
                 start = time.perf_counter()
                 (result,) = reader.transcribe([audio], options)
                 seconds = time.perf_counter() - start
-                rows.append({"recording": f"{len(audio) / data.SAMPLE_RATE:.0f} s, gaps {gap} s", "reading": name,
-                             "seconds": seconds, "WER %": 100 * data.wer(reference, result["text"]),
+                rows.append({"recording": f"{len(audio) / audio_io.SAMPLE_RATE:.0f} s, gaps {gap} s", "reading": name,
+                             "seconds": seconds, "WER %": 100 * text_norm.wer(reference, result["text"]),
                              "cue error s": cue_error(result["segments"], cues)})
                 print(f"  {rows[-1]['recording']}: {name} {seconds:.2f} s", file=sys.stderr)
     finally:
-        askd.JOIN_SECONDS, askd.RESEEK_SECONDS = defaults
+        transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS = defaults
     print(f"{source}: {len(utts)} recordings joined; {student}, in one process (seconds without start-up); "
           f"cue error against {teacher}'s long-form segments")
-    print(askd.format_table(rows, columns=["recording", "reading", "seconds", "WER %", "cue error s"]))
+    print(transcribe.format_table(rows, columns=["recording", "reading", "seconds", "WER %", "cue error s"]))
     return rows

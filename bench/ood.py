@@ -10,7 +10,7 @@ secondary checks made from Debian packages: the same prompts through the 8 kHz G
 (asterisk-gsm: same words, another channel) and WordNet's example sentences read by each installed
 speech synthesiser voice (tts:VOICE: new words, new voices, but synthetic ones).
 
-Every model is scored by askd.evaluate (greedy, no timestamps, no fallback, each model in its own
+Every model is scored by transcribe.evaluate (greedy, no timestamps, no fallback, each model in its own
 input mode). One table: utterances, WER % of each model, and the gap (last model minus first, in
 points). The last row pools the secondary sets: errors over reference words, so a set weighs by
 its words, not by one rate per set.
@@ -35,8 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
+import fileio  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
 
 ASTERISK_GSM_PACKAGE = "asterisk-core-sounds-en-gsm"
 GSM_BYTES_PER_SECOND = 1650  # GSM 06.10: one 33-byte frame per 20 ms of 8 kHz audio
@@ -75,20 +78,20 @@ def ood_corpus(name: str, per_voice: int = 30) -> list:
         return tts_corpus(per_voice)
     if name.startswith("tts:"):
         return tts_corpus(per_voice, [name[4:]])
-    raise data.DataError(f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})")
+    raise fileio.DataError(f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})")
 
 
 def asterisk_gsm_corpus(root=None) -> list:
     """The test split of the default corpus, read from Debian's asterisk-core-sounds-en-gsm:
     the same recordings through the GSM 06.10 telephone codec (8 kHz, 13 kbit/s), which
-    data.load_audio decodes with ffmpeg and resamples to 16 kHz. Ids are "gsm/NAME".
+    audio_io.load_audio decodes with ffmpeg and resamples to 16 kHz. Ids are "gsm/NAME".
 
     Only the test split, so the text is also new to a student trained on the train split.
-    The package is looked for in `root`, else data.cache_dir()/asterisk-gsm, where it is fetched
+    The package is looked for in `root`, else fileio.cache_dir()/asterisk-gsm, where it is fetched
     with `apt-get download` and unpacked on first use (nothing is installed).
     """
     if root is None:
-        root = data.cache_dir() / "asterisk-gsm"
+        root = fileio.cache_dir() / "asterisk-gsm"
         if not (root / data.ASTERISK_SOUNDS).is_dir():
             data.fetch_debian((ASTERISK_GSM_PACKAGE,), root, data.ASTERISK_SOUNDS, "the GSM Asterisk prompts")
     sounds = Path(root) / data.ASTERISK_SOUNDS
@@ -101,7 +104,7 @@ def asterisk_gsm_corpus(root=None) -> list:
         utts.append(data.Utterance(f"gsm/{u.id}", str(audio), u.text,
                               audio.stat().st_size / GSM_BYTES_PER_SECOND))
     if not utts:
-        raise data.DataError(f"{sounds}: no .gsm prompts found (is {root} an unpacked "
+        raise fileio.DataError(f"{sounds}: no .gsm prompts found (is {root} an unpacked "
                         f"{ASTERISK_GSM_PACKAGE}?)")
     if missing:
         warnings.warn(f"{sounds}: {missing} test prompt(s) have no .gsm file, skipped",
@@ -136,10 +139,10 @@ def plain_sentence(text: str, min_words: int = 5, max_words: int = 20) -> bool:
 
 def wordnet_root() -> Path:
     """The root holding WordNet's data files: / if wordnet-base is installed, else its
-    package unpacked in data.cache_dir()/wordnet (fetched on first use)."""
+    package unpacked in fileio.cache_dir()/wordnet (fetched on first use)."""
     if all(Path("/", f).is_file() for f in WORDNET_FILES):
         return Path("/")
-    root = data.cache_dir() / "wordnet"
+    root = fileio.cache_dir() / "wordnet"
     if not (root / WORDNET_FILES[0]).is_file():
         data.fetch_debian((WORDNET_PACKAGE,), root, WORDNET_FILES[0], "WordNet's data files",
                      f"or install it: `apt-get install {WORDNET_PACKAGE}`")
@@ -156,7 +159,7 @@ def tts_sentences(root=None) -> tuple:
         with open(root / name, encoding="utf-8", errors="replace") as f:
             found.update(ex for line in f for ex in wordnet_examples(line) if plain_sentence(ex))
     if not found:
-        raise data.DataError(f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}")
+        raise fileio.DataError(f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}")
     return tuple(sorted(found, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
 
 
@@ -185,20 +188,20 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
     sentences for each voice, ids "tts/VOICE/N", references the text as synthesised.
 
     voices=None takes every voice of TTS_VOICES that is installed and warns about the others
-    (a data.DataError if none is); naming voices makes a missing one a data.DataError saying what to
+    (a fileio.DataError if none is); naming voices makes a missing one a fileio.DataError saying what to
     install. Sentences are dealt round-robin over TTS_VOICES, so a voice gets the same ones
     whatever else is asked for, and a larger per_voice only adds sentences. Audio is written
-    once, as 16 kHz mono 16-bit WAV, to data.cache_dir()/tts/VOICE/N-HASH.wav, HASH from the text
+    once, as 16 kHz mono 16-bit WAV, to fileio.cache_dir()/tts/VOICE/N-HASH.wav, HASH from the text
     so a changed sentence list never reuses another sentence's audio.
     """
     names = list(TTS_VOICES) if voices is None else list(voices)
     unknown = [v for v in names if v not in TTS_VOICES]
     if unknown:
-        raise data.DataError(f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})")
+        raise fileio.DataError(f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})")
     problems = {v: tts_voice_problem(v) for v in names}
     missing = [v for v in names if problems[v]]
     if missing and (voices is not None or len(missing) == len(names)):
-        raise data.DataError(f"tts:{missing[0]}: {problems[missing[0]]}")
+        raise fileio.DataError(f"tts:{missing[0]}: {problems[missing[0]]}")
     if missing:
         warnings.warn(f"tts: skipped voice(s) not installed: "
                       f"{'; '.join(f'{v}: {problems[v]}' for v in missing)}", stacklevel=2)
@@ -209,7 +212,7 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
             continue
         for n, text in enumerate(sentences[i::len(TTS_VOICES)][:per_voice]):
             digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-            wav = data.cache_dir() / "tts" / voice / f"{n}-{digest}.wav"
+            wav = fileio.cache_dir() / "tts" / voice / f"{n}-{digest}.wav"
             utts.append(data.Utterance(f"tts/{voice}/{n}", str(wav), text))
             if not wav.is_file():
                 todo.append((voice, text, wav))
@@ -226,7 +229,7 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
 
 def synthesize(voice: str, text: str, dest) -> Path:
     """Speak `text` with `voice` (a key of TTS_VOICES) into `dest`, a 16 kHz mono 16-bit WAV,
-    written atomically. The synthesiser's own output (8 to 48 kHz) goes through data.load_audio."""
+    written atomically. The synthesiser's own output (8 to 48 kHz) goes through audio_io.load_audio."""
     engine, name, packages = TTS_VOICES[voice]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +248,9 @@ def synthesize(voice: str, text: str, dest) -> Path:
         if proc.returncode != 0 or os.path.getsize(raw) == 0:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit status {proc.returncode}, no audio"
-            raise data.DataError(f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
+            raise fileio.DataError(f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
                             f"check `apt-get install {packages}`")
-        data.save_wav(dest, data.load_audio(raw))
+        audio_io.save_wav(dest, audio_io.load_audio(raw))
     finally:
         os.unlink(raw)
     return dest
@@ -282,20 +285,20 @@ def ood_sets(per_voice: int = 30) -> list[tuple[str, list]]:
 
 def readable(utts: list) -> list:
     """The utterances whose audio decodes (a warning for each other), so that the words counted for
-    the pooled row are exactly the ones askd.evaluate scores."""
+    the pooled row are exactly the ones transcribe.evaluate scores."""
     kept = []
     for u in utts:
         try:
-            data.load_audio(u.audio, cache=True)          # askd.evaluate reads it back from the cache
+            audio_io.load_audio(u.audio, cache=True)      # transcribe.evaluate reads it back from the cache
             kept.append(u)
-        except (data.AudioError, OSError) as e:
+        except (fileio.AudioError, OSError) as e:
             print(f"warning: {e}", file=sys.stderr)
     return kept
 
 
 def reference_words(utts: list) -> int:
-    """Words after normalisation: the denominator data.wer uses."""
-    return sum(len(data.normalize_text(u.text).split()) for u in utts)
+    """Words after normalisation: the denominator text_norm.wer uses."""
+    return sum(len(text_norm.normalize_text(u.text).split()) for u in utts)
 
 
 def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch_size: int = 8) -> list[dict]:
@@ -307,15 +310,15 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
         if not utts:
             print(f"warning: {name}: no readable audio, skipped", file=sys.stderr)
             continue
-        results = askd.evaluate(models, utts, device=device, batch_size=batch_size, quiet=True,
-                                source=name)
+        results = transcribe.evaluate(models, utts, device=device, batch_size=batch_size, quiet=True,
+                                      source=name)
         row = {"data set": name, "utterances": len(utts)}
         row.update({c: r["WER %"] for c, r in zip(columns, results)})
         rows.append(row)
         print(f"  {name}: {len(utts)} utterances, WER % " + ", ".join(f"{row[c]:.2f}" for c in columns),
               file=sys.stderr)
         if name not in (IN_DOMAIN, REAL_SPEECH):
-            # data.wer is errors / reference words, so the errors come back exactly from the rate.
+            # text_norm.wer is errors / reference words, so the errors come back exactly from the rate.
             words = reference_words(utts)
             pooled_errors = [e + row[c] / 100 * words for e, c in zip(pooled_errors, columns)]
             pooled_words += words
@@ -326,7 +329,7 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
     if len(models) > 1:
         for row in rows:
             row["gap"] = row[columns[-1]] - row[columns[0]]
-    print(askd.format_table(rows, columns=["data set", "utterances", *columns, "gap"]))
+    print(transcribe.format_table(rows, columns=["data set", "utterances", *columns, "gap"]))
     return rows
 
 
@@ -346,5 +349,5 @@ def main(argv=None) -> list[dict]:
 if __name__ == "__main__":
     try:
         main()
-    except data.DataError as e:
+    except fileio.DataError as e:
         sys.exit(f"error: {e}")

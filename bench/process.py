@@ -24,9 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
-import formats  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
+import writers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "real-speech-dev"
@@ -38,7 +40,7 @@ def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list
     file, which would weigh the same on every model and hide their difference.)"""
     paths, refs = [], []
     for i, u in enumerate(utts):
-        wav = data.save_wav(folder / f"{i:04d}.wav", data.load_audio(u.audio, cache=True))
+        wav = audio_io.save_wav(folder / f"{i:04d}.wav", audio_io.load_audio(u.audio, cache=True))
         for r in range(repeat):
             link = folder / f"{r}-{i:04d}.wav"
             link.symlink_to(wav)
@@ -50,7 +52,7 @@ def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list
 
 def is_student(model: str) -> bool:
     """Whether the model is a student from `train` (trimmed input), not a Whisper model."""
-    return isinstance(askd.load_recognizer(model), askd.Student)
+    return isinstance(transcribe.load_recognizer(model), transcribe.Student)
 
 
 def transcribe_process(model: str, files: list[str], options: list[str], threads: int = 0) -> tuple[float, list]:
@@ -64,7 +66,7 @@ def transcribe_process(model: str, files: list[str], options: list[str], threads
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise ValueError(f"{model}: transcribe failed: {done.stderr.strip().splitlines()[-1:]}")
-        names = formats.output_names(files, out, "json")
+        names = writers.output_names(files, out, "json")
         return seconds, [json.loads((Path(out) / f"{name}.json").read_text()) for name in names]
 
 
@@ -72,7 +74,8 @@ def run_model(model: str, files: list[str], refs: list[str], rounds: int, thread
     options = ["--batch-size", str(batch_size), "--without-timestamps"]
     runs = [transcribe_process(model, files, options, threads) for _ in range(rounds)]
     hyps = [r["text"].strip() for r in runs[-1][1]]
-    return {"model": model, "files": len(files), "seconds": min(s for s, _ in runs), "WER %": 100 * data.wer(refs, hyps)}
+    return {"model": model, "files": len(files), "seconds": min(s for s, _ in runs), "WER %": 100 * text_norm.wer(refs,
+                                                                                                                  hyps)}
 
 
 def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: int = 0,
@@ -89,5 +92,5 @@ def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: 
         row["speed-up"] = rows[0]["seconds"] / row["seconds"]
     print(f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, whole `transcribe` processes, "
           f"batch {batch_size}, best of {rounds}")
-    print(askd.format_table(rows, columns=["model", "files", "seconds", "WER %", "speed-up"]))
+    print(transcribe.format_table(rows, columns=["model", "files", "seconds", "WER %", "speed-up"]))
     return rows

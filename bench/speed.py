@@ -10,9 +10,9 @@ sees the same waveforms, decoded beforehand, so ffmpeg is not timed; each is war
 first. Decoding is greedy at temperature 0 (no fallback), so the work is the same from run to run.
 
 Each model runs the way it is meant to be used: Whisper on 30 s windows with timestamps, a student
-from `train` on its trimmed input (askd.Student; long audio cut at pauses). The rows:
+from `train` on its trimmed input (transcribe.Student; long audio cut at pauses). The rows:
   - a Whisper model as stored (fp32): the baseline of every speed-up;
-  - the same with its decoder packed in fp16 for the CPU (model.pack_for_cpu), to show how much
+  - the same with its decoder packed in fp16 for the CPU (cpu.pack_for_cpu), to show how much
     of a student's speed comes from that alone;
   - with a student: the teacher-exact mode (the teacher decoding, the student drafting: the
     teacher's own transcript, checked here, only sooner);
@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
-import model as M  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
 
 DEFAULT_STUDENT = Path("runs/askd/student.pt")
 GAP_SECONDS = 0.5
@@ -51,16 +52,16 @@ def timed(fn):
 
 
 def join_audio(audios: list[np.ndarray]) -> np.ndarray:
-    gap = np.zeros(int(GAP_SECONDS * data.SAMPLE_RATE), dtype=np.float32)
+    gap = np.zeros(int(GAP_SECONDS * audio_io.SAMPLE_RATE), dtype=np.float32)
     return np.concatenate([x for a in audios for x in (a, gap)][:-1])
 
 
-def contenders(models: list[str], device: str) -> list[askd.Recognizer]:
+def contenders(models: list[str], device: str) -> list[transcribe.Recognizer]:
     """What to time: every model in fp32 and, on the CPU, with its decoder packed in fp16; before a
     model that can draft (a student), the first model drafted by it (teacher-exact mode)."""
     out, first = [], None
     for name in models:
-        plain = askd.load_recognizer(name, device, "fp32")
+        plain = transcribe.load_recognizer(name, device, "fp32")
         if first is None:
             first = plain
         else:
@@ -68,7 +69,7 @@ def contenders(models: list[str], device: str) -> list[askd.Recognizer]:
                 out.append(first.drafted_by(plain))
             except ValueError:              # a Whisper model cannot draft; a student is not drafted for
                 pass
-        out += [plain] + ([askd.load_recognizer(name, device, "fp16")] if device == "cpu" else [])
+        out += [plain] + ([transcribe.load_recognizer(name, device, "fp16")] if device == "cpu" else [])
     return out
 
 
@@ -82,17 +83,17 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
     else:
         long_utterances = data.split_corpus(data.asterisk_corpus())["test"]     # every test utterance
         utterances = default_audio(limit)
-    audios = [data.load_audio(u.audio, cache=True) for u in utterances]
-    seconds_of_audio = sum(len(a) for a in audios) / data.SAMPLE_RATE
+    audios = [audio_io.load_audio(u.audio, cache=True) for u in utterances]
+    seconds_of_audio = sum(len(a) for a in audios) / audio_io.SAMPLE_RATE
     refs = [u.text for u in utterances]
-    joined = join_audio([data.load_audio(u.audio, cache=True) for u in long_utterances]) if long_audio else None
+    joined = join_audio([audio_io.load_audio(u.audio, cache=True) for u in long_utterances]) if long_audio else None
     joined_ref = " ".join(u.text for u in long_utterances) if all(u.text for u in long_utterances) else None
 
     print(f"{len(audios)} files, {seconds_of_audio:.1f} s of audio"
-          + (f"; long recording {len(joined) / data.SAMPLE_RATE:.1f} s" if joined is not None else "")
+          + (f"; long recording {len(joined) / audio_io.SAMPLE_RATE:.1f} s" if joined is not None else "")
           + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}", file=sys.stderr)
     rows, baseline = [], {}
-    greedy = M.TranscribeOptions(temperature=0.0)
+    greedy = transcribe.TranscribeOptions(temperature=0.0)
     for c in contenders(models, device):
         run = lambda xs, c=c: c.transcribe(xs, greedy, batch_size)      # noqa: E731
         how = "exact" if c.draft is not None else c.input
@@ -103,12 +104,12 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
                "seconds": seconds,
                "RTF": seconds / seconds_of_audio}
         if all(refs):
-            row["WER %"] = 100 * data.wer(refs, texts)
+            row["WER %"] = 100 * text_norm.wer(refs, texts)
         if joined is not None:
             long_result, row["long s"] = timed(lambda: run([joined]))
-            row["long RTF"] = row["long s"] * data.SAMPLE_RATE / len(joined)
+            row["long RTF"] = row["long s"] * audio_io.SAMPLE_RATE / len(joined)
             if joined_ref:
-                row["long WER %"] = 100 * data.wer([joined_ref], [long_result[0]["text"]])
+                row["long WER %"] = 100 * text_norm.wer([joined_ref], [long_result[0]["text"]])
             texts.append(long_result[0]["text"])
         if not rows:
             baseline = {"seconds": seconds, "long s": row.get("long s"), "texts": texts}
@@ -123,7 +124,7 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
             row["long speed-up"] = baseline["long s"] / row["long s"]
     columns = ["model", "weights", "input", "seconds", "RTF", "speed-up", "WER %",
                "long s", "long RTF", "long speed-up", "long WER %", "same text"]
-    print(askd.format_table(rows, columns=columns))
+    print(transcribe.format_table(rows, columns=columns))
     return rows
 
 

