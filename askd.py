@@ -35,6 +35,7 @@ up or resume, one optimiser step, end of epoch, final table). Around it: run_plu
 run's lock, checkpoints and torchrun; transcribe.py the student's trimmed input and the Recognizer
 / Student that read audio (training uses them; they never use training).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,20 +68,22 @@ import transcribe
 import weight_files
 from kernels import kd_loss
 
-
 LOSSES = ("ce", "kd", "askd")
 INPUTS = ("trimmed", "padded")
 TRUSTS = ("prob", "argmax", "none")
 SELF_TEACHERS = ("ema", "epoch")
 LABELS = ("auto", "reference", "pseudo")
-IGNORE = -100                 # label of positions that carry no loss (the prompt, padding)
-KEEP_BYTES = 2 ** 30          # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
+IGNORE = -100  # label of positions that carry no loss (the prompt, padding)
+KEEP_BYTES = (
+    2**30
+)  # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
 CHECKPOINT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. The student: the teacher's encoder, a few of its decoder layers
 # ----------------------------------------------------------------------------------------------
+
 
 def spaced_layers(n: int, k: int) -> list[int]:
     """k of n layers, as far apart as possible, keeping the first and the last.
@@ -95,26 +98,33 @@ def spaced_layers(n: int, k: int) -> list[int]:
     return [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
 
 
-def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encoder_layers: Optional[int] = None
-                 ) -> M.Whisper:
+def make_student(
+    teacher: M.Whisper, decoder_layers: Optional[int] = None, encoder_layers: Optional[int] = None
+) -> M.Whisper:
     """A Whisper initialised from the teacher, with `decoder_layers` / `encoder_layers` of its layers
     (None: all); every weight it shares with the teacher is copied."""
     d = teacher.dims
     decoder_layers = decoder_layers or d.n_text_layer
     encoder_layers = encoder_layers or d.n_audio_layer
-    dims = M.ModelDims(**{**asdict(d), "n_text_layer": decoder_layers, "n_audio_layer": encoder_layers})
-    keep = {"encoder": spaced_layers(d.n_audio_layer, encoder_layers),
-            "decoder": spaced_layers(d.n_text_layer, decoder_layers)}
+    dims = M.ModelDims(
+        **{**asdict(d), "n_text_layer": decoder_layers, "n_audio_layer": encoder_layers}
+    )
+    keep = {
+        "encoder": spaced_layers(d.n_audio_layer, encoder_layers),
+        "decoder": spaced_layers(d.n_text_layer, decoder_layers),
+    }
     state = {}
     for name, value in teacher.state_dict().items():
         side, _, rest = name.partition(".blocks.")
-        if rest:                                   # encoder.blocks.3.attn... -> the student's numbering
+        if rest:  # encoder.blocks.3.attn... -> the student's numbering
             index, _, tail = rest.partition(".")
             if int(index) in keep[side]:
                 state[f"{side}.blocks.{keep[side].index(int(index))}.{tail}"] = value
         else:
             state[name] = value
-    with weight_files.without_random_init():  # every weight is the teacher's: no random numbers drawn
+    with (
+        weight_files.without_random_init()
+    ):  # every weight is the teacher's: no random numbers drawn
         student = M.Whisper(dims)
     student.load_state_dict(state)
     student.tokenizer = teacher.tokenizer
@@ -125,17 +135,24 @@ def make_student(teacher: M.Whisper, decoder_layers: Optional[int] = None, encod
 # 2. Targets
 # ----------------------------------------------------------------------------------------------
 
+
 def target_tokens(tokenizer, text: str) -> list[int]:
     """<|startoftranscript|> (+ language, task) <|notimestamps|> text <|endoftext|>.
 
     The text is used as written (casing, punctuation), so the student writes like Whisper.
     """
-    return [*tokenizer.sot_sequence(), tokenizer.no_timestamps, *tokenizer.encode(" " + text.strip()), tokenizer.eot]
+    return [
+        *tokenizer.sot_sequence(),
+        tokenizer.no_timestamps,
+        *tokenizer.encode(" " + text.strip()),
+        tokenizer.eot,
+    ]
 
 
 def timestamp_token(tokenizer, seconds: float) -> int:
-    return tokenizer.timestamp_begin + min(tokenization.N_TIMESTAMPS - 1, max(0,
-                                                                              round(seconds / tokenization.TIMESTAMP_STEP)))
+    return tokenizer.timestamp_begin + min(
+        tokenization.N_TIMESTAMPS - 1, max(0, round(seconds / tokenization.TIMESTAMP_STEP))
+    )
 
 
 def timestamped_tokens(tokenizer, parts: Sequence[tuple]) -> list[int]:
@@ -143,8 +160,11 @@ def timestamped_tokens(tokenizer, parts: Sequence[tuple]) -> list[int]:
     <|startoftranscript|> <|0.00|> text <|2.40|><|2.86|> text <|5.10|> <|endoftext|>."""
     tokens = list(tokenizer.sot_sequence())
     for start, end, text in parts:
-        tokens += [timestamp_token(tokenizer, start), *tokenizer.encode(" " + text.strip()),
-                   timestamp_token(tokenizer, end)]
+        tokens += [
+            timestamp_token(tokenizer, start),
+            *tokenizer.encode(" " + text.strip()),
+            timestamp_token(tokenizer, end),
+        ]
     return tokens + [tokenizer.eot]
 
 
@@ -155,7 +175,9 @@ def prompt_length(tokenizer, tokens: Sequence[int]) -> int:
     return n + (tokens[n] == tokenizer.no_timestamps)
 
 
-def batch_targets(token_lists: Sequence[list[int]], prompts: Sequence[int], pad: int) -> tuple[Tensor, Tensor]:
+def batch_targets(
+    token_lists: Sequence[list[int]], prompts: Sequence[int], pad: int
+) -> tuple[Tensor, Tensor]:
     """Decoder inputs (all but the last token) and labels (the next token; IGNORE on each list's
     first prompts[i] tokens and on padding), both [batch, longest - 1]."""
     n = max(len(t) for t in token_lists) - 1
@@ -164,7 +186,7 @@ def batch_targets(token_lists: Sequence[list[int]], prompts: Sequence[int], pad:
     for i, (tokens, prompt) in enumerate(zip(token_lists, prompts)):
         t = torch.tensor(tokens)
         inputs[i, : len(t) - 1] = t[:-1]
-        labels[i, prompt - 1: len(t) - 1] = t[prompt:]     # position j predicts token j + 1
+        labels[i, prompt - 1 : len(t) - 1] = t[prompt:]  # position j predicts token j + 1
     return inputs, labels
 
 
@@ -172,10 +194,12 @@ def batch_targets(token_lists: Sequence[list[int]], prompts: Sequence[int], pad:
 # 3. Schedules and trust
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Schedule:
     """A weight as a function of training progress s in [0, 1]: 'const:V', 'linear:A:B' (A at
     s = 0 to B at s = 1), 'cosine:A:B' (half a cosine from A to B) or 'exp:A:B' (geometric)."""
+
     kind: str
     start: float
     end: float
@@ -214,7 +238,11 @@ class Schedule:
         return a * (b / a) ** s
 
     def __str__(self) -> str:
-        return f"const:{self.start:g}" if self.kind == "const" else f"{self.kind}:{self.start:g}:{self.end:g}"
+        return (
+            f"const:{self.start:g}"
+            if self.kind == "const"
+            else f"{self.kind}:{self.start:g}:{self.end:g}"
+        )
 
 
 def teacher_trust(teacher_logits: Tensor, labels: Tensor, kind: str = "prob") -> Tensor:
@@ -236,12 +264,15 @@ def teacher_trust(teacher_logits: Tensor, labels: Tensor, kind: str = "prob") ->
 @dataclass
 class LossConfig:
     """The output loss: which, and its knobs (their defaults live here only; TrainConfig extends this)."""
+
     loss: str = "askd"
     T: float = 2.0
-    alpha: str = "cosine:0.3:0"      # teacher weight over training (askd; 1 -> 0 loses generality: README)
-    beta: str = "linear:0:0.3"       # self-teacher weight over training (askd)
-    trust: str = "prob"              # c_i (askd)
-    kd_ce_weight: float = 0.8        # classic KD: fixed weights (distil-whisper's)
+    alpha: str = (
+        "cosine:0.3:0"  # teacher weight over training (askd; 1 -> 0 loses generality: README)
+    )
+    beta: str = "linear:0:0.3"  # self-teacher weight over training (askd)
+    trust: str = "prob"  # c_i (askd)
+    kd_ce_weight: float = 0.8  # classic KD: fixed weights (distil-whisper's)
     kd_weight: float = 1.0
 
     def weights(self, s: float) -> tuple[float, float, float]:
@@ -259,9 +290,15 @@ class LossConfig:
 # 4. The loss
 # ----------------------------------------------------------------------------------------------
 
-def distill_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor] = None,
-                 self_logits: Optional[Tensor] = None, cfg: LossConfig = LossConfig(), s: float = 0.0
-                 ) -> tuple[Tensor, dict]:
+
+def distill_loss(
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher_logits: Optional[Tensor] = None,
+    self_logits: Optional[Tensor] = None,
+    cfg: LossConfig = LossConfig(),
+    s: float = 0.0,
+) -> tuple[Tensor, dict]:
     """Mean over the labelled tokens of L_i (see the top of the file), with each part for the log.
 
     student/teacher/self logits [N, V], labels [N] (IGNORE = no loss). Returns (loss, parts) where
@@ -271,25 +308,49 @@ def distill_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optiona
     w_ce, w_kd, w_self = cfg.weights(s)
     teacher = teacher_logits if w_kd != 0.0 else None
     self_teacher = self_logits if w_self != 0.0 else None
-    trust = None if teacher is None else teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
-    loss, means = kd_loss(student_logits, teacher, labels, self_teacher=self_teacher, ce_weight=w_ce,
-                          kd_weight=0.0 if trust is None else w_kd * trust,
-                          self_weight=0.0 if self_teacher is None else w_self, T=cfg.T,
-                          ignore_index=IGNORE, parts=True)
-    parts = {"w_ce": w_ce, "w_kd": w_kd, "w_self": w_self, **dict(zip(means, torch.stack([*means.values()]).tolist()))}
+    trust = (
+        None
+        if teacher is None
+        else teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
+    )
+    loss, means = kd_loss(
+        student_logits,
+        teacher,
+        labels,
+        self_teacher=self_teacher,
+        ce_weight=w_ce,
+        kd_weight=0.0 if trust is None else w_kd * trust,
+        self_weight=0.0 if self_teacher is None else w_self,
+        T=cfg.T,
+        ignore_index=IGNORE,
+        parts=True,
+    )
+    parts = {
+        "w_ce": w_ce,
+        "w_kd": w_kd,
+        "w_self": w_self,
+        **dict(zip(means, torch.stack([*means.values()]).tolist())),
+    }
     if trust is not None:
         parts["trust"] = (trust.sum() / (labels != IGNORE).sum().clamp(min=1)).item()
     return loss, parts
 
 
-def encoder_loss(student_states: Tensor, teacher_states: Sequence[Tensor], positions: Sequence[int]) -> Tensor:
+def encoder_loss(
+    student_states: Tensor, teacher_states: Sequence[Tensor], positions: Sequence[int]
+) -> Tensor:
     """Mean squared difference over the first positions[i] encoder states of each item.
 
     student_states [B, P, d] (trimmed input), teacher_states[i] [>= positions[i], d] (padded input).
     """
     total, count = student_states.new_zeros(()), 0
     for i, (target, n) in enumerate(zip(teacher_states, positions)):
-        total = total + (student_states[i, :n].float() - target[:n].to(student_states.device).float()).pow(2).sum()
+        total = (
+            total
+            + (student_states[i, :n].float() - target[:n].to(student_states.device).float())
+            .pow(2)
+            .sum()
+        )
         count += n * student_states.shape[-1]
     return total / max(count, 1)
 
@@ -298,24 +359,28 @@ def encoder_loss(student_states: Tensor, teacher_states: Sequence[Tensor], posit
 # 5. Data: sources, examples, the teacher cache, pseudo-labels
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Example:
     """One usable training utterance."""
+
     id: str
     audio: str
-    text: str                  # the target text (reference or pseudo-label)
+    text: str  # the target text (reference or pseudo-label)
     tokens: list
     n_samples: int
-    frames: int                # mel frames the student reads
-    key: str                   # teacher-cache key
-    parts: tuple = ()          # (start s, end s, text) of each utterance in it (data.Utterance.parts)
-    prompt: int = 0            # tokens before the first one learnt (prompt_length)
+    frames: int  # mel frames the student reads
+    key: str  # teacher-cache key
+    parts: tuple = ()  # (start s, end s, text) of each utterance in it (data.Utterance.parts)
+    prompt: int = 0  # tokens before the first one learnt (prompt_length)
 
 
 def audio_key(path: str) -> str:
     """Identity of an audio file for caches: path, size and modification time."""
     st = os.stat(path)
-    return hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return hashlib.sha1(
+        f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()
+    ).hexdigest()[:20]
 
 
 def model_fingerprint(m: nn.Module) -> str:
@@ -338,7 +403,7 @@ class TeacherCache:
         self.teacher = teacher
         self.folder = Path(root) / "askd-teacher" / model_fingerprint(teacher)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.kept = {}      # audio key -> encoder states the forced timestamps computed, for `build` to reuse
+        self.kept = {}  # audio key -> encoder states the forced timestamps computed, for `build` to reuse
 
     def path(self, ex: Example, input_mode: str) -> Path:
         tok = hashlib.sha1(json.dumps(ex.tokens).encode()).hexdigest()[:12]
@@ -348,9 +413,14 @@ class TeacherCache:
     def padded_mel(self, examples: Sequence[Example]) -> Tensor:
         """The examples' log-mels as the teacher reads them: padded to 30 s, [batch, n_mels, 3000]."""
         t = self.teacher
-        return torch.stack([transcribe.trimmed_mel(audio_io.load_audio(ex.audio, cache=True), t.dims.n_mels,
-                                                   audio_io.N_FRAMES)
-                            for ex in examples]).to(t.device)
+        return torch.stack(
+            [
+                transcribe.trimmed_mel(
+                    audio_io.load_audio(ex.audio, cache=True), t.dims.n_mels, audio_io.N_FRAMES
+                )
+                for ex in examples
+            ]
+        ).to(t.device)
 
     def load(self, ex: Example, input_mode: str) -> dict:
         return torch.load(self.path(ex, input_mode), map_location="cpu", weights_only=True)
@@ -359,25 +429,38 @@ class TeacherCache:
         return [ex for ex in examples if not self.path(ex, input_mode).exists()]
 
     @torch.no_grad()
-    def build(self, examples: Sequence[Example], input_mode: str, batch_size: int = 8, progress: bool = True,
-              autocast=None) -> None:
+    def build(
+        self,
+        examples: Sequence[Example],
+        input_mode: str,
+        batch_size: int = 8,
+        progress: bool = True,
+        autocast=None,
+    ) -> None:
         """Compute what is missing, longest first (an out-of-memory error shows up at once)."""
         from tqdm import tqdm
+
         todo = sorted(self.missing(examples, input_mode), key=lambda e: -e.n_samples)
         if not todo:
             return
         t = self.teacher
-        bar = tqdm(total=len(todo), desc="teacher cache", unit="utt", disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(todo), desc="teacher cache", unit="utt", disable=not progress, leave=False
+        )
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i: i + batch_size]
-            inputs, _ = batch_targets([ex.tokens for ex in chunk], [1] * len(chunk), t.tokenizer.eot)
+            chunk = todo[i : i + batch_size]
+            inputs, _ = batch_targets(
+                [ex.tokens for ex in chunk], [1] * len(chunk), t.tokenizer.eot
+            )
             with autocast or contextlib.nullcontext():
                 states = self.encoded(chunk)
                 hidden = t.decoder.hidden(inputs.to(t.device), states)
             for j, ex in enumerate(chunk):
                 keep = states.shape[1] if input_mode == "padded" else ex.frames // 2
-                entry = {"enc": states[j, :keep].half().cpu().clone(),
-                         "hidden": hidden[j, : len(ex.tokens) - 1].float().cpu().clone()}
+                entry = {
+                    "enc": states[j, :keep].half().cpu().clone(),
+                    "hidden": hidden[j, : len(ex.tokens) - 1].float().cpu().clone(),
+                }
                 run_plumbing.atomic_torch_save(entry, self.path(ex, input_mode))
             bar.update(len(chunk))
         bar.close()
@@ -389,11 +472,19 @@ class TeacherCache:
         todo = [ex for ex in examples if ex.key not in self.kept]
         fresh = iter(self.teacher.embed_audio(self.padded_mel(todo)) if todo else ())
         dtype = self.teacher.decoder.token_embedding.weight.dtype
-        return torch.stack([(self.kept[ex.key] if ex.key in self.kept else next(fresh)).to(dtype) for ex in examples])
+        return torch.stack(
+            [
+                (self.kept[ex.key] if ex.key in self.kept else next(fresh)).to(dtype)
+                for ex in examples
+            ]
+        )
 
-    def pseudo_labels(self, utts: Sequence[data.Utterance], batch_size: int = 8, progress: bool = True) -> dict:
+    def pseudo_labels(
+        self, utts: Sequence[data.Utterance], batch_size: int = 8, progress: bool = True
+    ) -> dict:
         """The teacher's greedy transcript of each utterance (cached by audio file)."""
         from tqdm import tqdm
+
         out, todo = {}, []
         for u in utts:
             p = self.folder / f"{audio_key(u.audio)}.pseudo.json"
@@ -401,23 +492,31 @@ class TeacherCache:
                 out[u.audio] = json.loads(p.read_text())["text"]
             else:
                 todo.append(u)
-        for i in tqdm(range(0, len(todo), batch_size), desc="pseudo-labels", disable=not progress or not todo,
-                      leave=False):
-            chunk = todo[i: i + batch_size]
-            results = transcribe.transcribe_many(self.teacher, [audio_io.load_audio(u.audio,
-                                                                                    cache=True) for u in chunk],
-                                                 transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True),
-                                                 batch_size=batch_size)
+        for i in tqdm(
+            range(0, len(todo), batch_size),
+            desc="pseudo-labels",
+            disable=not progress or not todo,
+            leave=False,
+        ):
+            chunk = todo[i : i + batch_size]
+            results = transcribe.transcribe_many(
+                self.teacher,
+                [audio_io.load_audio(u.audio, cache=True) for u in chunk],
+                transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True),
+                batch_size=batch_size,
+            )
             for u, r in zip(chunk, results):
                 out[u.audio] = r["text"].strip()
-                fileio.write_atomic(self.folder / f"{audio_key(u.audio)}.pseudo.json",
-                                json.dumps({"audio": u.audio, "text": out[u.audio]}).encode())
+                fileio.write_atomic(
+                    self.folder / f"{audio_key(u.audio)}.pseudo.json",
+                    json.dumps({"audio": u.audio, "text": out[u.audio]}).encode(),
+                )
         return out
 
-
     @torch.no_grad()
-    def timestamps(self, examples: Sequence[Example], batch_size: int = 8, progress: bool = True,
-                   autocast=None) -> dict:
+    def timestamps(
+        self, examples: Sequence[Example], batch_size: int = 8, progress: bool = True, autocast=None
+    ) -> dict:
         """The teacher's times for each example's parts, {example id: [(start s, end s, text), ...]}.
 
         The teacher reads the padded audio and is forced through the text, part by part, as if it
@@ -426,20 +525,30 @@ class TeacherCache:
         later than 1 s, Whisper's rule). The text stays the reference, the times are the teacher's:
         the times a student learns are the ones Whisper users see. Cached by audio and text."""
         from tqdm import tqdm
+
         out, todo = {}, []
         for ex in examples:
-            path = self.folder / f"{ex.key}-{hashlib.sha1(json.dumps(ex.parts).encode()).hexdigest()[:12]}.times.json"
+            path = (
+                self.folder
+                / f"{ex.key}-{hashlib.sha1(json.dumps(ex.parts).encode()).hexdigest()[:12]}.times.json"
+            )
             if path.exists():
                 out[ex.id] = [tuple(p) for p in json.loads(path.read_text())]
             else:
                 todo.append((ex, path))
-        for i in tqdm(range(0, len(todo), batch_size), desc="teacher timestamps", disable=not progress or not todo,
-                      leave=False):
-            chunk = todo[i: i + batch_size]
+        for i in tqdm(
+            range(0, len(todo), batch_size),
+            desc="teacher timestamps",
+            disable=not progress or not todo,
+            leave=False,
+        ):
+            chunk = todo[i : i + batch_size]
             batch = [ex for ex, _ in chunk]
             with autocast or contextlib.nullcontext():
                 features = self.teacher.embed_audio(self.padded_mel(batch))
-                for (ex, path), parts, states in zip(chunk, self._forced_times(features, batch), features):
+                for (ex, path), parts, states in zip(
+                    chunk, self._forced_times(features, batch), features
+                ):
                     out[ex.id] = parts
                     fileio.write_atomic(path, json.dumps(parts).encode())
                     if (len(self.kept) + 1) * states.numel() * 2 <= KEEP_BYTES:
@@ -451,19 +560,22 @@ class TeacherCache:
         cache: each step feeds only the tokens just decided, the audio's keys and values once."""
         t, tok, step = self.teacher, self.teacher.tokenizer, tokenization.TIMESTAMP_STEP
         begin = tok.timestamp_begin
-        stamps = t.decoder.token_embedding.weight[begin: begin + tokenization.N_TIMESTAMPS].float()
+        stamps = t.decoder.token_embedding.weight[begin : begin + tokenization.N_TIMESTAMPS].float()
         out = []
         for audio, ex in zip(features, examples):
             cache = M.KVCache(t, 1, audio.device, audio.dtype)
-            feed = lambda tokens: t.decoder.hidden(torch.tensor([tokens], device=audio.device), audio[None],
-                                                   cache=cache)[0, -1].float()
-            best = lambda hidden, lo, hi: lo + int((stamps[lo: hi + 1] @ hidden).argmax())
+            feed = lambda tokens: t.decoder.hidden(
+                torch.tensor([tokens], device=audio.device), audio[None], cache=cache
+            )[0, -1].float()
+            best = lambda hidden, lo, hi: lo + int((stamps[lo : hi + 1] @ hidden).argmax())
             hidden, times, last_end = feed(list(tok.sot_sequence())), [], 0
-            limit = min(tokenization.N_TIMESTAMPS - 1, round(ex.n_samples / audio_io.SAMPLE_RATE / step))
+            limit = min(
+                tokenization.N_TIMESTAMPS - 1, round(ex.n_samples / audio_io.SAMPLE_RATE / step)
+            )
             for k, (a, b, text) in enumerate(ex.parts):
                 a, b = round(a / step), round(b / step)
-                lo = max(last_end, a - 5) if k else 0            # give or take 0.1 s; times never go back
-                start = best(hidden, lo, max(lo, b if k else min(b, 50)))        # the first by 1 s
+                lo = max(last_end, a - 5) if k else 0  # give or take 0.1 s; times never go back
+                start = best(hidden, lo, max(lo, b if k else min(b, 50)))  # the first by 1 s
                 hidden = feed([begin + start] + tok.encode(" " + text.strip()))
                 first = min(start + 1, tokenization.N_TIMESTAMPS - 1)
                 last_end = best(hidden, first, max(first, min(b + 5, limit)))
@@ -479,9 +591,16 @@ def timestamp_examples(examples: Sequence[Example], share: float, seed: int) -> 
     return [ex for ex in examples if random.Random(f"{seed}:{ex.id}").random() < share]
 
 
-def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: int, n_text_ctx: int,
-                     labels: str = "auto", pseudo: Optional[dict] = None, max_label_wer: float = 0.2,
-                     skipped: Optional[Counter] = None) -> list[Example]:
+def prepare_examples(
+    utts: Sequence[data.Utterance],
+    tokenizer,
+    round_frames: int,
+    n_text_ctx: int,
+    labels: str = "auto",
+    pseudo: Optional[dict] = None,
+    max_label_wer: float = 0.2,
+    skipped: Optional[Counter] = None,
+) -> list[Example]:
     """Usable examples; each unusable utterance is skipped, counted in `skipped` by reason and named
     in a warning (unreadable or missing audio, longer than 30 s, no text, text the tokenizer cannot
     encode or that is too long, a pseudo-label too far from the reference)."""
@@ -523,9 +642,19 @@ def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: in
             skip(u, "text too long", f" ({len(tokens)} tokens > {n_text_ctx})")
             continue
         parts = u.parts if u.parts and text == ref else ((0.0, n / audio_io.SAMPLE_RATE, text),)
-        examples.append(Example(u.id, u.audio, text, tokens, n, transcribe.trimmed_frames(n, round_frames),
-                                audio_key(u.audio),
-                                parts, prompt_length(tokenizer, tokens)))
+        examples.append(
+            Example(
+                u.id,
+                u.audio,
+                text,
+                tokens,
+                n,
+                transcribe.trimmed_frames(n, round_frames),
+                audio_key(u.audio),
+                parts,
+                prompt_length(tokenizer, tokens),
+            )
+        )
     if notes:
         shown = "; ".join(notes[:5]) + ("; ..." if len(notes) > 5 else "")
         print(f"warning: skipped {len(notes)} utterance(s): {shown}", file=sys.stderr)
@@ -536,38 +665,63 @@ def prepare_examples(utts: Sequence[data.Utterance], tokenizer, round_frames: in
 # 6. Batches
 # ----------------------------------------------------------------------------------------------
 
-def epoch_batches(examples: Sequence[Example], epoch: int, batch_size: int, max_frames: Optional[int],
-                  seed: int, group: int = 1) -> list[list[int]]:
+
+def epoch_batches(
+    examples: Sequence[Example],
+    epoch: int,
+    batch_size: int,
+    max_frames: Optional[int],
+    seed: int,
+    group: int = 1,
+) -> list[list[int]]:
     """The epoch's micro-batches: bucketed by the length of the speech (trimmed frames, whatever the
     input mode, so padded- and trimmed-input runs see the same batches), shuffled by (seed, epoch) so
     a resumed run sees the same order; trimmed to a multiple of `group` (ranks x accumulation) so
     every rank takes equal steps."""
-    batches = data.bucket_batches([ex.frames for ex in examples], batch_size=batch_size, max_frames=max_frames,
-                                  shuffle=True, seed=seed * 100_003 + epoch)
+    batches = data.bucket_batches(
+        [ex.frames for ex in examples],
+        batch_size=batch_size,
+        max_frames=max_frames,
+        shuffle=True,
+        seed=seed * 100_003 + epoch,
+    )
     return batches[: len(batches) // group * group]
 
 
 @dataclass
 class Batch:
-    mel: Optional[Tensor]              # [B, n_mels, frames] (trimmed input) or None (padded: cached features)
+    mel: Optional[Tensor]  # [B, n_mels, frames] (trimmed input) or None (padded: cached features)
     mel_lengths: Optional[Tensor]
-    features: Optional[Tensor]         # [B, 1500, d] teacher = frozen student encoder states (padded input)
+    features: Optional[
+        Tensor
+    ]  # [B, 1500, d] teacher = frozen student encoder states (padded input)
     inputs: Tensor
-    labels: Tensor                     # [B, n]
-    enc_targets: list                  # teacher encoder states per item (trimmed input)
-    teacher_hidden: Tensor             # [N, d] at the labelled positions, in row-major order
+    labels: Tensor  # [B, n]
+    enc_targets: list  # teacher encoder states per item (trimmed input)
+    teacher_hidden: Tensor  # [N, d] at the labelled positions, in row-major order
     ids: list
 
 
-def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n_mels: int,
-            pad: int, augment: bool = False, seed: int = 0) -> Batch:
+def collate(
+    examples: Sequence[Example],
+    cache: TeacherCache,
+    input_mode: str,
+    n_mels: int,
+    pad: int,
+    augment: bool = False,
+    seed: int = 0,
+) -> Batch:
     """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time masks
     at most a tenth of the speech) masks the student's input only, with masks drawn from `seed`, so a
     resumed or multi-process run draws the same ones."""
     entries = [cache.load(ex, input_mode) for ex in examples]
-    inputs, labels = batch_targets([ex.tokens for ex in examples], [ex.prompt for ex in examples], pad)
+    inputs, labels = batch_targets(
+        [ex.tokens for ex in examples], [ex.prompt for ex in examples], pad
+    )
     valid = labels != IGNORE
-    hidden = torch.cat([e["hidden"][valid[i, : e["hidden"].shape[0]]] for i, e in enumerate(entries)])
+    hidden = torch.cat(
+        [e["hidden"][valid[i, : e["hidden"].shape[0]]] for i, e in enumerate(entries)]
+    )
     if input_mode == "padded":
         features = torch.stack([e["enc"].float() for e in entries])
         return Batch(None, None, features, inputs, labels, [], hidden, [ex.id for ex in examples])
@@ -578,10 +732,20 @@ def collate(examples: Sequence[Example], cache: TeacherCache, input_mode: str, n
         mel = transcribe.trimmed_mel(audio_io.load_audio(ex.audio, cache=True), n_mels, frames)
         if augment:
             own = mel[:, : ex.frames]
-            own.copy_(data.spec_augment(own, T=max(1, min(100, ex.frames // 10)), generator=generator))
+            own.copy_(
+                data.spec_augment(own, T=max(1, min(100, ex.frames // 10)), generator=generator)
+            )
         mels.append(mel)
-    return Batch(torch.stack(mels), torch.tensor([ex.frames for ex in examples]), None, inputs, labels,
-                 [e["enc"] for e in entries], hidden, [ex.id for ex in examples])
+    return Batch(
+        torch.stack(mels),
+        torch.tensor([ex.frames for ex in examples]),
+        None,
+        inputs,
+        labels,
+        [e["enc"] for e in entries],
+        hidden,
+        [ex.id for ex in examples],
+    )
 
 
 class StudentStep(nn.Module):
@@ -607,33 +771,41 @@ class StudentStep(nn.Module):
 # 7. Training
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TrainConfig(LossConfig):
     """A run's options: the loss's (LossConfig's fields come first) and these. Each default is written
     once, here or in LossConfig; dataclasses.fields(TrainConfig) lists them all (the CLI's help)."""
+
     # what and where
     teacher: str = "tiny.en"
     train: str = "asterisk:train"
-    dev: Optional[str] = None          # default: asterisk:dev+real-speech-dev for the default corpus, else
-                                       # 10% of train
-    test: Optional[str] = None         # default: asterisk:test for the default corpus, else none
-    ood: Optional[str] = None          # out-of-domain data for the final table; default: real-speech-dev for
-                                       # the default corpus, else none ("" for none)
-    joined: float = 0.2                # long inputs, per training utterance: recordings of 15-28 s joined
-                                       # from training utterances (data.join_utterances); 0 for none
-    perturbed: float = 0.0             # copies in other rooms, microphones and rates, per training
-                                       # utterance (data.perturbed_utterances); 0 for none
-    timestamps: float = 0.5            # share of targets with timestamps (the teacher's, forced on the text:
-                                       # TeacherCache.timestamps), as Whisper trains; 0 for none
+    dev: Optional[str] = None  # default: asterisk:dev+real-speech-dev for the default corpus, else
+    # 10% of train
+    test: Optional[str] = None  # default: asterisk:test for the default corpus, else none
+    ood: Optional[str] = (
+        None  # out-of-domain data for the final table; default: real-speech-dev for
+    )
+    # the default corpus, else none ("" for none)
+    joined: float = 0.2  # long inputs, per training utterance: recordings of 15-28 s joined
+    # from training utterances (data.join_utterances); 0 for none
+    perturbed: float = 0.0  # copies in other rooms, microphones and rates, per training
+    # utterance (data.perturbed_utterances); 0 for none
+    timestamps: float = 0.5  # share of targets with timestamps (the teacher's, forced on the text:
+    # TeacherCache.timestamps), as Whisper trains; 0 for none
     name: str = "askd"
     runs_dir: str = "runs"
-    cache_dir: Optional[str] = None    # teacher cache; default fileio.cache_dir()
+    cache_dir: Optional[str] = None  # teacher cache; default fileio.cache_dir()
     # the student
-    decoder_layers: Optional[int] = None   # default: all of the teacher's (2 of tiny.en's 4 loop; see README)
+    decoder_layers: Optional[int] = (
+        None  # default: all of the teacher's (2 of tiny.en's 4 loop; see README)
+    )
     encoder_layers: Optional[int] = None
     input: str = "trimmed"
     round_frames: int = transcribe.ROUND_FRAMES
-    train_embed: bool = False          # train the token embedding (= output projection); default: the teacher's
+    train_embed: bool = (
+        False  # train the token embedding (= output projection); default: the teacher's
+    )
     # the loss, besides LossConfig's
     self_teacher: str = "ema"
     ema_decay: float = 0.99
@@ -647,42 +819,72 @@ class TrainConfig(LossConfig):
     max_frames: Optional[int] = 8000
     accum: int = 1
     lr: float = 1e-4
-    warmup: float = 0.1                # fraction of the steps (< 1) or a number of steps
-    lr_schedule: str = "linear"        # decay after warmup: linear or cosine, to 0
+    warmup: float = 0.1  # fraction of the steps (< 1) or a number of steps
+    lr_schedule: str = "linear"  # decay after warmup: linear or cosine, to 0
     weight_decay: float = 0.01
     clip: float = 1.0
     spec_augment: bool = False
     seed: int = 0
     # machinery
     device: str = "auto"
-    precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 on the CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
     threads: int = 0
-    save_every: int = 50               # steps between checkpoints (and at every epoch's end)
+    save_every: int = 50  # steps between checkpoints (and at every epoch's end)
     eval_batch_size: int = 8
-    max_bad_steps: int = 20            # consecutive non-finite steps before giving up
-    limit: Optional[int] = None        # use only the first N training utterances (quick runs)
+    max_bad_steps: int = 20  # consecutive non-finite steps before giving up
+    limit: Optional[int] = None  # use only the first N training utterances (quick runs)
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
 
     # changing these does not change what a resumed run computes
-    RESUMABLE_CHANGES = ("device", "threads", "quiet", "resume", "overwrite", "save_every", "eval_batch_size",
-                         "test", "ood", "cache_dir", "precision", "max_bad_steps")
+    RESUMABLE_CHANGES = (
+        "device",
+        "threads",
+        "quiet",
+        "resume",
+        "overwrite",
+        "save_every",
+        "eval_batch_size",
+        "test",
+        "ood",
+        "cache_dir",
+        "precision",
+        "max_bad_steps",
+    )
 
     def check(self) -> None:
-        choices = {"loss": LOSSES, "input": INPUTS, "trust": TRUSTS, "self_teacher": SELF_TEACHERS,
-                   "labels": LABELS, "lr_schedule": ("linear", "cosine"), "precision": ("auto", "fp32", "bf16", "fp16")}
+        choices = {
+            "loss": LOSSES,
+            "input": INPUTS,
+            "trust": TRUSTS,
+            "self_teacher": SELF_TEACHERS,
+            "labels": LABELS,
+            "lr_schedule": ("linear", "cosine"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise run_plumbing.TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}")
+                raise run_plumbing.TrainError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}"
+                )
         for name in ("alpha", "beta"):
             Schedule.parse(getattr(self, name))
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum": self.accum,
-                    "round_frames": self.round_frames, "decoder_layers": self.decoder_layers or 1, "T": self.T,
-                    "lr": self.lr, "save_every": self.save_every}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "accum": self.accum,
+            "round_frames": self.round_frames,
+            "decoder_layers": self.decoder_layers or 1,
+            "T": self.T,
+            "lr": self.lr,
+            "save_every": self.save_every,
+        }
         for name, value in positive.items():
             if value <= 0:
-                raise run_plumbing.TrainError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise run_plumbing.TrainError(
+                    f"--{name.replace('_', '-')} must be positive, got {value}"
+                )
         if not 0 <= self.timestamps <= 1:
             raise run_plumbing.TrainError(f"--timestamps must be in [0, 1], got {self.timestamps}")
         if not 0 <= self.ema_decay < 1:
@@ -696,7 +898,12 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int):
         if step < warmup:
             return (step + 1) / (warmup + 1)
         s = (step - warmup) / max(1, total_steps - warmup)
-        return max(0.0, 1 - s) if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, s)))
+        return (
+            max(0.0, 1 - s)
+            if cfg.lr_schedule == "linear"
+            else 0.5 * (1 + math.cos(math.pi * min(1.0, s)))
+        )
+
     return factor
 
 
@@ -716,15 +923,19 @@ def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
         dev = {name: data.load_source(name) for name in cfg.dev.split("+")}
     elif cfg.train.startswith("asterisk"):
         dev = {"asterisk:dev": data.load_source("asterisk:dev")}
-        try:                        # real speech of other people: choose the student that generalises
+        try:  # real speech of other people: choose the student that generalises
             dev["real-speech-dev"] = data.load_source("real-speech-dev")
         except fileio.DataError as e:
-            print(f"warning: dev set without real-speech-dev, the student is chosen on asterisk:dev alone: {e}",
-                  file=sys.stderr)
+            print(
+                f"warning: dev set without real-speech-dev, the student is chosen on asterisk:dev alone: {e}",
+                file=sys.stderr,
+            )
     else:
         parts = data.split_corpus(train, dev=0.1, test=0.0)
         train, dev = parts["train"], {"10% of --train": parts["dev"]}
-    for name in [name for name, utts in dev.items() if not any((u.text or "").strip() for u in utts)]:
+    for name in [
+        name for name, utts in dev.items() if not any((u.text or "").strip() for u in utts)
+    ]:
         print(f"warning: dev set {name} holds no transcribed utterance; left out", file=sys.stderr)
         del dev[name]
     test_spec = cfg.test or ("asterisk:test" if cfg.train.startswith("asterisk") else None)
@@ -759,23 +970,30 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.amp = _autocast(cfg, self.device)
-        self._make_student(self._prepare_data(checkpoint))     # the teacher is not kept: the cache has it all
+        self._make_student(
+            self._prepare_data(checkpoint)
+        )  # the teacher is not kept: the cache has it all
         self.step, self.best_wer, self.counters, self.bad_in_a_row = 0, math.inf, Counter(), 0
         if checkpoint is not None:
             self._resume(checkpoint)
         elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics_path.write_text("")
-            fileio.write_atomic(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode())
+            fileio.write_atomic(
+                self.run_dir / "config.json", json.dumps(asdict(cfg), indent=1).encode()
+            )
         self.step_module = StudentStep(self.student)
         if self.world > 1:
             self.step_module = nn.parallel.DistributedDataParallel(
-                self.step_module, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.say(f"student: {self.student.dims.n_text_layer}-layer decoder, {cfg.input} input, "
-                 f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} training "
-                 f"utterances ({sum(self.skipped.values())} skipped), {sum(map(len, self.dev_sets.values()))} "
-                 f"dev; {self.total_steps} steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, "
-                 f"{self.world} process(es), {self.device}")
+                self.step_module, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+        self.say(
+            f"student: {self.student.dims.n_text_layer}-layer decoder, {cfg.input} input, "
+            f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} training "
+            f"utterances ({sum(self.skipped.values())} skipped), {sum(map(len, self.dev_sets.values()))} "
+            f"dev; {self.total_steps} steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, "
+            f"{self.world} process(es), {self.device}"
+        )
 
     def say(self, message: str) -> None:
         if self.main and not self.cfg.quiet:
@@ -792,52 +1010,97 @@ class Trainer:
         """last.pt when resuming (checked against the options); a run is never silently overwritten."""
         cfg, path = self.cfg, self.last_path
         if cfg.resume and not path.exists():
-            raise run_plumbing.TrainError(f"{self.run_dir}: there is no run to resume there (no {path.name}); "
-                                          f"start it without --resume")
+            raise run_plumbing.TrainError(
+                f"{self.run_dir}: there is no run to resume there (no {path.name}); "
+                f"start it without --resume"
+            )
         if not cfg.resume and path.exists() and not cfg.overwrite:
-            raise run_plumbing.TrainError(f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
-                                          f"over, or --name for a new one")
+            raise run_plumbing.TrainError(
+                f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
+                f"over, or --name for a new one"
+            )
         if not cfg.resume:
-            if cfg.overwrite and self.main:      # the old run's files go first: a folder never mixes two runs
-                for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl", "config.json"):
+            if (
+                cfg.overwrite and self.main
+            ):  # the old run's files go first: a folder never mixes two runs
+                for name in (
+                    "last.pt",
+                    "student.pt",
+                    "results.json",
+                    "metrics.jsonl",
+                    "config.json",
+                ):
                     (self.run_dir / name).unlink(missing_ok=True)
             return None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:               # truncated, corrupted, or not a checkpoint at all
-            raise run_plumbing.TrainError(f"{path}: cannot read the checkpoint ({fileio.brief(e)}); start over with "
-                                          f"--overwrite") from None
+        except Exception as e:  # truncated, corrupted, or not a checkpoint at all
+            raise run_plumbing.TrainError(
+                f"{path}: cannot read the checkpoint ({fileio.brief(e)}); start over with "
+                f"--overwrite"
+            ) from None
         version = checkpoint.get("version") if isinstance(checkpoint, dict) else None
         if version != CHECKPOINT_VERSION:
-            raise run_plumbing.TrainError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
+            raise run_plumbing.TrainError(
+                f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}"
+            )
         old = checkpoint["config"]
-        changed = [f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})" for f in fields(cfg)
-                   if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)]
+        changed = [
+            f"{f.name} ({old.get(f.name)!r} -> {getattr(cfg, f.name)!r})"
+            for f in fields(cfg)
+            if f.name not in cfg.RESUMABLE_CHANGES and old.get(f.name) != getattr(cfg, f.name)
+        ]
         if changed:
-            raise run_plumbing.TrainError(f"{path}: cannot resume with different options: {', '.join(changed)}")
+            raise run_plumbing.TrainError(
+                f"{path}: cannot resume with different options: {', '.join(changed)}"
+            )
         return checkpoint
 
     def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
         """The teacher; the utterances; pseudo-labels where needed, the usable examples and the teacher
         cache filled for them. With several processes each computes its share, then reads everyone's."""
-        cfg, rank, world, progress = self.cfg, self.rank, self.world, self.main and not self.cfg.quiet
+        cfg, rank, world, progress = (
+            self.cfg,
+            self.rank,
+            self.world,
+            self.main and not self.cfg.quiet,
+        )
         teacher = weight_files.load_model(cfg.teacher, device=self.device)
         self.tok = teacher.tokenizer
         utts, self.dev_sets, self.test_utts, self.test_label = default_sources(cfg)
-        utts = utts + data.join_utterances(utts, round(cfg.joined * len(utts)), seed=cfg.seed) + \
-            data.perturbed_utterances(utts, round(cfg.perturbed * len(utts)), seed=cfg.seed)
-        cache = self.cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else fileio.cache_dir(), teacher)
-        unlabelled = [u for u in utts if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()]
+        utts = (
+            utts
+            + data.join_utterances(utts, round(cfg.joined * len(utts)), seed=cfg.seed)
+            + data.perturbed_utterances(utts, round(cfg.perturbed * len(utts)), seed=cfg.seed)
+        )
+        cache = self.cache = TeacherCache(
+            Path(cfg.cache_dir) if cfg.cache_dir else fileio.cache_dir(), teacher
+        )
+        unlabelled = [
+            u
+            for u in utts
+            if cfg.labels == "pseudo" or cfg.labels == "auto" and not (u.text or "").strip()
+        ]
         pseudo, readable = {}, [u for u in unlabelled if os.path.isfile(u.audio)]
         if unlabelled:
             cache.pseudo_labels(readable[rank::world], progress=progress)
             run_plumbing.barrier(world)
             pseudo = cache.pseudo_labels(readable, progress=False)
         self.skipped = Counter()
-        self.examples = prepare_examples(utts, self.tok, cfg.round_frames, teacher.dims.n_text_ctx, cfg.labels,
-                                         pseudo, cfg.max_label_wer, self.skipped)
+        self.examples = prepare_examples(
+            utts,
+            self.tok,
+            cfg.round_frames,
+            teacher.dims.n_text_ctx,
+            cfg.labels,
+            pseudo,
+            cfg.max_label_wer,
+            self.skipped,
+        )
         if not self.examples:
-            raise run_plumbing.TrainError(f"{cfg.train}: no usable training utterances ({dict(self.skipped)})")
+            raise run_plumbing.TrainError(
+                f"{cfg.train}: no usable training utterances ({dict(self.skipped)})"
+            )
         stamped = timestamp_examples(self.examples, cfg.timestamps, cfg.seed)
         if stamped:
             cache.timestamps(stamped[rank::world], progress=progress, autocast=self.amp)
@@ -846,14 +1109,22 @@ class Trainer:
             for ex in stamped:
                 tokens = timestamped_tokens(self.tok, times[ex.id])
                 if len(tokens) <= teacher.dims.n_text_ctx:
-                    ex.tokens, ex.parts, ex.prompt = tokens, tuple(times[ex.id]), prompt_length(self.tok, tokens)
+                    ex.tokens, ex.parts, ex.prompt = (
+                        tokens,
+                        tuple(times[ex.id]),
+                        prompt_length(self.tok, tokens),
+                    )
         cache.build(self.examples[rank::world], cfg.input, progress=progress, autocast=self.amp)
         run_plumbing.barrier(world)
-        cache.build(self.examples, cfg.input, progress=False, autocast=self.amp)   # anything another rank missed
+        cache.build(
+            self.examples, cfg.input, progress=False, autocast=self.amp
+        )  # anything another rank missed
         self.fingerprint = _data_fingerprint(self.examples)
         if checkpoint is not None and checkpoint["data"] != self.fingerprint:
-            raise run_plumbing.TrainError(f"{self.last_path}: the training data changed since this run started (files, texts "
-                                          f"or options that select them); start a new run with --name")
+            raise run_plumbing.TrainError(
+                f"{self.last_path}: the training data changed since this run started (files, texts "
+                f"or options that select them); start a new run with --name"
+            )
         return teacher
 
     def _make_student(self, teacher: M.Whisper) -> None:
@@ -861,7 +1132,7 @@ class Trainer:
         cfg = self.cfg
         student = self.student = make_student(teacher, cfg.decoder_layers, cfg.encoder_layers)
         self.teacher_out = teacher.decoder.token_embedding.weight.detach().clone()
-        del self.cache.teacher                 # all the loop needs from the teacher is cached
+        del self.cache.teacher  # all the loop needs from the teacher is cached
         if cfg.input == "padded":
             student.encoder.requires_grad_(False)
         if not cfg.train_embed:
@@ -869,17 +1140,29 @@ class Trainer:
         student.train()
         decay = [p for p in student.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in student.parameters() if p.requires_grad and p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
         self.group = self.world * cfg.accum
-        self.steps_per_epoch = len(epoch_batches(self.examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed)) \
+        self.steps_per_epoch = (
+            len(epoch_batches(self.examples, 0, cfg.batch_size, cfg.max_frames, cfg.seed))
             // self.group
+        )
         if self.steps_per_epoch == 0:
-            raise run_plumbing.TrainError(f"{len(self.examples)} utterances make fewer micro-batches than ranks x --accum "
-                                          f"({self.group})")
+            raise run_plumbing.TrainError(
+                f"{len(self.examples)} utterances make fewer micro-batches than ranks x --accum "
+                f"({self.group})"
+            )
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(cfg, self.total_steps)
+        )
         beta = Schedule.parse(cfg.beta)
         uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
         self.earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
@@ -896,7 +1179,9 @@ class Trainer:
         run_plumbing.set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
         if self.main:
             run_plumbing.truncate_metrics(self.metrics_path, self.step)
-        best = f" (best dev WER so far {100 * self.best_wer:.2f}%)" if self.best_wer < math.inf else ""
+        best = (
+            f" (best dev WER so far {100 * self.best_wer:.2f}%)" if self.best_wer < math.inf else ""
+        )
         self.say(f"resuming {self.run_dir} at step {self.step} of {self.total_steps}{best}")
 
     def save_checkpoint(self) -> None:
@@ -905,17 +1190,28 @@ class Trainer:
         if not self.main:
             return
         try:
-            run_plumbing.atomic_torch_save({"version": CHECKPOINT_VERSION, "config": asdict(self.cfg),
-                                            "data": self.fingerprint,
-                                            "step": self.step, "student": self.student.state_dict(),
-                                            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                                            "earlier": self.earlier.state_dict() if self.earlier is not None else None,
-                                            "rng": rng, "best_wer": self.best_wer, "counters": dict(self.counters)},
-                                           self.last_path)
-        except OSError as e:                     # a full disk: the last checkpoint written is still whole
-            raise run_plumbing.TrainError(f"{self.last_path}: cannot write the checkpoint at step {self.step} "
-                                          f"({e.strerror or e}); the one before is intact: make room and continue with "
-                                          f"--resume") from None
+            run_plumbing.atomic_torch_save(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "config": asdict(self.cfg),
+                    "data": self.fingerprint,
+                    "step": self.step,
+                    "student": self.student.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "earlier": self.earlier.state_dict() if self.earlier is not None else None,
+                    "rng": rng,
+                    "best_wer": self.best_wer,
+                    "counters": dict(self.counters),
+                },
+                self.last_path,
+            )
+        except OSError as e:  # a full disk: the last checkpoint written is still whole
+            raise run_plumbing.TrainError(
+                f"{self.last_path}: cannot write the checkpoint at step {self.step} "
+                f"({e.strerror or e}); the one before is intact: make room and continue with "
+                f"--resume"
+            ) from None
 
     # --- the loop ---
 
@@ -923,19 +1219,35 @@ class Trainer:
         """Steps until the last, saving every cfg.save_every steps and at each epoch's end; then the
         test table. SIGINT / SIGTERM: save at the next step and return {'stopped': step}."""
         from tqdm import tqdm
+
         cfg = self.cfg
-        self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not self.main or cfg.quiet,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            disable=not self.main or cfg.quiet,
+            dynamic_ncols=True,
+        )
         self.started = time.time()
         with run_plumbing.StopFlag() as stop:
             while self.step < self.total_steps:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-                batches = epoch_batches(self.examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, self.group)
-                if cfg.self_teacher == "epoch" and self.earlier is not None and in_epoch == 0 and epoch > 0:
-                    self.earlier.load_state_dict(self.student.state_dict())          # last epoch's self
+                batches = epoch_batches(
+                    self.examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, self.group
+                )
+                if (
+                    cfg.self_teacher == "epoch"
+                    and self.earlier is not None
+                    and in_epoch == 0
+                    and epoch > 0
+                ):
+                    self.earlier.load_state_dict(self.student.state_dict())  # last epoch's self
                 for in_epoch in range(in_epoch, self.steps_per_epoch):
                     self.train_step(batches, epoch, in_epoch)
-                    stop_now = run_plumbing.all_reduce([float(stop.requested)], self.world, self.device)[0] > 0
+                    stop_now = (
+                        run_plumbing.all_reduce([float(stop.requested)], self.world, self.device)[0]
+                        > 0
+                    )
                     epoch_done = in_epoch + 1 == self.steps_per_epoch
                     if epoch_done:
                         self.end_of_epoch(epoch + 1)
@@ -943,9 +1255,12 @@ class Trainer:
                         self.save_checkpoint()
                     if stop_now:
                         self.bar.close()
-                        if self.main:            # even with --quiet: how to go on is not progress
-                            print(f"stopped at step {self.step} of {self.total_steps}; continue "
-                                  f"with the same command and --resume", file=sys.stderr)
+                        if self.main:  # even with --quiet: how to go on is not progress
+                            print(
+                                f"stopped at step {self.step} of {self.total_steps}; continue "
+                                f"with the same command and --resume",
+                                file=sys.stderr,
+                            )
                         return {"stopped": self.step}
         self.bar.close()
         return self.final_table()
@@ -966,16 +1281,31 @@ class Trainer:
             _ema_update(self.earlier, self.student, cfg.ema_decay)
         self.step += 1
         keys = sorted(sums)
-        totals = dict(zip(keys, [v / self.world for v in run_plumbing.all_reduce([sums[k] for k in keys], self.world,
-                                                                      self.device)]))
-        record = {"step": self.step, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0],
-                  "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                  **{k: round(v, 6) if math.isfinite(v) else None for k, v in totals.items()},
-                  "time": round(time.time() - self.started, 2)}
+        totals = dict(
+            zip(
+                keys,
+                [
+                    v / self.world
+                    for v in run_plumbing.all_reduce(
+                        [sums[k] for k in keys], self.world, self.device
+                    )
+                ],
+            )
+        )
+        record = {
+            "step": self.step,
+            "epoch": epoch + 1,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            **{k: round(v, 6) if math.isfinite(v) else None for k, v in totals.items()},
+            "time": round(time.time() - self.started, 2),
+        }
         if not math.isfinite(grad_norm):
             record["skipped"] = True
         self.log(record)
-        self.bar.set_postfix(loss=f"{totals.get('loss', 0.0):.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{totals.get('loss', 0.0):.3f}", lr=f"{record['lr']:.2e}", refresh=False
+        )
         self.bar.update(1)
 
     def _accumulate(self, batches: list, epoch: int, in_epoch: int):
@@ -984,33 +1314,57 @@ class Trainer:
         cfg, s, sums, batch = self.cfg, self.step / self.total_steps, Counter(), None
         try:
             for a in range(cfg.accum):
-                index = (in_epoch * cfg.accum + a) * self.world + self.rank          # this rank's micro-batch
-                batch = collate([self.examples[i] for i in batches[index]], self.cache, cfg.input,
-                                self.student.dims.n_mels, self.tok.eot, cfg.spec_augment,
-                                seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF)
-                last = a == cfg.accum - 1        # DDP averages the gradients on the last micro-batch only
-                with self.step_module.no_sync() if self.world > 1 and not last else contextlib.nullcontext():
+                index = (
+                    in_epoch * cfg.accum + a
+                ) * self.world + self.rank  # this rank's micro-batch
+                batch = collate(
+                    [self.examples[i] for i in batches[index]],
+                    self.cache,
+                    cfg.input,
+                    self.student.dims.n_mels,
+                    self.tok.eot,
+                    cfg.spec_augment,
+                    seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF,
+                )
+                last = a == cfg.accum - 1  # DDP averages the gradients on the last micro-batch only
+                with (
+                    self.step_module.no_sync()
+                    if self.world > 1 and not last
+                    else contextlib.nullcontext()
+                ):
                     loss, parts = self.micro_batch_loss(batch, s)
                     (loss / cfg.accum).backward()
                 for k, v in parts.items():
                     sums[k] += v / cfg.accum
             grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip).item()
-            return grad_norm, None if math.isfinite(grad_norm) else "non-finite loss or gradient", sums, batch
+            return (
+                grad_norm,
+                None if math.isfinite(grad_norm) else "non-finite loss or gradient",
+                sums,
+                batch,
+            )
         except torch.cuda.OutOfMemoryError:
-            if self.world > 1:       # the other ranks wait in an all-reduce this one will not reach
+            if self.world > 1:  # the other ranks wait in an all-reduce this one will not reach
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            return math.nan, f"out of GPU memory ({len(batch.ids)} utterances, " \
-                f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)", sums, batch
+            return (
+                math.nan,
+                f"out of GPU memory ({len(batch.ids)} utterances, "
+                f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)",
+                sums,
+                batch,
+            )
 
     def micro_batch_loss(self, batch: Batch, s: float) -> tuple[Tensor, dict]:
         """Loss of one micro-batch at progress s: the output loss over its labelled tokens plus the
         encoder term; and its parts for the log."""
         cfg, device = self.cfg, self.device
         valid = (batch.labels != IGNORE).to(device)
-        mel, mel_lengths, features = (None if x is None else x.to(device)
-                                      for x in (batch.mel, batch.mel_lengths, batch.features))
+        mel, mel_lengths, features = (
+            None if x is None else x.to(device)
+            for x in (batch.mel, batch.mel_lengths, batch.features)
+        )
         inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
         with self.amp or contextlib.nullcontext():
             states, logits = self.step_module(mel, mel_lengths, features, inputs, valid)
@@ -1018,7 +1372,9 @@ class Trainer:
         self_logits = None
         if self.earlier is not None and cfg.weights(s)[2] != 0.0:
             with torch.no_grad(), self.amp or contextlib.nullcontext():
-                _, self_logits = StudentStep(self.earlier)(mel, mel_lengths, features, inputs, valid)
+                _, self_logits = StudentStep(self.earlier)(
+                    mel, mel_lengths, features, inputs, valid
+                )
         loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, cfg, s)
         parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}
         if cfg.input == "trimmed" and cfg.enc_weight > 0:
@@ -1035,12 +1391,16 @@ class Trainer:
         self.bad_in_a_row += 1
         if self.bad_in_a_row >= self.cfg.max_bad_steps:
             self.bar.close()
-            raise run_plumbing.TrainError(f"{self.cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
-                                          f"{self.step + 1}); lower --lr or check the data. The last good checkpoint "
-                                          f"is {self.last_path}")
+            raise run_plumbing.TrainError(
+                f"{self.cfg.max_bad_steps} steps in a row skipped ({why}, last at step "
+                f"{self.step + 1}); lower --lr or check the data. The last good checkpoint "
+                f"is {self.last_path}"
+            )
         if self.main:
-            self.bar.write(f"warning: step {self.step + 1}: {why}, update skipped "
-                           f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})")
+            self.bar.write(
+                f"warning: step {self.step + 1}: {why}, update skipped "
+                f"(batch {', '.join(batch.ids[:4])}{'...' if len(batch.ids) > 4 else ''})"
+            )
 
     # --- the end of an epoch, the end of the run ---
 
@@ -1049,56 +1409,99 @@ class Trainer:
         saved as student.pt (without dev data, the latest one)."""
         cfg, path = self.cfg, self.run_dir / "student.pt"
         if self.main and not self.dev_sets:
-            run_plumbing.save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None})
+            run_plumbing.save_student(
+                self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None}
+            )
             self.bar.write(f"epoch {epoch}: no dev data, student.pt is this epoch's student")
         elif self.main:
             self.student.eval()
             recognizer = transcribe.as_recognizer(self.student, transcribe.student_info(cfg))
-            wers = {name: dev_wer(recognizer, utts, cfg.eval_batch_size) for name, utts in self.dev_sets.items()}
+            wers = {
+                name: dev_wer(recognizer, utts, cfg.eval_batch_size)
+                for name, utts in self.dev_sets.items()
+            }
             self.student.train()
             wer = sum(wers.values()) / len(wers)
-            self.log({"step": self.step, "epoch": epoch, "dev_wer": wer,
-                      **({f"dev_wer {name}": w for name, w in wers.items()} if len(wers) > 1 else {})})
+            self.log(
+                {
+                    "step": self.step,
+                    "epoch": epoch,
+                    "dev_wer": wer,
+                    **({f"dev_wer {name}": w for name, w in wers.items()} if len(wers) > 1 else {}),
+                }
+            )
             better = wer < self.best_wer or not path.exists()
             if better:
                 self.best_wer = wer
-                run_plumbing.save_student(self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer})
-            each = "" if len(wers) == 1 else " (" + ", ".join(f"{n} {100 * w:.2f}%" for n, w in wers.items()) + ")"
-            self.bar.write(f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}")
-        self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[0]  # rank 0's, on every rank
+                run_plumbing.save_student(
+                    self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer}
+                )
+            each = (
+                ""
+                if len(wers) == 1
+                else " (" + ", ".join(f"{n} {100 * w:.2f}%" for n, w in wers.items()) + ")"
+            )
+            self.bar.write(
+                f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}"
+            )
+        self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[
+            0
+        ]  # rank 0's, on every rank
 
     def final_table(self) -> dict:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
         cfg = self.cfg
-        results = {"run": str(self.run_dir), "steps": self.step, "skipped": dict(self.skipped),
-                   "counters": dict(self.counters), "best_dev_wer": self.best_wer,
-                   "train_seconds": round(time.time() - self.started, 1)}
+        results = {
+            "run": str(self.run_dir),
+            "steps": self.step,
+            "skipped": dict(self.skipped),
+            "counters": dict(self.counters),
+            "best_dev_wer": self.best_wer,
+            "train_seconds": round(time.time() - self.started, 1),
+        }
         if self.main:
             if self.counters:
                 self.say("; ".join(f"{v} {k}" for k, v in self.counters.items()))
             if self.test_utts:
-                self.say(f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
-                         f"utterance at a time")
+                self.say(
+                    f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
+                    f"utterance at a time"
+                )
                 student = str(self.run_dir / "student.pt")
-                models = [cfg.teacher, student, transcribe.PADDED_PREFIX + student]  # the last: as other tools read it
+                models = [
+                    cfg.teacher,
+                    student,
+                    transcribe.PADDED_PREFIX + student,
+                ]  # the last: as other tools read it
                 names = [f"teacher {cfg.teacher}", f"student ({cfg.loss})", "student, 30 s windows"]
-                rows = transcribe.evaluate(models, self.test_utts, device=self.device, names=names,
-                                           quiet=cfg.quiet, source=self.test_label)
+                rows = transcribe.evaluate(
+                    models,
+                    self.test_utts,
+                    device=self.device,
+                    names=names,
+                    quiet=cfg.quiet,
+                    source=self.test_label,
+                )
                 caption = f"WER %: {self.test_label} ({len(self.test_utts)} utterances)"
                 label, ood = self.ood_utterances()
                 if ood:
-                    others = transcribe.evaluate(models, ood, device=self.device, quiet=True, source=label)
+                    others = transcribe.evaluate(
+                        models, ood, device=self.device, quiet=True, source=label
+                    )
                     for row, other in zip(rows, others):
                         row["OOD WER %"] = other["WER %"]
-                    caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + \
-                        ("; a dev set, so it chose the student)" if label in self.dev_sets else ")")
+                    caption += f"; OOD WER %: {label} ({len(ood)} utterances, other speakers" + (
+                        "; a dev set, so it chose the student)" if label in self.dev_sets else ")"
+                    )
                 results["test"] = rows
                 results["table"] = caption + "\n" + transcribe.format_table(rows)
                 print(results["table"])
         results = run_plumbing.finite(results)  # no NaN or infinity: results.json is valid JSON
         if self.main:
-            fileio.write_atomic(self.run_dir / "results.json",
-                                json.dumps(results, indent=1, default=str, allow_nan=False).encode())
+            fileio.write_atomic(
+                self.run_dir / "results.json",
+                json.dumps(results, indent=1, default=str, allow_nan=False).encode(),
+            )
         run_plumbing.barrier(self.world)
         return results
 
@@ -1106,7 +1509,11 @@ class Trainer:
         """The name and utterances of the out-of-domain data for the final table (cfg.ood; a dev set
         of that name is reused), or no utterances, with a warning if they cannot be had."""
         cfg = self.cfg
-        label = cfg.ood if cfg.ood is not None else ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
+        label = (
+            cfg.ood
+            if cfg.ood is not None
+            else ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
+        )
         if not label or label in self.dev_sets:
             return label, self.dev_sets.get(label, [])
         try:
@@ -1116,15 +1523,21 @@ class Trainer:
             return label, []
 
 
-def dev_wer(recognizer: transcribe.Recognizer, utts: Sequence[data.Utterance], batch_size: int) -> float:
+def dev_wer(
+    recognizer: transcribe.Recognizer, utts: Sequence[data.Utterance], batch_size: int
+) -> float:
     """WER of a student on the transcribed, readable utterances of a dev set (inf if there are none)."""
-    audios, refs = transcribe.read_utterances([u for u in utts if (u.text or "").strip()], warn=False)
+    audios, refs = transcribe.read_utterances(
+        [u for u in utts if (u.text or "").strip()], warn=False
+    )
     return text_norm.wer(refs, recognizer.transcribe_text(audios, batch_size)) if refs else math.inf
 
 
 def train(cfg: TrainConfig) -> dict:
     """Distil cfg.teacher into a student; returns the results (also in runs/NAME/results.json)."""
-    with run_plumbing.RunLock(Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0):
+    with run_plumbing.RunLock(
+        Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0
+    ):
         return Trainer(cfg).run()
 
 
@@ -1141,4 +1554,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp32":
         return None
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )

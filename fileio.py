@@ -1,6 +1,7 @@
 """Plumbing every other module shares: the project's errors, its cache folder, and the one
 way it writes a file (write_atomic: a reader never sees half a file, a crash never leaves one).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """A training run's plumbing: its folder lock, checkpoints written atomically, random states to
 resume from, the stop flag, metrics files, several processes (torchrun), and the student saved.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,10 +24,9 @@ import model as M
 import transcribe
 import weight_files
 
-
 try:
     import fcntl
-except ImportError:                 # Windows: run folders are not locked there
+except ImportError:  # Windows: run folders are not locked there
     fcntl = None
 
 if TYPE_CHECKING:  # annotations only: never at run time
@@ -55,6 +55,7 @@ def setup_distributed(cfg: askd.TrainConfig):
         raise TrainError(f"--device {device}: no CUDA device is available")
     if world > 1:
         import torch.distributed as dist
+
         if device == "cuda":
             device = f"cuda:{local}"
             torch.cuda.set_device(device)
@@ -67,6 +68,7 @@ def all_reduce(values: list[float], world: int, device) -> list[float]:
     if world == 1:
         return values
     import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
@@ -75,13 +77,17 @@ def all_reduce(values: list[float], world: int, device) -> list[float]:
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
+
         dist.barrier()
 
 
 def rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -108,7 +114,7 @@ class StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.previous[sig] = signal.signal(sig, self.handle)
-            except ValueError:          # not the main thread: leave signals alone
+            except ValueError:  # not the main thread: leave signals alone
                 pass
         return self
 
@@ -129,15 +135,17 @@ class RunLock:
 
     def __init__(self, run_dir: Path, main: bool = True):
         self.path, self.main, self.fd = run_dir / ".lock", main, None
-        self.made = []                   # the folders it made, the deepest first
+        self.made = []  # the folders it made, the deepest first
 
     def __enter__(self):
         if not self.main:
             return self
         self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         if fcntl is None:
-            print(f"warning: {self.path.parent}: run folders cannot be locked on this system",
-                  file=sys.stderr)
+            print(
+                f"warning: {self.path.parent}: run folders cannot be locked on this system",
+                file=sys.stderr,
+            )
             return self
         # flock on a file kept open for the run's life: taking it is one atomic call that fails
         # while a live process holds it, a dead run's file is taken as is, and the holder removes
@@ -158,11 +166,14 @@ class RunLock:
             except BlockingIOError:
                 owner = self._owner()
                 owner = f" ({owner})" if owner else ""
-                raise TrainError(f"{self.path.parent}: another run{owner} is using this folder; "
-                                 f"wait for it to end, or choose another --name") from None
+                raise TrainError(
+                    f"{self.path.parent}: another run{owner} is using this folder; "
+                    f"wait for it to end, or choose another --name"
+                ) from None
             except OSError as e:
-                raise TrainError(f"{self.path}: cannot take the run folder's lock ({e.strerror})") \
-                    from None
+                raise TrainError(
+                    f"{self.path}: cannot take the run folder's lock ({e.strerror})"
+                ) from None
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -182,13 +193,13 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            self.path.unlink(missing_ok=True)        # before letting go: see __enter__
+            self.path.unlink(missing_ok=True)  # before letting go: see __enter__
             os.close(self.fd)
             self.fd = None
-        for folder in self.made:         # a run that wrote nothing leaves no empty folder behind
+        for folder in self.made:  # a run that wrote nothing leaves no empty folder behind
             try:
                 folder.rmdir()
-            except OSError:              # not empty: the run's files are there
+            except OSError:  # not empty: the run's files are there
                 break
         return False
 
@@ -214,6 +225,7 @@ def gather_objects(obj, world: int) -> list:
     if world == 1:
         return [obj]
     import torch.distributed as dist
+
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out

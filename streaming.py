@@ -1,6 +1,7 @@
 """Live transcription: audio as it arrives, cut into phrases where the speaker pauses
 (live_audio, Endpointer), each read as it is spoken (LiveTranscriber). Inference only.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,21 +22,24 @@ import decoding
 import fileio
 import transcribe
 
-
 # ----------------------------------------------------------------------------------------------
 # 1. Audio as it arrives
 # ----------------------------------------------------------------------------------------------
 # Live audio: a stream of PCM as it arrives, and where its phrases end. A source hands on what it
 # has read since it was last asked, so a listener that falls behind gets more at once, not later.
 
-LIVE_CHUNK = 0.1             # seconds of audio a live source reads at a time
-LIVE_MOST = 10.0             # and hands on at most, however far behind its listener is
-PHRASE_PAD = 0.3             # sound kept before a phrase's first loud 10 ms and after its last (README: live)
-VAD_HISTORY = 30.0           # seconds of levels that set the quiet threshold (as loudness sets it)
+LIVE_CHUNK = 0.1  # seconds of audio a live source reads at a time
+LIVE_MOST = 10.0  # and hands on at most, however far behind its listener is
+PHRASE_PAD = 0.3  # sound kept before a phrase's first loud 10 ms and after its last (README: live)
+VAD_HISTORY = 30.0  # seconds of levels that set the quiet threshold (as loudness sets it)
 
 
-def live_audio(source: str, input_format: Optional[str] = None, realtime: bool = False,
-               chunk: float = LIVE_CHUNK):
+def live_audio(
+    source: str,
+    input_format: Optional[str] = None,
+    realtime: bool = False,
+    chunk: float = LIVE_CHUNK,
+):
     """Yield 16 kHz mono float32 audio as it arrives. `source`: '-' is raw s16le PCM on stdin
     (16 kHz mono: `arecord -f S16_LE -r 16000 -c 1`); with `input_format`, a capture device that
     ffmpeg opens (`-f pulse default`, `-f avfoundation :0`, ...); else a file, read whole and handed
@@ -46,7 +50,7 @@ def live_audio(source: str, input_format: Optional[str] = None, realtime: bool =
         for i in range(0, len(audio), step):
             if realtime:
                 time.sleep(max(0.0, began + (i + step) / audio_io.SAMPLE_RATE - time.monotonic()))
-            yield audio[i: i + step]
+            yield audio[i : i + step]
         return
     if input_format is None:
         process, pipe = None, sys.stdin.fileno()
@@ -54,37 +58,69 @@ def live_audio(source: str, input_format: Optional[str] = None, realtime: bool =
         process = _open_device(source, input_format)
         pipe = process.stdout.fileno()
     arrived = queue.Queue()
-    threading.Thread(target=_read_pcm, args=(pipe, round(chunk * audio_io.SAMPLE_RATE) * 2, arrived),
-                     daemon=True).start()
+    threading.Thread(
+        target=_read_pcm, args=(pipe, round(chunk * audio_io.SAMPLE_RATE) * 2, arrived), daemon=True
+    ).start()
     heard = False
     try:
         while True:
             parts = [_next_block(arrived)]
-            while not arrived.empty() and parts[-1] is not None and \
-                    sum(map(len, parts)) < LIVE_MOST * audio_io.SAMPLE_RATE * 2:
+            while (
+                not arrived.empty()
+                and parts[-1] is not None
+                and sum(map(len, parts)) < LIVE_MOST * audio_io.SAMPLE_RATE * 2
+            ):
                 parts.append(arrived.get())
             done = parts[-1] is None
             audio = b"".join(p for p in parts if p)
             if audio:
                 heard = True
-                yield np.frombuffer(audio[: len(audio) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+                yield (
+                    np.frombuffer(audio[: len(audio) // 2 * 2], np.int16).astype(np.float32)
+                    / 32768.0
+                )
             if done:
                 break
     finally:
         if process is not None:
             process.kill()
-            error = [re.sub(r"^\[\w+ @ 0x[0-9a-f]+\] ", "", line) for line in
-                     process.stderr.read().decode(errors="replace").strip().splitlines()]
-            if process.wait() != 0 and not heard and error:     # the first line says why (a bad device)
-                raise fileio.AudioError(f"{source}: cannot record from it (ffmpeg -f {input_format}: {error[0]})")
+            error = [
+                re.sub(r"^\[\w+ @ 0x[0-9a-f]+\] ", "", line)
+                for line in process.stderr.read().decode(errors="replace").strip().splitlines()
+            ]
+            if (
+                process.wait() != 0 and not heard and error
+            ):  # the first line says why (a bad device)
+                raise fileio.AudioError(
+                    f"{source}: cannot record from it (ffmpeg -f {input_format}: {error[0]})"
+                )
 
 
 def _open_device(source: str, input_format: str) -> subprocess.Popen:
     if shutil.which("ffmpeg") is None:
-        raise fileio.AudioError(f"{source}: ffmpeg is not installed; it is needed to record from a device "
-                                f"(install it, e.g. `apt-get install ffmpeg`, or pipe PCM into `stream -`)")
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", input_format, "-i", source,
-           "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(audio_io.SAMPLE_RATE), "-"]
+        raise fileio.AudioError(
+            f"{source}: ffmpeg is not installed; it is needed to record from a device "
+            f"(install it, e.g. `apt-get install ffmpeg`, or pipe PCM into `stream -`)"
+        )
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        input_format,
+        "-i",
+        source,
+        "-f",
+        "s16le",
+        "-ac",
+        "1",
+        "-acodec",
+        "pcm_s16le",
+        "-ar",
+        str(audio_io.SAMPLE_RATE),
+        "-",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -130,19 +166,23 @@ class Endpointer:
     phrase. Positions are samples of the whole stream.
     """
 
-    def __init__(self, silence: float = 0.5, max_seconds: float = 30.0, sr: int = audio_io.SAMPLE_RATE):
+    def __init__(
+        self, silence: float = 0.5, max_seconds: float = 30.0, sr: int = audio_io.SAMPLE_RATE
+    ):
         if silence <= 0 or max_seconds <= 1:
-            raise ValueError(f"an endpoint needs silence > 0 and phrases over 1 s (got {silence}, {max_seconds})")
+            raise ValueError(
+                f"an endpoint needs silence > 0 and phrases over 1 s (got {silence}, {max_seconds})"
+            )
         self.hop = sr // 100
         self.silence, self.max_frames = round(silence * 100), round(max_seconds * 100)
-        self.keep = round(max(VAD_HISTORY, max_seconds) * 100) + 100      # 10 ms frames of history
-        self.power = np.zeros(0)                 # power of each 10 ms of the history
-        self.db = np.zeros(0)                    # level of each (dB over the 50 ms ending there)
-        self.tail = np.zeros(0, np.float32)      # samples short of a whole 10 ms
-        self.frames = 0                          # 10 ms frames seen
-        self.start = None                        # the open phrase's first frame (None: between phrases)
-        self.sound = 0                           # the frame after its last one with sound
-        self.free = 0                            # where the next phrase may start: the last one's end
+        self.keep = round(max(VAD_HISTORY, max_seconds) * 100) + 100  # 10 ms frames of history
+        self.power = np.zeros(0)  # power of each 10 ms of the history
+        self.db = np.zeros(0)  # level of each (dB over the 50 ms ending there)
+        self.tail = np.zeros(0, np.float32)  # samples short of a whole 10 ms
+        self.frames = 0  # 10 ms frames seen
+        self.start = None  # the open phrase's first frame (None: between phrases)
+        self.sound = 0  # the frame after its last one with sound
+        self.free = 0  # where the next phrase may start: the last one's end
 
     @property
     def open(self) -> Optional[int]:
@@ -169,11 +209,11 @@ class Endpointer:
         """The phrases this audio closed, as (start, end, end of the last sound)."""
         audio = np.concatenate([self.tail, np.asarray(audio, np.float32)])
         n = len(audio) // self.hop
-        self.tail = audio[n * self.hop:]
+        self.tail = audio[n * self.hop :]
         if n == 0:
             return []
         power = np.square(audio[: n * self.hop], dtype=np.float64).reshape(n, self.hop).mean(axis=1)
-        self.power = np.concatenate([self.power, power])[-self.keep:]
+        self.power = np.concatenate([self.power, power])[-self.keep :]
         self.db = 10 * np.log10(np.convolve(self.power, np.ones(5) / 5)[: len(self.power)] + 1e-10)
         slow = 10 * np.log10(np.convolve(self.power, np.ones(11) / 11, mode="valid") + 1e-10)
         slow = slow if len(slow) else self.db
@@ -201,7 +241,7 @@ class Endpointer:
     def _levels(self, start: int, end: Optional[int] = None) -> np.ndarray:
         """The levels of frames [start, end) (to the newest if end is None), from the history."""
         base = len(self.db) - self.frames
-        return self.db[start + base: None if end is None else end + base]
+        return self.db[start + base : None if end is None else end + base]
 
     def _onset(self, frame: int, threshold: float) -> int:
         """Open a phrase at the first PHRASE_ONSET of sound from `frame` on, if there is one; the
@@ -220,7 +260,7 @@ class Endpointer:
             self.sound = frame + 1
         if frame + 1 - self.sound >= self.silence:
             return [self._close(min(frame + 1, self.sound + round(PHRASE_PAD * 100)))]
-        if frame + 1 - self.start >= self.max_frames:               # too long: cut at its quietest
+        if frame + 1 - self.start >= self.max_frames:  # too long: cut at its quietest
             lo = self.start + self.max_frames // 4
             cut = lo + int(np.argmin(self._levels(lo, frame + 1)))
             phrase = self._close(cut, min(self.sound, cut))
@@ -238,7 +278,11 @@ class Endpointer:
         return max(self.start, frame - 1) * self.hop
 
     def _close(self, end: int, sound: Optional[int] = None) -> tuple[int, int, int]:
-        phrase = (self.start * self.hop, end * self.hop, (self.sound if sound is None else sound) * self.hop)
+        phrase = (
+            self.start * self.hop,
+            end * self.hop,
+            (self.sound if sound is None else sound) * self.hop,
+        )
         self.start, self.free = None, end
         return phrase
 
@@ -254,12 +298,20 @@ class Endpointer:
 # ----------------------------------------------------------------------------------------------
 # 2. Live transcription: phrase by phrase, as they are spoken
 # ----------------------------------------------------------------------------------------------
-STEP_SECONDS = 0.5            # the open phrase is read again after this much more audio, for its partial text
-ENDPOINT_SECONDS = 0.5        # this much quiet ends a phrase (streaming.Endpointer), which is then read for its final
-PARTIAL_CUT = 0.3             # a partial reads up to the quietest 50 ms of this much of the newest audio
-NOISE_SECONDS = 1.0           # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
-CONTEXT_SECONDS = 10.0        # a phrase is read after the finals before it that fit in this with it, text forced
-CONTEXT_SAMPLE_LEN = 112      # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
+STEP_SECONDS = 0.5  # the open phrase is read again after this much more audio, for its partial text
+ENDPOINT_SECONDS = (
+    0.5  # this much quiet ends a phrase (streaming.Endpointer), which is then read for its final
+)
+PARTIAL_CUT = 0.3  # a partial reads up to the quietest 50 ms of this much of the newest audio
+NOISE_SECONDS = (
+    1.0  # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
+)
+CONTEXT_SECONDS = (
+    10.0  # a phrase is read after the finals before it that fit in this with it, text forced
+)
+CONTEXT_SAMPLE_LEN = (
+    112  # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
+)
 # text only; a final that loops falls back; the endpointer is the gate (a read spans pauses)
 LIVE_DECODING = transcribe.TranscribeOptions(without_timestamps=True, vad=False)
 
@@ -283,15 +335,26 @@ class LiveTranscriber:
     "wait" (for a final: audio heard after the phrase's last sound before it was known to end)}.
     """
 
-    def __init__(self, recognizer: transcribe.Recognizer, step: float = STEP_SECONDS, silence: float = ENDPOINT_SECONDS,
-                 max_seconds: float = float(audio_io.CHUNK_LENGTH), partials: bool = True):
+    def __init__(
+        self,
+        recognizer: transcribe.Recognizer,
+        step: float = STEP_SECONDS,
+        silence: float = ENDPOINT_SECONDS,
+        max_seconds: float = float(audio_io.CHUNK_LENGTH),
+        partials: bool = True,
+    ):
         self.recognizer, self.partials = recognizer, partials
         self.step = round(step * audio_io.SAMPLE_RATE)
         self.endpointer = Endpointer(silence, max_seconds)
-        self.audio, self.first = np.zeros(0, np.float32), 0     # audio kept, and where in the stream it starts
-        self.read_to = 0                                         # the open phrase was last read up to here
+        self.audio, self.first = (
+            np.zeros(0, np.float32),
+            0,
+        )  # audio kept, and where in the stream it starts
+        self.read_to = 0  # the open phrase was last read up to here
         self.last_partial = ""
-        self.context: list[tuple[int, str]] = []                  # the last final phrases: where each starts, its text
+        self.context: list[
+            tuple[int, str]
+        ] = []  # the last final phrases: where each starts, its text
         self.finals: list[dict] = []
         self.reads: list[dict] = []
 
@@ -303,17 +366,21 @@ class LiveTranscriber:
         start, now = self.endpointer.open, self.endpointer.now
         if self.partials and start is not None and now - max(self.read_to, start) >= self.step:
             events.append(self.partial(start, now))
-        self.context = self.recent(now)                          # let go of what no later read can take in
+        self.context = self.recent(now)  # let go of what no later read can take in
         keep = min([self.endpointer.earliest] + [p[0] for p in self.context[:1]])
         keep = max(keep, self.first)
-        self.audio, self.first = self.audio[keep - self.first:], keep       # what no read will need
+        self.audio, self.first = self.audio[keep - self.first :], keep  # what no read will need
         return [e for e in events if e is not None]
 
     def finish(self) -> list[dict]:
         """The final text of the phrase open when the input ended."""
-        return [e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None]
+        return [
+            e for e in (self.final(*phrase) for phrase in self.endpointer.finish()) if e is not None
+        ]
 
-    def read(self, start: int, end: int, kind: str, sound: int, context: Optional[tuple[int, str]] = None) -> str:
+    def read(
+        self, start: int, end: int, kind: str, sound: int, context: Optional[tuple[int, str]] = None
+    ) -> str:
         """The text of the stream from `start` to `end`, text only.
 
         With `context` (the phrases before: where the first starts, their final text) the read starts
@@ -332,22 +399,38 @@ class LiveTranscriber:
         text, doubt = self.decode(start, end, options, context)
         if context is not None and (not text or is_loop(text) or short and doubt < -1):
             text, doubt = self.decode(start, end, options)
-        self.reads.append({"kind": kind, "seconds": (end - (start if context is None else context[0])) /
-                           audio_io.SAMPLE_RATE, "compute": time.perf_counter() - began})
+        self.reads.append(
+            {
+                "kind": kind,
+                "seconds": (end - (start if context is None else context[0]))
+                / audio_io.SAMPLE_RATE,
+                "compute": time.perf_counter() - began,
+            }
+        )
         return "" if short and doubt < -1 else text
 
-    def decode(self, start: int, end: int, options: transcribe.TranscribeOptions, context: Optional[tuple[int,
-                                                                                                          str]] = None
-               ) -> tuple[str, float]:
+    def decode(
+        self,
+        start: int,
+        end: int,
+        options: transcribe.TranscribeOptions,
+        context: Optional[tuple[int, str]] = None,
+    ) -> tuple[str, float]:
         """(text, lowest average log-probability of its segments) of the audio from `start` (or the
         context's start, its text forced) to `end`."""
         if context is not None:
-            start, options = context[0], replace(options, prefix=context[1], sample_len=CONTEXT_SAMPLE_LEN)
-        if self.last_partial:                # the open phrase's text a moment ago: what it probably says now
+            start, options = (
+                context[0],
+                replace(options, prefix=context[1], sample_len=CONTEXT_SAMPLE_LEN),
+            )
+        if self.last_partial:  # the open phrase's text a moment ago: what it probably says now
             tok = self.recognizer.model.tokenizer
-            options = replace(options, draft=decoding.TextDraft(tok.encode(" " + self.last_partial) + [tok.eot]))
-        (result,) = self.recognizer.transcribe([self.audio[start - self.first: end - self.first]], options,
-                                               batch_size=1, times=False)
+            options = replace(
+                options, draft=decoding.TextDraft(tok.encode(" " + self.last_partial) + [tok.eot])
+            )
+        (result,) = self.recognizer.transcribe(
+            [self.audio[start - self.first : end - self.first]], options, batch_size=1, times=False
+        )
         doubt = min((seg["avg_logprob"] for seg in result["segments"] if seg["text"]), default=0.0)
         return result["text"].strip(), doubt
 
@@ -365,12 +448,19 @@ class LiveTranscriber:
         """The open phrase read up to its quietest moment of the last PARTIAL_CUT seconds (audio cut
         mid-word makes a student invent words, or loop); a text that is a loop is not shown."""
         end = self.endpointer.quietest(PARTIAL_CUT)
-        text, self.read_to = self.read(start, end, "partial", self.endpointer.last_sound, self.context_for(end)), now
+        text, self.read_to = (
+            self.read(start, end, "partial", self.endpointer.last_sound, self.context_for(end)),
+            now,
+        )
         if not text or text == self.last_partial or is_loop(text):
             return None
         self.last_partial = text
-        return {"type": "partial", "start": start / audio_io.SAMPLE_RATE, "end": end / audio_io.SAMPLE_RATE,
-                "text": text}
+        return {
+            "type": "partial",
+            "start": start / audio_io.SAMPLE_RATE,
+            "end": end / audio_io.SAMPLE_RATE,
+            "text": text,
+        }
 
     def final(self, start: int, end: int, sound: int) -> Optional[dict]:
         text = self.read(start, end, "final", sound, self.context_for(end))
@@ -379,12 +469,31 @@ class LiveTranscriber:
         self.read_to, self.last_partial = end, ""
         if not text:
             return None
-        self.finals.append({"type": "final", "start": start / audio_io.SAMPLE_RATE, "end": end / audio_io.SAMPLE_RATE,
-                            "text": text})
+        self.finals.append(
+            {
+                "type": "final",
+                "start": start / audio_io.SAMPLE_RATE,
+                "end": end / audio_io.SAMPLE_RATE,
+                "text": text,
+            }
+        )
         return self.finals[-1]
 
     def result(self) -> dict:
         """The finals so far as transcribe's result, one segment each (for writers.write_result)."""
-        segments = [{"id": i, "seek": round(e["start"] * audio_io.FRAMES_PER_SECOND), "start": e["start"],
-                     "end": e["end"], "text": " " + e["text"], "tokens": []} for i, e in enumerate(self.finals)]
-        return {"text": "".join(seg["text"] for seg in segments), "segments": segments, "language": "en"}
+        segments = [
+            {
+                "id": i,
+                "seek": round(e["start"] * audio_io.FRAMES_PER_SECOND),
+                "start": e["start"],
+                "end": e["end"],
+                "text": " " + e["text"],
+                "tokens": [],
+            }
+            for i, e in enumerate(self.finals)
+        ]
+        return {
+            "text": "".join(seg["text"] for seg in segments),
+            "segments": segments,
+            "language": "en",
+        }

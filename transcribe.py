@@ -5,6 +5,7 @@ student's trimmed input, and the Recognizer (any Whisper) or Student (a model fr
 the command line, the bench and eval hold: load_recognizer, evaluate. Inference only: nothing here
 imports the training code (askd.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,19 +30,24 @@ import text_norm
 import tokenization
 import weight_files
 
-
 if TYPE_CHECKING:  # annotations only: never at run time
     import data
 
-WEIGHTS = ("auto", "fp32", "fp16")    # how a model is held for inference (load_recognizer)
-ROUND_FRAMES = 100            # trimmed input is cut at a whole number of seconds (100 mel frames)
+WEIGHTS = ("auto", "fp32", "fp16")  # how a model is held for inference (load_recognizer)
+ROUND_FRAMES = 100  # trimmed input is cut at a whole number of seconds (100 mel frames)
 MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
-PIECE_SECONDS = 30.0          # longer audio is cut at its pauses, a longer stretch of speech at its quietest,
-JOIN_SECONDS = 20.0           # and neighbouring stretches read together up to this long (README: long-form)
-PADDED_PREFIX = "padded:"     # --model padded:STUDENT: a student read in 30 s windows, as other tools do
-RESEEK_SECONDS = 1.0          # a piece whose text ends this long before the piece does, and before at
-RESEEK_SPEECH = 0.3           # least this many seconds of sound (audio_io.loudness), is read on from there
-NO_SPEECH = 0.8               # a student's piece more likely silence than this has no text (README: speech <= 0.56)
+PIECE_SECONDS = (
+    30.0  # longer audio is cut at its pauses, a longer stretch of speech at its quietest,
+)
+JOIN_SECONDS = 20.0  # and neighbouring stretches read together up to this long (README: long-form)
+PADDED_PREFIX = (
+    "padded:"  # --model padded:STUDENT: a student read in 30 s windows, as other tools do
+)
+RESEEK_SECONDS = 1.0  # a piece whose text ends this long before the piece does, and before at
+RESEEK_SPEECH = 0.3  # least this many seconds of sound (audio_io.loudness), is read on from there
+NO_SPEECH = (
+    0.8  # a student's piece more likely silence than this has no text (README: speech <= 0.56)
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,28 +69,41 @@ class TranscribeOptions(decoding.DecodingOptions):
     while its text looks wrong: more compressible than compression_ratio_threshold (a loop) or
     less probable than logprob_threshold on average, unless no_speech_threshold calls it silence.
     """
-    temperature: float | Sequence[float] = TEMPERATURES     # one temperature, or a fallback schedule
+
+    temperature: float | Sequence[float] = TEMPERATURES  # one temperature, or a fallback schedule
     best_of: Optional[int] = 5
     compression_ratio_threshold: Optional[float] = 2.4
     logprob_threshold: Optional[float] = -1.0
     no_speech_threshold: Optional[float] = 0.6
     condition_on_previous_text: bool = True
     initial_prompt: Optional[str] = None
-    draft: Optional[decoding.Draft] = None   # faster greedy windows, the same text (see DecodingTask.speculative)
-    vad: bool = True                         # skip long silence (audio_io.sound_regions); off: Whisper
+    draft: Optional[decoding.Draft] = (
+        None  # faster greedy windows, the same text (see DecodingTask.speculative)
+    )
+    vad: bool = True  # skip long silence (audio_io.sound_regions); off: Whisper
 
     def for_window(self, temperature: float, language: Optional[str]) -> decoding.DecodingOptions:
         """The options of one try of one window: beam search at temperature 0, best_of samples above."""
-        options = decoding.DecodingOptions(**{f.name: getattr(self, f.name) for f in fields(decoding.DecodingOptions)})
-        return replace(options, temperature=temperature, language=language,
-                       beam_size=self.beam_size if temperature == 0 else None,
-                       patience=self.patience if temperature == 0 else None,
-                       best_of=self.best_of if temperature > 0 else None)
+        options = decoding.DecodingOptions(
+            **{f.name: getattr(self, f.name) for f in fields(decoding.DecodingOptions)}
+        )
+        return replace(
+            options,
+            temperature=temperature,
+            language=language,
+            beam_size=self.beam_size if temperature == 0 else None,
+            patience=self.patience if temperature == 0 else None,
+            best_of=self.best_of if temperature > 0 else None,
+        )
 
     def needs_fallback(self, r: decoding.DecodingResult) -> bool:
-        too_repetitive = self.compression_ratio_threshold is not None and \
-            r.compression_ratio > self.compression_ratio_threshold
-        too_improbable = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        too_repetitive = (
+            self.compression_ratio_threshold is not None
+            and r.compression_ratio > self.compression_ratio_threshold
+        )
+        too_improbable = (
+            self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        )
         return (too_repetitive or too_improbable) and not (self.is_silence(r) and too_improbable)
 
     def is_silence(self, r: decoding.DecodingResult) -> bool:
@@ -94,7 +113,8 @@ class TranscribeOptions(decoding.DecodingOptions):
 @dataclass
 class _Track:
     """One input's progress through transcription."""
-    mel: Tensor                      # log-mel of the whole input plus 30 s of padding
+
+    mel: Tensor  # log-mel of the whole input plus 30 s of padding
     content_frames: int
     language: Optional[str]
     seek: int = 0
@@ -102,7 +122,7 @@ class _Track:
     segments: list = field(default_factory=list)
     prompt_reset_since: int = 0
     initial_prompt_tokens: list = field(default_factory=list)
-    regions: Optional[list] = None   # (start, end) frames to read, the rest silence; None: all
+    regions: Optional[list] = None  # (start, end) frames to read, the rest silence; None: all
 
     def region_end(self) -> int:
         """Where the stretch to read that holds the seek ends: no window reads past it."""
@@ -118,15 +138,23 @@ class _Track:
             self.seek = ahead[0] if ahead else self.content_frames
 
 
-def transcribe_one(model: M.Whisper, audio, options: TranscribeOptions = TranscribeOptions()) -> dict:
+def transcribe_one(
+    model: M.Whisper, audio, options: TranscribeOptions = TranscribeOptions()
+) -> dict:
     """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
     return transcribe_many(model, [audio], options)[0]
 
 
 @torch.inference_mode()
-def transcribe_many(model: M.Whisper, audios: Sequence, options: TranscribeOptions = TranscribeOptions(), *,
-                    batch_size: int = 1, progress: bool = False,
-                    done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
+def transcribe_many(
+    model: M.Whisper,
+    audios: Sequence,
+    options: TranscribeOptions = TranscribeOptions(),
+    *,
+    batch_size: int = 1,
+    progress: bool = False,
+    done: Optional[Callable[[int, dict], None]] = None,
+) -> list[dict]:
     """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
 
     With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. Only with
@@ -137,50 +165,72 @@ def transcribe_many(model: M.Whisper, audios: Sequence, options: TranscribeOptio
     share a batch together), so a caller can keep each result before the others are decoded.
     """
     from tqdm import tqdm
+
     if options.task == "translate" and not model.is_multilingual:
-        raise ValueError("translate needs a multilingual model; English-only models can only transcribe")
+        raise ValueError(
+            "translate needs a multilingual model; English-only models can only transcribe"
+        )
     options = replace(options, language=_language_code(model, options.language))
-    prompt = model.tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+    prompt = (
+        model.tokenizer.encode(" " + options.initial_prompt.strip())
+        if options.initial_prompt
+        else []
+    )
     tracks = []
     for audio in audios:
         regions = None
         if not (isinstance(audio, Tensor) and audio.ndim == 2):
             audio = audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
-            if options.vad:       # the silence gate; its 10 ms frames are the mel frames
+            if options.vad:  # the silence gate; its 10 ms frames are the mel frames
                 samples = audio.cpu().numpy() if isinstance(audio, Tensor) else audio
-                regions = [(a // audio_io.HOP_LENGTH, b // audio_io.HOP_LENGTH)
-                           for a, b in audio_io.sound_regions(samples)]
-            audio = audio_io.log_mel_spectrogram(audio, model.dims.n_mels, padding=audio_io.N_SAMPLES)
-        tracks.append(_Track(mel=audio, content_frames=audio.shape[-1] - audio_io.N_FRAMES,
-                             language=options.language, all_tokens=list(prompt),
-                             initial_prompt_tokens=prompt, regions=regions))
+                regions = [
+                    (a // audio_io.HOP_LENGTH, b // audio_io.HOP_LENGTH)
+                    for a, b in audio_io.sound_regions(samples)
+                ]
+            audio = audio_io.log_mel_spectrogram(
+                audio, model.dims.n_mels, padding=audio_io.N_SAMPLES
+            )
+        tracks.append(
+            _Track(
+                mel=audio,
+                content_frames=audio.shape[-1] - audio_io.N_FRAMES,
+                language=options.language,
+                all_tokens=list(prompt),
+                initial_prompt_tokens=prompt,
+                regions=regions,
+            )
+        )
         tracks[-1].skip_silence()
     undetected = [t for t in tracks if t.language is None and t.seek < t.content_frames]
     _detect_languages(model, undetected, batch_size)
     results: list[Optional[dict]] = [None] * len(tracks)
-    place = {id(t): i for i, t in enumerate(tracks)}        # by identity: tracks compare by value
+    place = {id(t): i for i, t in enumerate(tracks)}  # by identity: tracks compare by value
 
     def finish(ts: Sequence[_Track]) -> None:
         for t in ts:
             i = place[id(t)]
             if t.seek >= t.content_frames and results[i] is None:
-                text = model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens):])
+                text = model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens) :])
                 results[i] = {"text": text, "segments": t.segments, "language": t.language or "en"}
                 if done is not None:
                     done(i, results[i])
 
-    finish(tracks)                           # inputs with nothing to decode
+    finish(tracks)  # inputs with nothing to decode
     total = sum(t.content_frames - t.seek for t in tracks)
     with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
         while active := [t for t in tracks if t.seek < t.content_frames]:
             # windows decode together when their prompts are equally long (one tensor of tokens)
             groups: dict[tuple, list[_Track]] = {}
             for t in active:
-                groups.setdefault((len(_prompt_of(t, model.dims.n_text_ctx)), t.language), []).append(t)
+                groups.setdefault(
+                    (len(_prompt_of(t, model.dims.n_text_ctx)), t.language), []
+                ).append(t)
             for group in groups.values():
-                group.sort(key=lambda t: t.content_frames - t.seek)   # similar lengths decode together
+                group.sort(
+                    key=lambda t: t.content_frames - t.seek
+                )  # similar lengths decode together
                 for i in range(0, len(group), batch_size):
-                    chunk = group[i: i + batch_size]
+                    chunk = group[i : i + batch_size]
                     before = sum(min(t.seek, t.content_frames) for t in chunk)
                     _transcribe_windows(model, chunk, options)
                     bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
@@ -201,8 +251,10 @@ def _language_code(model: M.Whisper, language: Optional[str]) -> Optional[str]:
 def _detect_languages(model: M.Whisper, tracks: list[_Track], batch_size: int) -> None:
     """Language of each input from the first 30 s it reads (multilingual models, no --language)."""
     for i in range(0, len(tracks), batch_size):
-        chunk = tracks[i: i + batch_size]
-        mel = torch.stack([t.mel[:, t.seek: t.seek + audio_io.N_FRAMES] for t in chunk])  # 1st window
+        chunk = tracks[i : i + batch_size]
+        mel = torch.stack(
+            [t.mel[:, t.seek : t.seek + audio_io.N_FRAMES] for t in chunk]
+        )  # 1st window
         mel = mel.to(model.device, next(model.parameters()).dtype)
         _, probs = decoding.detect_language(model, model.embed_audio(mel))
         for t, p in zip(chunk, probs):
@@ -211,26 +263,42 @@ def _detect_languages(model: M.Whisper, tracks: list[_Track], batch_size: int) -
 
 def _prompt_of(t: _Track, n_text_ctx: int) -> list[int]:
     """The text so far (since the last reset), as much as fits in half the text context."""
-    prompt = t.all_tokens[t.prompt_reset_since:]
-    return prompt[-(n_text_ctx // 2 - 1):] if prompt else []
+    prompt = t.all_tokens[t.prompt_reset_since :]
+    return prompt[-(n_text_ctx // 2 - 1) :] if prompt else []
 
 
 def _transcribe_windows(model: M.Whisper, tracks: list[_Track], options: TranscribeOptions) -> None:
     """Decode the current window of each track (with temperature fallback) and advance its seek."""
     sizes = [min(audio_io.N_FRAMES, t.region_end() - t.seek) for t in tracks]
-    mel = torch.stack([audio_io.pad_or_trim(t.mel[:, t.seek: t.seek + n], audio_io.N_FRAMES) for t, n in zip(tracks,
-                                                                                                             sizes)])
-    temperatures = [options.temperature] if isinstance(options.temperature, (int, float)) else options.temperature
+    mel = torch.stack(
+        [
+            audio_io.pad_or_trim(t.mel[:, t.seek : t.seek + n], audio_io.N_FRAMES)
+            for t, n in zip(tracks, sizes)
+        ]
+    )
+    temperatures = (
+        [options.temperature]
+        if isinstance(options.temperature, (int, float))
+        else options.temperature
+    )
     draft = options.draft
-    draft = draft.encode(mel, sizes) if draft and temperatures[0] == 0 and options.beam_size is None else None
+    draft = (
+        draft.encode(mel, sizes)
+        if draft and temperatures[0] == 0 and options.beam_size is None
+        else None
+    )
     features, _ = M.embed_each(model, mel, [audio_io.N_FRAMES] * len(tracks))
     prompts = [_prompt_of(t, model.dims.n_text_ctx) for t in tracks]
     results: list[Optional[decoding.DecodingResult]] = [None] * len(tracks)
     todo = list(range(len(tracks)))
     for temperature in temperatures:
-        decoded = decoding.decode_batch(model, options=options.for_window(temperature, tracks[0].language),
-                                        audio_features=features[todo], prompts=[prompts[i] for i in todo],
-                                        draft=draft.select(todo) if draft is not None and temperature == 0 else None)
+        decoded = decoding.decode_batch(
+            model,
+            options=options.for_window(temperature, tracks[0].language),
+            audio_features=features[todo],
+            prompts=[prompts[i] for i in todo],
+            draft=draft.select(todo) if draft is not None and temperature == 0 else None,
+        )
         for i, r in zip(todo, decoded):
             results[i] = r
         todo = [i for i, r in zip(todo, decoded) if options.needs_fallback(r)]
@@ -241,28 +309,47 @@ def _transcribe_windows(model: M.Whisper, tracks: list[_Track], options: Transcr
         t.skip_silence()
 
 
-def _advance(model: M.Whisper, t: _Track, size: int, result: decoding.DecodingResult,
-             options: TranscribeOptions) -> None:
+def _advance(
+    model: M.Whisper,
+    t: _Track,
+    size: int,
+    result: decoding.DecodingResult,
+    options: TranscribeOptions,
+) -> None:
     """Cut the window's tokens into segments at timestamp pairs and move the seek forward."""
     tok = model.tokenizer
-    frames_per_token = audio_io.N_FRAMES // model.dims.n_audio_ctx         # 2 mel frames per timestamp step
+    frames_per_token = (
+        audio_io.N_FRAMES // model.dims.n_audio_ctx
+    )  # 2 mel frames per timestamp step
     precision = frames_per_token * audio_io.HOP_LENGTH / audio_io.SAMPLE_RATE  # 0.02 s
     offset = t.seek * audio_io.HOP_LENGTH / audio_io.SAMPLE_RATE
     lp_threshold = options.logprob_threshold
-    if options.is_silence(result) and not (lp_threshold is not None and result.avg_logprob > lp_threshold):
-        t.seek += size                       # silence: skip the window
+    if options.is_silence(result) and not (
+        lp_threshold is not None and result.avg_logprob > lp_threshold
+    ):
+        t.seek += size  # silence: skip the window
         return
     tokens, begin = result.tokens, tok.timestamp_begin
     is_ts = [x >= begin for x in tokens]
     single_ending = is_ts[-2:] == [False, True]
-    cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]    # between two timestamps
+    cuts = [
+        i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]
+    ]  # between two timestamps
     new = []
 
     def segment(start: float, end: float, toks: list[int]) -> dict:
         text = tok.decode([x for x in toks if x < tok.eot])
-        return {"seek": t.seek, "start": start, "end": end, "text": text, "tokens": toks,
-                "temperature": result.temperature, "avg_logprob": result.avg_logprob,
-                "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob}
+        return {
+            "seek": t.seek,
+            "start": start,
+            "end": end,
+            "text": text,
+            "tokens": toks,
+            "temperature": result.temperature,
+            "avg_logprob": result.avg_logprob,
+            "compression_ratio": result.compression_ratio,
+            "no_speech_prob": result.no_speech_prob,
+        }
 
     if cuts:
         if single_ending:
@@ -270,12 +357,18 @@ def _advance(model: M.Whisper, t: _Track, size: int, result: decoding.DecodingRe
         last = 0
         for cut in cuts:
             piece = tokens[last:cut]
-            new.append(segment(offset + (piece[0] - begin) * precision, offset + (piece[-1] - begin) * precision, piece))
+            new.append(
+                segment(
+                    offset + (piece[0] - begin) * precision,
+                    offset + (piece[-1] - begin) * precision,
+                    piece,
+                )
+            )
             last = cut
         if single_ending:
-            t.seek += size                   # nothing after the last timestamp: the window is done
+            t.seek += size  # nothing after the last timestamp: the window is done
         else:
-            t.seek += (tokens[last - 1] - begin) * frames_per_token   # resume at the last timestamp
+            t.seek += (tokens[last - 1] - begin) * frames_per_token  # resume at the last timestamp
     else:
         duration = size * audio_io.HOP_LENGTH / audio_io.SAMPLE_RATE
         stamps = [x for x in tokens if x >= begin]
@@ -283,19 +376,22 @@ def _advance(model: M.Whisper, t: _Track, size: int, result: decoding.DecodingRe
             duration = (stamps[-1] - begin) * precision
         new.append(segment(offset, offset + duration, tokens))
         t.seek += size
-    for s in new:                            # an instantaneous or blank segment keeps no text
+    for s in new:  # an instantaneous or blank segment keeps no text
         if s["start"] == s["end"] or not s["text"].strip():
             s["text"], s["tokens"] = "", []
         s["id"] = len(t.segments)
         t.segments.append(s)
         t.all_tokens.extend(s["tokens"])
     if not options.condition_on_previous_text or result.temperature > 0.5:
-        t.prompt_reset_since = len(t.all_tokens)     # a high-temperature guess should not steer what follows
+        t.prompt_reset_since = len(
+            t.all_tokens
+        )  # a high-temperature guess should not steer what follows
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. The student's input: the log-mel cut after the speech
 # ----------------------------------------------------------------------------------------------
+
 
 def trimmed_frames(n_samples: int, round_frames: int = ROUND_FRAMES) -> int:
     """Mel frames a trimmed-input model reads for audio of n_samples: the audio's frames rounded
@@ -320,6 +416,7 @@ def trimmed_mel(audio, n_mels: int, frames: int) -> Tensor:
 # 3. Transcribing and evaluating: a loaded model knows how it reads audio
 # ----------------------------------------------------------------------------------------------
 
+
 class Recognizer:
     """A Whisper model ready to transcribe: 30-second windows, Whisper's long-form loop.
 
@@ -327,8 +424,9 @@ class Recognizer:
     transcribe() or transcribe_text(): the model knows how it reads audio, nobody asks.
     A `draft` (a student's guesses) makes greedy decoding faster and changes no token.
     """
+
     input = "padded"
-    pack = False               # load_recognizer(weights="auto") keeps Whisper's own fp32: OpenAI's exact tokens
+    pack = False  # load_recognizer(weights="auto") keeps Whisper's own fp32: OpenAI's exact tokens
 
     def __init__(self, model: M.Whisper, name: str = "", draft: Optional[decoding.Draft] = None):
         self.model, self.name, self.draft = model, name, draft
@@ -339,22 +437,31 @@ class Recognizer:
         dtype = str(next(self.model.parameters()).dtype).replace("torch.float", "fp")
         return "fp16-dec" if self.model.packed else dtype
 
-    def transcribe(self, audios: Sequence, options: TranscribeOptions = TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True,
-                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
+    def transcribe(
+        self,
+        audios: Sequence,
+        options: TranscribeOptions = TranscribeOptions(),
+        batch_size: int = 8,
+        progress: bool = False,
+        times: bool = True,
+        done: Optional[Callable[[int, dict], None]] = None,
+    ) -> list[dict]:
         """Per audio (path or waveform) {'text', 'segments', 'language'}, as transcribe.transcribe_many.
         `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way).
         `done(i, result)`: called as soon as audio i is read to its end (transcribe.transcribe_many)."""
         options = options if self.draft is None else replace(options, draft=self.draft)
-        return transcribe_many(self.model, audios, options, batch_size=batch_size,
-                               progress=progress, done=done)
+        return transcribe_many(
+            self.model, audios, options, batch_size=batch_size, progress=progress, done=done
+        )
 
     def check(self, options: TranscribeOptions) -> None:
         """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
 
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         """Greedy, no timestamps, no fallback: the decoding every model is compared under."""
-        results = self.transcribe(audios, TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size)
+        results = self.transcribe(
+            audios, TranscribeOptions(temperature=0.0, without_timestamps=True), batch_size
+        )
         return [r["text"].strip() for r in results]
 
     def drafted_by(self, student: "Recognizer") -> "Recognizer":
@@ -379,17 +486,24 @@ class Student(Recognizer):
     audio is, a decoder stuck in a loop stops after MAX_TOKENS_PER_SECOND tokens per second of
     audio (+ 16), far more than anyone says, not after Whisper's fixed 224.
     """
+
     input = "trimmed"
-    pack = True                # the decoder in fp16 for the CPU: about twice the decoding speed
+    pack = True  # the decoder in fp16 for the CPU: about twice the decoding speed
 
     def __init__(self, model: M.Whisper, name: str = "", round_frames: int = ROUND_FRAMES):
         super().__init__(model, name)
         self.round_frames = round_frames
 
     @torch.inference_mode()
-    def transcribe(self, audios: Sequence, options: TranscribeOptions = TranscribeOptions(),
-                   batch_size: int = 8, progress: bool = False, times: bool = True,
-                   done: Optional[Callable[[int, dict], None]] = None) -> list[dict]:
+    def transcribe(
+        self,
+        audios: Sequence,
+        options: TranscribeOptions = TranscribeOptions(),
+        batch_size: int = 8,
+        progress: bool = False,
+        times: bool = True,
+        done: Optional[Callable[[int, dict], None]] = None,
+    ) -> list[dict]:
         """As Recognizer.transcribe: the segments of each piece, timed by the student's timestamps
         (or one per piece with options.without_timestamps). A piece the student finds more likely
         silence than NO_SPEECH keeps no text, as Whisper skips one.
@@ -407,14 +521,16 @@ class Student(Recognizer):
         self.check(options)
         pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
         if options.prefix and len(pieces) > 1:
-            raise ValueError(f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
-                             f"{PIECE_SECONDS:g} s")
-        long = [len(q) > PIECE_SECONDS * 100 for q in quiet]                # q: one flag per 10 ms
+            raise ValueError(
+                f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
+                f"{PIECE_SECONDS:g} s"
+            )
+        long = [len(q) > PIECE_SECONDS * 100 for q in quiet]  # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
         out: list[Optional[dict]] = [None] * len(audios)
-        parts = [[] for _ in audios]                 # ((round, piece), segments) of each audio
-        left = Counter(owners)                       # pieces of each audio not read to their end
-        hop = audio_io.SAMPLE_RATE // 100                              # loudness every 10 ms
+        parts = [[] for _ in audios]  # ((round, piece), segments) of each audio
+        left = Counter(owners)  # pieces of each audio not read to their end
+        hop = audio_io.SAMPLE_RATE // 100  # loudness every 10 ms
 
         def finish(owner: int) -> None:
             segments = [seg for _, segs in sorted(parts[owner], key=lambda p: p[0]) for seg in segs]
@@ -427,24 +543,29 @@ class Student(Recognizer):
                 done(owner, out[owner])
 
         for owner in range(len(audios)):
-            if not left[owner]:                      # an empty audio: no piece to read
+            if not left[owner]:  # an empty audio: no piece to read
                 finish(owner)
-        loops = replace(options, logprob_threshold=None)      # as fallback() tells a loop
+        loops = replace(options, logprob_threshold=None)  # as fallback() tells a loop
         temperatures = options.temperature
         falls_back = not isinstance(temperatures, (int, float)) and len(temperatures) > 1
-        looping = lambda r: falls_back and loops.needs_fallback(r)       # noqa: E731
+        looping = lambda r: falls_back and loops.needs_fallback(r)  # noqa: E731
         round_ = 0
         while pieces:
-            rest = {}                                 # piece -> (its unread end, owner, offset)
+            rest = {}  # piece -> (its unread end, owner, offset)
 
             def read(j: int, r: decoding.DecodingResult) -> None:
                 piece, owner, offset = pieces[j], owners[j], offsets[j]
                 segments, end = self.segments(r, len(piece), offset, timestamps)
                 parts[owner].append(((round_, j), segments))
-                after = quiet[owner][(offset + end) // hop: (offset + len(piece)) // hop]
+                after = quiet[owner][(offset + end) // hop : (offset + len(piece)) // hop]
                 unread = len(piece) - end > RESEEK_SECONDS * audio_io.SAMPLE_RATE
-                if timestamps and long[owner] and end and unread and \
-                        (~after).sum() >= 100 * RESEEK_SPEECH:
+                if (
+                    timestamps
+                    and long[owner]
+                    and end
+                    and unread
+                    and (~after).sum() >= 100 * RESEEK_SPEECH
+                ):
                     rest[j] = (piece[end:], owner, offset + end)  # it stopped before the speech did
                     return
                 left[owner] -= 1
@@ -452,11 +573,17 @@ class Student(Recognizer):
                     finish(owner)
 
             def read_unless_looping(j: int, r: decoding.DecodingResult) -> None:
-                if not looping(r):                # a loop is read once the fallback has redone it
+                if not looping(r):  # a loop is read once the fallback has redone it
                     read(j, r)
 
-            first = self.decode_pieces(pieces, batch_size, timestamps, prefix=options.prefix,
-                                       draft=options.draft, each=read_unless_looping)
+            first = self.decode_pieces(
+                pieces,
+                batch_size,
+                timestamps,
+                prefix=options.prefix,
+                draft=options.draft,
+                each=read_unless_looping,
+            )
             redo = [j for j, r in enumerate(first) if looping(r)]
             decoded = self.fallback(pieces, first, options, batch_size, timestamps)
             for j in redo:
@@ -466,112 +593,181 @@ class Student(Recognizer):
             round_ += 1
         return out
 
-    def segments(self, r: decoding.DecodingResult, n_samples: int, offset: int, timestamps: bool
-                 ) -> tuple[list[dict], int]:
+    def segments(
+        self, r: decoding.DecodingResult, n_samples: int, offset: int, timestamps: bool
+    ) -> tuple[list[dict], int]:
         """One decoded piece as Whisper's segments, times in seconds of the whole audio: one per
         timestamp pair, or the whole piece (text only, or silence: no text); and where in the piece
         its last segment ends (samples; 0 if that segment is empty, or the piece silence)."""
-        tok, seconds, start = self.model.tokenizer, n_samples / audio_io.SAMPLE_RATE, offset / audio_io.SAMPLE_RATE
+        tok, seconds, start = (
+            self.model.tokenizer,
+            n_samples / audio_io.SAMPLE_RATE,
+            offset / audio_io.SAMPLE_RATE,
+        )
         timed = timed_segments(r.tokens, tok, seconds) if timestamps else [(0.0, seconds, r.tokens)]
         if r.no_speech_prob > NO_SPEECH:
             timed = [(0.0, seconds, [])]
         segments = []
         for a, b, tokens in timed:
             text = tok.decode(tokens).strip()
-            if not any(c.isalnum() for c in text):           # "..." or "-" is not a transcript
+            if not any(c.isalnum() for c in text):  # "..." or "-" is not a transcript
                 text, tokens = "", []
-            segments.append({"seek": offset // audio_io.HOP_LENGTH, "start": start + a, "end": start + b,
-                             "text": " " + text if text else "", "tokens": tokens, "temperature": r.temperature,
-                             "avg_logprob": r.avg_logprob, "compression_ratio": r.compression_ratio,
-                             "no_speech_prob": r.no_speech_prob})
+            segments.append(
+                {
+                    "seek": offset // audio_io.HOP_LENGTH,
+                    "start": start + a,
+                    "end": start + b,
+                    "text": " " + text if text else "",
+                    "tokens": tokens,
+                    "temperature": r.temperature,
+                    "avg_logprob": r.avg_logprob,
+                    "compression_ratio": r.compression_ratio,
+                    "no_speech_prob": r.no_speech_prob,
+                }
+            )
         return segments, round(timed[-1][1] * audio_io.SAMPLE_RATE) if timed and timed[-1][2] else 0
 
-    def fallback(self, pieces: Sequence[Tensor], decoded: list[decoding.DecodingResult], options: TranscribeOptions,
-                 batch_size: int, timestamps: bool) -> list[decoding.DecodingResult]:
+    def fallback(
+        self,
+        pieces: Sequence[Tensor],
+        decoded: list[decoding.DecodingResult],
+        options: TranscribeOptions,
+        batch_size: int,
+        timestamps: bool,
+    ) -> list[decoding.DecodingResult]:
         """Whisper's temperature fallback, for the pieces whose greedy text is a loop (more
         compressible than options.compression_ratio_threshold): decoded again at each next
         temperature of the schedule, best of options.best_of samples, until it is not. One piece or
         two of a long recording need it (a strange voice). Whisper's other rule, an average
         log-probability under -1, is left out: on the real-speech long-form bench it re-read one or
         two pieces more and changed the WER by -0.5 to +0.2 points, for up to 0.5 s."""
-        schedule = [] if isinstance(options.temperature, (int, float)) else list(options.temperature)[1:]
-        loops = replace(options, logprob_threshold=None)       # (see the docstring)
+        schedule = (
+            [] if isinstance(options.temperature, (int, float)) else list(options.temperature)[1:]
+        )
+        loops = replace(options, logprob_threshold=None)  # (see the docstring)
         for temperature in schedule:
             redo = [j for j, r in enumerate(decoded) if loops.needs_fallback(r)]
             if not redo:
                 break
-            again = self.decode_pieces([pieces[j] for j in redo], batch_size, timestamps, temperature,
-                                       options.best_of, options.prefix)
+            again = self.decode_pieces(
+                [pieces[j] for j in redo],
+                batch_size,
+                timestamps,
+                temperature,
+                options.best_of,
+                options.prefix,
+            )
             for j, r in zip(redo, again):
                 decoded[j] = r
         return decoded
 
     def check(self, options: TranscribeOptions) -> None:
-        first = options.temperature if isinstance(options.temperature, (int, float)) else options.temperature[0]
-        cannot = [what for what, asked in [
-            (f"--language {options.language}", options.language not in (None, "en", "english")),
-            (f"--task {options.task}", options.task != "transcribe"),
-            (f"--beam-size {options.beam_size}", options.beam_size is not None),
-            ("--initial-prompt", bool(options.initial_prompt)),
-            (f"--temperature {options.temperature}", first != 0)]
-            if asked]
+        first = (
+            options.temperature
+            if isinstance(options.temperature, (int, float))
+            else options.temperature[0]
+        )
+        cannot = [
+            what
+            for what, asked in [
+                (f"--language {options.language}", options.language not in (None, "en", "english")),
+                (f"--task {options.task}", options.task != "transcribe"),
+                (f"--beam-size {options.beam_size}", options.beam_size is not None),
+                ("--initial-prompt", bool(options.initial_prompt)),
+                (f"--temperature {options.temperature}", first != 0),
+            ]
+            if asked
+        ]
         if cannot:
-            raise ValueError(f"{self.name}: a student from `train` decodes English greedily (then falls back to "
-                             f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}")
+            raise ValueError(
+                f"{self.name}: a student from `train` decodes English greedily (then falls back to "
+                f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}"
+            )
 
-    def pieces(self, audios: Sequence, vad: bool = True
-               ) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
+    def pieces(
+        self, audios: Sequence, vad: bool = True
+    ) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
         """Waveform pieces, the audio each belongs to, where in it each starts (samples), and which
         10 ms of each audio are quiet (audio_io.loudness). With `vad`, long silence is left out
         (audio_io.sound_regions), and all of an audio that holds no sound."""
         pieces, owners, offsets, quiet = [], [], [], []
-        hop = audio_io.SAMPLE_RATE // 100                              # loudness every 10 ms
+        hop = audio_io.SAMPLE_RATE // 100  # loudness every 10 ms
         for i, audio in enumerate(audios):
-            audio = torch.as_tensor(audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio)
+            audio = torch.as_tensor(
+                audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
+            )
             levels = audio_io.loudness(audio.numpy())
             quiet.append(levels[1])
-            regions = audio_io.sound_regions(audio.numpy(), levels=levels) if vad else [(0, len(audio))]
+            regions = (
+                audio_io.sound_regions(audio.numpy(), levels=levels) if vad else [(0, len(audio))]
+            )
             for a, b in regions:
                 spans = [(0, b - a)]
                 if b - a > PIECE_SECONDS * audio_io.SAMPLE_RATE:
-                    levels_ab = tuple(x[a // hop: b // hop] for x in levels)
-                    spans = audio_io.split_at_pauses(audio[a: b].numpy(), PIECE_SECONDS,
-                                                     join_up_to=JOIN_SECONDS, levels=levels_ab)
+                    levels_ab = tuple(x[a // hop : b // hop] for x in levels)
+                    spans = audio_io.split_at_pauses(
+                        audio[a:b].numpy(), PIECE_SECONDS, join_up_to=JOIN_SECONDS, levels=levels_ab
+                    )
                 for start, end in spans:
-                    if end <= start:                     # an empty file: nothing to decode
+                    if end <= start:  # an empty file: nothing to decode
                         continue
-                    pieces.append(audio[a + start: a + end])
+                    pieces.append(audio[a + start : a + end])
                     owners.append(i)
                     offsets.append(a + start)
         return pieces, owners, offsets, quiet
 
-    def decode_pieces(self, pieces: Sequence[Tensor], batch_size: int, timestamps: bool = False,
-                      temperature: float = 0.0, best_of: Optional[int] = None, prefix: Optional[str] = None,
-                      draft: Optional[decoding.TextDraft] = None,
-                      each: Optional[Callable[[int, decoding.DecodingResult], None]] = None
-                      ) -> list[decoding.DecodingResult]:
+    def decode_pieces(
+        self,
+        pieces: Sequence[Tensor],
+        batch_size: int,
+        timestamps: bool = False,
+        temperature: float = 0.0,
+        best_of: Optional[int] = None,
+        prefix: Optional[str] = None,
+        draft: Optional[decoding.TextDraft] = None,
+        each: Optional[Callable[[int, decoding.DecodingResult], None]] = None,
+    ) -> list[decoding.DecodingResult]:
         """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
         tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
         best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
         result)` is called for every piece of a batch as soon as that batch is decoded."""
         model = self.model
         frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
-        order = sorted(range(len(pieces)), key=lambda j: frames[j])       # similar lengths decode together
+        order = sorted(
+            range(len(pieces)), key=lambda j: frames[j]
+        )  # similar lengths decode together
         decoded: list[Optional[decoding.DecodingResult]] = [None] * len(pieces)
         for b in range(0, len(order), batch_size):
-            chunk = order[b: b + batch_size][::-1]     # longest first: short rows finish first, and
-                                                        # the rows that stay then need not move (KVCache.keep)
+            chunk = order[b : b + batch_size][::-1]  # longest first: short rows finish first, and
+            # the rows that stay then need not move (KVCache.keep)
             seconds = max(len(pieces[j]) for j in chunk) / audio_io.SAMPLE_RATE
-            sample_len = min(model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds))
-            options = decoding.DecodingOptions(language="en", without_timestamps=not timestamps, sample_len=sample_len,
-                                               close_segments=True, temperature=temperature, prefix=prefix,
-                                               best_of=best_of if temperature > 0 else None)
-            mel = torch.stack([trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
-                               for j in chunk])
+            sample_len = min(
+                model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds)
+            )
+            options = decoding.DecodingOptions(
+                language="en",
+                without_timestamps=not timestamps,
+                sample_len=sample_len,
+                close_segments=True,
+                temperature=temperature,
+                prefix=prefix,
+                best_of=best_of if temperature > 0 else None,
+            )
+            mel = torch.stack(
+                [
+                    trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
+                    for j in chunk
+                ]
+            )
             features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            results = decoding.decode_batch(model, options=options, audio_features=features, audio_lengths=lengths,
-                                            # a model's draft would need an encoder pass of its own: text drafts only
-                                            draft=draft if isinstance(draft, decoding.TextDraft) else None)
+            results = decoding.decode_batch(
+                model,
+                options=options,
+                audio_features=features,
+                audio_lengths=lengths,
+                # a model's draft would need an encoder pass of its own: text drafts only
+                draft=draft if isinstance(draft, decoding.TextDraft) else None,
+            )
             for j, r in zip(chunk, results):
                 decoded[j] = r
                 if each is not None:
@@ -579,13 +775,17 @@ class Student(Recognizer):
         return decoded
 
     def drafted_by(self, student: Recognizer) -> Recognizer:
-        raise ValueError(f"{self.name}: the model to draft for must be a Whisper model, not a student")
+        raise ValueError(
+            f"{self.name}: the model to draft for must be a Whisper model, not a student"
+        )
 
     def as_draft(self) -> decoding.Draft:
         return decoding.Draft(self.model, round_frames=self.round_frames)
 
 
-def timed_segments(tokens: Sequence[int], tokenizer, seconds: float) -> list[tuple[float, float, list[int]]]:
+def timed_segments(
+    tokens: Sequence[int], tokenizer, seconds: float
+) -> list[tuple[float, float, list[int]]]:
     """(start s, end s, text tokens) of each segment in one piece's timestamped tokens, Whisper's
     pairs <|a|> text <|b|><|c|> text <|d|>: a timestamp after text closes a segment, one before text
     opens it. Text after the last timestamp (the piece ended mid-segment) runs to the piece's end;
@@ -609,7 +809,12 @@ def timed_segments(tokens: Sequence[int], tokenizer, seconds: float) -> list[tup
 
 def student_info(cfg) -> dict:
     """What a student's checkpoint says about how it reads audio (and where it came from)."""
-    return {"input": cfg.input, "round_frames": cfg.round_frames, "teacher": cfg.teacher, "loss": cfg.loss}
+    return {
+        "input": cfg.input,
+        "round_frames": cfg.round_frames,
+        "teacher": cfg.teacher,
+        "loss": cfg.loss,
+    }
 
 
 def as_recognizer(model: M.Whisper, info: Optional[dict] = None, name: str = "") -> Recognizer:
@@ -631,8 +836,14 @@ def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
     padded = str(spec).startswith(PADDED_PREFIX)
-    model, extra = weight_files.open_model(str(spec)[len(PADDED_PREFIX):] if padded else spec, device=device)
-    recognizer = Recognizer(model, str(spec)) if padded else as_recognizer(model, extra.get("fastwhisper"), str(spec))
+    model, extra = weight_files.open_model(
+        str(spec)[len(PADDED_PREFIX) :] if padded else spec, device=device
+    )
+    recognizer = (
+        Recognizer(model, str(spec))
+        if padded
+        else as_recognizer(model, extra.get("fastwhisper"), str(spec))
+    )
     if weights == "fp16" or (weights == "auto" and recognizer.pack):
         cpu.pack_for_cpu(model)
     return recognizer
@@ -660,15 +871,25 @@ def with_references(utts: Sequence[data.Utterance], source: str = "") -> list:
     if kept and len(kept) < len(utts):
         empty = [u.id for u in utts if not text_norm.normalize_text(u.text or "")]
         shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
-        print(f"warning: {source or 'evaluation data'}: {len(empty)} utterance(s) with an empty "
-              f"reference text left out of WER: {shown}", file=sys.stderr)
+        print(
+            f"warning: {source or 'evaluation data'}: {len(empty)} utterance(s) with an empty "
+            f"reference text left out of WER: {shown}",
+            file=sys.stderr,
+        )
         return kept
     return list(utts)
 
 
-def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu", batch_size: int = 1,
-             names: Optional[Sequence[str]] = None, quiet: bool = False, weights: str = "auto",
-             source: str = "") -> list[dict]:
+def evaluate(
+    models: Sequence[str],
+    utts: Sequence[data.Utterance],
+    device="cpu",
+    batch_size: int = 1,
+    names: Optional[Sequence[str]] = None,
+    quiet: bool = False,
+    weights: str = "auto",
+    source: str = "",
+) -> list[dict]:
     """WER and speed of each model on the same utterances (audio decoded beforehand, so only the
     model is timed; one warm-up utterance first). The first model is the speed baseline. Utterances
     without reference words are left out (with_references: `source` names the data)."""
@@ -678,30 +899,52 @@ def evaluate(models: Sequence[str], utts: Sequence[data.Utterance], device="cpu"
     rows = []
     for i, spec in enumerate(models):
         recognizer = load_recognizer(spec, device, weights)
-        recognizer.transcribe_text(audios[:1], batch_size)            # warm-up
+        recognizer.transcribe_text(audios[:1], batch_size)  # warm-up
         start = time.perf_counter()
         hyps = recognizer.transcribe_text(audios, batch_size)
         seconds = time.perf_counter() - start
-        row = {"model": names[i] if names else str(spec), "params (M)": recognizer.model.num_parameters() / 1e6,
-               "input": recognizer.input, "weights": recognizer.weights,
-               "WER %": 100 * text_norm.wer(refs, hyps) if any(refs) else float("nan"),
-               "s / utt": seconds / len(audios), "utterances": len(audios)}
+        row = {
+            "model": names[i] if names else str(spec),
+            "params (M)": recognizer.model.num_parameters() / 1e6,
+            "input": recognizer.input,
+            "weights": recognizer.weights,
+            "WER %": 100 * text_norm.wer(refs, hyps) if any(refs) else float("nan"),
+            "s / utt": seconds / len(audios),
+            "utterances": len(audios),
+        }
         rows.append(row)
         if not quiet:
-            print(f"  {row['model']}: WER {row['WER %']:.2f}%, {row['s / utt']:.3f} s per utterance", file=sys.stderr)
+            print(
+                f"  {row['model']}: WER {row['WER %']:.2f}%, {row['s / utt']:.3f} s per utterance",
+                file=sys.stderr,
+            )
     for row in rows:
         row["speed-up"] = rows[0]["s / utt"] / row["s / utt"]
     return rows
 
 
-def format_table(rows: Sequence[dict], columns: Sequence[str] = ("model", "params (M)", "input", "weights", "WER %",
-                                                                  "OOD WER %", "s / utt", "speed-up")) -> str:
+def format_table(
+    rows: Sequence[dict],
+    columns: Sequence[str] = (
+        "model",
+        "params (M)",
+        "input",
+        "weights",
+        "WER %",
+        "OOD WER %",
+        "s / utt",
+        "speed-up",
+    ),
+) -> str:
     def cell(v):
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
+
     columns = [c for c in columns if any(c in r for r in rows)]
     cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+    line = lambda vals: "  ".join(
+        v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))
+    )
     return "\n".join([line(columns)] + [line(r) for r in cells])

@@ -1,5 +1,5 @@
-"""Writing results: txt, srt, vtt, tsv and json files, and the live line of `stream`.
-"""
+"""Writing results: txt, srt, vtt, tsv and json files, and the live line of `stream`."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence
 
 import fileio
-
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 
@@ -27,21 +26,32 @@ def format_result(result: dict, fmt: str) -> str:
     if fmt == "txt":
         return "".join(s["text"].strip() + "\n" for s in segments)
     if fmt == "srt":
-        return "".join(f"{i}\n{format_timestamp(s['start'], True, True)} --> {format_timestamp(s['end'], True, True)}\n"
-                       f"{s['text'].strip().replace('-->', '->')}\n\n" for i, s in enumerate(segments, 1))
+        return "".join(
+            f"{i}\n{format_timestamp(s['start'], True, True)} --> {format_timestamp(s['end'], True, True)}\n"
+            f"{s['text'].strip().replace('-->', '->')}\n\n"
+            for i, s in enumerate(segments, 1)
+        )
     if fmt == "vtt":
-        return "WEBVTT\n\n" + "".join(f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
-                                      f"{s['text'].strip().replace('-->', '->')}\n\n" for s in segments)
+        return "WEBVTT\n\n" + "".join(
+            f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
+            f"{s['text'].strip().replace('-->', '->')}\n\n"
+            for s in segments
+        )
     if fmt == "tsv":
         return "start\tend\ttext\n" + "".join(
             f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
-            for s in segments)
+            for s in segments
+        )
     if fmt == "json":
         return json.dumps(result, ensure_ascii=False)
-    raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)} or all")
+    raise ValueError(
+        f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)} or all"
+    )
 
 
-def output_names(audio_paths: Sequence[str | Path], output_dir: str | Path, fmt: str = "txt") -> list[str]:
+def output_names(
+    audio_paths: Sequence[str | Path], output_dir: str | Path, fmt: str = "txt"
+) -> list[str]:
     """A distinct output name (stem) for each input: its own stem (`talk.wav` -> `talk`), or `talk-2`,
     `talk-3`, ... when an earlier input already took it (a/same.wav and b/same.wav) or when one of
     its outputs would overwrite an input file (clip.json transcribed to json in its own folder)."""
@@ -51,8 +61,9 @@ def output_names(audio_paths: Sequence[str | Path], output_dir: str | Path, fmt:
     for path in audio_paths:
         stem = name = Path(path).stem
         n = 1
-        while name.lower() in taken or any(os.path.realpath(Path(output_dir) / f"{name}.{f}") in inputs
-                                           for f in suffixes):
+        while name.lower() in taken or any(
+            os.path.realpath(Path(output_dir) / f"{name}.{f}") in inputs for f in suffixes
+        ):
             n += 1
             name = f"{stem}-{n}"
         taken.add(name.lower())
@@ -74,6 +85,6 @@ def live_line(event: dict, terminal: bool, width: int = 80) -> str:
     """How `stream` shows an event. In a terminal the open phrase's partial text is rewritten in
     place (its last `width` characters) and each final gets its own line; elsewhere only finals."""
     if event["type"] == "partial":
-        return f"\r\033[K{event['text'][-(width - 1):]}" if terminal else ""
+        return f"\r\033[K{event['text'][-(width - 1) :]}" if terminal else ""
     line = f"[{format_timestamp(event['start'])} --> {format_timestamp(event['end'])}] {event['text']}\n"
     return "\r\033[K" + line if terminal else line

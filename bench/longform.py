@@ -21,6 +21,7 @@ cues move when only where its 30 s windows fall has changed, the scale for a stu
 `bench pieces` compares, inside one process, the ways a student can read the same two recordings:
 how long its pieces may be, reading on from the last timestamp, the temperature fallback, text only.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,17 @@ import text_norm  # noqa: E402
 import transcribe  # noqa: E402
 from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
 
-GAPS = (0.3, 0.0)        # seconds of silence between recordings
-SHIFTS = (0.5, 3.0)      # seconds of silence before the recording, for the teacher against itself
+GAPS = (0.3, 0.0)  # seconds of silence between recordings
+SHIFTS = (0.5, 3.0)  # seconds of silence before the recording, for the teacher against itself
 
 
 def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
     """The utterances' audio one after another with `gap` seconds of silence between, and their text."""
     silence = np.zeros(round(gap * audio_io.SAMPLE_RATE), np.float32)
     audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
-    return np.concatenate([x for a in audios for x in (a, silence)][:-1]), " ".join(u.text.strip() for u in utts)
+    return np.concatenate([x for a in audios for x in (a, silence)][:-1]), " ".join(
+        u.text.strip() for u in utts
+    )
 
 
 def cue_error(segments: list[dict], reference: list[dict]) -> float:
@@ -56,9 +59,11 @@ def cue_error(segments: list[dict], reference: list[dict]) -> float:
     reference = [r for r in reference if r["text"].strip()]
     errors = []
     for s in (s for s in segments if s["text"].strip()):
+
         def closeness(r):
             overlap = min(s["end"], r["end"]) - max(s["start"], r["start"])
-            return overlap if overlap > 0 else overlap - 1e6         # no overlap: the nearest comes first
+            return overlap if overlap > 0 else overlap - 1e6  # no overlap: the nearest comes first
+
         best = max(reference, key=closeness)
         errors += [abs(s["start"] - best["start"]), abs(s["end"] - best["end"])]
     return float(np.median(errors)) if errors else float("nan")
@@ -71,8 +76,15 @@ def runs_of(models: list[str]) -> list[tuple[str, str, list[str], float]]:
     its own cues move when nothing but where its 30 s windows fall has changed."""
     runs = []
     for i, model in enumerate(models):
-        runs += [(model, "timestamps (srt, json)" if is_student(model) else "long-form", [], 0.0),
-                 (model, "text only (txt)" if is_student(model) else "text only", ["--without-timestamps"], 0.0)]
+        runs += [
+            (model, "timestamps (srt, json)" if is_student(model) else "long-form", [], 0.0),
+            (
+                model,
+                "text only (txt)" if is_student(model) else "text only",
+                ["--without-timestamps"],
+                0.0,
+            ),
+        ]
         if i == 0 and not is_student(model):
             runs += [(model, f"long-form, {shift:g} s later", [], shift) for shift in SHIFTS]
     return runs
@@ -94,26 +106,59 @@ def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> lis
             for model, mode, options, shift in runs_of(models):
                 if shift not in paths:
                     silence = np.zeros(round(shift * audio_io.SAMPLE_RATE), np.float32)
-                    paths[shift] = audio_io.save_wav(Path(folder) / f"joined-{gap}-{shift}.wav",
-                                                     np.concatenate([silence, audio]))
+                    paths[shift] = audio_io.save_wav(
+                        Path(folder) / f"joined-{gap}-{shift}.wav", np.concatenate([silence, audio])
+                    )
                 path = paths[shift]
                 seconds, (result,) = transcribe_process(model, [str(path)], options, threads)
                 segments = shifted_back(result["segments"], shift)
                 first = first or (seconds, segments)
-                rows.append({"recording": f"{seconds_of_audio:.0f} s, gaps {gap} s", "model": model, "mode": mode,
-                             "seconds": seconds, "RTF": seconds / seconds_of_audio,
-                             "WER %": 100 * text_norm.wer(reference, result["text"]), "speed-up": first[0] / seconds,
-                             "cue error s": cue_error(segments, first[1])})
-                print(f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, WER {rows[-1]['WER %']:.2f}%",
-                      file=sys.stderr)
-    print(f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; cue error: median distance "
-          f"of segment times from the first model's long-form segments")
-    print(transcribe.format_table(rows, columns=["recording", "model", "mode", "seconds", "RTF", "WER %", "speed-up",
-                                                 "cue error s"]))
+                rows.append(
+                    {
+                        "recording": f"{seconds_of_audio:.0f} s, gaps {gap} s",
+                        "model": model,
+                        "mode": mode,
+                        "seconds": seconds,
+                        "RTF": seconds / seconds_of_audio,
+                        "WER %": 100 * text_norm.wer(reference, result["text"]),
+                        "speed-up": first[0] / seconds,
+                        "cue error s": cue_error(segments, first[1]),
+                    }
+                )
+                print(
+                    f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, WER {rows[-1]['WER %']:.2f}%",
+                    file=sys.stderr,
+                )
+    print(
+        f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; cue error: median distance "
+        f"of segment times from the first model's long-form segments"
+    )
+    print(
+        transcribe.format_table(
+            rows,
+            columns=[
+                "recording",
+                "model",
+                "mode",
+                "seconds",
+                "RTF",
+                "WER %",
+                "speed-up",
+                "cue error s",
+            ],
+        )
+    )
     return rows
 
 
-PIECE_LENGTHS = (0.0, 10.0, 15.0, 20.0, 25.0, 30.0)     # transcribe.JOIN_SECONDS to try (0: one per stretch of speech)
+PIECE_LENGTHS = (
+    0.0,
+    10.0,
+    15.0,
+    20.0,
+    25.0,
+    30.0,
+)  # transcribe.JOIN_SECONDS to try (0: one per stretch of speech)
 
 
 def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -> list[dict]:
@@ -125,11 +170,21 @@ def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -
     if not isinstance(reader, transcribe.Student):
         raise ValueError(f"{student}: bench pieces needs a student from `train`")
     defaults = (transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS)
-    variants = [(f"pieces up to {j:g} s" if j else "one piece per stretch of speech", j, defaults[1], True, True)
-                for j in PIECE_LENGTHS]
-    variants += [("default, no reading on", defaults[0], math.inf, True, True),
-                 ("default, no fallback", defaults[0], defaults[1], False, True),
-                 ("default, text only", defaults[0], defaults[1], True, False)]
+    variants = [
+        (
+            f"pieces up to {j:g} s" if j else "one piece per stretch of speech",
+            j,
+            defaults[1],
+            True,
+            True,
+        )
+        for j in PIECE_LENGTHS
+    ]
+    variants += [
+        ("default, no reading on", defaults[0], math.inf, True, True),
+        ("default, no fallback", defaults[0], defaults[1], False, True),
+        ("default, text only", defaults[0], defaults[1], True, False),
+    ]
     rows = []
     try:
         for gap in GAPS:
@@ -137,18 +192,32 @@ def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -
             cues = whisper.transcribe([audio], transcribe.TranscribeOptions())[0]["segments"]
             for name, join, reseek, fallback, timestamps in variants:
                 transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS = join, reseek
-                options = transcribe.TranscribeOptions(temperature=transcribe.TEMPERATURES if fallback else 0.0,
-                                                       without_timestamps=not timestamps)
+                options = transcribe.TranscribeOptions(
+                    temperature=transcribe.TEMPERATURES if fallback else 0.0,
+                    without_timestamps=not timestamps,
+                )
                 start = time.perf_counter()
                 (result,) = reader.transcribe([audio], options)
                 seconds = time.perf_counter() - start
-                rows.append({"recording": f"{len(audio) / audio_io.SAMPLE_RATE:.0f} s, gaps {gap} s", "reading": name,
-                             "seconds": seconds, "WER %": 100 * text_norm.wer(reference, result["text"]),
-                             "cue error s": cue_error(result["segments"], cues)})
+                rows.append(
+                    {
+                        "recording": f"{len(audio) / audio_io.SAMPLE_RATE:.0f} s, gaps {gap} s",
+                        "reading": name,
+                        "seconds": seconds,
+                        "WER %": 100 * text_norm.wer(reference, result["text"]),
+                        "cue error s": cue_error(result["segments"], cues),
+                    }
+                )
                 print(f"  {rows[-1]['recording']}: {name} {seconds:.2f} s", file=sys.stderr)
     finally:
         transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS = defaults
-    print(f"{source}: {len(utts)} recordings joined; {student}, in one process (seconds without start-up); "
-          f"cue error against {teacher}'s long-form segments")
-    print(transcribe.format_table(rows, columns=["recording", "reading", "seconds", "WER %", "cue error s"]))
+    print(
+        f"{source}: {len(utts)} recordings joined; {student}, in one process (seconds without start-up); "
+        f"cue error against {teacher}'s long-form segments"
+    )
+    print(
+        transcribe.format_table(
+            rows, columns=["recording", "reading", "seconds", "WER %", "cue error s"]
+        )
+    )
     return rows

@@ -15,6 +15,7 @@ input mode). One table: utterances, WER % of each model, and the gap (last model
 points). The last row pools the secondary sets: errors over reference words, so a set weighs by
 its words, not by one rate per set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,9 @@ def ood_corpus(name: str, per_voice: int = 30) -> list:
         return tts_corpus(per_voice)
     if name.startswith("tts:"):
         return tts_corpus(per_voice, [name[4:]])
-    raise fileio.DataError(f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})")
+    raise fileio.DataError(
+        f"{name}: unknown out-of-domain set (choose from {', '.join(OOD_SOURCES)})"
+    )
 
 
 def asterisk_gsm_corpus(root=None) -> list:
@@ -93,7 +96,9 @@ def asterisk_gsm_corpus(root=None) -> list:
     if root is None:
         root = fileio.cache_dir() / "asterisk-gsm"
         if not (root / data.ASTERISK_SOUNDS).is_dir():
-            data.fetch_debian((ASTERISK_GSM_PACKAGE,), root, data.ASTERISK_SOUNDS, "the GSM Asterisk prompts")
+            data.fetch_debian(
+                (ASTERISK_GSM_PACKAGE,), root, data.ASTERISK_SOUNDS, "the GSM Asterisk prompts"
+            )
     sounds = Path(root) / data.ASTERISK_SOUNDS
     utts, missing = [], 0
     for u in data.split_corpus(data.asterisk_corpus())["test"]:
@@ -101,14 +106,19 @@ def asterisk_gsm_corpus(root=None) -> list:
         if not audio.is_file():
             missing += 1
             continue
-        utts.append(data.Utterance(f"gsm/{u.id}", str(audio), u.text,
-                              audio.stat().st_size / GSM_BYTES_PER_SECOND))
+        utts.append(
+            data.Utterance(
+                f"gsm/{u.id}", str(audio), u.text, audio.stat().st_size / GSM_BYTES_PER_SECOND
+            )
+        )
     if not utts:
-        raise fileio.DataError(f"{sounds}: no .gsm prompts found (is {root} an unpacked "
-                        f"{ASTERISK_GSM_PACKAGE}?)")
+        raise fileio.DataError(
+            f"{sounds}: no .gsm prompts found (is {root} an unpacked {ASTERISK_GSM_PACKAGE}?)"
+        )
     if missing:
-        warnings.warn(f"{sounds}: {missing} test prompt(s) have no .gsm file, skipped",
-                      stacklevel=2)
+        warnings.warn(
+            f"{sounds}: {missing} test prompt(s) have no .gsm file, skipped", stacklevel=2
+        )
     return utts
 
 
@@ -133,8 +143,11 @@ def plain_sentence(text: str, min_words: int = 5, max_words: int = 20) -> bool:
     starts with a capital (WordNet's lowercase examples are mostly fragments), only letters,
     spaces and simple punctuation (no digits, brackets or double quotes), nothing of
     _AMBIGUOUS, min_words to max_words words."""
-    return (_PLAIN.fullmatch(text) is not None and _AMBIGUOUS.search(text) is None
-            and min_words <= len(text.split()) <= max_words)
+    return (
+        _PLAIN.fullmatch(text) is not None
+        and _AMBIGUOUS.search(text) is None
+        and min_words <= len(text.split()) <= max_words
+    )
 
 
 def wordnet_root() -> Path:
@@ -144,8 +157,13 @@ def wordnet_root() -> Path:
         return Path("/")
     root = fileio.cache_dir() / "wordnet"
     if not (root / WORDNET_FILES[0]).is_file():
-        data.fetch_debian((WORDNET_PACKAGE,), root, WORDNET_FILES[0], "WordNet's data files",
-                     f"or install it: `apt-get install {WORDNET_PACKAGE}`")
+        data.fetch_debian(
+            (WORDNET_PACKAGE,),
+            root,
+            WORDNET_FILES[0],
+            "WordNet's data files",
+            f"or install it: `apt-get install {WORDNET_PACKAGE}`",
+        )
     return root
 
 
@@ -159,7 +177,9 @@ def tts_sentences(root=None) -> tuple:
         with open(root / name, encoding="utf-8", errors="replace") as f:
             found.update(ex for line in f for ex in wordnet_examples(line) if plain_sentence(ex))
     if not found:
-        raise fileio.DataError(f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}")
+        raise fileio.DataError(
+            f"{root}: no WordNet example sentences found in {', '.join(WORDNET_FILES)}"
+        )
     return tuple(sorted(found, key=lambda s: hashlib.sha1(s.encode()).hexdigest()))
 
 
@@ -197,20 +217,25 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
     names = list(TTS_VOICES) if voices is None else list(voices)
     unknown = [v for v in names if v not in TTS_VOICES]
     if unknown:
-        raise fileio.DataError(f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})")
+        raise fileio.DataError(
+            f"tts:{unknown[0]}: unknown voice (choose from {', '.join(TTS_VOICES)})"
+        )
     problems = {v: tts_voice_problem(v) for v in names}
     missing = [v for v in names if problems[v]]
     if missing and (voices is not None or len(missing) == len(names)):
         raise fileio.DataError(f"tts:{missing[0]}: {problems[missing[0]]}")
     if missing:
-        warnings.warn(f"tts: skipped voice(s) not installed: "
-                      f"{'; '.join(f'{v}: {problems[v]}' for v in missing)}", stacklevel=2)
+        warnings.warn(
+            f"tts: skipped voice(s) not installed: "
+            f"{'; '.join(f'{v}: {problems[v]}' for v in missing)}",
+            stacklevel=2,
+        )
     sentences = tts_sentences()
     utts, todo = [], []
     for i, voice in enumerate(TTS_VOICES):
         if voice not in names or voice in missing:
             continue
-        for n, text in enumerate(sentences[i::len(TTS_VOICES)][:per_voice]):
+        for n, text in enumerate(sentences[i :: len(TTS_VOICES)][:per_voice]):
             digest = hashlib.sha1(text.encode()).hexdigest()[:8]
             wav = fileio.cache_dir() / "tts" / voice / f"{n}-{digest}.wav"
             utts.append(data.Utterance(f"tts/{voice}/{n}", str(wav), text))
@@ -248,8 +273,10 @@ def synthesize(voice: str, text: str, dest) -> Path:
         if proc.returncode != 0 or os.path.getsize(raw) == 0:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit status {proc.returncode}, no audio"
-            raise fileio.DataError(f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
-                            f"check `apt-get install {packages}`")
+            raise fileio.DataError(
+                f"{dest}: {cmd[0]} could not synthesise voice {voice} ({why}); "
+                f"check `apt-get install {packages}`"
+            )
         audio_io.save_wav(dest, audio_io.load_audio(raw))
     finally:
         os.unlink(raw)
@@ -275,10 +302,13 @@ POOLED = "codec and synthetic, pooled"
 def ood_sets(per_voice: int = 30) -> list[tuple[str, list]]:
     """(name, utterances) of the in-domain test split, real-speech-dev, asterisk-gsm and each
     installed TTS voice."""
-    sets = [(IN_DOMAIN, data.split_corpus(data.asterisk_corpus())["test"]),
-            (REAL_SPEECH, data.load_source(REAL_SPEECH)), ("asterisk-gsm", asterisk_gsm_corpus())]
+    sets = [
+        (IN_DOMAIN, data.split_corpus(data.asterisk_corpus())["test"]),
+        (REAL_SPEECH, data.load_source(REAL_SPEECH)),
+        ("asterisk-gsm", asterisk_gsm_corpus()),
+    ]
     by_voice: dict[str, list] = {}
-    for u in tts_corpus(per_voice):                  # one progress bar for all voices
+    for u in tts_corpus(per_voice):  # one progress bar for all voices
         by_voice.setdefault(u.id.split("/")[1], []).append(u)
     return sets + [(f"tts:{voice}", utts) for voice, utts in by_voice.items()]
 
@@ -289,7 +319,9 @@ def readable(utts: list) -> list:
     kept = []
     for u in utts:
         try:
-            audio_io.load_audio(u.audio, cache=True)      # transcribe.evaluate reads it back from the cache
+            audio_io.load_audio(
+                u.audio, cache=True
+            )  # transcribe.evaluate reads it back from the cache
             kept.append(u)
         except (fileio.AudioError, OSError) as e:
             print(f"warning: {e}", file=sys.stderr)
@@ -301,7 +333,9 @@ def reference_words(utts: list) -> int:
     return sum(len(text_norm.normalize_text(u.text).split()) for u in utts)
 
 
-def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch_size: int = 8) -> list[dict]:
+def ood_table(
+    models: list[str], per_voice: int = 30, device: str = "cpu", batch_size: int = 8
+) -> list[dict]:
     """Evaluate every model on every set of ood_sets, print the table and return its rows."""
     columns = [f"WER % {m}" for m in models]
     rows, pooled_errors, pooled_words, pooled_utts = [], [0.0] * len(models), 0, 0
@@ -310,13 +344,17 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
         if not utts:
             print(f"warning: {name}: no readable audio, skipped", file=sys.stderr)
             continue
-        results = transcribe.evaluate(models, utts, device=device, batch_size=batch_size, quiet=True,
-                                      source=name)
+        results = transcribe.evaluate(
+            models, utts, device=device, batch_size=batch_size, quiet=True, source=name
+        )
         row = {"data set": name, "utterances": len(utts)}
         row.update({c: r["WER %"] for c, r in zip(columns, results)})
         rows.append(row)
-        print(f"  {name}: {len(utts)} utterances, WER % " + ", ".join(f"{row[c]:.2f}" for c in columns),
-              file=sys.stderr)
+        print(
+            f"  {name}: {len(utts)} utterances, WER % "
+            + ", ".join(f"{row[c]:.2f}" for c in columns),
+            file=sys.stderr,
+        )
         if name not in (IN_DOMAIN, REAL_SPEECH):
             # text_norm.wer is errors / reference words, so the errors come back exactly from the rate.
             words = reference_words(utts)
@@ -324,8 +362,13 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
             pooled_words += words
             pooled_utts += len(utts)
     if pooled_words:
-        rows.append({"data set": POOLED, "utterances": pooled_utts,
-                     **{c: 100 * e / pooled_words for c, e in zip(columns, pooled_errors)}})
+        rows.append(
+            {
+                "data set": POOLED,
+                "utterances": pooled_utts,
+                **{c: 100 * e / pooled_words for c, e in zip(columns, pooled_errors)},
+            }
+        )
     if len(models) > 1:
         for row in rows:
             row["gap"] = row[columns[-1]] - row[columns[0]]
@@ -335,11 +378,17 @@ def ood_table(models: list[str], per_voice: int = 30, device: str = "cpu", batch
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", help="a model name or path; repeat to compare (default tiny.en)")
-    p.add_argument("--per-voice", type=int, default=30, help="sentences per synthesiser voice (default 30)")
+    p.add_argument(
+        "--model", action="append", help="a model name or path; repeat to compare (default tiny.en)"
+    )
+    p.add_argument(
+        "--per-voice", type=int, default=30, help="sentences per synthesiser voice (default 30)"
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances decoded together (default 8)")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="utterances decoded together (default 8)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ decodes text only (`--without-timestamps`: the same task for all), with transcri
 otherwise (a Whisper model's temperature fallback included). Each model runs `--rounds` times and
 its fastest round counts. The WER is of the transcripts written, against the recordings' transcripts.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list
             link.symlink_to(wav)
             paths.append(str(link))
             refs.append(u.text)
-    order = sorted(range(len(paths)), key=lambda j: Path(paths[j]).name)      # copy 0 of all, then copy 1, ...
+    order = sorted(
+        range(len(paths)), key=lambda j: Path(paths[j]).name
+    )  # copy 0 of all, then copy 1, ...
     return [paths[j] for j in order], [refs[j] for j in order]
 
 
@@ -55,12 +58,27 @@ def is_student(model: str) -> bool:
     return isinstance(transcribe.load_recognizer(model), transcribe.Student)
 
 
-def transcribe_process(model: str, files: list[str], options: list[str], threads: int = 0) -> tuple[float, list]:
+def transcribe_process(
+    model: str, files: list[str], options: list[str], threads: int = 0
+) -> tuple[float, list]:
     """Run `fastwhisper.py transcribe FILES --model MODEL OPTIONS` as a user would, writing JSON:
     (seconds the whole process took, each file's result as `transcribe` wrote it)."""
     with tempfile.TemporaryDirectory() as out:
-        argv = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "--model", model, "-q",
-                "-o", out, "-f", "json", *options, *(["--threads", str(threads)] if threads else [])]
+        argv = [
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            "transcribe",
+            *files,
+            "--model",
+            model,
+            "-q",
+            "-o",
+            out,
+            "-f",
+            "json",
+            *options,
+            *(["--threads", str(threads)] if threads else []),
+        ]
         start = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True)
         seconds = time.perf_counter() - start
@@ -70,16 +88,28 @@ def transcribe_process(model: str, files: list[str], options: list[str], threads
         return seconds, [json.loads((Path(out) / f"{name}.json").read_text()) for name in names]
 
 
-def run_model(model: str, files: list[str], refs: list[str], rounds: int, threads: int, batch_size: int) -> dict:
+def run_model(
+    model: str, files: list[str], refs: list[str], rounds: int, threads: int, batch_size: int
+) -> dict:
     options = ["--batch-size", str(batch_size), "--without-timestamps"]
     runs = [transcribe_process(model, files, options, threads) for _ in range(rounds)]
     hyps = [r["text"].strip() for r in runs[-1][1]]
-    return {"model": model, "files": len(files), "seconds": min(s for s, _ in runs), "WER %": 100 * text_norm.wer(refs,
-                                                                                                                  hyps)}
+    return {
+        "model": model,
+        "files": len(files),
+        "seconds": min(s for s, _ in runs),
+        "WER %": 100 * text_norm.wer(refs, hyps),
+    }
 
 
-def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: int = 0,
-                  batch_size: int = 8, source: str = SOURCE) -> list[dict]:
+def process_table(
+    models: list[str],
+    repeat: int = 4,
+    rounds: int = 1,
+    threads: int = 0,
+    batch_size: int = 8,
+    source: str = SOURCE,
+) -> list[dict]:
     """Time every model's whole transcribe process on the same files; print and return the table."""
     utts = [u for u in data.load_source(source) if u.text]
     with tempfile.TemporaryDirectory() as folder:
@@ -90,7 +120,9 @@ def process_table(models: list[str], repeat: int = 4, rounds: int = 1, threads: 
             print(f"  {model}: {rows[-1]['seconds']:.1f} s", file=sys.stderr)
     for row in rows:
         row["speed-up"] = rows[0]["seconds"] / row["seconds"]
-    print(f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, whole `transcribe` processes, "
-          f"batch {batch_size}, best of {rounds}")
+    print(
+        f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, whole `transcribe` processes, "
+        f"batch {batch_size}, best of {rounds}"
+    )
     print(transcribe.format_table(rows, columns=["model", "files", "seconds", "WER %", "speed-up"]))
     return rows

@@ -18,6 +18,7 @@ from `train` on its trimmed input (transcribe.Student; long audio cut at pauses)
     teacher's own transcript, checked here, only sooner);
   - the student, fp32 and packed (its default).
 """
+
 from __future__ import annotations
 
 import sys
@@ -67,42 +68,67 @@ def contenders(models: list[str], device: str) -> list[transcribe.Recognizer]:
         else:
             try:
                 out.append(first.drafted_by(plain))
-            except ValueError:              # a Whisper model cannot draft; a student is not drafted for
+            except ValueError:  # a Whisper model cannot draft; a student is not drafted for
                 pass
-        out += [plain] + ([transcribe.load_recognizer(name, device, "fp16")] if device == "cpu" else [])
+        out += [plain] + (
+            [transcribe.load_recognizer(name, device, "fp16")] if device == "cpu" else []
+        )
     return out
 
 
-def bench_models(models: list[str], files: list[str], device: str = "cpu", limit: int = 40,
-                 batch_size: int = 8, long_audio: bool = True) -> list[dict]:
+def bench_models(
+    models: list[str],
+    files: list[str],
+    device: str = "cpu",
+    limit: int = 40,
+    batch_size: int = 8,
+    long_audio: bool = True,
+) -> list[dict]:
     if not models:
         models = ["tiny.en"] + ([str(DEFAULT_STUDENT)] if DEFAULT_STUDENT.is_file() else [])
     if files:
         utterances = [data.Utterance(id=Path(f).stem, audio=f, text=None) for f in files]
         long_utterances, utterances = utterances, utterances[:limit]
     else:
-        long_utterances = data.split_corpus(data.asterisk_corpus())["test"]     # every test utterance
+        long_utterances = data.split_corpus(data.asterisk_corpus())["test"]  # every test utterance
         utterances = default_audio(limit)
     audios = [audio_io.load_audio(u.audio, cache=True) for u in utterances]
     seconds_of_audio = sum(len(a) for a in audios) / audio_io.SAMPLE_RATE
     refs = [u.text for u in utterances]
-    joined = join_audio([audio_io.load_audio(u.audio, cache=True) for u in long_utterances]) if long_audio else None
-    joined_ref = " ".join(u.text for u in long_utterances) if all(u.text for u in long_utterances) else None
+    joined = (
+        join_audio([audio_io.load_audio(u.audio, cache=True) for u in long_utterances])
+        if long_audio
+        else None
+    )
+    joined_ref = (
+        " ".join(u.text for u in long_utterances) if all(u.text for u in long_utterances) else None
+    )
 
-    print(f"{len(audios)} files, {seconds_of_audio:.1f} s of audio"
-          + (f"; long recording {len(joined) / audio_io.SAMPLE_RATE:.1f} s" if joined is not None else "")
-          + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}", file=sys.stderr)
+    print(
+        f"{len(audios)} files, {seconds_of_audio:.1f} s of audio"
+        + (
+            f"; long recording {len(joined) / audio_io.SAMPLE_RATE:.1f} s"
+            if joined is not None
+            else ""
+        )
+        + f"; device {device}, {torch.get_num_threads()} threads, batch {batch_size}",
+        file=sys.stderr,
+    )
     rows, baseline = [], {}
     greedy = transcribe.TranscribeOptions(temperature=0.0)
     for c in contenders(models, device):
-        run = lambda xs, c=c: c.transcribe(xs, greedy, batch_size)      # noqa: E731
+        run = lambda xs, c=c: c.transcribe(xs, greedy, batch_size)  # noqa: E731
         how = "exact" if c.draft is not None else c.input
-        run(audios[:1])                                                    # warm-up
+        run(audios[:1])  # warm-up
         results, seconds = timed(lambda: run(audios))
         texts = [r["text"] for r in results]
-        row = {"model": c.name + (" + draft" if c.draft is not None else ""), "weights": c.weights, "input": how,
-               "seconds": seconds,
-               "RTF": seconds / seconds_of_audio}
+        row = {
+            "model": c.name + (" + draft" if c.draft is not None else ""),
+            "weights": c.weights,
+            "input": how,
+            "seconds": seconds,
+            "RTF": seconds / seconds_of_audio,
+        }
         if all(refs):
             row["WER %"] = 100 * text_norm.wer(refs, texts)
         if joined is not None:
@@ -113,7 +139,7 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
             texts.append(long_result[0]["text"])
         if not rows:
             baseline = {"seconds": seconds, "long s": row.get("long s"), "texts": texts}
-        elif how == "exact":                  # the teacher's transcripts, word for word?
+        elif how == "exact":  # the teacher's transcripts, word for word?
             same = sum(a == b for a, b in zip(texts, baseline["texts"]))
             row["same text"] = f"{same}/{len(texts)}"
         rows.append(row)
@@ -122,8 +148,20 @@ def bench_models(models: list[str], files: list[str], device: str = "cpu", limit
         row["speed-up"] = baseline["seconds"] / row["seconds"]
         if joined is not None:
             row["long speed-up"] = baseline["long s"] / row["long s"]
-    columns = ["model", "weights", "input", "seconds", "RTF", "speed-up", "WER %",
-               "long s", "long RTF", "long speed-up", "long WER %", "same text"]
+    columns = [
+        "model",
+        "weights",
+        "input",
+        "seconds",
+        "RTF",
+        "speed-up",
+        "WER %",
+        "long s",
+        "long RTF",
+        "long speed-up",
+        "long WER %",
+        "same text",
+    ]
     print(transcribe.format_table(rows, columns=columns))
     return rows
 

@@ -23,6 +23,7 @@ Without a GPU, Triton runs kernels only through its CPU interpreter, which must 
 (TRITON_INTERPRET=1) before this package is imported: the tests do that to check the kernels
 on the CPU (slowly).  Nothing here sets it: on a CPU-only machine 'auto' picks the twins anyway.
 """
+
 import os
 
 import torch
@@ -40,9 +41,11 @@ try:
         raise ImportError("no GPU and no interpreter")
     import triton
     import triton.language as tl
+
     HAVE_TRITON = True
 except ImportError:  # the twins still work; the kernels below are never launched
     from types import SimpleNamespace
+
     triton = SimpleNamespace(jit=lambda fn: fn, cdiv=lambda a, b: -(-a // b))
     tl = SimpleNamespace(constexpr=int)
     HAVE_TRITON = False
@@ -56,23 +59,36 @@ def use_triton(tensor, backend=None):
     backend = backend or os.environ.get(ENV_VAR) or "auto"
     backend = backend.lower()
     if backend not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}: unknown kernel backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        raise ValueError(
+            f"{ENV_VAR}: unknown kernel backend {backend!r} (choose from {', '.join(BACKENDS)})"
+        )
     if backend == "torch":
         return False
     if backend == "auto":
         return HAVE_TRITON and tensor.is_cuda
     if not HAVE_TRITON:
-        raise ValueError(f"{ENV_VAR}: backend 'triton' asked for, but triton is not installed (or, without a GPU, "
-                         f"TRITON_INTERPRET=1 was not set before the import)")
+        raise ValueError(
+            f"{ENV_VAR}: backend 'triton' asked for, but triton is not installed (or, without a GPU, "
+            f"TRITON_INTERPRET=1 was not set before the import)"
+        )
     if not tensor.is_cuda and not interpreting():
-        raise ValueError(f"{ENV_VAR}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+        raise ValueError(
+            f"{ENV_VAR}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)"
+        )
     return True
 
 
 # Imported last: the modules below take triton, tl and use_triton from this package.
 from kernels.attention import attention, attention_reference  # noqa: E402
-from kernels.kd_loss import kd_loss, kd_loss_reference  # noqa: E402
 from kernels.fused_linear import fused_linear_kd_loss  # noqa: E402
+from kernels.kd_loss import kd_loss, kd_loss_reference  # noqa: E402
 
-__all__ = ["attention", "attention_reference", "kd_loss", "kd_loss_reference",
-           "fused_linear_kd_loss", "use_triton", "HAVE_TRITON"]
+__all__ = [
+    "attention",
+    "attention_reference",
+    "kd_loss",
+    "kd_loss_reference",
+    "fused_linear_kd_loss",
+    "use_triton",
+    "HAVE_TRITON",
+]

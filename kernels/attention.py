@@ -32,9 +32,10 @@ A row that sees no key at all outputs 0 (and passes back zero gradient).
 
 Inputs are fp32, fp16 or bf16; scores, softmax statistics and accumulators are always fp32.
 """
+
 import torch
 
-from kernels import interpreting, triton, tl, use_triton
+from kernels import interpreting, tl, triton, use_triton
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E)
 HEAD_DIMS = (16, 32, 64, 128)  # what the kernel supports: tl.dot wants a power of two >= 16
@@ -43,6 +44,7 @@ HEAD_DIMS = (16, 32, 64, 128)  # what the kernel supports: tl.dot wants a power 
 # ----------------------------------------------------------------------------------------
 # The PyTorch twin: the oracle for the tests, and what runs on the CPU.
 # ----------------------------------------------------------------------------------------
+
 
 def visible_keys(Lq, Lk, *, causal=False, q_offset=0, k_lengths=None, device=None):
     """Boolean mask [B or 1, 1, Lq, Lk]: True where query i may attend to key j."""
@@ -56,11 +58,19 @@ def visible_keys(Lq, Lk, *, causal=False, q_offset=0, k_lengths=None, device=Non
     return visible
 
 
-def attention_reference(q, k, v, *, causal=False, q_offset=0, k_lengths=None, scale=None, backend=None):
+def attention_reference(
+    q, k, v, *, causal=False, q_offset=0, k_lengths=None, scale=None, backend=None
+):
     """Plain PyTorch attention with the same arguments and result as `attention` (in fp32 inside)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    visible = visible_keys(q.shape[-2], k.shape[-2], causal=causal, q_offset=q_offset,
-                           k_lengths=k_lengths, device=q.device)
+    visible = visible_keys(
+        q.shape[-2],
+        k.shape[-2],
+        causal=causal,
+        q_offset=q_offset,
+        k_lengths=k_lengths,
+        device=q.device,
+    )
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     # A finite fill (not -inf) keeps rows that see no key free of NaN: their softmax is
     # uniform, and multiplying by the mask zeroes it, in the forward and backward pass alike.
@@ -72,6 +82,7 @@ def attention_reference(q, k, v, *, causal=False, q_offset=0, k_lengths=None, sc
 # ----------------------------------------------------------------------------------------
 # The Triton kernels.
 # ----------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _dot(a, b, DOT: tl.constexpr):
@@ -85,11 +96,41 @@ def _dot(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd_kernel(Q, K, V, O, LSE, KLEN,
-                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-                     H, Lq, Lk, q_offset, qk_scale,
-                     CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    KLEN,
+    sqb,
+    sqh,
+    sqm,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    sob,
+    soh,
+    som,
+    sod,
+    H,
+    Lq,
+    Lk,
+    q_offset,
+    qk_scale,
+    CAUSAL: tl.constexpr,
+    HAS_KLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """One program: BLOCK_M query rows of one (batch, head); online softmax over key blocks."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -118,7 +159,9 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, KLEN,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
-        kT = tl.load(K + cols[None, :] * skn + offs_d[:, None] * skd, mask=cols[None, :] < k_len, other=0.0)
+        kT = tl.load(
+            K + cols[None, :] * skn + offs_d[:, None] * skd, mask=cols[None, :] < k_len, other=0.0
+        )
         s = _dot(q, kT, DOT) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         visible = cols[None, :] < k_len
         if CAUSAL:
@@ -128,7 +171,9 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, KLEN,
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + cols[:, None] * svn + offs_d[None, :] * svd, mask=cols[:, None] < k_len, other=0.0)
+        v = tl.load(
+            V + cols[:, None] * svn + offs_d[None, :] * svd, mask=cols[:, None] < k_len, other=0.0
+        )
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT)
         m_i = m_new
 
@@ -136,17 +181,54 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, KLEN,
     acc = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     # +inf for rows that see nothing: the backward pass then recomputes p = exp2(s - inf) = 0.
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
-    tl.store(O + rows[:, None] * som + offs_d[None, :] * sod, acc.to(O.dtype.element_ty), mask=rows[:, None] < Lq)
+    tl.store(
+        O + rows[:, None] * som + offs_d[None, :] * sod,
+        acc.to(O.dtype.element_ty),
+        mask=rows[:, None] < Lq,
+    )
     tl.store(LSE + bh.to(tl.int64) * Lq + rows, lse, mask=rows < Lq)
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
-                          sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                          sdob, sdoh, sdom, sdod,
-                          H, Lq, Lk, q_offset, qk_scale, scale,
-                          CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+def _attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    KLEN,
+    sqb,
+    sqh,
+    sqm,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    sdob,
+    sdoh,
+    sdom,
+    sdod,
+    H,
+    Lq,
+    Lk,
+    q_offset,
+    qk_scale,
+    scale,
+    CAUSAL: tl.constexpr,
+    HAS_KLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """One program: dK and dV for BLOCK_N keys of one (batch, head), walking the query blocks.
 
     Works on transposed scores (keys x queries) so dK and dV come out as plain dots.
@@ -175,37 +257,85 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
         lo = tl.maximum(start_n - q_offset, 0) // BLOCK_M * BLOCK_M
     hi = tl.where(start_n < k_len, Lq, lo)  # a key block wholly past k_len gets zero gradient
 
-    k = tl.load(K + cols[:, None] * skn + offs_d[None, :] * skd, mask=cols[:, None] < k_len, other=0.0)
-    v = tl.load(V + cols[:, None] * svn + offs_d[None, :] * svd, mask=cols[:, None] < k_len, other=0.0)
+    k = tl.load(
+        K + cols[:, None] * skn + offs_d[None, :] * skd, mask=cols[:, None] < k_len, other=0.0
+    )
+    v = tl.load(
+        V + cols[:, None] * svn + offs_d[None, :] * svd, mask=cols[:, None] < k_len, other=0.0
+    )
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
-        qT = tl.load(Q + rows[None, :] * sqm + offs_d[:, None] * sqd, mask=rows[None, :] < Lq, other=0.0)
+        qT = tl.load(
+            Q + rows[None, :] * sqm + offs_d[:, None] * sqd, mask=rows[None, :] < Lq, other=0.0
+        )
         lse = tl.load(LSE + rows, mask=rows < Lq, other=float("inf"))
         sT = _dot(k, qT, DOT) * qk_scale  # [BLOCK_N, BLOCK_M]
         visible = cols[:, None] < k_len
         if CAUSAL:
             visible = visible & (cols[:, None] <= q_offset + rows[None, :])
         pT = tl.exp2(tl.where(visible, sT, float("-inf")) - lse[None, :])  # masked: exp2(-inf) = 0
-        do = tl.load(DO + rows[:, None] * sdom + offs_d[None, :] * sdod, mask=rows[:, None] < Lq, other=0.0)
+        do = tl.load(
+            DO + rows[:, None] * sdom + offs_d[None, :] * sdod, mask=rows[:, None] < Lq, other=0.0
+        )
         dv += _dot(pT.to(do.dtype), do, DOT)
         delta = tl.load(DELTA + rows, mask=rows < Lq, other=0.0)
         dpT = _dot(v, tl.trans(do), DOT)
         dsT = pT * (dpT - delta[None, :])
         dk += _dot(dsT.to(qT.dtype), tl.trans(qT), DOT)
     dk *= scale
-    tl.store(DK + cols[:, None] * skn + offs_d[None, :] * skd, dk.to(DK.dtype.element_ty), mask=cols[:, None] < Lk)
-    tl.store(DV + cols[:, None] * svn + offs_d[None, :] * svd, dv.to(DV.dtype.element_ty), mask=cols[:, None] < Lk)
+    tl.store(
+        DK + cols[:, None] * skn + offs_d[None, :] * skd,
+        dk.to(DK.dtype.element_ty),
+        mask=cols[:, None] < Lk,
+    )
+    tl.store(
+        DV + cols[:, None] * svn + offs_d[None, :] * svd,
+        dv.to(DV.dtype.element_ty),
+        mask=cols[:, None] < Lk,
+    )
 
 
 @triton.jit
-def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
-                        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                        sdob, sdoh, sdom, sdod,
-                        H, Lq, Lk, q_offset, qk_scale, scale,
-                        CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+def _attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    KLEN,
+    sqb,
+    sqh,
+    sqm,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    sdob,
+    sdoh,
+    sdom,
+    sdod,
+    H,
+    Lq,
+    Lk,
+    q_offset,
+    qk_scale,
+    scale,
+    CAUSAL: tl.constexpr,
+    HAS_KLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """One program: dQ for BLOCK_M queries of one (batch, head), walking the key blocks.
     dQ shares strides with Q."""
     start_m = tl.program_id(0) * BLOCK_M
@@ -231,14 +361,20 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
         hi = tl.minimum(hi, q_offset + start_m + BLOCK_M)
 
     q = tl.load(Q + rows[:, None] * sqm + offs_d[None, :] * sqd, mask=rows[:, None] < Lq, other=0.0)
-    do = tl.load(DO + rows[:, None] * sdom + offs_d[None, :] * sdod, mask=rows[:, None] < Lq, other=0.0)
+    do = tl.load(
+        DO + rows[:, None] * sdom + offs_d[None, :] * sdod, mask=rows[:, None] < Lq, other=0.0
+    )
     lse = tl.load(LSE + rows, mask=rows < Lq, other=float("inf"))
     delta = tl.load(DELTA + rows, mask=rows < Lq, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
-        kT = tl.load(K + cols[None, :] * skn + offs_d[:, None] * skd, mask=cols[None, :] < k_len, other=0.0)
-        vT = tl.load(V + cols[None, :] * svn + offs_d[:, None] * svd, mask=cols[None, :] < k_len, other=0.0)
+        kT = tl.load(
+            K + cols[None, :] * skn + offs_d[:, None] * skd, mask=cols[None, :] < k_len, other=0.0
+        )
+        vT = tl.load(
+            V + cols[None, :] * svn + offs_d[:, None] * svd, mask=cols[None, :] < k_len, other=0.0
+        )
         s = _dot(q, kT, DOT) * qk_scale
         visible = cols[None, :] < k_len
         if CAUSAL:
@@ -248,12 +384,17 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(kT.dtype), tl.trans(kT), DOT)
     dq *= scale
-    tl.store(DQ + rows[:, None] * sqm + offs_d[None, :] * sqd, dq.to(DQ.dtype.element_ty), mask=rows[:, None] < Lq)
+    tl.store(
+        DQ + rows[:, None] * sqm + offs_d[None, :] * sqd,
+        dq.to(DQ.dtype.element_ty),
+        mask=rows[:, None] < Lq,
+    )
 
 
 # ----------------------------------------------------------------------------------------
 # Launchers and the autograd wrapper.
 # ----------------------------------------------------------------------------------------
+
 
 def _dot_precision(q):
     """The DOT argument of _dot for inputs like q."""
@@ -266,12 +407,18 @@ def _dot_precision(q):
 # inputs and head_dim <= 64 vs 128.  Chosen so that every kernel compiles for an H100 (sm_90)
 # without register spills (checked with ptxas); 16-bit tiles can be larger than fp32 ones.
 BLOCKS = {
-    ("fwd", True, True): (128, 64, 8), ("fwd", True, False): (128, 64, 8),
-    ("fwd", False, True): (64, 32, 4), ("fwd", False, False): (32, 32, 8),
-    ("dkdv", True, True): (128, 32, 8), ("dkdv", True, False): (64, 32, 8),
-    ("dkdv", False, True): (32, 32, 8), ("dkdv", False, False): (16, 16, 8),
-    ("dq", True, True): (128, 32, 8), ("dq", True, False): (128, 32, 8),
-    ("dq", False, True): (64, 32, 4), ("dq", False, False): (32, 16, 8),
+    ("fwd", True, True): (128, 64, 8),
+    ("fwd", True, False): (128, 64, 8),
+    ("fwd", False, True): (64, 32, 4),
+    ("fwd", False, False): (32, 32, 8),
+    ("dkdv", True, True): (128, 32, 8),
+    ("dkdv", True, False): (64, 32, 8),
+    ("dkdv", False, True): (32, 32, 8),
+    ("dkdv", False, False): (16, 16, 8),
+    ("dq", True, True): (128, 32, 8),
+    ("dq", True, False): (128, 32, 8),
+    ("dq", False, True): (64, 32, 4),
+    ("dq", False, False): (32, 16, 8),
 }
 
 
@@ -290,11 +437,29 @@ def _flash_forward(q, k, v, causal, q_offset, k_lengths, scale):
     lse = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)
     block_m, block_n, opts = _launch_config("fwd", q, Lq, Lk)
     _attn_fwd_kernel[(triton.cdiv(Lq, block_m), B * H)](
-        q, k, v, o, lse, k_lengths if k_lengths is not None else lse,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, Lq, Lk, q_offset, scale * LOG2E,
-        CAUSAL=causal, HAS_KLEN=k_lengths is not None, HEAD_DIM=D,
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT=_dot_precision(q), **opts)
+        q,
+        k,
+        v,
+        o,
+        lse,
+        k_lengths if k_lengths is not None else lse,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *o.stride(),
+        H,
+        Lq,
+        Lk,
+        q_offset,
+        scale * LOG2E,
+        CAUSAL=causal,
+        HAS_KLEN=k_lengths is not None,
+        HEAD_DIM=D,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DOT=_dot_precision(q),
+        **opts,
+    )
     return o, lse
 
 
@@ -307,16 +472,42 @@ def _flash_backward(do, q, k, v, o, lse, causal, q_offset, k_lengths, scale):
     if dq.stride() != q.stride() or dk.stride() != k.stride() or dv.stride() != v.stride():
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    args = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), H, Lq, Lk, q_offset, scale * LOG2E, scale)
+    args = (
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *do.stride(),
+        H,
+        Lq,
+        Lk,
+        q_offset,
+        scale * LOG2E,
+        scale,
+    )
     common = dict(CAUSAL=causal, HAS_KLEN=k_lengths is not None, HEAD_DIM=D, DOT=_dot_precision(q))
     klen = k_lengths if k_lengths is not None else lse
 
     block_n, block_m, opts = _launch_config("dkdv", q, Lk, Lq)
     _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, block_n), B * H)](
-        q, k, v, do, lse, delta, dk, dv, klen, *args, **common, BLOCK_M=block_m, BLOCK_N=block_n, **opts)
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        klen,
+        *args,
+        **common,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        **opts,
+    )
     block_m, block_n, opts = _launch_config("dq", q, Lq, Lk)
     _attn_bwd_dq_kernel[(triton.cdiv(Lq, block_m), B * H)](
-        q, k, v, do, lse, delta, dq, klen, *args, **common, BLOCK_M=block_m, BLOCK_N=block_n, **opts)
+        q, k, v, do, lse, delta, dq, klen, *args, **common, BLOCK_M=block_m, BLOCK_N=block_n, **opts
+    )
     return dq, dk, dv
 
 
@@ -338,15 +529,21 @@ class _FlashAttention(torch.autograd.Function):
 def _check(q, k, v, k_lengths):
     """Shapes and dtypes the kernel can take; a one-line ValueError otherwise."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention: q, k, v must be [batch, heads, length, head_dim], "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"attention: q, k, v must be [batch, heads, length, head_dim], "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     B, H, _, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
-        raise ValueError(f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} do not fit q {tuple(q.shape)}")
+        raise ValueError(
+            f"attention: k {tuple(k.shape)} and v {tuple(v.shape)} do not fit q {tuple(q.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     if k_lengths is not None and tuple(k_lengths.shape) != (B,):
-        raise ValueError(f"attention: k_lengths must have shape ({B},), got {tuple(k_lengths.shape)}")
+        raise ValueError(
+            f"attention: k_lengths must have shape ({B},), got {tuple(k_lengths.shape)}"
+        )
 
 
 def attention(q, k, v, *, causal=False, q_offset=0, k_lengths=None, scale=None, backend=None):
@@ -360,10 +557,14 @@ def attention(q, k, v, *, causal=False, q_offset=0, k_lengths=None, scale=None, 
     _check(q, k, v, k_lengths)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not use_triton(q, backend) or q.numel() == 0 or k.shape[2] == 0:
-        return attention_reference(q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths, scale=scale)
+        return attention_reference(
+            q, k, v, causal=causal, q_offset=q_offset, k_lengths=k_lengths, scale=scale
+        )
     D = q.shape[-1]
     if D not in HEAD_DIMS:
-        raise ValueError(f"attention: head_dim {D} not supported by the Triton kernel (use one of {HEAD_DIMS})")
+        raise ValueError(
+            f"attention: head_dim {D} not supported by the Triton kernel (use one of {HEAD_DIMS})"
+        )
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"attention: dtype {q.dtype} not supported by the Triton kernel")
     if k_lengths is not None:

@@ -36,10 +36,11 @@ backward, scaled by grad_output there).  Extra memory is O(tokens): a few floats
 the gradient itself, which is the size of the student logits and which autograd needs anyway.
 
 """
+
 import torch
 import torch.nn.functional as F
 
-from kernels import triton, tl, use_triton
+from kernels import tl, triton, use_triton
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -47,6 +48,7 @@ REDUCTIONS = ("mean", "sum", "none")
 # ----------------------------------------------------------------------------------------
 # The PyTorch twin: the oracle for the tests, and what runs on the CPU.
 # ----------------------------------------------------------------------------------------
+
 
 def _is_zero(weight):
     """A weight given as the number 0 switches its term off (a tensor never does)."""
@@ -64,16 +66,32 @@ def _term_on(weight, logits, parts):
     return not _is_zero(weight) or (parts and logits is not None)
 
 
-def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0,
-                      self_weight=0.0, T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
+def kd_loss_reference(
+    student,
+    teacher,
+    labels,
+    *,
+    self_teacher=None,
+    ce_weight=1.0,
+    kd_weight=0.0,
+    self_weight=0.0,
+    T=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    parts=False,
+    backend=None,
+):
     """Plain PyTorch version of `kd_loss` (same arguments, same result), differentiated by autograd."""
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     s = student.float()
     labels = labels.to(s.device).long()
     valid = labels != ignore_index
-    terms = {}                                          # name -> (weight, per-token value)
+    terms = {}  # name -> (weight, per-token value)
     if _term_on(ce_weight, s, parts):
-        terms["ce"] = ce_weight, -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
+        terms["ce"] = (
+            ce_weight,
+            -F.log_softmax(s, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0],
+        )
     log_q = None
     for name, weight, target in (("kd", kd_weight, teacher), ("self", self_weight, self_teacher)):
         if _term_on(weight, target, parts):
@@ -85,7 +103,10 @@ def kd_loss_reference(student, teacher, labels, *, self_teacher=None, ce_weight=
     loss = _reduce(torch.where(valid, loss, 0.0), valid, reduction)
     if not parts:
         return loss
-    return loss, {name: _reduce(torch.where(valid, v, 0.0).detach(), valid, "mean") for name, (_, v) in terms.items()}
+    return loss, {
+        name: _reduce(torch.where(valid, v, 0.0).detach(), valid, "mean")
+        for name, (_, v) in terms.items()
+    }
 
 
 def _reduce(loss, valid, reduction):
@@ -99,15 +120,24 @@ def _reduce(loss, valid, reduction):
 def _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction):
     """Shapes and arguments; a one-line ValueError otherwise."""
     if student.dim() != 2:
-        raise ValueError(f"kd_loss: student logits must be [tokens, vocab], got {tuple(student.shape)}")
-    for name, other, weight in (("teacher", teacher, kd_weight), ("self_teacher", self_teacher, self_weight)):
+        raise ValueError(
+            f"kd_loss: student logits must be [tokens, vocab], got {tuple(student.shape)}"
+        )
+    for name, other, weight in (
+        ("teacher", teacher, kd_weight),
+        ("self_teacher", self_teacher, self_weight),
+    ):
         if other is None and not _is_zero(weight):
             raise ValueError(f"kd_loss: a weight is given for {name} but {name} is None")
         if other is not None and other.shape != student.shape:
-            raise ValueError(f"kd_loss: {name} shape {tuple(other.shape)} != student shape {tuple(student.shape)}")
+            raise ValueError(
+                f"kd_loss: {name} shape {tuple(other.shape)} != student shape {tuple(student.shape)}"
+            )
     if labels.shape != student.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"kd_loss: labels must be integers of shape ({student.shape[0]},), "
-                         f"got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(
+            f"kd_loss: labels must be integers of shape ({student.shape[0]},), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
     if reduction not in REDUCTIONS:
         raise ValueError(f"kd_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
@@ -115,6 +145,7 @@ def _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduc
 # ----------------------------------------------------------------------------------------
 # The Triton kernel.
 # ----------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _load_block(ptr, cols, mask):
@@ -164,10 +195,33 @@ def _teacher_step(t, sT, m, z, a):
 
 
 @triton.jit
-def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, PARTS, GRAD,
-                    stride_s, stride_t, stride_e, stride_g, V, ignore_index, inv_T, T,
-                    HAS_CE: tl.constexpr, HAS_KD: tl.constexpr, HAS_SELF: tl.constexpr,
-                    WRITE_PARTS: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):
+def _kd_loss_kernel(
+    S,
+    TCH,
+    SELF,
+    LABELS,
+    W_CE,
+    W_KD,
+    W_SELF,
+    GRAD_SCALE,
+    LOSS,
+    PARTS,
+    GRAD,
+    stride_s,
+    stride_t,
+    stride_e,
+    stride_g,
+    V,
+    ignore_index,
+    inv_T,
+    T,
+    HAS_CE: tl.constexpr,
+    HAS_KD: tl.constexpr,
+    HAS_SELF: tl.constexpr,
+    WRITE_PARTS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """One program per token: pass 1 gathers the log-sum-exps (the loss, and with WRITE_PARTS each
     unweighted term in PARTS[row, 0:3]), pass 2 writes the gradient.  GRAD may be S itself: pass 2
     reads each element before it overwrites that same element."""
@@ -235,7 +289,9 @@ def _kd_loss_kernel(S, TCH, SELF, LABELS, W_CE, W_KD, W_SELF, GRAD_SCALE, LOSS, 
                 q = tl.exp(s * inv_T - lse_q)
             if HAS_KD:
                 t = tl.load(TCH + cols, mask=mask, other=0.0).to(tl.float32)
-                g += w_kd * T * (q - tl.exp(t * inv_T - lse_t))  # T^2 on the loss, T on the gradient
+                g += (
+                    w_kd * T * (q - tl.exp(t * inv_T - lse_t))
+                )  # T^2 on the loss, T on the gradient
             if HAS_SELF:
                 e = tl.load(SELF + cols, mask=mask, other=0.0).to(tl.float32)
                 g += w_self * T * (q - tl.exp(e * inv_T - lse_e))
@@ -262,7 +318,9 @@ def _last_dim_contiguous(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad, parts=None):
+def _kd_rows(
+    student, teacher, self_teacher, labels, weights, T, ignore_index, grad_scale, grad, parts=None
+):
     """Run the kernel: per-token losses [N] (fp32), the gradient written into `grad` and the
     unweighted terms into `parts` [N, 3] (ce, kd, self) if given.
 
@@ -271,30 +329,66 @@ def _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index, g
     grad may be `student` itself (the fused-linear path overwrites its logit chunks)."""
     N, V = student.shape
     loss = torch.empty(N, device=student.device, dtype=torch.float32)
-    w_ce, w_kd, w_self = (w if w is not None else loss for w in weights)  # unused slots: any pointer
+    w_ce, w_kd, w_self = (
+        w if w is not None else loss for w in weights
+    )  # unused slots: any pointer
     teacher = teacher if teacher is not None else student
     self_teacher = self_teacher if self_teacher is not None else student
     _kd_loss_kernel[(N,)](
-        student, teacher, self_teacher, labels, w_ce, w_kd, w_self, grad_scale, loss,
-        parts if parts is not None else loss, grad if grad is not None else student,
-        student.stride(0), teacher.stride(0), self_teacher.stride(0),
-        grad.stride(0) if grad is not None else 0, V, ignore_index, 1.0 / T, T,
-        HAS_CE=weights[0] is not None, HAS_KD=weights[1] is not None, HAS_SELF=weights[2] is not None,
-        WRITE_PARTS=parts is not None, WRITE_GRAD=grad is not None, BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)),
-        num_warps=8)
+        student,
+        teacher,
+        self_teacher,
+        labels,
+        w_ce,
+        w_kd,
+        w_self,
+        grad_scale,
+        loss,
+        parts if parts is not None else loss,
+        grad if grad is not None else student,
+        student.stride(0),
+        teacher.stride(0),
+        self_teacher.stride(0),
+        grad.stride(0) if grad is not None else 0,
+        V,
+        ignore_index,
+        1.0 / T,
+        T,
+        HAS_CE=weights[0] is not None,
+        HAS_KD=weights[1] is not None,
+        HAS_SELF=weights[2] is not None,
+        WRITE_PARTS=parts is not None,
+        WRITE_GRAD=grad is not None,
+        BLOCK_V=min(BLOCK_V, triton.next_power_of_2(V)),
+        num_warps=8,
+    )
     return loss
 
 
-def _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight, ignore_index, V,
-             parts=False):
+def _prepare(
+    student,
+    teacher,
+    labels,
+    self_teacher,
+    ce_weight,
+    kd_weight,
+    self_weight,
+    ignore_index,
+    V,
+    parts=False,
+):
     """Checked labels and per-token weight tensors (None for a term switched off, see _term_on)."""
     n = labels.shape[0]
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
     if bad.any():
-        raise ValueError(f"kd_loss: labels must be in [0, {V}) or ignore_index={ignore_index}, "
-                         f"got {labels[bad][0].item()}")
-    weights = tuple(_row_weights(w, n, student.device) if _term_on(w, logits, parts) else None
-                    for w, logits in ((ce_weight, student), (kd_weight, teacher), (self_weight, self_teacher)))
+        raise ValueError(
+            f"kd_loss: labels must be in [0, {V}) or ignore_index={ignore_index}, "
+            f"got {labels[bad][0].item()}"
+        )
+    weights = tuple(
+        _row_weights(w, n, student.device) if _term_on(w, logits, parts) else None
+        for w, logits in ((ce_weight, student), (kd_weight, teacher), (self_weight, self_teacher))
+    )
     return labels.contiguous(), weights
 
 
@@ -311,8 +405,10 @@ def _scale_kept_grads(ctx, grad_output, per_row=False):
     Scaled in place, to need no second N x V buffer; so a second backward through the same
     loss (retain_graph=True) would scale them twice, and is refused."""
     if ctx.used:
-        raise RuntimeError("kd_loss: backward through the same loss twice is not supported "
-                           "(the gradient kept from the forward pass is scaled in place)")
+        raise RuntimeError(
+            "kd_loss: backward through the same loss twice is not supported "
+            "(the gradient kept from the forward pass is scaled in place)"
+        )
     ctx.used = True
     grads = ctx.saved_tensors
     if per_row:
@@ -326,12 +422,28 @@ def _scale_kept_grads(ctx, grad_output, per_row=False):
 
 class _KDLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction, parts):
+    def forward(
+        ctx, student, teacher, self_teacher, labels, weights, T, ignore_index, reduction, parts
+    ):
         valid = labels != ignore_index
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
-        terms = torch.zeros(labels.shape[0], 3, device=student.device) if parts else student.new_empty(0)
-        rows = _kd_rows(student, teacher, self_teacher, labels, weights, T, ignore_index,
-                        _grad_scale(valid, reduction), grad, terms if parts else None)
+        terms = (
+            torch.zeros(labels.shape[0], 3, device=student.device)
+            if parts
+            else student.new_empty(0)
+        )
+        rows = _kd_rows(
+            student,
+            teacher,
+            self_teacher,
+            labels,
+            weights,
+            T,
+            ignore_index,
+            _grad_scale(valid, reduction),
+            grad,
+            terms if parts else None,
+        )
         ctx.save_for_backward(grad)
         ctx.rows, ctx.used = reduction == "none", False
         ctx.mark_non_differentiable(terms)
@@ -343,8 +455,21 @@ class _KDLoss(torch.autograd.Function):
         return (grad,) + (None,) * 8
 
 
-def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_weight=0.0, self_weight=0.0,
-            T=1.0, ignore_index=-100, reduction="mean", parts=False, backend=None):
+def kd_loss(
+    student,
+    teacher,
+    labels,
+    *,
+    self_teacher=None,
+    ce_weight=1.0,
+    kd_weight=0.0,
+    self_weight=0.0,
+    T=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    parts=False,
+    backend=None,
+):
     """Cross-entropy plus distillation from a teacher and a self-teacher, fused over the vocabulary.
 
     student, teacher, self_teacher: logits [N, V] (teacher/self_teacher may be None when their
@@ -359,16 +484,47 @@ def kd_loss(student, teacher, labels, *, self_teacher=None, ce_weight=1.0, kd_we
     """
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     if not use_triton(student, backend) or student.numel() == 0:
-        return kd_loss_reference(student, teacher, labels, self_teacher=self_teacher, ce_weight=ce_weight,
-                                 kd_weight=kd_weight, self_weight=self_weight, T=T,
-                                 ignore_index=ignore_index, reduction=reduction, parts=parts)
-    labels, weights = _prepare(student, teacher, labels, self_teacher, ce_weight, kd_weight, self_weight,
-                               ignore_index, student.shape[1], parts)
+        return kd_loss_reference(
+            student,
+            teacher,
+            labels,
+            self_teacher=self_teacher,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+            self_weight=self_weight,
+            T=T,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            parts=parts,
+        )
+    labels, weights = _prepare(
+        student,
+        teacher,
+        labels,
+        self_teacher,
+        ce_weight,
+        kd_weight,
+        self_weight,
+        ignore_index,
+        student.shape[1],
+        parts,
+    )
     teacher = None if weights[1] is None else _last_dim_contiguous(teacher.detach())
     self_teacher = None if weights[2] is None else _last_dim_contiguous(self_teacher.detach())
-    loss, terms = _KDLoss.apply(_last_dim_contiguous(student), teacher, self_teacher, labels, weights,
-                                float(T), int(ignore_index), reduction, parts)
+    loss, terms = _KDLoss.apply(
+        _last_dim_contiguous(student),
+        teacher,
+        self_teacher,
+        labels,
+        weights,
+        float(T),
+        int(ignore_index),
+        reduction,
+        parts,
+    )
     if not parts:
         return loss
     means = terms.sum(0) / (labels != ignore_index).sum().clamp(min=1)
-    return loss, {name: means[i] for i, name in enumerate(("ce", "kd", "self")) if weights[i] is not None}
+    return loss, {
+        name: means[i] for i, name in enumerate(("ce", "kd", "self")) if weights[i] is not None
+    }

@@ -3,6 +3,7 @@ bad data, and real training runs on real speech: end to end through the CLI, a r
 SIGKILL and resumed (bit for bit the same as an uninterrupted one), and two gloo processes under
 torchrun (the same as one process accumulating two micro-batches).
 """
+
 import json
 import math
 import multiprocessing
@@ -35,6 +36,7 @@ import writers  # noqa: E402
 
 # ----- the loss, by hand ------------------------------------------------------------------------
 
+
 def softmax(xs, T=1.0):
     m = max(x / T for x in xs)
     e = [math.exp(x / T - m) for x in xs]
@@ -48,7 +50,7 @@ def kl(p, q):
 STUDENT = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]]
 TEACHER = [[3.0, 0.0, -2.0], [1.5, -0.5, 0.0], [0.0, 0.0, 0.0]]
 SELF = [[1.0, 1.0, 0.0], [0.0, 0.5, 0.2], [5.0, 5.0, 5.0]]
-LABELS = [0, 2, askd.IGNORE]           # the third token carries no loss
+LABELS = [0, 2, askd.IGNORE]  # the third token carries no loss
 
 
 def hand_loss(w_ce, w_kd, w_self, T, trust):
@@ -56,23 +58,32 @@ def hand_loss(w_ce, w_kd, w_self, T, trust):
     total = 0.0
     for s, t, e, y in zip(STUDENT[:2], TEACHER[:2], SELF[:2], LABELS[:2]):
         ce = -math.log(softmax(s)[y])
-        c = {"prob": softmax(t)[y], "argmax": float(max(range(3), key=t.__getitem__) == y), "none": 1.0}[trust]
-        total += w_ce * ce + w_kd * c * T * T * kl(softmax(t, T), softmax(s, T)) \
+        c = {
+            "prob": softmax(t)[y],
+            "argmax": float(max(range(3), key=t.__getitem__) == y),
+            "none": 1.0,
+        }[trust]
+        total += (
+            w_ce * ce
+            + w_kd * c * T * T * kl(softmax(t, T), softmax(s, T))
             + w_self * T * T * kl(softmax(e, T), softmax(s, T))
+        )
     return total / 2
 
 
 @pytest.mark.parametrize("trust", ["prob", "argmax", "none"])
 def test_askd_loss_matches_hand_computation(trust):
     cfg = askd.LossConfig("askd", T=2.0, alpha="linear:1:0", beta="linear:0:1", trust=trust)
-    s = 0.25                                            # alpha = 0.75, beta = 0.25
+    s = 0.25  # alpha = 0.75, beta = 0.25
     student = torch.tensor(STUDENT, requires_grad=True)
-    loss, parts = askd.distill_loss(student, torch.tensor(LABELS), torch.tensor(TEACHER), torch.tensor(SELF), cfg, s)
+    loss, parts = askd.distill_loss(
+        student, torch.tensor(LABELS), torch.tensor(TEACHER), torch.tensor(SELF), cfg, s
+    )
     assert loss.item() == pytest.approx(hand_loss(1.0, 0.75, 0.25, 2.0, trust), rel=1e-5)
     assert parts["ce"] == pytest.approx(hand_loss(1.0, 0, 0, 2.0, trust), rel=1e-5)
     assert (parts["w_kd"], parts["w_self"]) == (0.75, 0.25)
     loss.backward()
-    assert student.grad[2].abs().max() == 0             # the ignored token gets no gradient
+    assert student.grad[2].abs().max() == 0  # the ignored token gets no gradient
     # token 2: the teacher's best guess (0) is wrong (label 2), so 'argmax' trust drops its KL term
     if trust == "argmax":
         c = askd.teacher_trust(torch.tensor(TEACHER), torch.tensor(LABELS), "argmax")
@@ -84,20 +95,29 @@ def test_ce_and_classic_kd_losses_match_hand_computation():
     ce, _ = askd.distill_loss(student, labels, teacher, None, askd.LossConfig("ce"))
     assert ce.item() == pytest.approx(hand_loss(1.0, 0, 0, 1.0, "none"), rel=1e-5)
     kd, _ = askd.distill_loss(student, labels, teacher, None, askd.LossConfig("kd"), s=0.9)
-    assert kd.item() == pytest.approx(hand_loss(0.8, 1.0, 0, 2.0, "none"), rel=1e-5)   # distil-whisper's mix
+    assert kd.item() == pytest.approx(
+        hand_loss(0.8, 1.0, 0, 2.0, "none"), rel=1e-5
+    )  # distil-whisper's mix
 
 
 def four_pass_loss(student, labels, teacher, self_logits, cfg, s):
     """The loss as distill_loss computed it before the single pass: CE, trust-weighted KL, the plain
     KL for the log and the self-KL, each a separate call of the kernel's twin."""
     from kernels import kd_loss_reference as kd
+
     w_ce, w_kd, w_self = cfg.weights(s)
     trust = askd.teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
     ce = kd(student, None, labels)
     kl = kd(student, teacher, labels, ce_weight=0.0, kd_weight=trust, T=cfg.T)
     plain = kd(student, teacher, labels, ce_weight=0.0, kd_weight=1.0, T=cfg.T)
-    own = kd(student, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0, T=cfg.T)
-    return w_ce * ce + w_kd * kl + w_self * own, {"ce": ce.item(), "kd": plain.item(), "self": own.item()}
+    own = kd(
+        student, None, labels, self_teacher=self_logits, ce_weight=0.0, self_weight=1.0, T=cfg.T
+    )
+    return w_ce * ce + w_kd * kl + w_self * own, {
+        "ce": ce.item(),
+        "kd": plain.item(),
+        "self": own.item(),
+    }
 
 
 @pytest.mark.parametrize("loss", ["askd", "kd"])
@@ -116,20 +136,23 @@ def test_distill_loss_is_one_pass_of_the_kernel(loss, monkeypatch):
     old = student.clone().requires_grad_(True)
     want, want_parts = four_pass_loss(old, labels, teacher, own, cfg, 0.4)
     torch.testing.assert_close(got, want)
-    torch.testing.assert_close(*(torch.autograd.grad(x, y)[0] for x, y in ((got, new), (want, old))))
+    torch.testing.assert_close(
+        *(torch.autograd.grad(x, y)[0] for x, y in ((got, new), (want, old)))
+    )
     for name in ("ce", "kd", "self") if loss == "askd" else ("ce", "kd"):
         assert parts[name] == pytest.approx(want_parts[name], rel=1e-6), name
 
 
 def test_encoder_loss_uses_only_each_items_own_positions():
     student = torch.zeros(2, 5, 4)
-    student[0, 3:] = 100.0                              # beyond item 0's 3 positions: must not count
+    student[0, 3:] = 100.0  # beyond item 0's 3 positions: must not count
     teachers = [torch.ones(3, 4).half(), torch.full((5, 4), 2.0).half()]
     # (3 * 4 * 1 + 5 * 4 * 4) / (3 * 4 + 5 * 4)
     assert askd.encoder_loss(student, teachers, [3, 5]).item() == pytest.approx((12 + 80) / 32)
 
 
 # ----- schedules --------------------------------------------------------------------------------
+
 
 def test_schedules():
     P = askd.Schedule.parse
@@ -138,7 +161,7 @@ def test_schedules():
     assert P("cosine:1:0")(0.25) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
     assert P("exp:1:0.01")(0.5) == pytest.approx(0.1)
     assert P("const:0.3")(0.7) == 0.3 and P(0.3)(0.1) == 0.3
-    assert P("linear:0:1")(-1) == 0.0 and P("linear:0:1")(2) == 1.0      # clamped to [0, 1]
+    assert P("linear:0:1")(-1) == 0.0 and P("linear:0:1")(2) == 1.0  # clamped to [0, 1]
     assert str(P("cosine:1:0.1")) == "cosine:1:0.1"
     for bad in ("linear:1", "cosine:a:b", "step:1:2", "exp:0:1", ""):
         with pytest.raises(ValueError, match="schedule"):
@@ -147,14 +170,19 @@ def test_schedules():
     cfg = askd.LossConfig()
     weights = [cfg.weights(s) for s in np.linspace(0, 1, 11)]
     alphas, betas = [w[1] for w in weights], [w[2] for w in weights]
-    assert alphas[0] == 0.3 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    assert (
+        alphas[0] == 0.3 and alphas[-1] == 0.0 and all(a >= b for a, b in zip(alphas, alphas[1:]))
+    )
     assert betas[0] == 0.0 and betas[-1] == 0.3 and all(a <= b for a, b in zip(betas, betas[1:]))
     assert {w[0] for w in weights} == {1.0}
-    assert askd.LossConfig("kd").weights(0.3) == askd.LossConfig("kd").weights(0.9) == (0.8, 1.0, 0.0)
+    assert (
+        askd.LossConfig("kd").weights(0.3) == askd.LossConfig("kd").weights(0.9) == (0.8, 1.0, 0.0)
+    )
     assert askd.LossConfig("ce").weights(0.5) == (1.0, 0.0, 0.0)
 
 
 # ----- the student and its input ----------------------------------------------------------------
+
 
 def test_student_from_teacher(tiny):
     assert askd.spaced_layers(4, 2) == [0, 3] and askd.spaced_layers(32, 4) == [0, 10, 21, 31]
@@ -165,10 +193,14 @@ def test_student_from_teacher(tiny):
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
     for mine, theirs in ((0, 0), (1, 3)):
         for name in ("attn.query.weight", "cross_attn.value.bias", "mlp.2.weight", "mlp_ln.bias"):
-            assert torch.equal(s[f"decoder.blocks.{mine}.{name}"], t[f"decoder.blocks.{theirs}.{name}"])
+            assert torch.equal(
+                s[f"decoder.blocks.{mine}.{name}"], t[f"decoder.blocks.{theirs}.{name}"]
+            )
     assert torch.equal(s["decoder.token_embedding.weight"], t["decoder.token_embedding.weight"])
     assert student.num_parameters() < tiny.num_parameters() and student.tokenizer is tiny.tokenizer
-    assert askd.make_student(tiny).dims.n_text_layer == 4         # by default all, as TrainConfig's default
+    assert (
+        askd.make_student(tiny).dims.n_text_layer == 4
+    )  # by default all, as TrainConfig's default
 
 
 def test_trimmed_input_equals_whisper_padded_input(asterisk):
@@ -189,8 +221,16 @@ def test_targets_and_labels(tiny):
     short = askd.target_tokens(tok, "Hi.")
     stamped = askd.timestamped_tokens(tok, [(0.0, 1.5, "Hi."), (2.0, 3.3, "Press 1.")])
     ts = lambda s: tok.timestamp_begin + round(s / 0.02)
-    assert stamped == [tok.sot, ts(0), *tok.encode(" Hi."), ts(1.5), ts(2.0), *tok.encode(" Press 1."), ts(3.3),
-                       tok.eot]
+    assert stamped == [
+        tok.sot,
+        ts(0),
+        *tok.encode(" Hi."),
+        ts(1.5),
+        ts(2.0),
+        *tok.encode(" Press 1."),
+        ts(3.3),
+        tok.eot,
+    ]
     prompts = [askd.prompt_length(tok, t) for t in (tokens, short, stamped)]
     assert prompts == [2, 2, 1]
     inputs, labels = askd.batch_targets([tokens, short, stamped], prompts, tok.eot)
@@ -203,7 +243,9 @@ def test_targets_and_labels(tiny):
     assert labels[2].tolist() == stamped[1:]
 
 
-def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk, tmp_path, monkeypatch):
+def test_timestamp_targets_are_the_teachers_times_on_real_speech(
+    tiny, asterisk, tmp_path, monkeypatch
+):
     """Real prompts, alone and joined with known pauses: forced through the reference text, the
     teacher times each prompt inside its own stretch of audio (its speech, not the pauses), and a
     training batch of timestamped targets learns those timestamps."""
@@ -215,15 +257,20 @@ def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk,
     cache = askd.TeacherCache(tmp_path / "teacher", tiny)
     times = cache.timestamps(examples, progress=False)
     for ex in examples:
-        assert [t for _, _, t in times[ex.id]] == [t for _, _, t in ex.parts]       # the reference text, in order
+        assert [t for _, _, t in times[ex.id]] == [
+            t for _, _, t in ex.parts
+        ]  # the reference text, in order
         flat = [x for a, b, _ in times[ex.id] for x in (a, b)]
         assert flat == sorted(flat) and flat[-1] <= ex.n_samples / audio_io.SAMPLE_RATE + 0.02
         for (a, b, _), (start, end, _) in zip(times[ex.id], ex.parts):
             assert start - 0.1 <= a < b <= end + 0.1 and b - a >= 0.5 * (end - start)
     speech = [(a, b) for a, b, _ in times[examples[2].id]]
     gaps = [(e1, s2) for (_, e1, _), (s2, _, _) in zip(examples[2].parts, examples[2].parts[1:])]
-    assert all(b <= g1 + 0.1 and a >= g0 - 0.1 for (_, b), (a, _), (g0, g1) in zip(speech, speech[1:], gaps))
-    assert cache.timestamps(examples, progress=False) == times                     # cached
+    assert all(
+        b <= g1 + 0.1 and a >= g0 - 0.1
+        for (_, b), (a, _), (g0, g1) in zip(speech, speech[1:], gaps)
+    )
+    assert cache.timestamps(examples, progress=False) == times  # cached
     for ex in examples:
         ex.tokens = askd.timestamped_tokens(tiny.tokenizer, times[ex.id])
         ex.prompt = askd.prompt_length(tiny.tokenizer, ex.tokens)
@@ -237,14 +284,28 @@ def test_timestamp_targets_are_the_teachers_times_on_real_speech(tiny, asterisk,
 
 def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
     teacher = transcribe.load_recognizer("tiny.en")
-    assert type(teacher) is transcribe.Recognizer and teacher.input == "padded" and teacher.weights == "fp32"
+    assert (
+        type(teacher) is transcribe.Recognizer
+        and teacher.input == "padded"
+        and teacher.weights == "fp32"
+    )
     student = askd.make_student(tiny, decoder_layers=1)
-    path = run_plumbing.save_student(student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), {"epoch": 1})
+    path = run_plumbing.save_student(
+        student, tmp_path / "s.pt", askd.TrainConfig(round_frames=50), {"epoch": 1}
+    )
     loaded = transcribe.load_recognizer(path)
-    assert isinstance(loaded, transcribe.Student) and loaded.round_frames == 50 and loaded.weights == "fp16-dec"
+    assert (
+        isinstance(loaded, transcribe.Student)
+        and loaded.round_frames == 50
+        and loaded.weights == "fp16-dec"
+    )
     assert transcribe.load_recognizer(path, weights="fp32").weights == "fp32"
-    as_whisper = transcribe.load_recognizer(f"padded:{path}")    # as other Whisper tools read its .pt
-    assert type(as_whisper) is transcribe.Recognizer and as_whisper.input == "padded" and as_whisper.weights == "fp32"
+    as_whisper = transcribe.load_recognizer(f"padded:{path}")  # as other Whisper tools read its .pt
+    assert (
+        type(as_whisper) is transcribe.Recognizer
+        and as_whisper.input == "padded"
+        and as_whisper.weights == "fp32"
+    )
     assert as_whisper.name == f"padded:{path}"
     assert loaded.model.dims.n_text_layer == 1
     assert loaded.model.tokenizer.encode(" Hello") == tiny.tokenizer.encode(" Hello")
@@ -260,10 +321,13 @@ def test_a_loaded_model_knows_how_it_reads_audio(tiny, tmp_path):
 
 # ----- bad input --------------------------------------------------------------------------------
 
+
 def write_wav(path, seconds, rate=16000):
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes((np.random.default_rng(0).normal(0, 300, int(seconds * rate))).astype("<i2").tobytes())
+        w.writeframes(
+            (np.random.default_rng(0).normal(0, 300, int(seconds * rate))).astype("<i2").tobytes()
+        )
     return str(path)
 
 
@@ -286,33 +350,45 @@ def test_bad_utterances_are_skipped_and_counted(tiny, tmp_path, asterisk, capsys
     good = next(u for u in asterisk if u.id == "digits/1")
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100))
-    utts = [data.Utterance("good", good.audio, good.text),
-            data.Utterance("missing", str(tmp_path / "missing.wav"), "Hello."),
-            data.Utterance("garbage", str(garbage), "Hello."),
-            data.Utterance("long", write_wav(tmp_path / "long.wav", 31), "Hello."),
-            data.Utterance("untranscribed", good.audio, ""),
-            data.Utterance("snowman", good.audio, "Snow \u2603."),
-            data.Utterance("essay", good.audio, "word " * 500)]
+    utts = [
+        data.Utterance("good", good.audio, good.text),
+        data.Utterance("missing", str(tmp_path / "missing.wav"), "Hello."),
+        data.Utterance("garbage", str(garbage), "Hello."),
+        data.Utterance("long", write_wav(tmp_path / "long.wav", 31), "Hello."),
+        data.Utterance("untranscribed", good.audio, ""),
+        data.Utterance("snowman", good.audio, "Snow \u2603."),
+        data.Utterance("essay", good.audio, "word " * 500),
+    ]
     skipped = askd.Counter()
-    examples = askd.prepare_examples(utts, PickyTokenizer(tiny.tokenizer), 100, 448, labels="reference",
-                                     skipped=skipped)
+    examples = askd.prepare_examples(
+        utts, PickyTokenizer(tiny.tokenizer), 100, 448, labels="reference", skipped=skipped
+    )
     assert [e.id for e in examples] == ["good"] and examples[0].frames == 100
-    assert skipped == {"unreadable audio": 2, "longer than 30 s": 1, "no text": 1,
-                       "text the tokenizer cannot encode": 1, "text too long": 1}
+    assert skipped == {
+        "unreadable audio": 2,
+        "longer than 30 s": 1,
+        "no text": 1,
+        "text the tokenizer cannot encode": 1,
+        "text too long": 1,
+    }
     err = capsys.readouterr().err
     assert "skipped 6 utterance(s)" in err and "missing.wav: unreadable audio" in err
     # pseudo-labels: untranscribed audio takes the teacher's words; a disagreeing one is dropped
     pseudo = {good.audio: "One."}
     examples = askd.prepare_examples(utts[:1] + utts[4:5], tiny.tokenizer, 100, 448, "auto", pseudo)
     assert [e.text for e in examples] == [good.text, "One."]
-    examples = askd.prepare_examples(utts[:1], tiny.tokenizer, 100, 448, "pseudo", {good.audio: "Two."})
+    examples = askd.prepare_examples(
+        utts[:1], tiny.tokenizer, 100, 448, "pseudo", {good.audio: "Two."}
+    )
     assert examples == []
 
 
 def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     good = next(u for u in asterisk if u.id == "digits/1")
     manifest = tmp_path / "m.tsv"
-    manifest.write_text(f"audio\ttext\n{good.audio}\tOne.\n\nonly-one-column\n{tmp_path}/gone.wav\tGone.\n")
+    manifest.write_text(
+        f"audio\ttext\n{good.audio}\tOne.\n\nonly-one-column\n{tmp_path}/gone.wav\tGone.\n"
+    )
     utts = data.load_source(str(manifest))
     assert [u.text for u in utts] == ["One."]
     assert "skipped 2 bad line(s)" in capsys.readouterr().err
@@ -321,13 +397,16 @@ def test_bad_sources_and_manifest_lines(tmp_path, asterisk, capsys):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(fileio.DataError, match="notes.txt: not a manifest"):
         data.load_source(str(tmp_path / "notes.txt"))
-    assert {u.id for u in data.load_source("asterisk:test")} == {u.id for u in data.split_corpus(asterisk)["test"]}
+    assert {u.id for u in data.load_source("asterisk:test")} == {
+        u.id for u in data.split_corpus(asterisk)["test"]
+    }
 
 
 def test_eval_leaves_out_utterances_without_reference_words(tiny, asterisk, tmp_path, capsys):
     """`eval` on a manifest where some texts are empty, blank or only a note: those utterances are
     left out of the WER (not counted as insertions), with one warning naming how many and which."""
     import fastwhisper
+
     said = [u for u in data.split_corpus(asterisk)["test"] if 1 < u.duration < 3][:4]
     texts = [said[0].text, "", "   ", "[noise]"]
     rows = [f"{u.audio}\t{text}\tu{i}\n" for i, (u, text) in enumerate(zip(said, texts))]
@@ -339,11 +418,12 @@ def test_eval_leaves_out_utterances_without_reference_words(tiny, asterisk, tmp_
         assert fastwhisper.main(["eval", "--data", str(manifest), "-q"]) == 0
         runs.append(capsys.readouterr())
     (out, err), (plain_out, _) = runs
-    row = lambda text: text.splitlines()[-1].split()[:5]    # model, params, input, weights, WER %
+    row = lambda text: text.splitlines()[-1].split()[:5]  # model, params, input, weights, WER %
     assert out.startswith(f"{mixed}: 1 utterances") and row(out) == row(plain_out)
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert warned == [f"warning: {mixed}: 3 utterance(s) with an empty reference text left out of "
-                      f"WER: u1, u2, u3"]
+    assert warned == [
+        f"warning: {mixed}: 3 utterance(s) with an empty reference text left out of WER: u1, u2, u3"
+    ]
 
 
 def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeypatch, capsys):
@@ -358,6 +438,7 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
         if spec == "real-speech-dev":
             raise fileio.DataError("real-speech-dev: could not download (offline)")
         return data.split_corpus(asterisk)[spec.split(":")[1]]
+
     monkeypatch.setattr(data, "load_source", offline)
     _, dev, _, _ = askd.default_sources(askd.TrainConfig())
     assert list(dev) == ["asterisk:dev"]
@@ -369,8 +450,14 @@ def test_timed_segments_follow_whisper_timestamp_pairs(tiny):
     ts = lambda s: tok.timestamp_begin + round(s / 0.02)
     hi, press = tok.encode(" Hi."), tok.encode(" Press 1.")
     tokens = [ts(0.2), *hi, ts(1.5), ts(2.0), *press, ts(3.3), ts(4.0), *hi, tok.eot]
-    assert transcribe.timed_segments(tokens, tok, 5.0) == [(0.2, 1.5, hi), (2.0, 3.3, press), (4.0, 5.0, hi)]
-    assert transcribe.timed_segments([ts(0.0), *hi, ts(9.0)], tok, 5.0) == [(0.0, 5.0, hi)]  # never past the piece
+    assert transcribe.timed_segments(tokens, tok, 5.0) == [
+        (0.2, 1.5, hi),
+        (2.0, 3.3, press),
+        (4.0, 5.0, hi),
+    ]
+    assert transcribe.timed_segments([ts(0.0), *hi, ts(9.0)], tok, 5.0) == [
+        (0.0, 5.0, hi)
+    ]  # never past the piece
     assert transcribe.timed_segments([ts(0.0), tok.eot], tok, 5.0) == []
 
 
@@ -386,17 +473,21 @@ def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
     pause, audios, spans, total = np.zeros(int(0.8 * audio_io.SAMPLE_RATE), np.float32), [], [], 0
     for u in utts:
         audio = audio_io.load_audio(u.audio)
-        spans.append((total / audio_io.SAMPLE_RATE, (total + len(audio)) / audio_io.SAMPLE_RATE, u.text))
+        spans.append(
+            (total / audio_io.SAMPLE_RATE, (total + len(audio)) / audio_io.SAMPLE_RATE, u.text)
+        )
         audios += [audio, pause]
         total += len(audio) + len(pause)
         if total > 37 * audio_io.SAMPLE_RATE:
             break
     (result,) = student.transcribe([np.concatenate(audios)])
     segments = [s for s in result["segments"] if s["text"]]
-    assert len(segments) >= len(spans) - 1 and segments[-1]["start"] > 30          # pieces past the first 30 s
+    assert (
+        len(segments) >= len(spans) - 1 and segments[-1]["start"] > 30
+    )  # pieces past the first 30 s
     assert all(a["end"] <= b["start"] + 0.02 for a, b in zip(segments, segments[1:]))
     assert all(s["end"] - s["start"] < 20 for s in segments)
-    for start, end, text in spans:                 # the segments that hold a prompt's words lie on its audio
+    for start, end, text in spans:  # the segments that hold a prompt's words lie on its audio
         inside = [s for s in segments if start - 0.3 <= (s["start"] + s["end"]) / 2 <= end + 0.3]
         assert text_norm.wer(text, " ".join(s["text"] for s in inside)) <= 0.35, (text, segments)
     assert text_norm.wer(" ".join(t for _, _, t in spans), result["text"]) <= 0.15
@@ -412,14 +503,25 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
     student = transcribe.Student(tiny, "s.pt", round_frames=3000)
     decoded = []
     real = student.decode_pieces
-    monkeypatch.setattr(student, "decode_pieces", lambda pieces, batch, stamped=False, *rest, **named:
-                        decoded.append(stamped) or real(pieces, batch, stamped, *rest, **named))
+    monkeypatch.setattr(
+        student,
+        "decode_pieces",
+        lambda pieces, batch, stamped=False, *rest, **named: (
+            decoded.append(stamped) or real(pieces, batch, stamped, *rest, **named)
+        ),
+    )
     u = next(u for u in data.split_corpus(asterisk)["test"] if 3 < u.duration < 8)
     audio = audio_io.load_audio(u.audio, cache=True)
     seconds = len(audio) / audio_io.SAMPLE_RATE
-    (plain,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0), times=False)
-    (timed,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0), times=True)
-    (text_only,) = student.transcribe([audio], transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True))
+    (plain,) = student.transcribe(
+        [audio], transcribe.TranscribeOptions(temperature=0.0), times=False
+    )
+    (timed,) = student.transcribe(
+        [audio], transcribe.TranscribeOptions(temperature=0.0), times=True
+    )
+    (text_only,) = student.transcribe(
+        [audio], transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True)
+    )
     assert decoded == [False, True, False]
     assert [(s["start"], s["end"]) for s in plain["segments"]] == [(0.0, seconds)]
     assert all(0 <= seg["start"] < seg["end"] <= seconds for seg in timed["segments"])
@@ -430,16 +532,25 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
 def test_each_audio_is_handed_on_as_soon_as_its_batch_is_decoded(tiny, asterisk, monkeypatch):
     """transcribe(done=...) hands each audio's result on right after the batch that finished it,
     before the next batch is decoded (an empty audio at once), and returns the same results."""
-    audios = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
-              if 1 < u.duration < 3][:2] + [np.zeros(0, np.float32)]
+    audios = [
+        audio_io.load_audio(u.audio, cache=True)
+        for u in data.split_corpus(asterisk)["test"]
+        if 1 < u.duration < 3
+    ][:2] + [np.zeros(0, np.float32)]
     batches, real = [], decoding.decode_batch
-    monkeypatch.setattr(decoding, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k))
-    for reader in (transcribe.Student(tiny, "s.pt", round_frames=3000), transcribe.Recognizer(tiny, "tiny.en")):
+    monkeypatch.setattr(
+        decoding, "decode_batch", lambda *a, **k: batches.append(1) or real(*a, **k)
+    )
+    for reader in (
+        transcribe.Student(tiny, "s.pt", round_frames=3000),
+        transcribe.Recognizer(tiny, "tiny.en"),
+    ):
         batches.clear()
         seen = {}
         options = transcribe.TranscribeOptions(temperature=0.0, without_timestamps=True)
-        results = reader.transcribe(audios, options, batch_size=1,
-                                    done=lambda i, r: seen.setdefault(i, (len(batches), r)))
+        results = reader.transcribe(
+            audios, options, batch_size=1, done=lambda i, r: seen.setdefault(i, (len(batches), r))
+        )
         assert sorted(n for n, _ in seen.values()) == [0, 1, 2] and seen[2][0] == 0
         assert [seen[i][1] for i in range(3)] == results and results[0]["text"].strip()
 
@@ -462,9 +573,13 @@ def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypa
                 utts.append(source.pop(0))
                 audios.append(audio_io.load_audio(utts[-1].audio, cache=True))
     assert len(by_source) >= 4 and len(utts) >= 10
-    reader = transcribe.Student(weight_files.load_model("tiny.en"), "teacher in pieces", round_frames=3000)
-    monkeypatch.setattr(transcribe, "JOIN_SECONDS", 0.0)  # the cuts alone: a student's pieces join stretches
-                                                       # up to 20 s, which suits students, not this reader
+    reader = transcribe.Student(
+        weight_files.load_model("tiny.en"), "teacher in pieces", round_frames=3000
+    )
+    monkeypatch.setattr(
+        transcribe, "JOIN_SECONDS", 0.0
+    )  # the cuts alone: a student's pieces join stretches
+    # up to 20 s, which suits students, not this reader
     alone = transcribe.Recognizer(reader.model).transcribe_text(audios, batch_size=8)
     one_by_one = text_norm.wer([u.text for u in utts], alone)
     reference = " ".join(u.text for u in utts)
@@ -475,12 +590,12 @@ def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypa
         assert pieces[0][0] == 0 and pieces[-1][1] == len(joined)
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
         assert all(b - a <= transcribe.PIECE_SECONDS * audio_io.SAMPLE_RATE for a, b in pieces)
-        if gap:          # each border lies in the same pause as a cut: only quiet between the two
+        if gap:  # each border lies in the same pause as a cut: only quiet between the two
             borders = np.cumsum([len(a) + len(silence) for a in audios[:-1]]) - len(silence) // 2
             quiet, hop = audio_io.loudness(joined)[1], audio_io.SAMPLE_RATE // 100
             for b in borders:
                 c = min((a for a, _ in pieces[1:]), key=lambda a: abs(a - b))
-                assert quiet[min(b, c) // hop: max(b, c) // hop + 1].all(), (b, c)
+                assert quiet[min(b, c) // hop : max(b, c) // hop + 1].all(), (b, c)
         (result,) = reader.transcribe([joined])
         assert text_norm.wer(reference, result["text"]) <= one_by_one + 0.04, (gap, result["text"])
 
@@ -495,14 +610,19 @@ def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
     ungated = transcribe.TranscribeOptions(vad=False)
     (silence,) = student.transcribe([np.zeros(16000 * 10, np.float32)], ungated)
     assert silence["text"] == "" and silence["segments"][0]["no_speech_prob"] > transcribe.NO_SPEECH
-    student.check(transcribe.TranscribeOptions())                # the defaults: greedy at its first temperature
+    student.check(transcribe.TranscribeOptions())  # the defaults: greedy at its first temperature
     student.check(transcribe.TranscribeOptions(temperature=0.0, language="en"))
-    with pytest.raises(ValueError, match=r"^s\.pt: a student .* cannot honour --language de, --beam-size 5$"):
+    with pytest.raises(
+        ValueError, match=r"^s\.pt: a student .* cannot honour --language de, --beam-size 5$"
+    ):
         student.check(transcribe.TranscribeOptions(language="de", beam_size=5))
-    with pytest.raises(ValueError, match=r"cannot honour --task translate, --initial-prompt, --temperature 0.5$"):
-        student.transcribe([np.zeros(1600, np.float32)], transcribe.TranscribeOptions(task="translate",
-                                                                                      initial_prompt="x",
-                                                                                      temperature=0.5))
+    with pytest.raises(
+        ValueError, match=r"cannot honour --task translate, --initial-prompt, --temperature 0.5$"
+    ):
+        student.transcribe(
+            [np.zeros(1600, np.float32)],
+            transcribe.TranscribeOptions(task="translate", initial_prompt="x", temperature=0.5),
+        )
 
 
 def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
@@ -512,10 +632,18 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
     pieces, every sample in one."""
     sr, rng = audio_io.SAMPLE_RATE, np.random.default_rng(0)
     student = transcribe.Student(askd.make_student(tiny, decoder_layers=1), "s.pt")
-    prompts = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
-               if 1.5 < u.duration < 5][:3]
-    parts = [prompts[0], np.zeros(35 * sr, np.float32), prompts[1],
-             rng.normal(0, 1e-3, 35 * sr).astype(np.float32), prompts[2]]
+    prompts = [
+        audio_io.load_audio(u.audio, cache=True)
+        for u in data.split_corpus(asterisk)["test"]
+        if 1.5 < u.duration < 5
+    ][:3]
+    parts = [
+        prompts[0],
+        np.zeros(35 * sr, np.float32),
+        prompts[1],
+        rng.normal(0, 1e-3, 35 * sr).astype(np.float32),
+        prompts[2],
+    ]
     joined = np.concatenate(parts)
     starts = np.cumsum([0] + [len(p) for p in parts])[::2]
     pieces, owners, offsets, _ = student.pieces([joined])
@@ -523,7 +651,7 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
     for piece, offset, prompt, start in zip(pieces, offsets, prompts, starts):
         assert offset <= start and start + len(prompt) <= offset + len(piece)
         assert len(piece) <= len(prompt) + 2 * (audio_io.SILENCE_KEEP + 0.05) * sr
-        assert np.array_equal(piece.numpy(), joined[offset: offset + len(piece)])
+        assert np.array_equal(piece.numpy(), joined[offset : offset + len(piece)])
     pieces, _, offsets, _ = student.pieces([joined], vad=False)
     assert offsets[0] == 0 and sum(map(len, pieces)) == len(joined)
     silent = [np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32)]
@@ -545,8 +673,28 @@ def test_config_errors():
 # accumulated micro-batches each. One training prompt has no transcript (the teacher labels it).
 # Every run injects a NaN loss into step 2 (which must be skipped).
 
-TRAIN_ARGS = ["--decoder-layers", "2", "--batch-size", "2", "--epochs", "2", "--save-every", "2", "--spec-augment", "--threads", "1",
-              "--eval-batch-size", "2", "--lr", "1e-4", "--joined", "0", "--perturbed", "0", "--quiet"]
+TRAIN_ARGS = [
+    "--decoder-layers",
+    "2",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "2",
+    "--save-every",
+    "2",
+    "--spec-augment",
+    "--threads",
+    "1",
+    "--eval-batch-size",
+    "2",
+    "--lr",
+    "1e-4",
+    "--joined",
+    "0",
+    "--perturbed",
+    "0",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -557,21 +705,46 @@ def workspace(tmp_path_factory, asterisk, tiny):
 
     def manifest(name, utts, untranscribed=()):
         path = root / name
-        path.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{'' if u in untranscribed else u.text}\n"
-                                                   for u in utts))
+        path.write_text(
+            "audio\ttext\n"
+            + "".join(f"{u.audio}\t{'' if u in untranscribed else u.text}\n" for u in utts)
+        )
         return str(path)
+
     train = short(split["train"])[:12]
-    return {"root": root, "train": manifest("train.tsv", train, untranscribed=train[-1:]), "untranscribed": train[-1],
-            "dev": manifest("dev.tsv", short(split["dev"])[:2]), "test": manifest("test.tsv", short(split["test"])[:2]),
-            "cache": str(root / "cache"), "runs": str(root / "runs")}
+    return {
+        "root": root,
+        "train": manifest("train.tsv", train, untranscribed=train[-1:]),
+        "untranscribed": train[-1],
+        "dev": manifest("dev.tsv", short(split["dev"])[:2]),
+        "test": manifest("test.tsv", short(split["test"])[:2]),
+        "cache": str(root / "cache"),
+        "runs": str(root / "runs"),
+    }
 
 
 def train_cli(ws, name, *extra, nproc=1, **faults):
     """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, and any other
     faults (kill=K, interrupt=K)."""
     faults = [f"{fault}={step}" for fault, step in {"nan": 2, **faults}.items()]
-    command = [sys.executable, "tests/train_with_faults.py", *faults, "train", "--train", ws["train"], "--dev",
-               ws["dev"], "--cache-dir", ws["cache"], "--runs-dir", ws["runs"], "--name", name, *TRAIN_ARGS, *extra]
+    command = [
+        sys.executable,
+        "tests/train_with_faults.py",
+        *faults,
+        "train",
+        "--train",
+        ws["train"],
+        "--dev",
+        ws["dev"],
+        "--cache-dir",
+        ws["cache"],
+        "--runs-dir",
+        ws["runs"],
+        "--name",
+        name,
+        *TRAIN_ARGS,
+        *extra,
+    ]
     if nproc > 1:
         command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -583,13 +756,25 @@ def final_weights(ws, name):
 
 
 def metrics(ws, name):
-    return [json.loads(line) for line in (Path(ws["runs"]) / name / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for line in (Path(ws["runs"]) / name / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
 def reference_run(workspace):
     """One process accumulating 2 micro-batches per step, straight through, ending with the test table."""
-    result = train_cli(workspace, "reference", "--accum", "2", "--test", workspace["test"], "--ood", workspace["dev"])
+    result = train_cli(
+        workspace,
+        "reference",
+        "--accum",
+        "2",
+        "--test",
+        workspace["test"],
+        "--ood",
+        workspace["dev"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -597,42 +782,77 @@ def reference_run(workspace):
 def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     run = Path(workspace["runs"]) / "reference"
     table = reference_run.stdout
-    assert "teacher tiny.en" in table and "student (askd)" in table and "WER %" in table and "speed-up" in table
+    assert (
+        "teacher tiny.en" in table
+        and "student (askd)" in table
+        and "WER %" in table
+        and "speed-up" in table
+    )
     assert f"OOD WER %: {workspace['dev']} (2 utterances" in table and "OOD WER %  s / utt" in table
     log = metrics(workspace, "reference")
     steps = [r for r in log if "loss" in r or r.get("skipped")]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
-    assert steps[1].get("skipped") and steps[1]["grad_norm"] is None           # the NaN step, skipped
+    assert steps[1].get("skipped") and steps[1]["grad_norm"] is None  # the NaN step, skipped
     assert all(not r.get("skipped") for r in steps if r["step"] != 2)
-    assert steps[-1]["ce"] < steps[0]["ce"]                                    # it learns
+    assert steps[-1]["ce"] < steps[0]["ce"]  # it learns
     assert [r["epoch"] for r in log if "dev_wer" in r] == [1, 2]
     results = json.loads((run / "results.json").read_text())
-    assert results["counters"] == {"steps skipped: non-finite loss or gradient": 1} and results["steps"] == 6
+    assert (
+        results["counters"] == {"steps skipped: non-finite loss or gradient": 1}
+        and results["steps"] == 6
+    )
     # the untranscribed training utterance was labelled by the teacher (and cached)
     labelled = [json.loads(p.read_text()) for p in Path(workspace["cache"]).rglob("*.pseudo.json")]
     assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
     assert text_norm.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed", "padded"]
-    assert [row["model"] for row in results["test"]] == ["teacher tiny.en", "student (askd)", "student, 30 s windows"]
-    assert results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0    # the teacher, the student
+    assert [row["model"] for row in results["test"]] == [
+        "teacher tiny.en",
+        "student (askd)",
+        "student, 30 s windows",
+    ]
+    assert (
+        results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0
+    )  # the teacher, the student
 
     # the student is an ordinary Whisper checkpoint that says how it wants its input
     student = transcribe.load_recognizer(run / "student.pt")
     assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
     test = data.load_source(workspace["test"])
-    results = student.transcribe([u.audio for u in test] + [np.zeros(16000 * 31, np.float32)],
-                                 transcribe.TranscribeOptions(without_timestamps=True, vad=False))
+    results = student.transcribe(
+        [u.audio for u in test] + [np.zeros(16000 * 31, np.float32)],
+        transcribe.TranscribeOptions(without_timestamps=True, vad=False),
+    )
     assert len(results) == 3 and [len(r["segments"]) for r in results[:2]] == [1, 1]
-    pieces = results[2]["segments"]                      # 31 s of silence: no pause to cut at, cut anyway
+    pieces = results[2]["segments"]  # 31 s of silence: no pause to cut at, cut anyway
     assert len(pieces) == 2 and pieces[0]["start"] == 0 and pieces[-1]["end"] == 31.0
-    assert pieces[0]["end"] == pieces[1]["start"] and all(p["end"] - p["start"] <= 30 for p in pieces)
-    assert student.transcribe([np.zeros(16000 * 31, np.float32)])[0]["segments"] == []   # the gate
+    assert pieces[0]["end"] == pieces[1]["start"] and all(
+        p["end"] - p["start"] <= 30 for p in pieces
+    )
+    assert student.transcribe([np.zeros(16000 * 31, np.float32)])[0]["segments"] == []  # the gate
     assert results[0]["text"] == "".join(s["text"] for s in results[0]["segments"])
 
     # eval: any models on any manifest, as a table
-    result = subprocess.run([sys.executable, "fastwhisper.py", "eval", "--model", "tiny.en", "--model",
-                             str(run / "student.pt"), "--data", workspace["test"], "--threads", "1", "--quiet"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "fastwhisper.py",
+            "eval",
+            "--model",
+            "tiny.en",
+            "--model",
+            str(run / "student.pt"),
+            "--data",
+            workspace["test"],
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[1].split()[:2] == ["model", "params"] and lines[2].startswith("tiny.en")
@@ -640,39 +860,79 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "fastwhisper.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "fastwhisper.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
     """transcribe --draft gives the teacher's own text; bench times every way of running both models."""
     student = str(Path(workspace["runs"]) / "reference" / "student.pt")
     files = [u.audio for u in data.load_source(workspace["test"])]
-    plain = cli("transcribe", *files, "--model", "tiny.en", "--temperature", "0", "-o", str(workspace["root"]), "-q")
-    exact = cli("transcribe", *files, "--model", "tiny.en", "--draft", student, "--temperature", "0",
-                "-o", str(workspace["root"]), "-q")
+    plain = cli(
+        "transcribe",
+        *files,
+        "--model",
+        "tiny.en",
+        "--temperature",
+        "0",
+        "-o",
+        str(workspace["root"]),
+        "-q",
+    )
+    exact = cli(
+        "transcribe",
+        *files,
+        "--model",
+        "tiny.en",
+        "--draft",
+        student,
+        "--temperature",
+        "0",
+        "-o",
+        str(workspace["root"]),
+        "-q",
+    )
     assert plain.returncode == 0 and exact.returncode == 0, exact.stderr[-2000:]
     assert exact.stdout == plain.stdout and len(plain.stdout.splitlines()) == len(files)
     wrong = cli("transcribe", files[0], "--model", student, "--draft", student)
-    assert wrong.returncode == 2 and wrong.stderr.startswith("error: --draft") and "Traceback" not in wrong.stderr
+    assert (
+        wrong.returncode == 2
+        and wrong.stderr.startswith("error: --draft")
+        and "Traceback" not in wrong.stderr
+    )
 
     bench = cli("bench", *files, "--model", "tiny.en", "--model", student, "--threads", "1")
     assert bench.returncode == 0, bench.stderr[-2000:]
     table = bench.stdout.splitlines()
-    assert table[0].split()[:4] == ["model", "weights", "input", "seconds"] and "long speed-up" in table[0]
+    assert (
+        table[0].split()[:4] == ["model", "weights", "input", "seconds"]
+        and "long speed-up" in table[0]
+    )
     rows = [line.split() for line in table[1:]]
-    assert [r[:3] for r in rows] == [["tiny.en", "fp32", "padded"], ["tiny.en", "fp16-dec", "padded"],
-                                     ["tiny.en", "+", "draft"], [student, "fp32", "trimmed"],
-                                     [student, "fp16-dec", "trimmed"]]
-    assert rows[2][-1] == f"{len(files) + 1}/{len(files) + 1}"      # every file and the long one: the same text
+    assert [r[:3] for r in rows] == [
+        ["tiny.en", "fp32", "padded"],
+        ["tiny.en", "fp16-dec", "padded"],
+        ["tiny.en", "+", "draft"],
+        [student, "fp32", "trimmed"],
+        [student, "fp16-dec", "trimmed"],
+    ]
+    assert (
+        rows[2][-1] == f"{len(files) + 1}/{len(files) + 1}"
+    )  # every file and the long one: the same text
 
 
 def test_killed_run_resumes_exactly(reference_run, workspace):
     killed = train_cli(workspace, "killed", "--accum", "2", kill=5)
-    assert killed.returncode == -9                       # SIGKILL during step 5, mid-epoch 2
+    assert killed.returncode == -9  # SIGKILL during step 5, mid-epoch 2
     assert final_weights(workspace, "killed")["step"] == 4
     again = train_cli(workspace, "killed", "--accum", "2")
-    assert again.returncode != 0 and "--resume" in again.stderr     # will not silently start over
+    assert again.returncode != 0 and "--resume" in again.stderr  # will not silently start over
     resumed = train_cli(workspace, "killed", "--accum", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(workspace, "reference"), final_weights(workspace, "killed")
@@ -710,7 +970,9 @@ def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
     a, b = final_weights(workspace, "reference"), final_weights(workspace, "ddp")
     assert b["step"] == 6 and len(b["rng"]) == 2
     for name, tensor in a["student"].items():
-        torch.testing.assert_close(b["student"][name], tensor, rtol=1e-4, atol=1e-5, msg=f"student {name}")
+        torch.testing.assert_close(
+            b["student"][name], tensor, rtol=1e-4, atol=1e-5, msg=f"student {name}"
+        )
     ref = [r for r in metrics(workspace, "reference") if "loss" in r]
     ddp = [r for r in metrics(workspace, "ddp") if "loss" in r]
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in ref], rel=1e-4)
@@ -720,25 +982,55 @@ def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, ca
     """A dev set with no transcribed utterance is left out with a warning; without dev data every
     epoch's student is saved, so a run always ends with a student.pt, and results.json is valid JSON."""
     untranscribed = tmp_path / "dev.tsv"
-    untranscribed.write_text("audio\ttext\n" + "".join(f"{line.split(chr(9))[0]}\t\n" for line in
-                                                        Path(workspace["dev"]).read_text().splitlines()[1:]))
-    cfg = askd.TrainConfig(train=workspace["train"], dev=str(untranscribed), input="padded", limit=4,
-                           batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=str(tmp_path),
-                           name="nodev", decoder_layers=1, joined=0, perturbed=0, quiet=True)
+    untranscribed.write_text(
+        "audio\ttext\n"
+        + "".join(
+            f"{line.split(chr(9))[0]}\t\n"
+            for line in Path(workspace["dev"]).read_text().splitlines()[1:]
+        )
+    )
+    cfg = askd.TrainConfig(
+        train=workspace["train"],
+        dev=str(untranscribed),
+        input="padded",
+        limit=4,
+        batch_size=4,
+        epochs=2,
+        cache_dir=workspace["cache"],
+        runs_dir=str(tmp_path),
+        name="nodev",
+        decoder_layers=1,
+        joined=0,
+        perturbed=0,
+        quiet=True,
+    )
     results = askd.train(cfg)
     assert "dev.tsv holds no transcribed utterance; left out" in capsys.readouterr().err
     info = torch.load(tmp_path / "nodev" / "student.pt", weights_only=True)["fastwhisper"]
     assert info["epoch"] == 2 and info["dev_wer"] is None and results["best_dev_wer"] is None
-    json.loads((tmp_path / "nodev" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    json.loads(
+        (tmp_path / "nodev" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c)
+    )
 
 
 def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatch):
     """--joined and --perturbed (per training utterance) add long recordings and perturbed copies of
     the training prompts as ordinary examples, with the teacher's outputs cached for each."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
-    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], limit=4, joined=0.5, perturbed=0.75,
-                           batch_size=4, epochs=1, cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="more",
-                           decoder_layers=1, quiet=True)
+    cfg = askd.TrainConfig(
+        train=workspace["train"],
+        dev=workspace["dev"],
+        limit=4,
+        joined=0.5,
+        perturbed=0.75,
+        batch_size=4,
+        epochs=1,
+        cache_dir=workspace["cache"],
+        runs_dir=str(tmp_path),
+        name="more",
+        decoder_layers=1,
+        quiet=True,
+    )
     trainer = askd.Trainer(cfg)
     plain = [ex for ex in trainer.examples if ":" not in ex.id]
     joined = [ex for ex in trainer.examples if ex.id.startswith("joined:")]
@@ -746,10 +1038,16 @@ def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatc
     assert (len(plain), len(joined), len(perturbed)) == (4, 2, 3) and len(trainer.examples) == 9
     texts = {ex.id: ex.text for ex in plain}
     for ex in joined:
-        assert 14.4 <= ex.n_samples / audio_io.SAMPLE_RATE <= 28 and ex.frames == transcribe.trimmed_frames(ex.n_samples)
+        assert (
+            14.4 <= ex.n_samples / audio_io.SAMPLE_RATE <= 28
+            and ex.frames == transcribe.trimmed_frames(ex.n_samples)
+        )
         assert ex.text == " ".join(texts[i] for i in ex.id.removeprefix("joined:").split("+"))
     for ex in perturbed:
-        assert ex.text == texts[ex.id.split(":")[1]] and str(tmp_path / "cache" / "perturbed") in ex.audio
+        assert (
+            ex.text == texts[ex.id.split(":")[1]]
+            and str(tmp_path / "cache" / "perturbed") in ex.audio
+        )
     assert trainer.cache.missing(trainer.examples, "trimmed") == []
 
 
@@ -760,14 +1058,16 @@ def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypat
     utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:12]
     teacher = transcribe.load_recognizer("tiny.en")
     clean, clean_refs = transcribe.read_utterances(utts)
-    noisy, noisy_refs = transcribe.read_utterances(data.perturbed_utterances(utts, len(utts), seed=0))
-    assert sorted(noisy_refs) == sorted(clean_refs)                     # each prompt once, its own text
+    noisy, noisy_refs = transcribe.read_utterances(
+        data.perturbed_utterances(utts, len(utts), seed=0)
+    )
+    assert sorted(noisy_refs) == sorted(clean_refs)  # each prompt once, its own text
     clean_wer = text_norm.wer(clean_refs, teacher.transcribe_text(clean, 4))
     noisy_wer = text_norm.wer(noisy_refs, teacher.transcribe_text(noisy, 4))
     assert noisy_wer <= clean_wer + 0.25
 
 
-FORK = multiprocessing.get_context("fork")          # children start at once, askd already imported
+FORK = multiprocessing.get_context("fork")  # children start at once, askd already imported
 
 
 def take_and_die(run: Path) -> None:
@@ -795,7 +1095,7 @@ def race_for_locks(runs, start, tried, done, results):
         lock.__exit__(None, None, None)
 
 
-ROUNDS = 100           # enough that a lock with a gap between taking and writing it is caught
+ROUNDS = 100  # enough that a lock with a gap between taking and writing it is caught
 
 
 def test_racing_runs_never_share_a_folder(tmp_path):
@@ -808,8 +1108,10 @@ def test_racing_runs_never_share_a_folder(tmp_path):
         (run / ".lock").write_bytes((runs[1] / ".lock").read_bytes())
     start, tried, done = (FORK.Barrier(7) for _ in range(3))
     results = FORK.Queue()
-    racers = [FORK.Process(target=race_for_locks, args=(runs, start, tried, done, results))
-              for _ in range(6)]
+    racers = [
+        FORK.Process(target=race_for_locks, args=(runs, start, tried, done, results))
+        for _ in range(6)
+    ]
     for racer in racers:
         racer.start()
     try:
@@ -829,37 +1131,62 @@ def test_racing_runs_never_share_a_folder(tmp_path):
         for racer in racers:
             racer.kill()
             racer.join()
-    assert not any((run / ".lock").exists() for run in runs)      # each holder took its lock away
+    assert not any((run / ".lock").exists() for run in runs)  # each holder took its lock away
 
 
 def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, monkeypatch):
     """A live run's lock stops a second run; a dead one's is taken over; --overwrite removes the old
     run's files before anything else; a corrupt last.pt on --resume is a one-line error."""
-    cfg = dict(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4, epochs=1,
-               cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="locked", decoder_layers=1, joined=0,
-               perturbed=0, quiet=True)
+    cfg = dict(
+        train=workspace["train"],
+        dev=workspace["dev"],
+        input="padded",
+        limit=4,
+        batch_size=4,
+        epochs=1,
+        cache_dir=workspace["cache"],
+        runs_dir=str(tmp_path),
+        name="locked",
+        decoder_layers=1,
+        joined=0,
+        perturbed=0,
+        quiet=True,
+    )
     run = tmp_path / "locked"
-    with run_plumbing.RunLock(run):                                      # this test process: alive
+    with run_plumbing.RunLock(run):  # this test process: alive
         owner = rf"host {re.escape(socket.gethostname())} pid {os.getpid()} started [-\d]+ [:\d]+"
-        with pytest.raises(run_plumbing.TrainError, match=rf"locked: another run \({owner}\) is using "):
+        with pytest.raises(
+            run_plumbing.TrainError, match=rf"locked: another run \({owner}\) is using "
+        ):
             askd.train(askd.TrainConfig(**cfg))
     take_and_die(run)
     for name in ("last.pt", "student.pt", "results.json", "metrics.jsonl"):
         (run / name).write_text("an older run")
     seen = {}
-    monkeypatch.setattr(askd.Trainer, "run",
-                        lambda self: seen.setdefault("files", sorted(p.name for p in run.iterdir())))
+    monkeypatch.setattr(
+        askd.Trainer,
+        "run",
+        lambda self: seen.setdefault("files", sorted(p.name for p in run.iterdir())),
+    )
     askd.train(askd.TrainConfig(**cfg, overwrite=True))
-    assert seen["files"] == [".lock", "config.json", "metrics.jsonl"]            # a fresh run, holding the lock
+    assert seen["files"] == [
+        ".lock",
+        "config.json",
+        "metrics.jsonl",
+    ]  # a fresh run, holding the lock
     assert (run / "metrics.jsonl").read_text() == "" and not (run / ".lock").exists()
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(run_plumbing.TrainError, match=r"last\.pt: cannot read the checkpoint \(.*\); start over with "):
+    with pytest.raises(
+        run_plumbing.TrainError,
+        match=r"last\.pt: cannot read the checkpoint \(.*\); start over with ",
+    ):
         askd.train(askd.TrainConfig(**cfg, resume=True))
 
 
 def test_resuming_a_run_that_is_not_there_leaves_nothing(tmp_path, capsys):
     """`train --resume` of a run that was never started: one line saying so, and no folder made."""
     import fastwhisper
+
     runs = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit:
         fastwhisper.main(["train", "--runs-dir", str(runs), "--name", "never", "--resume", "-q"])
@@ -869,27 +1196,55 @@ def test_resuming_a_run_that_is_not_there_leaves_nothing(tmp_path, capsys):
 
 
 def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):
-    cfg = askd.TrainConfig(train=workspace["train"], dev=workspace["dev"], input="padded", limit=4, batch_size=4,
-                           epochs=1, cache_dir=workspace["cache"], runs_dir=str(tmp_path), name="full",
-                           decoder_layers=1, joined=0, perturbed=0, quiet=True)
+    cfg = askd.TrainConfig(
+        train=workspace["train"],
+        dev=workspace["dev"],
+        input="padded",
+        limit=4,
+        batch_size=4,
+        epochs=1,
+        cache_dir=workspace["cache"],
+        runs_dir=str(tmp_path),
+        name="full",
+        decoder_layers=1,
+        joined=0,
+        perturbed=0,
+        quiet=True,
+    )
 
     def full(obj, path):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(run_plumbing, "atomic_torch_save", full)
-    with pytest.raises(run_plumbing.TrainError,
-                       match=r"full/last\.pt: cannot write the checkpoint at step 1 \(No space "
-                                              r"left on device\); the one before is intact"):
+    with pytest.raises(
+        run_plumbing.TrainError,
+        match=r"full/last\.pt: cannot write the checkpoint at step 1 \(No space "
+        r"left on device\); the one before is intact",
+    ):
         askd.train(cfg)
-    assert not (tmp_path / "full" / ".lock").exists()                      # the lock goes with the run
+    assert not (tmp_path / "full" / ".lock").exists()  # the lock goes with the run
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache); two dev
     sets joined with '+' choose the student by the mean of their WERs."""
     dev = f"{workspace['dev']}+{workspace['test']}"
-    cfg = askd.TrainConfig(train=workspace["train"], dev=dev, input="padded", loss="kd", limit=4,
-                           batch_size=4, epochs=2, cache_dir=workspace["cache"], runs_dir=workspace["runs"],
-                           name="padded", decoder_layers=2, joined=0, perturbed=0, quiet=True)
+    cfg = askd.TrainConfig(
+        train=workspace["train"],
+        dev=dev,
+        input="padded",
+        loss="kd",
+        limit=4,
+        batch_size=4,
+        epochs=2,
+        cache_dir=workspace["cache"],
+        runs_dir=workspace["runs"],
+        name="padded",
+        decoder_layers=2,
+        joined=0,
+        perturbed=0,
+        quiet=True,
+    )
     results = askd.train(cfg)
     assert results["steps"] == 2 and results["counters"] == {}
     for record in [r for r in metrics(workspace, "padded") if "dev_wer" in r]:

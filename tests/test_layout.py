@@ -11,8 +11,14 @@ TRAINING = {"askd", "run_plumbing"}
 
 def imported(*args: str) -> tuple[subprocess.CompletedProcess, set]:
     """A fresh interpreter run with -X importtime, and the names of the modules it imported."""
-    r = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True)
-    modules = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    modules = {
+        line.split("|")[-1].strip()
+        for line in r.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     return r, modules
 
 
@@ -20,7 +26,7 @@ def test_transcribe_and_stream_help_import_no_training_code():
     for command in ("transcribe", "stream"):
         r, modules = imported("fastwhisper.py", command, "--help")
         assert r.returncode == 0 and "--model" in r.stdout, r.stderr
-        assert "argparse" in modules                        # the list of imports is real
+        assert "argparse" in modules  # the list of imports is real
         assert not modules & (TRAINING | {"streaming"} if command == "transcribe" else TRAINING)
 
 
@@ -31,8 +37,10 @@ def test_train_help_still_shows_the_training_defaults():
 
 
 def test_inference_modules_import_no_training_code():
-    code = ("import fastwhisper, transcribe, streaming, writers, weight_files, audio_io, decoding, tokenization\n"
-            "import sys; print(' '.join(sorted(sys.modules)))")
+    code = (
+        "import fastwhisper, transcribe, streaming, writers, weight_files, audio_io, decoding, tokenization\n"
+        "import sys; print(' '.join(sorted(sys.modules)))"
+    )
     r, modules = imported("-c", code)
     assert r.returncode == 0, r.stderr
     assert "transcribe" in modules and "streaming" in r.stdout.split()

@@ -3,6 +3,7 @@
 The golden transcripts in tests/golden/reference_*.json were produced by OpenAI's own
 implementation (openai-whisper 20250625, fp32, CPU) on the same audio; see the file's "source".
 """
+
 import io
 import json
 import signal
@@ -60,10 +61,20 @@ def sounds(asterisk):
 
 # ----- the network ---------------------------------------------------------------------------
 
+
 def test_tiny_en_dims(tiny):
-    assert asdict(tiny.dims) == dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
-                                        n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
-                                        n_text_head=6, n_text_layer=4)
+    assert asdict(tiny.dims) == dict(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=384,
+        n_audio_head=6,
+        n_audio_layer=4,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=384,
+        n_text_head=6,
+        n_text_layer=4,
+    )
     assert not tiny.is_multilingual and tiny.num_languages == 99
     # the encoder's positional embedding in the file is exactly the sinusoids we compute
     assert torch.allclose(tiny.encoder.positional_embedding, M.sinusoids(1500, 384), atol=1e-3)
@@ -84,12 +95,15 @@ def test_weights_are_assigned_without_random_numbers(tiny):
     torch.manual_seed(0)
     before = torch.random.get_rng_state()
     built = weight_files.build_whisper(tiny.dims, state)
-    assert torch.equal(torch.random.get_rng_state(), before)            # nothing was drawn
-    assert built.decoder.token_embedding.weight.data_ptr() == state["decoder.token_embedding.weight"].data_ptr()
+    assert torch.equal(torch.random.get_rng_state(), before)  # nothing was drawn
+    assert (
+        built.decoder.token_embedding.weight.data_ptr()
+        == state["decoder.token_embedding.weight"].data_ptr()
+    )
     assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
     fresh = M.Whisper(tiny.dims)
     assert not torch.equal(torch.random.get_rng_state(), before)
-    assert fresh.decoder.token_embedding.weight.std() > 0.5           # nn.Embedding's N(0, 1) again
+    assert fresh.decoder.token_embedding.weight.std() > 0.5  # nn.Embedding's N(0, 1) again
 
 
 @pytest.mark.parametrize("lengths", [None, [1000, 640, 37]])
@@ -100,8 +114,11 @@ def test_one_query_attention_matches_sdpa(lengths, monkeypatch):
     q, k, v = (torch.randn(3, 6, n, 64).bfloat16() for n in (1, 1000, 1000))
     k_lengths = None if lengths is None else torch.tensor(lengths)
     want = torch.nn.functional.scaled_dot_product_attention(
-        q.float(), k.float(), v.float(),
-        attn_mask=None if lengths is None else M.visible_keys(1, 1000, k_lengths=k_lengths))
+        q.float(),
+        k.float(),
+        v.float(),
+        attn_mask=None if lengths is None else M.visible_keys(1, 1000, k_lengths=k_lengths),
+    )
     calls, one_query = [], M.one_query_attention
     monkeypatch.setattr(M, "one_query_attention", lambda *a: calls.append(1) or one_query(*a))
     for amx, used in ((False, 1), (True, 0)):
@@ -111,7 +128,9 @@ def test_one_query_attention_matches_sdpa(lengths, monkeypatch):
         assert (got.float() - want).abs().max() < 2e-2
         calls.clear()
     monkeypatch.setattr(cpu, "cpu_has_amx", lambda: False)
-    assert M.attention(q.float(), k.float(), v.float()).dtype == torch.float32 and len(calls) == 0   # fp32: SDPA
+    assert (
+        M.attention(q.float(), k.float(), v.float()).dtype == torch.float32 and len(calls) == 0
+    )  # fp32: SDPA
 
 
 def test_kv_cache_matches_full_forward(tiny):
@@ -123,7 +142,7 @@ def test_kv_cache_matches_full_forward(tiny):
         full = tiny.logits(tokens, audio)
         cache = M.KVCache(tiny, 2)
         steps = [tiny.logits(tokens[:, :4], audio, cache=cache)]
-        steps += [tiny.logits(tokens[:, i:i + 1], audio, cache=cache) for i in range(4, 9)]
+        steps += [tiny.logits(tokens[:, i : i + 1], audio, cache=cache) for i in range(4, 9)]
     assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-4)
 
 
@@ -134,7 +153,7 @@ def test_encoder_lengths_mask_padding(tiny):
     with torch.no_grad():
         batched = tiny.encoder(mel, mel_lengths=torch.tensor([400, 200, 151]))
         for i, n in ((1, 200), (2, 151)):
-            alone = tiny.encoder(mel[i:i + 1, :, :n])
+            alone = tiny.encoder(mel[i : i + 1, :, :n])
             assert alone.shape[1] == (n + 1) // 2
             assert torch.allclose(alone[0], batched[i, : (n + 1) // 2], atol=1e-4)
 
@@ -152,7 +171,11 @@ def test_kv_cache_keep_moves_the_kept_rows_to_the_front(tiny):
         want_cross = [(k[index].clone(), v[index].clone()) for k, v in cache.cross_kv]
         cache.keep(torch.tensor(index))
         for (k, v), (wk, wv) in zip(cache.self_kv, want_self):
-            assert k.shape[0] == len(index) and torch.equal(k[:, :, :5], wk) and torch.equal(v[:, :, :5], wv)
+            assert (
+                k.shape[0] == len(index)
+                and torch.equal(k[:, :, :5], wk)
+                and torch.equal(v[:, :, :5], wv)
+            )
         for (k, v), (wk, wv) in zip(cache.cross_kv, want_cross):
             assert torch.equal(k, wk) and torch.equal(v, wv)
 
@@ -165,19 +188,24 @@ def test_embed_each_gives_each_input_its_own_features(tiny):
         features, lengths = M.embed_each(tiny, mel, frames)
         assert lengths.tolist() == [100, 150, 100, 50] and features.shape == (4, 150, 384)
         for i, n in enumerate(frames):
-            alone = tiny.embed_audio(mel[i:i + 1, :, :n])[0]
+            alone = tiny.embed_audio(mel[i : i + 1, :, :n])[0]
             assert torch.allclose(features[i, : (n + 1) // 2], alone, atol=1e-4)
-            assert not features[i, (n + 1) // 2:].any()
+            assert not features[i, (n + 1) // 2 :].any()
 
 
 # ----- Whisper-exact decoding on real speech ---------------------------------------------------
 
+
 def test_greedy_tokens_match_openai(tiny, golden, sounds):
     for item in speech(golden):
         mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
-        for key, options in (("decode_timestamps", decoding.DecodingOptions(language="en")),
-                             ("decode_no_timestamps", decoding.DecodingOptions(language="en",
-                                                                               without_timestamps=True))):
+        for key, options in (
+            ("decode_timestamps", decoding.DecodingOptions(language="en")),
+            (
+                "decode_no_timestamps",
+                decoding.DecodingOptions(language="en", without_timestamps=True),
+            ),
+        ):
             result, want = decoding.decode_batch(tiny, mel, options)[0], item[key]
             assert result.tokens == want["tokens"], (item["name"], key)
             assert result.text == want["text"]
@@ -189,7 +217,9 @@ def test_greedy_tokens_match_openai(tiny, golden, sounds):
 def test_first_step_logits_match_openai(tiny, golden, sounds):
     """The network itself, before any decoding rule: top-10 logits of the first step."""
     for item in speech(golden)[:4]:
-        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[
+            None
+        ]
         for key in ("first_step_top10_timestamps", "first_step_top10_notimestamps"):
             want = item[key]
             with torch.no_grad():
@@ -200,7 +230,12 @@ def test_first_step_logits_match_openai(tiny, golden, sounds):
 
 def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
     items = speech(golden)[:4]
-    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    mel = torch.stack(
+        [
+            audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"])))
+            for i in items
+        ]
+    )
     results = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en"))
     assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
 
@@ -210,10 +245,13 @@ def test_beam_search_matches_openai(tiny, golden, sounds):
     assert items
     for item in items:
         mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
-        result = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en", beam_size=5))[0]
+        result = decoding.decode_batch(
+            tiny, mel, decoding.DecodingOptions(language="en", beam_size=5)
+        )[0]
         assert result.tokens == item["beam5_timestamps"]["tokens"], item["name"]
-        result = decoding.decode_batch(tiny, mel, decoding.DecodingOptions(language="en", beam_size=5,
-                                                                           without_timestamps=True))[0]
+        result = decoding.decode_batch(
+            tiny, mel, decoding.DecodingOptions(language="en", beam_size=5, without_timestamps=True)
+        )[0]
         assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
 
 
@@ -227,12 +265,17 @@ def same_segments(ours, theirs):
 def test_transcribe_segments_match_openai(tiny, golden, sounds):
     items = golden["tiny.en"]["prompts"]
     for item in items:
-        result = transcribe.transcribe_one(tiny, audio_of(sounds, item["name"]),
-                                           transcribe.TranscribeOptions(temperature=0.0))
+        result = transcribe.transcribe_one(
+            tiny, audio_of(sounds, item["name"]), transcribe.TranscribeOptions(temperature=0.0)
+        )
         same_segments(result["segments"], item["transcribe"]["segments"])
     # several inputs decoded together give what each gives alone
-    together = transcribe.transcribe_many(tiny, [audio_of(sounds, i["name"]) for i in items[:6]],
-                                          transcribe.TranscribeOptions(temperature=0.0), batch_size=6)
+    together = transcribe.transcribe_many(
+        tiny,
+        [audio_of(sounds, i["name"]) for i in items[:6]],
+        transcribe.TranscribeOptions(temperature=0.0),
+        batch_size=6,
+    )
     for result, item in zip(together, items[:6]):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
@@ -246,7 +289,7 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     result = transcribe.transcribe_one(tiny, audio, transcribe.TranscribeOptions(temperature=0.0))
     same_segments(result["segments"], long["transcribe"]["segments"])
     assert result["text"] == long["transcribe"]["text"]
-    assert result["segments"][-1]["end"] > 60          # it really went through several windows
+    assert result["segments"][-1]["end"] > 60  # it really went through several windows
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -264,7 +307,9 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
     assert packed.packed and not tiny.packed and tiny.decoder.packed_projection is None
     for n, item in enumerate(speech(golden)[:6]):
         mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
-        if bf16 and n == 0:     # weights cast to bf16 once give what autocast gives casting them at every call
+        if (
+            bf16 and n == 0
+        ):  # weights cast to bf16 once give what autocast gives casting them at every call
             autocast = M.Whisper(tiny.dims)
             autocast.load_state_dict(tiny.state_dict())
             autocast.encoder_autocast = torch.bfloat16
@@ -276,14 +321,18 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
             want = tiny.logits(prefix, tiny.embed_audio(mel[None]))
             got = packed.logits(prefix, packed.embed_audio(mel[None]))
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
-        tokens = decoding.decode_batch(packed, mel, decoding.DecodingOptions(language="en"))[0].tokens
+        tokens = decoding.decode_batch(packed, mel, decoding.DecodingOptions(language="en"))[
+            0
+        ].tokens
         want = item["decode_timestamps"]["tokens"]
         if not bf16:
             assert tokens == want
         begin = tiny.tokenizer.timestamp_begin
         assert [t for t in tokens if t < begin] == [t for t in want if t < begin]
         stamps = [(a, b) for a, b in zip(tokens, want) if a >= begin]
-        assert len(stamps) == sum(t >= begin for t in want) and all(abs(a - b) <= 3 for a, b in stamps)
+        assert len(stamps) == sum(t >= begin for t in want) and all(
+            abs(a - b) <= 3 for a, b in stamps
+        )
 
 
 @pytest.fixture(scope="module")
@@ -291,31 +340,52 @@ def drafts(tiny):
     """Drafts for speculative decoding: the model itself (every guess right) and an untrained
     one-layer student on trimmed input (many guesses wrong), so both the keep and the reject paths run."""
     import askd
+
     student = askd.make_student(tiny, decoder_layers=1)
-    return {"self": decoding.Draft(tiny, guesses=4), "1-layer, trimmed": decoding.Draft(student, round_frames=100,
-                                                                                        guesses=3)}
+    return {
+        "self": decoding.Draft(tiny, guesses=4),
+        "1-layer, trimmed": decoding.Draft(student, round_frames=100, guesses=3),
+    }
 
 
 def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, drafts):
     items = speech(golden)[:6]
-    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
-    sizes = [min(audio_io.N_FRAMES, len(audio_of(sounds, i["name"])) // audio_io.HOP_LENGTH) for i in items]
+    mel = torch.stack(
+        [
+            audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"])))
+            for i in items
+        ]
+    )
+    sizes = [
+        min(audio_io.N_FRAMES, len(audio_of(sounds, i["name"])) // audio_io.HOP_LENGTH)
+        for i in items
+    ]
     features = tiny.embed_audio(mel)
     for name, draft in drafts.items():
         draft = draft.encode(mel, sizes)
-        for key, options in (("decode_timestamps", decoding.DecodingOptions(language="en")),
-                             ("decode_no_timestamps", decoding.DecodingOptions(language="en",
-                                                                               without_timestamps=True))):
-            results = decoding.decode_batch(tiny, options=options, audio_features=features, draft=draft)
+        for key, options in (
+            ("decode_timestamps", decoding.DecodingOptions(language="en")),
+            (
+                "decode_no_timestamps",
+                decoding.DecodingOptions(language="en", without_timestamps=True),
+            ),
+        ):
+            results = decoding.decode_batch(
+                tiny, options=options, audio_features=features, draft=draft
+            )
             for item, result in zip(items, results):
                 want = item[key]
                 assert result.tokens == want["tokens"], (name, item["name"], key)
                 assert abs(result.avg_logprob - want["avg_logprob"]) < 1e-3
                 assert abs(result.no_speech_prob - want["no_speech_prob"]) < 1e-3
-        assert draft.projections and set(vars(draft.model)) == set(vars(M.Whisper(tiny.dims)))  # cached on the draft
+        assert draft.projections and set(vars(draft.model)) == set(
+            vars(M.Whisper(tiny.dims))
+        )  # cached on the draft
 
 
-def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, sounds, monkeypatch):
+def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(
+    tiny, golden, sounds, monkeypatch
+):
     """Speculative decoding with a text for a draft (what live transcription has: the phrase's
     text a moment ago): the model's own greedy tokens whether the draft is right, misses a word,
     has a wrong one, or is another utterance's; a right draft takes a pass per 9 tokens, not per token."""
@@ -326,19 +396,34 @@ def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, 
     items = [i for i in speech(golden) if len(i["decode_no_timestamps"]["tokens"]) >= 6][:3]
     assert len(items) == 3
     for n, item in enumerate(items):
-        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[None]
+        mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))[
+            None
+        ]
         features = tiny.embed_audio(mel)
         own = item["decode_no_timestamps"]["tokens"]
         other = items[(n + 1) % len(items)]["decode_no_timestamps"]["tokens"]
-        drafts = {"right": own, "a word missing": own[:2] + own[3:], "a word wrong": own[:2] + [own[0]] + own[3:],
-                  "another text": other, "the start only": own[: len(own) // 2]}
+        drafts = {
+            "right": own,
+            "a word missing": own[:2] + own[3:],
+            "a word wrong": own[:2] + [own[0]] + own[3:],
+            "another text": other,
+            "the start only": own[: len(own) // 2],
+        }
         for name, text in drafts.items():
-            for key, options in (("decode_no_timestamps", decoding.DecodingOptions(language="en",
-                                                                                   without_timestamps=True)),
-                                 ("decode_timestamps", decoding.DecodingOptions(language="en"))):
+            for key, options in (
+                (
+                    "decode_no_timestamps",
+                    decoding.DecodingOptions(language="en", without_timestamps=True),
+                ),
+                ("decode_timestamps", decoding.DecodingOptions(language="en")),
+            ):
                 passes.clear()
-                (result,) = decoding.decode_batch(tiny, options=options, audio_features=features,
-                                                  draft=decoding.TextDraft(text + [eot]))
+                (result,) = decoding.decode_batch(
+                    tiny,
+                    options=options,
+                    audio_features=features,
+                    draft=decoding.TextDraft(text + [eot]),
+                )
                 assert result.tokens == item[key]["tokens"], (item["name"], name, key)
                 assert abs(result.avg_logprob - item[key]["avg_logprob"]) < 1e-3
                 if name == "right" and key == "decode_no_timestamps":
@@ -348,23 +433,37 @@ def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(tiny, golden, 
 def test_transcribe_options_write_each_default_once():
     options = transcribe.TranscribeOptions(beam_size=5, without_timestamps=True)
     greedy, sampled = options.for_window(0.0, "en"), options.for_window(0.4, "en")
-    assert type(greedy) is decoding.DecodingOptions and (greedy.beam_size, greedy.best_of) == (5, None)
+    assert type(greedy) is decoding.DecodingOptions and (greedy.beam_size, greedy.best_of) == (
+        5,
+        None,
+    )
     assert (sampled.beam_size, sampled.best_of, sampled.temperature) == (None, 5, 0.4)
-    assert greedy.without_timestamps and greedy.suppress_tokens == decoding.DecodingOptions().suppress_tokens
+    assert (
+        greedy.without_timestamps
+        and greedy.suppress_tokens == decoding.DecodingOptions().suppress_tokens
+    )
 
 
 def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
     long = golden["tiny.en"]["long"]
     gap = np.zeros(int(long["gap_s"] * audio_io.SAMPLE_RATE), dtype=np.float32)
-    audio = np.concatenate([x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1])
-    result = transcribe.transcribe_one(tiny, audio, transcribe.TranscribeOptions(temperature=0.0,
-                                                                                 draft=drafts["1-layer, trimmed"]))
+    audio = np.concatenate(
+        [x for name in long["names"] for x in (audio_of(sounds, name), gap)][:-1]
+    )
+    result = transcribe.transcribe_one(
+        tiny, audio, transcribe.TranscribeOptions(temperature=0.0, draft=drafts["1-layer, trimmed"])
+    )
     same_segments(result["segments"], long["transcribe"]["segments"])
 
 
 def test_silence_and_empty_audio_give_empty_text(tiny):
     assert transcribe.transcribe_one(tiny, np.zeros(0, dtype=np.float32))["text"] == ""
-    assert transcribe.transcribe_one(tiny, np.zeros(5 * audio_io.SAMPLE_RATE, dtype=np.float32))["text"].strip() == ""
+    assert (
+        transcribe.transcribe_one(tiny, np.zeros(5 * audio_io.SAMPLE_RATE, dtype=np.float32))[
+            "text"
+        ].strip()
+        == ""
+    )
 
 
 def joined_with_silence(asterisk):
@@ -373,7 +472,13 @@ def joined_with_silence(asterisk):
     utts = [u for u in data.split_corpus(asterisk)["test"] if 1.5 < u.duration < 5][:3]
     prompts = [audio_io.load_audio(u.audio, cache=True) for u in utts]
     faint = np.random.default_rng(0).normal(0, 1e-3, 35 * audio_io.SAMPLE_RATE).astype(np.float32)
-    parts = [prompts[0], np.zeros(35 * audio_io.SAMPLE_RATE, np.float32), prompts[1], faint, prompts[2]]
+    parts = [
+        prompts[0],
+        np.zeros(35 * audio_io.SAMPLE_RATE, np.float32),
+        prompts[1],
+        faint,
+        prompts[2],
+    ]
     spans, at = [], 0
     for part in parts:
         spans.append((at / audio_io.SAMPLE_RATE, (at + len(part)) / audio_io.SAMPLE_RATE))
@@ -401,7 +506,9 @@ def test_silence_and_faint_noise_give_no_text_unless_the_gate_is_off(tiny):
     faint = np.random.default_rng(0).normal(0, 1e-3, 60 * audio_io.SAMPLE_RATE).astype(np.float32)
     for result in transcribe.transcribe_many(tiny, [zeros, faint]):
         assert result["text"] == "" and result["segments"] == []
-    whisper = transcribe.transcribe_one(tiny, zeros, transcribe.TranscribeOptions(temperature=0.0, vad=False))
+    whisper = transcribe.transcribe_one(
+        tiny, zeros, transcribe.TranscribeOptions(temperature=0.0, vad=False)
+    )
     assert "you" in whisper["text"].lower()
 
 
@@ -410,10 +517,25 @@ def test_cli_no_vad_gives_whisper_its_silence(tiny, tmp_path):
     wav = audio_io.save_wav(tmp_path / "quiet.wav", np.zeros(35 * audio_io.SAMPLE_RATE, np.float32))
     texts = []
     for extra in ([], ["--no-vad"]):
-        proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(wav),
-                               "--temperature", "0", "-o", str(tmp_path), "-f", "json", "-q",
-                               *extra],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "fastwhisper.py"),
+                "transcribe",
+                str(wav),
+                "--temperature",
+                "0",
+                "-o",
+                str(tmp_path),
+                "-f",
+                "json",
+                "-q",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         texts.append(json.loads((tmp_path / "quiet.json").read_text())["text"])
     assert texts[0] == "" and "you" in texts[1].lower()
@@ -431,12 +553,15 @@ def test_base_multilingual_detects_english(golden, sounds):
             _, probs = decoding.detect_language(base, base.embed_audio(mel))
         assert max(probs[0], key=probs[0].get) == "en"
         assert abs(probs[0]["en"] - item["detect_language"]["p_en"]) < 1e-3
-        result = transcribe.transcribe_one(base, audio, transcribe.TranscribeOptions(temperature=0.0))
+        result = transcribe.transcribe_one(
+            base, audio, transcribe.TranscribeOptions(temperature=0.0)
+        )
         assert result["language"] == "en"
         same_segments(result["segments"], item["transcribe"]["segments"])
 
 
 # ----- weights in and out ------------------------------------------------------------------------
+
 
 def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
     path = weight_files.save_model(tiny, tmp_path / "tiny.pt")
@@ -450,9 +575,11 @@ def test_save_is_openai_format_and_round_trips(tiny, tmp_path):
 
 
 def test_open_model_returns_the_extra_entries_of_one_reading(tiny, tmp_path):
-    path = weight_files.save_model(tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}})
+    path = weight_files.save_model(
+        tiny, tmp_path / "student.pt", extra={"fastwhisper": {"input": "trimmed"}}
+    )
     model, extra = weight_files.open_model(path)
-    assert extra == {"fastwhisper": {"input": "trimmed"}}          # the vocabulary went to the tokenizer
+    assert extra == {"fastwhisper": {"input": "trimmed"}}  # the vocabulary went to the tokenizer
     assert model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
     assert weight_files.open_model("tiny.en")[1] == {}
 
@@ -462,7 +589,9 @@ def test_bare_openai_checkpoint_finds_a_vocabulary(tiny, tmp_path):
     path = tmp_path / "tiny.en.pt"
     torch.save({"dims": asdict(tiny.dims), "model_state_dict": tiny.state_dict()}, path)
     model, extra = weight_files.open_model(path)
-    assert extra == {} and model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(" pound key")
+    assert extra == {} and model.tokenizer.encode(" pound key") == tiny.tokenizer.encode(
+        " pound key"
+    )
 
 
 def test_hugging_face_folder_round_trip(tiny, tmp_path):
@@ -470,7 +599,9 @@ def test_hugging_face_folder_round_trip(tiny, tmp_path):
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
     assert "model.decoder.layers.3.encoder_attn.k_proj.weight" in tensors
     (tmp_path / "config.json").write_text(json.dumps(config))
-    weight_files.write_safetensors({k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    weight_files.write_safetensors(
+        {k: v.half() for k, v in tensors.items()}, tmp_path / "model.safetensors"
+    )
     tok_dir = Path(weight_files.package_folders("tiny.en")[0])
     (tmp_path / "vocabulary.txt").write_bytes((tok_dir / "vocabulary.txt").read_bytes())
     hf = weight_files.load_model(tmp_path)
@@ -481,9 +612,11 @@ def test_hugging_face_folder_round_trip(tiny, tmp_path):
 def write_ct2(variables: dict, path: Path):
     """A CTranslate2 model.bin (version 6) from {name: tensor}; the test's independent writer."""
     codes = {torch.float32: 0, torch.int8: 1, torch.int16: 2, torch.float16: 4}
+
     def s(text):
         b = text.encode() + b"\0"
         return struct.pack("<H", len(b)) + b
+
     out = io.BytesIO()
     out.write(struct.pack("<I", 6) + s("WhisperSpec") + struct.pack("<II", 3, len(variables)))
     for name, t in variables.items():
@@ -496,8 +629,10 @@ def write_ct2(variables: dict, path: Path):
 
 def test_ct2_int8_and_split_files(tiny, tmp_path):
     """int8 weights with per-row scales, and a model.bin split in two parts, load correctly."""
-    variables = weight_files.read_ct2_variables([Path(weight_files.package_folders("tiny.en")[0]) / "model.bin"])
-    del variables["decoder/projection/weight"]                      # an alias, written back by the reader
+    variables = weight_files.read_ct2_variables(
+        [Path(weight_files.package_folders("tiny.en")[0]) / "model.bin"]
+    )
+    del variables["decoder/projection/weight"]  # an alias, written back by the reader
     name = "encoder/layer_0/ffn/linear_0/weight"
     w = variables[name].float()
     scale = 127.0 / w.abs().amax(dim=1)
@@ -508,39 +643,69 @@ def test_ct2_int8_and_split_files(tiny, tmp_path):
     write_ct2(variables, tmp_path / "model.bin")
     blob = (tmp_path / "model.bin").read_bytes()
     (folder / "model.bin.part1").write_bytes(blob[: len(blob) // 3])
-    (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3:])
+    (folder / "model.bin.part2").write_bytes(blob[len(blob) // 3 :])
     for f in ("vocabulary.txt", "config.json"):
-        (folder / f).write_bytes((Path(weight_files.package_folders("tiny.en")[0]) / f).read_bytes())
+        (folder / f).write_bytes(
+            (Path(weight_files.package_folders("tiny.en")[0]) / f).read_bytes()
+        )
     q = weight_files.load_model(folder)
     dequantised = q.state_dict()["encoder.blocks.0.mlp.0.weight"]
     assert (dequantised - w).abs().max() <= (w.abs().amax(dim=1) / 127).max() / 2 + 1e-6
-    assert torch.equal(q.state_dict()["decoder.blocks.0.attn.query.weight"], tiny.state_dict()["decoder.blocks.0.attn.query.weight"])
+    assert torch.equal(
+        q.state_dict()["decoder.blocks.0.attn.query.weight"],
+        tiny.state_dict()["decoder.blocks.0.attn.query.weight"],
+    )
 
 
-TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-                 n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+TINY_DIMS = dict(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 
 
 def save_pt(path, dims, state=None):
     torch.save({"dims": dims, "model_state_dict": {} if state is None else state}, path)
 
 
-@pytest.mark.parametrize("make, problem", [
-    (lambda p: p.write_bytes(b""), "empty file"),
-    (lambda p: p.write_text("hello, not a checkpoint"), "not a readable PyTorch checkpoint"),
-    (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an OpenAI Whisper checkpoint"),
-    (lambda p: save_pt(p, [80, 1500]), "the checkpoint's 'dims' is a list, not a dict"),
-    (lambda p: save_pt(p, {k: v for k, v in TINY_DIMS.items() if k not in ("n_vocab", "n_mels")}),
-     "the checkpoint's 'dims' lack n_mels, n_vocab"),
-    (lambda p: save_pt(p, {**TINY_DIMS, "n_vocab": "51864"}),
-     "n_vocab is '51864', not a whole number"),
-    (lambda p: save_pt(p, {**TINY_DIMS, "n_text_head": 5}),
-     "n_text_state 384 does not split into n_text_head 5 equal heads"),
-    (lambda p: save_pt(p, TINY_DIMS, [torch.zeros(2)]),
-     "the checkpoint's 'model_state_dict' is a list"),
-    (lambda p: save_pt(p, TINY_DIMS, {"encoder.conv1.weight": torch.zeros(384, 80, 3)}),
-     "weights do not fit a Whisper of these sizes (missing ['encoder.conv1.bias', "),
-])
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("hello, not a checkpoint"), "not a readable PyTorch checkpoint"),
+        (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not an OpenAI Whisper checkpoint"),
+        (lambda p: save_pt(p, [80, 1500]), "the checkpoint's 'dims' is a list, not a dict"),
+        (
+            lambda p: save_pt(
+                p, {k: v for k, v in TINY_DIMS.items() if k not in ("n_vocab", "n_mels")}
+            ),
+            "the checkpoint's 'dims' lack n_mels, n_vocab",
+        ),
+        (
+            lambda p: save_pt(p, {**TINY_DIMS, "n_vocab": "51864"}),
+            "n_vocab is '51864', not a whole number",
+        ),
+        (
+            lambda p: save_pt(p, {**TINY_DIMS, "n_text_head": 5}),
+            "n_text_state 384 does not split into n_text_head 5 equal heads",
+        ),
+        (
+            lambda p: save_pt(p, TINY_DIMS, [torch.zeros(2)]),
+            "the checkpoint's 'model_state_dict' is a list",
+        ),
+        (
+            lambda p: save_pt(p, TINY_DIMS, {"encoder.conv1.weight": torch.zeros(384, 80, 3)}),
+            "weights do not fit a Whisper of these sizes (missing ['encoder.conv1.bias', ",
+        ),
+    ],
+)
 def test_bad_checkpoints_give_one_line_errors(tmp_path, make, problem):
     path = tmp_path / "bad.pt"
     make(path)
@@ -572,44 +737,71 @@ def config_is(value):
 
 def config_with(**changes):
     """Spoiler: config.json with these entries changed."""
+
     def spoil(folder):
         config_is({**json.loads((folder / "config.json").read_text()), **changes})(folder)
+
     return spoil
 
 
 def tensor_is(name, value):
     """Spoiler: model.safetensors with one tensor replaced."""
+
     def spoil(folder):
         tensors = weight_files.read_safetensors(folder / "model.safetensors")
         weight_files.write_safetensors({**tensors, name: value}, folder / "model.safetensors")
+
     return spoil
 
 
 # Each: (how to spoil a good folder, the file the error names, the problem it states).
 FC1 = "model.decoder.layers.1.fc1.weight"
 BAD_FOLDERS = {
-    "config is a list": (config_is([1, 2]), "config.json",
-                         "not a Hugging Face Whisper config (ValueError: a JSON list, not an "),
-    "header is a list": (header_is([1, 2]), "model.safetensors",
-                         "not a safetensors file (its header is a JSON list, not an object)"),
-    "bad header entry": (header_is({"model.x": [1]}), "model.safetensors",
-                         "tensor model.x: its header entry is not {dtype, shape, data_offsets: "),
-    "absurd header shape": (header_is({"model.x": {"dtype": "F16", "shape": [10 ** 12, 10 ** 12],
-                                                   "data_offsets": [0, 0]}}), "model.safetensors",
-                            "tensor model.x holds 0 bytes, but its shape "
-                            "[1000000000000, 1000000000000] of F16 needs 2"),
-    "wrong shape": (tensor_is(FC1, torch.zeros(1535, 384, dtype=torch.half)), "",
-                    "tensor decoder.blocks.1.mlp.0.weight has shape [1535, 384]; these sizes need "
-                    "[1536, 384]"),
-    "n_audio_ctx 10**9": (config_with(max_source_positions=10 ** 9), "config.json",
-                          "max_source_positions (n_audio_ctx) is 1000000000, outside 1 to 1500"),
-    "negative width": (config_with(d_model=-384), "config.json",
-                       "d_model (n_audio_state) is -384, outside 1 to "),
-    "no layers": (config_with(decoder_layers=0), "config.json",
-                  "decoder_layers (n_text_layer) is 0, outside 1 to "),
-    "more positions than the weights": (config_with(max_target_positions=1000), "",
-                                        "n_text_ctx is 1000, but the weights hold 448 positions "
-                                        "(decoder.positional_embedding)"),
+    "config is a list": (
+        config_is([1, 2]),
+        "config.json",
+        "not a Hugging Face Whisper config (ValueError: a JSON list, not an ",
+    ),
+    "header is a list": (
+        header_is([1, 2]),
+        "model.safetensors",
+        "not a safetensors file (its header is a JSON list, not an object)",
+    ),
+    "bad header entry": (
+        header_is({"model.x": [1]}),
+        "model.safetensors",
+        "tensor model.x: its header entry is not {dtype, shape, data_offsets: ",
+    ),
+    "absurd header shape": (
+        header_is({"model.x": {"dtype": "F16", "shape": [10**12, 10**12], "data_offsets": [0, 0]}}),
+        "model.safetensors",
+        "tensor model.x holds 0 bytes, but its shape [1000000000000, 1000000000000] of F16 needs 2",
+    ),
+    "wrong shape": (
+        tensor_is(FC1, torch.zeros(1535, 384, dtype=torch.half)),
+        "",
+        "tensor decoder.blocks.1.mlp.0.weight has shape [1535, 384]; these sizes need [1536, 384]",
+    ),
+    "n_audio_ctx 10**9": (
+        config_with(max_source_positions=10**9),
+        "config.json",
+        "max_source_positions (n_audio_ctx) is 1000000000, outside 1 to 1500",
+    ),
+    "negative width": (
+        config_with(d_model=-384),
+        "config.json",
+        "d_model (n_audio_state) is -384, outside 1 to ",
+    ),
+    "no layers": (
+        config_with(decoder_layers=0),
+        "config.json",
+        "decoder_layers (n_text_layer) is 0, outside 1 to ",
+    ),
+    "more positions than the weights": (
+        config_with(max_target_positions=1000),
+        "",
+        "n_text_ctx is 1000, but the weights hold 448 positions (decoder.positional_embedding)",
+    ),
 }
 
 
@@ -620,7 +812,7 @@ def test_bad_model_folders_give_one_line_errors(hf_tiny, tmp_path, case):
     config, safetensors = hf_tiny
     spoil, where, problem = BAD_FOLDERS[case]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "model.safetensors").hardlink_to(safetensors)      # spoilers replace, never edit
+    (tmp_path / "model.safetensors").hardlink_to(safetensors)  # spoilers replace, never edit
     spoil(tmp_path)
     with pytest.raises(M.ModelError) as e:
         weight_files.load_model(tmp_path)
@@ -632,18 +824,38 @@ def test_cli_names_a_bad_model_folder_in_one_line(hf_tiny, tmp_path):
     config, safetensors = hf_tiny
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({**config, "max_source_positions": 10 ** 9}))
+    (folder / "config.json").write_text(json.dumps({**config, "max_source_positions": 10**9}))
     (folder / "model.safetensors").hardlink_to(safetensors)
     wav = tmp_path / "quiet.wav"
-    wav.write_bytes(b"RIFF" + struct.pack("<I", 36 + 3200) + b"WAVEfmt " +
-                    struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" +
-                    struct.pack("<I", 3200) + bytes(3200))
-    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", "--model",
-                           str(folder), str(wav), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    wav.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 36 + 3200)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", 3200)
+        + bytes(3200)
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            "transcribe",
+            "--model",
+            str(folder),
+            str(wav),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines() == [f"error: {folder / 'config.json'}: max_source_positions "
-                                        f"(n_audio_ctx) is 1000000000, outside 1 to 1500"]
+    assert proc.stderr.splitlines() == [
+        f"error: {folder / 'config.json'}: max_source_positions "
+        f"(n_audio_ctx) is 1000000000, outside 1 to 1500"
+    ]
 
 
 def test_truncated_ct2_model_bin(tmp_path):
@@ -656,13 +868,15 @@ def test_truncated_ct2_model_bin(tmp_path):
 def test_ct2_variable_whose_shape_disagrees_with_its_bytes(tmp_path):
     blob = bytearray((Path(weight_files.package_folders("tiny.en")[0]) / "model.bin").read_bytes())
     name = b"encoder/conv1/weight\0"
-    struct.pack_into("<I", blob, blob.find(name) + len(name) + 1, 10 ** 9)     # its first dim
+    struct.pack_into("<I", blob, blob.find(name) + len(name) + 1, 10**9)  # its first dim
     (tmp_path / "model.bin").write_bytes(bytes(blob))
     with pytest.raises(M.ModelError) as e:
         weight_files.load_model(tmp_path)
-    assert str(e.value) == (f"{tmp_path / 'model.bin'}: variable encoder/conv1/weight holds 184320 "
-                            f"bytes, but its shape [1000000000, 80, 3] of float16 needs "
-                            f"{10 ** 9 * 80 * 3 * 2}")
+    assert str(e.value) == (
+        f"{tmp_path / 'model.bin'}: variable encoder/conv1/weight holds 184320 "
+        f"bytes, but its shape [1000000000, 80, 3] of float16 needs "
+        f"{10**9 * 80 * 3 * 2}"
+    )
 
 
 def test_unknown_names_and_missing_paths(monkeypatch):
@@ -679,11 +893,20 @@ def test_unknown_names_and_missing_paths(monkeypatch):
 
 # ----- output files and the command line -----------------------------------------------------------
 
+
 def test_subtitle_formats():
-    result = {"text": " Hi. There.", "language": "en", "segments": [
-        {"start": 0.0, "end": 1.5, "text": " Hi."}, {"start": 3661.25, "end": 3662.0, "text": " There."}]}
+    result = {
+        "text": " Hi. There.",
+        "language": "en",
+        "segments": [
+            {"start": 0.0, "end": 1.5, "text": " Hi."},
+            {"start": 3661.25, "end": 3662.0, "text": " There."},
+        ],
+    }
     assert writers.format_result(result, "txt") == "Hi.\nThere.\n"
-    assert writers.format_result(result, "srt").startswith("1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250")
+    assert writers.format_result(result, "srt").startswith(
+        "1\n00:00:00,000 --> 00:00:01,500\nHi.\n\n2\n01:01:01,250"
+    )
     assert writers.format_result(result, "vtt").startswith("WEBVTT\n\n00:00.000 --> 00:01.500\nHi.")
     assert writers.format_result(result, "tsv").splitlines()[1] == "0\t1500\tHi."
     assert json.loads(writers.format_result(result, "json"))["text"] == " Hi. There."
@@ -693,20 +916,46 @@ def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_p
     item = speech(golden)[5]
     wav = tmp_path / "prompt.wav"
     pcm = (audio_of(sounds, item["name"]) * 32768).clip(-32768, 32767).astype("<i2").tobytes()
-    wav.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " +
-                    struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    wav.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 36 + len(pcm))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", len(pcm))
+        + pcm
+    )
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(wav), str(bad),
-                           str(tmp_path / "missing.flac"), "--temperature", "0", "-o", str(out), "-f", "all", "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1                                     # some files failed ...
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            "transcribe",
+            str(wav),
+            str(bad),
+            str(tmp_path / "missing.flac"),
+            "--temperature",
+            "0",
+            "-o",
+            str(out),
+            "-f",
+            "all",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1  # some files failed ...
     assert item["transcribe"]["text"].strip() in proc.stdout  # ... but the good one was transcribed
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 2 and str(bad) in errors[0] and "missing.flac" in errors[1]
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == [f"prompt.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"prompt.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")
+    ]
 
 
 def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, sounds, tmp_path):
@@ -718,22 +967,48 @@ def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, 
 
     def wav(name, rate=16000, size=len(pcm)):
         fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 32000, 2, 16)
-        (tmp_path / name).write_bytes(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " +
-                                      fmt + b"data" + struct.pack("<I", size) + pcm)
+        (tmp_path / name).write_bytes(
+            b"RIFF"
+            + struct.pack("<I", 36 + len(pcm))
+            + b"WAVEfmt "
+            + fmt
+            + b"data"
+            + struct.pack("<I", size)
+            + pcm
+        )
         return str(tmp_path / name)
+
     good, absurd = wav("good.wav"), wav("absurd.wav", rate=4_294_967_291)
     crashed, out = wav("crashed.wav", size=0), tmp_path / "out"
     command = 'exec "$0" "$1" transcribe "$2" "$3" <(cat "$4") --temperature 0 -o "$5" -q'
-    proc = subprocess.run(["bash", "-c", command, sys.executable, str(ROOT / "fastwhisper.py"),
-                           good, absurd, crashed, str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            "-c",
+            command,
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            good,
+            absurd,
+            crashed,
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {absurd}: sample rate 4294967291 Hz is outside 1000-768000 Hz "
-                      f"(a damaged WAV header?)"]
-    assert any(line.startswith("warning: /dev/fd/") and "no audio (data size 0) but " in line
-               and line.endswith(" s follow it: read to the end of the file")
-               for line in proc.stderr.splitlines())
+    assert errors == [
+        f"error: {absurd}: sample rate 4294967291 Hz is outside 1000-768000 Hz "
+        f"(a damaged WAV header?)"
+    ]
+    assert any(
+        line.startswith("warning: /dev/fd/")
+        and "no audio (data size 0) but " in line
+        and line.endswith(" s follow it: read to the end of the file")
+        for line in proc.stderr.splitlines()
+    )
     text = item["transcribe"]["text"].strip()
     lines = proc.stdout.splitlines()
     assert f"{good}: {text}" in lines
@@ -745,29 +1020,56 @@ def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
     """Temperature > 0 draws from a generator seeded by DecodingOptions.seed: the same seed gives
     the same tokens (a whole fallback transcript is then reproducible); another seed, other draws."""
     items = speech(golden)[:4]
-    mel = torch.stack([audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"]))) for i in items])
+    mel = torch.stack(
+        [
+            audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, i["name"])))
+            for i in items
+        ]
+    )
+
     def draw(seed):
-        return [r.tokens for r in decoding.decode_batch(tiny, mel, decoding.DecodingOptions(temperature=1.5,
-                                                                                            seed=seed))]
+        return [
+            r.tokens
+            for r in decoding.decode_batch(
+                tiny, mel, decoding.DecodingOptions(temperature=1.5, seed=seed)
+            )
+        ]
+
     first = draw(0)
     assert draw(0) == first and draw(1) != first
 
 
-@pytest.mark.parametrize("argv, message", [
-    ("transcribe x.wav --threads -3", "argument --threads: -3: must be >= 0"),
-    ("transcribe x.wav --device tpu", "argument --device: 'tpu': use auto, cpu, cuda, cuda:N or mps"),
-    ("transcribe x.wav --temperature nan", "argument --temperature: nan: must be >= 0 and <= 2"),
-    ("transcribe x.wav --temperature 0,-1", "argument --temperature: -1: must be >= 0 and <= 2"),
-    ("transcribe x.wav --temperature 1e9", "argument --temperature: 1e9: must be >= 0 and <= 2"),
-    ("transcribe x.wav --beam-size 0", "argument --beam-size: 0: must be >= 1"),
-    ("train --alpha bogus", "argument --alpha: bad schedule 'bogus'"),
-    ("train --lr nan", "argument --lr: nan: must be > 0"),
-    ("train --limit -1", "argument --limit: -1: must be >= 1"),
-    ("train --ema-decay 1", "argument --ema-decay: 1: must be >= 0 and <= 0.999999"),
-    ("eval --batch-size x", "argument --batch-size: not a whole number: 'x'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("transcribe x.wav --threads -3", "argument --threads: -3: must be >= 0"),
+        (
+            "transcribe x.wav --device tpu",
+            "argument --device: 'tpu': use auto, cpu, cuda, cuda:N or mps",
+        ),
+        (
+            "transcribe x.wav --temperature nan",
+            "argument --temperature: nan: must be >= 0 and <= 2",
+        ),
+        (
+            "transcribe x.wav --temperature 0,-1",
+            "argument --temperature: -1: must be >= 0 and <= 2",
+        ),
+        (
+            "transcribe x.wav --temperature 1e9",
+            "argument --temperature: 1e9: must be >= 0 and <= 2",
+        ),
+        ("transcribe x.wav --beam-size 0", "argument --beam-size: 0: must be >= 1"),
+        ("train --alpha bogus", "argument --alpha: bad schedule 'bogus'"),
+        ("train --lr nan", "argument --lr: nan: must be > 0"),
+        ("train --limit -1", "argument --limit: -1: must be >= 1"),
+        ("train --ema-decay 1", "argument --ema-decay: 1: must be >= 0 and <= 0.999999"),
+        ("eval --batch-size x", "argument --batch-size: not a whole number: 'x'"),
+    ],
+)
 def test_bad_options_are_one_line_usage_errors(argv, message, capsys):
     import fastwhisper
+
     with pytest.raises(SystemExit) as exit:
         fastwhisper.main(argv.split())
     assert exit.value.code == 2
@@ -775,7 +1077,9 @@ def test_bad_options_are_one_line_usage_errors(argv, message, capsys):
     assert message in last and last.startswith("fastwhisper.py ")
 
 
-def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, golden, sounds, tmp_path):
+def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(
+    tiny, golden, sounds, tmp_path
+):
     """Same stems in two folders get two transcripts; an input is never overwritten by an output;
     a NaN WAV and a truncated one are one line each while the others are written; an output folder
     that cannot be written is an error before any decoding."""
@@ -783,32 +1087,85 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(tiny, gold
     for folder in ("a", "b"):
         audio_io.save_wav(tmp_path / folder / "same.wav", speech_audio)
     clip = tmp_path / "clip.json"
-    clip.write_bytes((tmp_path / "a" / "same.wav").read_bytes())          # a WAV named .json
+    clip.write_bytes((tmp_path / "a" / "same.wav").read_bytes())  # a WAV named .json
     nan = tmp_path / "nan.wav"
-    nan.write_bytes(b"RIFF" + struct.pack("<I", 48) + b"WAVEfmt "
-                    + struct.pack("<IHHIIHH", 16, 3, 1, 16000, 64000, 4, 32) + b"data" + struct.pack("<I", 12) + np.array([0, np.nan, 0], "<f4").tobytes())
+    nan.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 48)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 3, 1, 16000, 64000, 4, 32)
+        + b"data"
+        + struct.pack("<I", 12)
+        + np.array([0, np.nan, 0], "<f4").tobytes()
+    )
     pcm = (tmp_path / "a" / "same.wav").read_bytes()
-    (tmp_path / "cut.wav").write_bytes(pcm[: len(pcm) // 2])               # the header claims twice the data
-    files = [tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav", nan, clip, tmp_path / "cut.wav"]
-    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *map(str, files),
-                           "--temperature", "0", "-f", "json", "-o", str(tmp_path), "-q", "--batch-size", "2"],
-                          capture_output=True, text=True, timeout=300)
+    (tmp_path / "cut.wav").write_bytes(pcm[: len(pcm) // 2])  # the header claims twice the data
+    files = [
+        tmp_path / "a" / "same.wav",
+        tmp_path / "b" / "same.wav",
+        nan,
+        clip,
+        tmp_path / "cut.wav",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            "transcribe",
+            *map(str, files),
+            "--temperature",
+            "0",
+            "-f",
+            "json",
+            "-o",
+            str(tmp_path),
+            "-q",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {nan}: the WAV holds 1 NaN or infinite samples"]
-    assert any(line.startswith(f"warning: {tmp_path / 'cut.wav'}: the WAV header declares") for line in
-               proc.stderr.splitlines())
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["clip-2.json", "clip.json", "cut.json",
-                                                               "same-2.json", "same.json"]
-    assert clip.read_bytes()[:4] == b"RIFF"                                 # the input is untouched
-    texts = [json.loads((tmp_path / n).read_text())["text"] for n in ("same.json", "same-2.json", "clip-2.json")]
+    assert any(
+        line.startswith(f"warning: {tmp_path / 'cut.wav'}: the WAV header declares")
+        for line in proc.stderr.splitlines()
+    )
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "clip-2.json",
+        "clip.json",
+        "cut.json",
+        "same-2.json",
+        "same.json",
+    ]
+    assert clip.read_bytes()[:4] == b"RIFF"  # the input is untouched
+    texts = [
+        json.loads((tmp_path / n).read_text())["text"]
+        for n in ("same.json", "same-2.json", "clip-2.json")
+    ]
     assert texts[0] == texts[1] == texts[2] and texts[0].strip()
 
     blocked = tmp_path / "a-file"
     blocked.write_text("x")
-    proc = subprocess.run([sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", str(files[0]), "-o",
-                           str(blocked)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.startswith(f"error: -o {blocked}: cannot write there")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "fastwhisper.py"),
+            "transcribe",
+            str(files[0]),
+            "-o",
+            str(blocked),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"error: -o {blocked}: cannot write there"
+    )
     assert proc.stderr.count("\n") == 1
 
 
@@ -817,26 +1174,47 @@ def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
     written, each whole and as an uninterrupted run writes it; one stderr line counts them; exit
     status 130."""
     prompts = sorted((u for u in asterisk if 1 < (u.duration or 0) < 3), key=lambda u: u.id)[:10]
-    files = [str(audio_io.save_wav(tmp_path / "in" / f"{i}.wav", audio_io.load_audio(u.audio, cache=True)))
-             for i, u in enumerate(prompts)]
-    command = [sys.executable, str(ROOT / "fastwhisper.py"), "transcribe", *files, "-f", "all",
-               "-q", "--temperature", "0", "--without-timestamps", "--batch-size=2", "--threads=2"]
-    whole = subprocess.run([*command, "-o", str(tmp_path / "whole")], capture_output=True,
-                           text=True, timeout=120)
+    files = [
+        str(
+            audio_io.save_wav(
+                tmp_path / "in" / f"{i}.wav", audio_io.load_audio(u.audio, cache=True)
+            )
+        )
+        for i, u in enumerate(prompts)
+    ]
+    command = [
+        sys.executable,
+        str(ROOT / "fastwhisper.py"),
+        "transcribe",
+        *files,
+        "-f",
+        "all",
+        "-q",
+        "--temperature",
+        "0",
+        "--without-timestamps",
+        "--batch-size=2",
+        "--threads=2",
+    ]
+    whole = subprocess.run(
+        [*command, "-o", str(tmp_path / "whole")], capture_output=True, text=True, timeout=120
+    )
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "cut"
-    proc = subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while len(list(out.glob("*.vtt"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stderr = proc.communicate(timeout=60)[1]
     stems = sorted({p.stem for p in out.iterdir()})
-    assert proc.returncode == 130 and stderr.splitlines() == \
-        [f"interrupted: {len(stems)} of 10 files written, {10 - len(stems)} not"], stderr
-    assert 2 <= len(stems) < 10                              # stopped midway, with files kept
-    for stem in stems:                                       # whole, and as the full run wrote them
+    assert proc.returncode == 130 and stderr.splitlines() == [
+        f"interrupted: {len(stems)} of 10 files written, {10 - len(stems)} not"
+    ], stderr
+    assert 2 <= len(stems) < 10  # stopped midway, with files kept
+    for stem in stems:  # whole, and as the full run wrote them
         names = [f"{stem}.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
         assert sorted(p.name for p in out.glob(f"{stem}.*")) == names
         assert all((out / n).read_bytes() == (tmp_path / "whole" / n).read_bytes() for n in names)
@@ -853,6 +1231,7 @@ def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
 
         def write(self, text, file=None):
             self.lines.append(text)
+
     good = sorted(sounds.glob("*.g722"))[:19]
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF nonsense")
@@ -860,8 +1239,12 @@ def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
     chunks = list(fastwhisper.read_in_chunks(paths, 2, Bar()))
     assert [len(c) for c, _, _ in chunks] == [16, 4] and sum((c for c, _, _ in chunks), []) == paths
     assert sum((g for _, g, _ in chunks), []) == [p for p in paths if p != str(bad)]
-    assert all(len(a) == len(g) for _, g, a in chunks) and Bar.lines == [Bar.lines[0]] and "bad.wav" in Bar.lines[0]
-    monkeypatch.setattr(fastwhisper, "CHUNK_SECONDS", 3)          # about one prompt of audio a chunk
+    assert (
+        all(len(a) == len(g) for _, g, a in chunks)
+        and Bar.lines == [Bar.lines[0]]
+        and "bad.wav" in Bar.lines[0]
+    )
+    monkeypatch.setattr(fastwhisper, "CHUNK_SECONDS", 3)  # about one prompt of audio a chunk
     assert len(list(fastwhisper.read_in_chunks(paths, 2, Bar()))) >= 10
 
 
@@ -876,5 +1259,7 @@ def test_packed_linear_multiplies_few_rows_in_fp16_and_many_in_bf16():
     few = torch.randn(cpu.PACKED_FP16_MAX_ROWS, 1, 64)
     many = torch.randn(cpu.PACKED_FP16_MAX_ROWS + 1, 1, 64)
     assert torch.equal(layer(few), fp16_only(few))
-    assert torch.equal(layer(many), torch.nn.functional.linear(many.bfloat16(), weight.bfloat16()).float() + bias)
+    assert torch.equal(
+        layer(many), torch.nn.functional.linear(many.bfloat16(), weight.bfloat16()).float() + bias
+    )
     assert not torch.equal(layer(many), fp16_only(many))

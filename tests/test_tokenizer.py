@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tokenization import LANGUAGES, tokenizer_from_folder, tokenizer_from_tiktoken  # noqa: E402
 
-GOLDEN = json.loads((ROOT / "tests" / "golden" / "tokenizer_golden.json").read_text(encoding="utf-8"))
+GOLDEN = json.loads(
+    (ROOT / "tests" / "golden" / "tokenizer_golden.json").read_text(encoding="utf-8")
+)
 SENTENCES = GOLDEN["sentences"]
 
 
@@ -57,8 +59,18 @@ def test_decode_inverts_encode(case):
 
 def test_special_ids(case):
     tokenizer, golden = case
-    for name in ("n_vocab", "eot", "sot", "sot_prev", "sot_lm", "no_speech",
-                 "no_timestamps", "timestamp_begin", "transcribe", "translate"):
+    for name in (
+        "n_vocab",
+        "eot",
+        "sot",
+        "sot_prev",
+        "sot_lm",
+        "no_speech",
+        "no_timestamps",
+        "timestamp_begin",
+        "transcribe",
+        "translate",
+    ):
         assert getattr(tokenizer, name) == golden[name], name
     assert tokenizer.multilingual == (golden["eot"] == 50257)
     assert tokenizer.num_languages == 99
@@ -121,9 +133,12 @@ def test_every_vocabulary_format_reads_the_same(case, tmp_path):
         assert (loaded.multilingual, loaded.n_vocab) == (tokenizer.multilingual, tokenizer.n_vocab)
 
     import base64
+
     ranks = tmp_path / "ranks.tiktoken"
     # Whisper writes the empty token of the multilingual vocabulary as "=".
-    ranks.write_text("".join(f"{base64.b64encode(t).decode() or '='} {i}\n" for i, t in enumerate(expected)))
+    ranks.write_text(
+        "".join(f"{base64.b64encode(t).decode() or '='} {i}\n" for i, t in enumerate(expected))
+    )
     loaded = tokenizer_from_tiktoken(ranks, tokenizer.multilingual)
     assert ordinary_tokens(loaded) == expected
     assert loaded.encode(SENTENCES[4]) == tokenizer.encode(SENTENCES[4])
@@ -161,13 +176,19 @@ def test_missing_or_broken_vocabulary(tmp_path):
         tokenizer_from_folder(tmp_path)
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    ("vocab.json", {"a": 0, "b": [1]}, "expected {token: id} with whole-number ids"),
-    ("tokenizer.json", {"model": {"vocab": {"a": 0}}, "added_tokens": [5]},
-     "added_tokens as [{id, content}]"),
-    ("tokenizer.json", [1, 2], "no model.vocab in this tokenizer.json"),
-    ("tokenizer.json", {"model": {"vocab": {"a": 0, "b": 10 ** 15}}}, "has no token with id 1"),
-])
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("vocab.json", {"a": 0, "b": [1]}, "expected {token: id} with whole-number ids"),
+        (
+            "tokenizer.json",
+            {"model": {"vocab": {"a": 0}}, "added_tokens": [5]},
+            "added_tokens as [{id, content}]",
+        ),
+        ("tokenizer.json", [1, 2], "no model.vocab in this tokenizer.json"),
+        ("tokenizer.json", {"model": {"vocab": {"a": 0, "b": 10**15}}}, "has no token with id 1"),
+    ],
+)
 def test_malformed_vocabularies_are_one_line_errors(tmp_path, name, content, problem):
     """Valid JSON of the wrong form: a one-line ValueError naming the file (no TypeError, and a huge
     id does not make it count to it)."""

@@ -7,6 +7,7 @@ kill=K: SIGKILL, like a killed job, as step K begins; interrupt=K: SIGINT (Ctrl-
 begins (the run saves after that step and stops). They go in through askd.Trainer.micro_batch_loss,
 the seam this script patches; it works under torchrun too.
 """
+
 import os
 import signal
 import sys
@@ -22,7 +23,10 @@ def inject(faults: dict) -> None:
     loss_of, started = askd.Trainer.micro_batch_loss, set()
 
     def micro_batch_loss(self, batch, s):
-        step, first = self.step + 1, self.step + 1 not in started       # first: the step's first micro-batch
+        step, first = (
+            self.step + 1,
+            self.step + 1 not in started,
+        )  # first: the step's first micro-batch
         started.add(step)
         if first and step == faults.get("kill"):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -32,6 +36,7 @@ def inject(faults: dict) -> None:
         if first and step == faults.get("nan") and self.rank == 0:
             loss = loss * float("nan")
         return loss, parts
+
     askd.Trainer.micro_batch_loss = micro_batch_loss
 
 
