@@ -71,7 +71,10 @@ DIM_LIMITS = {
 def check_dims(dims: ModelDims, source, names: Optional[dict] = None) -> None:
     """A one-line ModelError unless each size is a whole number from 1 to its DIM_LIMITS and each
     width splits evenly into its heads. `names`: the file's own names of the sizes, if any."""
-    label = lambda key: f"{names[key]} ({key})" if names and key in names else key
+
+    def label(key):
+        return f"{names[key]} ({key})" if names and key in names else key
+
     for key, limit in DIM_LIMITS.items():
         value = getattr(dims, key)
         if isinstance(value, bool) or not isinstance(value, int):

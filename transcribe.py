@@ -944,7 +944,10 @@ def format_table(
     columns = [c for c in columns if any(c in r for r in rows)]
     cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(
-        v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))
-    )
+
+    def line(vals):
+        return "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))
+        )
+
     return "\n".join([line(columns)] + [line(r) for r in cells])

@@ -282,9 +282,10 @@ def ct2_to_openai(v: dict[str, Tensor], path: Path):
         sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
         n_state = sd["encoder.conv1.weight"].shape[0]
         text_state = sd["decoder.token_embedding.weight"].shape[1]
-        heads = lambda side, width: (
-            int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
-        )
+
+        def heads(side, width):
+            return int(v[f"{side}/num_heads"].item()) if f"{side}/num_heads" in v else width // 64
+
         dims = M.ModelDims(
             n_mels=sd["encoder.conv1.weight"].shape[1],
             n_audio_ctx=sd["encoder.positional_embedding"].shape[0],

@@ -100,7 +100,7 @@ def _attn_fwd_kernel(
     Q,
     K,
     V,
-    O,
+    Out,
     LSE,
     KLEN,
     sqb,
@@ -142,7 +142,7 @@ def _attn_fwd_kernel(
     Q += b.to(tl.int64) * sqb + h * sqh
     K += b.to(tl.int64) * skb + h * skh
     V += b.to(tl.int64) * svb + h * svh
-    O += b.to(tl.int64) * sob + h * soh
+    Out += b.to(tl.int64) * sob + h * soh
 
     k_len = Lk
     if HAS_KLEN:
@@ -182,8 +182,8 @@ def _attn_fwd_kernel(
     # +inf for rows that see nothing: the backward pass then recomputes p = exp2(s - inf) = 0.
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
     tl.store(
-        O + rows[:, None] * som + offs_d[None, :] * sod,
-        acc.to(O.dtype.element_ty),
+        Out + rows[:, None] * som + offs_d[None, :] * sod,
+        acc.to(Out.dtype.element_ty),
         mask=rows[:, None] < Lq,
     )
     tl.store(LSE + bh.to(tl.int64) * Lq + rows, lse, mask=rows < Lq)

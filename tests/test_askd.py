@@ -220,7 +220,10 @@ def test_targets_and_labels(tiny):
     assert tokens == [tok.sot, tok.no_timestamps, *tok.encode(" Press 1."), tok.eot]
     short = askd.target_tokens(tok, "Hi.")
     stamped = askd.timestamped_tokens(tok, [(0.0, 1.5, "Hi."), (2.0, 3.3, "Press 1.")])
-    ts = lambda s: tok.timestamp_begin + round(s / 0.02)
+
+    def ts(s):
+        return tok.timestamp_begin + round(s / 0.02)
+
     assert stamped == [
         tok.sot,
         ts(0),
@@ -235,8 +238,11 @@ def test_targets_and_labels(tiny):
     assert prompts == [2, 2, 1]
     inputs, labels = askd.batch_targets([tokens, short, stamped], prompts, tok.eot)
     assert inputs[0].tolist() == tokens[:-1] + [tok.eot] * (len(stamped) - len(tokens))
+
     # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding ignored
-    pad = lambda t: [askd.IGNORE] * (len(stamped) - len(t))
+    def pad(t):
+        return [askd.IGNORE] * (len(stamped) - len(t))
+
     assert labels[0].tolist() == [askd.IGNORE] + tokens[2:] + pad(tokens)
     assert labels[1].tolist() == [askd.IGNORE] + short[2:] + pad(short)
     # a timestamped target learns its first timestamp too
@@ -418,7 +424,10 @@ def test_eval_leaves_out_utterances_without_reference_words(tiny, asterisk, tmp_
         assert fastwhisper.main(["eval", "--data", str(manifest), "-q"]) == 0
         runs.append(capsys.readouterr())
     (out, err), (plain_out, _) = runs
-    row = lambda text: text.splitlines()[-1].split()[:5]  # model, params, input, weights, WER %
+
+    def row(text):
+        return text.splitlines()[-1].split()[:5]  # model, params, input, weights, WER %
+
     assert out.startswith(f"{mixed}: 1 utterances") and row(out) == row(plain_out)
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warned == [
@@ -447,7 +456,10 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
 
 def test_timed_segments_follow_whisper_timestamp_pairs(tiny):
     tok = tiny.tokenizer
-    ts = lambda s: tok.timestamp_begin + round(s / 0.02)
+
+    def ts(s):
+        return tok.timestamp_begin + round(s / 0.02)
+
     hi, press = tok.encode(" Hi."), tok.encode(" Press 1.")
     tokens = [ts(0.2), *hi, ts(1.5), ts(2.0), *press, ts(3.3), ts(4.0), *hi, tok.eot]
     assert transcribe.timed_segments(tokens, tok, 5.0) == [
@@ -701,7 +713,9 @@ TRAIN_ARGS = [
 def workspace(tmp_path_factory, asterisk, tiny):
     root = tmp_path_factory.mktemp("askd")
     split = data.split_corpus(asterisk)
-    short = lambda us: sorted((u for u in us if u.duration < 1.6), key=lambda u: u.id)
+
+    def short(us):
+        return sorted((u for u in us if u.duration < 1.6), key=lambda u: u.id)
 
     def manifest(name, utts, untranscribed=()):
         path = root / name
@@ -941,8 +955,11 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part} {name} differs after resuming"
     assert a["optimizer"]["state"][0]["exp_avg_sq"].equal(b["optimizer"]["state"][0]["exp_avg_sq"])
+
     # the log reads as if the run had never stopped
-    strip = lambda log: [{k: v for k, v in r.items() if k != "time"} for r in log]
+    def strip(log):
+        return [{k: v for k, v in r.items() if k != "time"} for r in log]
+
     assert strip(metrics(workspace, "killed")) == strip(metrics(workspace, "reference"))
     changed = train_cli(workspace, "killed", "--accum", "2", "--resume", "--lr", "1e-3")
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr

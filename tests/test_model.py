@@ -950,7 +950,7 @@ def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_p
     )
     assert proc.returncode == 1  # some files failed ...
     assert item["transcribe"]["text"].strip() in proc.stdout  # ... but the good one was transcribed
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and str(bad) in errors[0] and "missing.flac" in errors[1]
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [

@@ -216,7 +216,10 @@ def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
     np.testing.assert_array_equal(audio[: len(audios[0])], audios[0])
     assert text == " ".join(u.text.strip() for u in utts)
     assert len(longform.joined_recording(utts, 0.0)[0]) == sum(map(len, audios))
-    seg = lambda a, b, t="x": {"start": a, "end": b, "text": t}
+
+    def seg(a, b, t="x"):
+        return {"start": a, "end": b, "text": t}
+
     reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
     # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0), the third none: the nearest
     errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
