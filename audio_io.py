@@ -434,8 +434,9 @@ def split_at_pauses(
     sr: int = SAMPLE_RATE,
     levels: Optional[tuple] = None,
 ) -> list[tuple[int, int]]:
-    """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of speech,
-    or, with `join_up_to`, neighbouring stretches together while they span at most that many seconds.
+    """Cut long audio at its pauses, as (start, end) sample indices: one piece per stretch of
+    speech, or, with `join_up_to`, neighbouring stretches together while they span at most that many
+    seconds.
 
     A pause is at least `min_pause` seconds of quiet (see loudness); each cut lies in a pause's
     middle. A piece still longer than max_seconds is cut again at its quietest 50 ms past the first

@@ -16,24 +16,20 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # annotations only: never at run time
     import model as M
 
-PACKED_FP16_MAX_ROWS = (
-    16  # up to this many rows a PackedLinear multiplies in fp16 even with bf16 at hand
-)
+# up to this many rows a PackedLinear multiplies in fp16 even with bf16 at hand
+PACKED_FP16_MAX_ROWS = 16
 
 
 class PackedLinear(nn.Module):
-    """nn.Linear for decoding on a CPU: the weight kept in fp16, in fbgemm's packed layout, and (bf16)
-    a bfloat16 copy for many rows at once, on a CPU that multiplies bf16 in hardware.
+    """nn.Linear for decoding on a CPU: the weight kept in fp16, in fbgemm's packed layout, and
+    (bf16) a bfloat16 copy for many rows at once, on a CPU that multiplies bf16 in hardware.
 
     A decoding step multiplies a few rows by every decoder weight, so a CPU spends it waiting on
     memory, not on arithmetic; 16-bit weights halve the bytes read (fp16's product is still computed
-    in fp32). Outputs differ from fp32 by about 1e-3 relative (fp16) or 1e-2 (bf16). Measured for the
-    51,864-way output projection, 2 threads, fp16 against bf16: AMD EPYC with AVX512-BF16, 1 row
-    0.96 against 3.3 ms, 8 rows 2.0 against 3.7, 16 rows 4.4 against 4.7, 40 rows 8.9 against 7.5;
-    Intel Xeon with AMX, 8 rows 1.4 against 1.6, 32 rows 5.2 against 2.2. So fp16 up to
-    PACKED_FP16_MAX_ROWS rows (greedy decoding of a batch of 8, one live phrase), bf16 above (beam
-    search over a batch). Packing takes 0.3 s for the output projection, the bf16 copy 0.02 s.
-    Inference only: no gradients.
+    in fp32). Outputs differ from fp32 by about 1e-3 relative (fp16) or 1e-2 (bf16). fbgemm's fp16
+    product is the faster for few rows and bf16 hardware for many, so fp16 up to
+    PACKED_FP16_MAX_ROWS rows (greedy decoding of a batch, one live phrase), bf16 above (beam
+    search over a batch). Inference only: no gradients.
     """
 
     def __init__(self, linear_weight: Tensor, bias: Optional[Tensor] = None, bf16: bool = False):
@@ -57,7 +53,8 @@ class PackedLinear(nn.Module):
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags, from the 'flags' lines of /proc/cpuinfo (none where it cannot be read)."""
+    """The CPU's feature flags, from the 'flags' lines of /proc/cpuinfo (none where it cannot be
+    read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -86,9 +83,8 @@ def pack_for_cpu(model: M.Whisper, bf16: Optional[bool] = None) -> M.Whisper:
 
     In place; returns the model. A decoding step reads every cross-attention key and value of
     every row (memory-bound: 6 MB per layer for 8 rows of 5 s), and bf16 halves that; the encoder's
-    products are arithmetic-bound, which bf16 hardware does twice as fast. Measured on a student
-    (49 real recordings, 2 threads): same WER, 30% less time. The weights autocast would cast at
-    every read are kept in bf16 (the same values: 8% less time per phrase of live transcription).
+    products are arithmetic-bound, which bf16 hardware does twice as fast; the WER stays the same.
+    The weights autocast would cast at every read are kept in bf16: the same values, cast once.
     A packed model is for decoding only: save and train the unpacked one.
     """
     if model.device.type != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
@@ -109,7 +105,7 @@ def pack_for_cpu(model: M.Whisper, bf16: Optional[bool] = None) -> M.Whisper:
         model.encoder_autocast = torch.bfloat16
         for block in model.decoder.blocks:
             block.cross_attn.kv_dtype = torch.bfloat16
-        # the weights autocast would cast to bf16 at every read, cast once: the same values, no copies
+        # the weights autocast would cast to bf16 at every read, cast once: same values, no copies
         linears = [
             layer
             for b in model.encoder.blocks

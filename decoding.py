@@ -62,14 +62,16 @@ class DecodingResult:
 
 
 def compression_ratio(text: str) -> float:
-    """Bytes / zlib-compressed bytes: repetitive (looping) output compresses well and scores high."""
+    """Bytes / zlib-compressed bytes: repetitive (looping) output compresses well and scores
+    high."""
     raw = text.encode("utf-8")
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 @torch.inference_mode()
 def detect_language(model: M.Whisper, audio_features: Tensor) -> tuple[Tensor, list[dict]]:
-    """The most likely language token per audio, and each language's probability, from one decoder step."""
+    """The most likely language token per audio, and each language's probability, from one decoder
+    step."""
     tok = model.tokenizer
     if not model.is_multilingual:
         raise ValueError("this model is English-only: it has no language tokens to detect with")
@@ -157,7 +159,8 @@ class LogitRules:
 def initial_tokens(
     model: M.Whisper, options: DecodingOptions, language_token: Optional[int] = None
 ) -> list[int]:
-    """[<|startofprev|> prompt...] <|startoftranscript|> [lang task] [<|notimestamps|>] [prefix...]."""
+    """[<|startofprev|> prompt...] <|startoftranscript|> [lang task] [<|notimestamps|>]
+    [prefix...]."""
     tok, n_ctx = model.tokenizer, model.dims.n_text_ctx
     tokens = list(tok.sot_sequence(language=options.language or "en", task=options.task))
     if language_token is not None and model.is_multilingual:
@@ -277,10 +280,12 @@ class DecodingTask:
         return results
 
     def first_step(self, tokens: Tensor, features: Tensor, lengths: Optional[Tensor]):
-        """Run the whole start sequence once: (the cache, last-position logits, no-speech probabilities).
+        """Run the whole start sequence once: (the cache, last-position logits, no-speech
+        probabilities).
 
-        Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the no-speech
-        probability) and the last one. A long prompt would otherwise cost a [prompt, vocab] product.
+        Only two positions are projected onto the vocabulary: <|startoftranscript|> (for the
+        no-speech probability) and the last one. A long prompt would otherwise cost a [prompt,
+        vocab] product.
         """
         cache = M.KVCache(self.model, tokens.shape[0], features.device, features.dtype)
         hidden = self.model.decoder.hidden(tokens, features, lengths, cache)[
@@ -293,8 +298,8 @@ class DecodingTask:
     def sample(self):
         """Greedy (temperature 0) or sampling, every row at once.
 
-        A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short and
-        long utterances costs the work of its tokens, not of its longest row times its size.
+        A row that emits <|endoftext|> leaves the batch (its cache rows too), so a batch of short
+        and long utterances costs the work of its tokens, not of its longest row times its size.
         """
         eot, temperature = self.tok.eot, self.options.temperature
         tokens, features, lengths = self.tokens, self.features, self.lengths
@@ -312,7 +317,7 @@ class DecodingTask:
         for _ in range(self.sample_len):
             self.rules(logits, tokens)
             logits = logits.float()
-            if temperature == 0:  # max, not argmax: same first index, 3x faster on a CPU
+            if temperature == 0:  # max, not argmax: same first index, faster on a CPU
                 best, next_tokens = logits.max(dim=-1)
                 sum_logprobs[rows] += best - torch.logsumexp(logits, dim=-1)
             else:
@@ -364,7 +369,7 @@ class DecodingTask:
             top_lp, top_ids = F.log_softmax(logits.float(), dim=-1).cpu().topk(beam + 1, dim=-1)
             rows, sources, new_sums = [], [], []
             for a in range(n_audio):
-                # every extension of every live hypothesis; equal sequences (as at the first step) merge
+                # every extension of every live hypothesis; equal ones (as at the first step) merge
                 scores, origin = {}, {}
                 for j in range(a * beam, (a + 1) * beam):
                     prefix = tuple(tokens[j].tolist())
@@ -413,10 +418,11 @@ class DecodingTask:
         """Greedy decoding sped up by the draft: the same tokens as sample() at temperature 0.
 
         Per window: the draft guesses a few tokens one by one (cheap), then the model scores all of
-        them in one forward pass (about the cost of one of its own steps) and keeps the guesses up to
-        the first one it disagrees with, plus its own token there. Every kept token is the model's own
-        greedy choice under its own logit rules, so the transcript is the model's, only sooner.
-        Windows are decoded one after another: each keeps a different number of guesses per step.
+        them in one forward pass (about the cost of one of its own steps) and keeps the guesses up
+        to the first one it disagrees with, plus its own token there. Every kept token is the
+        model's own greedy choice under its own logit rules, so the transcript is the model's, only
+        sooner. Windows are decoded one after another: each keeps a different number of guesses per
+        step.
         """
         rows = [
             self._speculative_row(i) for i in range(0, self.tokens.shape[0], self.n_group)
@@ -428,9 +434,9 @@ class DecodingTask:
     def _choose(
         self, logits: Tensor, prefix: list[int], guesses: Sequence[int] = ()
     ) -> list[tuple[int, float]]:
-        """The model's greedy token and its log-probability, as sample() computes them, at each row of
-        logits [1 + len(guesses), vocab]: after `prefix`, after `prefix` and the first guess, ... (the
-        rules row by row, the rest for all rows at once)."""
+        """The model's greedy token and its log-probability, as sample() computes them, at each row
+        of logits [1 + len(guesses), vocab]: after `prefix`, after `prefix` and the first guess, ...
+        (the rules row by row, the rest for all rows at once)."""
         logits = logits.clone()
         for p in range(logits.shape[0]):
             self.rules(
@@ -518,7 +524,8 @@ class Draft:
     projections: dict = field(default_factory=dict, repr=False, compare=False)
 
     def encode(self, mel: Tensor, sizes: Sequence[int]) -> Draft:
-        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames of audio."""
+        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames
+        of audio."""
         frames = [
             audio_io.N_FRAMES
             if self.round_frames is None
@@ -538,7 +545,8 @@ class Draft:
         return DraftRow(self, task, language, row)
 
     def guess_logits(self, hidden: Tensor) -> Tensor:
-        """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf elsewhere).
+        """The draft's logits [vocab] from its last hidden state, over the shortlist (-inf
+        elsewhere).
 
         BPE ids follow the order of the merges, so the first 8192 are the commonest pieces of text;
         with <|endoftext|> they cover nearly every token of ordinary speech. A guess outside them is
@@ -582,7 +590,8 @@ class DraftRow:
         self.fed = 0  # how many of self.tokens are in the cache
 
     def guess(self, limit: int) -> list[int]:
-        """Up to `limit` tokens the draft expects next, one at a time (stopping at <|endoftext|>)."""
+        """Up to `limit` tokens the draft expects next, one at a time (stopping at
+        <|endoftext|>)."""
         guesses = []
         while len(guesses) < limit:
             self.fed = min(
@@ -613,10 +622,11 @@ class TextDraft:
     """A text the model will probably write, as the draft of speculative decoding: no second model.
 
     Live transcription has one: the text read from the same phrase half a second before, when less
-    of it had been heard (streaming.LiveTranscriber). Guesses are the draft's tokens that follow where
-    the model's text so far ends in it, so a read that agrees with the draft costs a few forward
-    passes of the decoder, not one per token; where they disagree the model's own tokens win, as
-    with any draft. `tokens`: the draft's text tokens, <|endoftext|> last (so the end is guessed too).
+    of it had been heard (streaming.LiveTranscriber). Guesses are the draft's tokens that follow
+    where the model's text so far ends in it, so a read that agrees with the draft costs a few
+    forward passes of the decoder, not one per token; where they disagree the model's own tokens
+    win, as with any draft. `tokens`: the draft's text tokens, <|endoftext|> last (so the end is
+    guessed too).
     """
 
     tokens: list[int]

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # annotations only: never at run time
 
 
 class ModelError(ValueError):
-    """A checkpoint or model name that cannot be used; the message names the file and the problem."""
+    """A checkpoint or model name that cannot be used; the message names the file and the
+    problem."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def check_weights(dims: ModelDims, state_dict, source) -> None:
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
-    """The encoder's fixed positional embedding: sin in the first half of the channels, cos in the second."""
+    """The encoder's fixed positional embedding: sin in the first half of the channels, cos in the
+    second."""
     half = channels // 2
     inv_timescales = torch.exp(-math.log(max_timescale) / (half - 1) * torch.arange(half))
     t = torch.arange(length)[:, None] * inv_timescales[None, :]
@@ -206,10 +208,10 @@ def attention(
 
 def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
     """attention() for one query position in bf16 on a CPU without AMX: two matrix products and an
-    fp32 softmax. There SDPA's bf16 kernel is 7x slower than this on a decoding step's
-    cross-attention (8 rows, 1,000 audio frames: 3.9 ms against 0.55 ms, AMD EPYC with AVX512-BF16,
-    2 threads), 60% of a student's time on a long recording. The scores are rounded to bf16 before
-    the softmax (SDPA keeps them in fp32): outputs within ~1e-2, as the bf16 keys already are."""
+    fp32 softmax. There SDPA's bf16 kernel is much slower than this on a decoding step's
+    cross-attention, which is most of a student's time on a long recording. The scores are rounded
+    to bf16 before the softmax (SDPA keeps them in fp32): outputs within ~1e-2, as the bf16 keys
+    already are."""
     scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
     if mask is not None:
         scores = scores.masked_fill(~mask, -torch.inf)
@@ -288,7 +290,8 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, t, self.n_head, -1).transpose(1, 2)
 
     def keys_and_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of the audio; with kv_dtype set, computed and kept in it."""
+        """Cross-attention keys and values of the audio; with kv_dtype set, computed and kept in
+        it."""
         if self.kv_dtype is None:
             return self.split_heads(self.key(source)), self.split_heads(self.value(source))
         # contiguous per head: every decoding step multiplies by them (one_query_attention), and a
@@ -422,7 +425,8 @@ class TextDecoder(nn.Module):
         audio_lengths: Optional[Tensor] = None,
         cache: Optional[KVCache] = None,
     ) -> Tensor:
-        """tokens [batch, n] -> final hidden states [batch, n, n_state] (before the output projection)."""
+        """tokens [batch, n] -> final hidden states [batch, n, n_state] (before the output
+        projection)."""
         offset = cache.offset if cache is not None else 0
         x = (
             self.token_embedding(tokens)
@@ -436,8 +440,8 @@ class TextDecoder(nn.Module):
         return self.ln(x)
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Hidden states -> logits. The output projection is the token embedding itself (tied weights);
-        the logits come out in float32 for a stable softmax."""
+        """Hidden states -> logits. The output projection is the token embedding itself (tied
+        weights); the logits come out in float32 for a stable softmax."""
         if self.packed_projection is not None:
             return self.packed_projection(hidden)
         return F.linear(hidden, self.token_embedding.weight.to(hidden.dtype)).float()
@@ -518,9 +522,9 @@ def embed_each(
     zero-padded to the longest, and the lengths to mask it with (None when all are equally long).
 
     On a CPU, inputs of equal length go together, up to CPU_ENCODER_FRAMES frames a batch, and
-    nothing is padded or masked (measured: a padded, masked batch of mixed lengths is no faster than
-    one by one; 8 inputs of 200 frames are 2.5x faster together in bf16 and 1.2x in fp32, while 8
-    of Whisper's 3000 are 5% slower together than one by one). Elsewhere the batch goes at once, masked.
+    nothing is padded or masked: a padded, masked batch of mixed lengths gains nothing over one by
+    one there, while short inputs of equal length gain from going together and Whisper's long
+    3000-frame inputs do not. Elsewhere the batch goes at once, masked.
     """
     longest = max(frames)
     mel = mel[..., :longest].to(model.device, next(model.parameters()).dtype)

@@ -44,7 +44,8 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def setup_distributed(cfg: askd.TrainConfig):
-    """(rank, world size, device); under torchrun each process takes one GPU (or the CPU with gloo)."""
+    """(rank, world size, device); under torchrun each process takes one GPU (or the CPU with
+    gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -211,7 +212,8 @@ def save_student(student: M.Whisper, path: Path, cfg: askd.TrainConfig, extra: d
 
 
 def finite(value):
-    """`value` with every NaN or infinity inside it replaced by None: results.json stays valid JSON."""
+    """`value` with every NaN or infinity inside it replaced by None: results.json stays valid
+    JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -232,7 +234,8 @@ def gather_objects(obj, world: int) -> list:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (the resumed run writes them again)."""
+    """Drop log lines written after the checkpoint we resume from (the resumed run writes them
+    again)."""
     if not path.exists():
         return
     kept = []

