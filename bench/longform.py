@@ -2,7 +2,7 @@
 
     python fastwhisper.py bench long                      # tiny.en and runs/askd/student.pt
     python fastwhisper.py bench long --model tiny.en --model runs/askd/student.pt --threads 2
-    python fastwhisper.py bench pieces --model runs/askd/student.pt --threads 2   # how a student reads them
+    python fastwhisper.py bench pieces --model runs/askd/student.pt --threads 2  # pieces
 
 The recordings: the 49 recordings of real-speech-dev (other people: read books, spontaneous talk,
 cold, whispered and falsetto voices) one after another, once with 0.3 s of silence between them and
@@ -45,7 +45,8 @@ SHIFTS = (0.5, 3.0)  # seconds of silence before the recording, for the teacher 
 
 
 def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
-    """The utterances' audio one after another with `gap` seconds of silence between, and their text."""
+    """The utterances' audio one after another with `gap` seconds of silence between, and their
+    text."""
     silence = np.zeros(round(gap * audio_io.SAMPLE_RATE), np.float32)
     audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
     return np.concatenate([x for a in audios for x in (a, silence)][:-1]), " ".join(
@@ -54,8 +55,8 @@ def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
 
 
 def cue_error(segments: list[dict], reference: list[dict]) -> float:
-    """Median over `segments` (with text) of |start - start'| and |end - end'| in seconds, where ' is
-    the reference segment it overlaps most (the nearest one when it overlaps none)."""
+    """Median over `segments` (with text) of |start - start'| and |end - end'| in seconds, where '
+    is the reference segment it overlaps most (the nearest one when it overlaps none)."""
     reference = [r for r in reference if r["text"].strip()]
     errors = []
     for s in (s for s in segments if s["text"].strip()):
@@ -91,7 +92,8 @@ def runs_of(models: list[str]) -> list[tuple[str, str, list[str], float]]:
 
 
 def shifted_back(segments: list[dict], seconds: float) -> list[dict]:
-    """Segments of a recording that had `seconds` of silence put before it, in the recording's own times."""
+    """Segments of a recording that had `seconds` of silence put before it, in the recording's own
+    times."""
     return [{**s, "start": s["start"] - seconds, "end": s["end"] - seconds} for s in segments]
 
 
@@ -126,12 +128,13 @@ def long_table(models: list[str], threads: int = 0, source: str = SOURCE) -> lis
                     }
                 )
                 print(
-                    f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, WER {rows[-1]['WER %']:.2f}%",
+                    f"  {rows[-1]['recording']}: {model} ({mode}) {seconds:.1f} s, "
+                    f"WER {rows[-1]['WER %']:.2f}%",
                     file=sys.stderr,
                 )
     print(
-        f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; cue error: median distance "
-        f"of segment times from the first model's long-form segments"
+        f"{source}: {len(utts)} recordings joined; whole `transcribe` processes; "
+        f"cue error: median distance of segment times from the first model's long-form segments"
     )
     print(
         transcribe.format_table(
@@ -162,9 +165,10 @@ PIECE_LENGTHS = (
 
 
 def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -> list[dict]:
-    """One student, in one process, on the two long recordings: each piece length (transcribe.JOIN_SECONDS),
-    then the default without reading on (transcribe.RESEEK_SECONDS), without the fallback, and text only;
-    seconds of transcription (no start-up), WER, and the cue error against the teacher's long-form."""
+    """One student, in one process, on the two long recordings: each piece length
+    (transcribe.JOIN_SECONDS), then the default without reading on (transcribe.RESEEK_SECONDS),
+    without the fallback, and text only; seconds of transcription (no start-up), WER, and the cue
+    error against the teacher's long-form."""
     utts = [u for u in data.load_source(source) if u.text]
     reader, whisper = transcribe.load_recognizer(student), transcribe.load_recognizer(teacher)
     if not isinstance(reader, transcribe.Student):
@@ -212,8 +216,8 @@ def pieces_table(student: str, teacher: str = "tiny.en", source: str = SOURCE) -
     finally:
         transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS = defaults
     print(
-        f"{source}: {len(utts)} recordings joined; {student}, in one process (seconds without start-up); "
-        f"cue error against {teacher}'s long-form segments"
+        f"{source}: {len(utts)} recordings joined; {student}, in one process "
+        f"(seconds without start-up); cue error against {teacher}'s long-form segments"
     )
     print(
         transcribe.format_table(

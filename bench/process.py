@@ -11,7 +11,8 @@ names (links), so that a run is long enough for start-up not to hide the models'
 make 196 files. Every model
 decodes text only (`--without-timestamps`: the same task for all), with transcribe's own defaults
 otherwise (a Whisper model's temperature fallback included). Each model runs `--rounds` times and
-its fastest round counts. The WER is of the transcripts written, against the recordings' transcripts.
+its fastest round counts. The WER is of the transcripts written, against the recordings'
+transcripts.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ SOURCE = "real-speech-dev"
 
 
 def linked_files(utts: list, repeat: int, folder: Path) -> tuple[list[str], list[str]]:
-    """Each utterance's audio as a 16 kHz WAV under folder, linked `repeat` times, and the reference of
-    each link. (Some recordings come as flac or mp3; decoding those starts an ffmpeg process, ~60 ms a
+    """Each utterance's audio as a 16 kHz WAV under folder, linked `repeat` times, and the reference
+    of each link. (Some recordings come as flac or mp3; decoding those starts an ffmpeg process per
     file, which would weigh the same on every model and hide their difference.)"""
     paths, refs = [], []
     for i, u in enumerate(utts):
@@ -121,8 +122,8 @@ def process_table(
     for row in rows:
         row["speed-up"] = rows[0]["seconds"] / row["seconds"]
     print(
-        f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, whole `transcribe` processes, "
-        f"batch {batch_size}, best of {rounds}"
+        f"{source}: {len(utts)} recordings x {repeat} = {len(files)} files, "
+        f"whole `transcribe` processes, batch {batch_size}, best of {rounds}"
     )
     print(transcribe.format_table(rows, columns=["model", "files", "seconds", "WER %", "speed-up"]))
     return rows

@@ -1,6 +1,6 @@
 """Speed of whole models, side by side in one run: seconds, real-time factor, speed-up, WER.
 
-    python fastwhisper.py bench                          # the teacher and runs/askd/student.pt, if trained
+    python fastwhisper.py bench                   # the teacher and runs/askd/student.pt, if trained
     python fastwhisper.py bench --model tiny.en --model runs/askd/student.pt --batch-size 1
 
 Two inputs: `limit` files of the default corpus's test split (or the files given), and one long

@@ -10,7 +10,8 @@ them. Each is handed to streaming.LiveTranscriber LIVE_CHUNK at a time, as `stre
 source, with its defaults (a partial every 0.5 s of new audio, an endpoint after 0.5 s of quiet).
 The clock is simulated: chunk k arrives at (k + 1) x LIVE_CHUNK seconds of audio; each feed starts
 when the work before it is done and takes every chunk that has arrived by then (at least one), as
-`stream` reads a live source. So the figures are what a stream at 1x would see on this machine. For each model and stream:
+`stream` reads a live source. So the figures are what a stream at 1x would see on this machine. For
+each model and stream:
 
 - latency from the end of a phrase's last sound to its final text, p50 and p95, and its parts: the
   endpoint's wait (quiet heard before the phrase was known to end, rounded up to a chunk), the
@@ -115,7 +116,8 @@ def streams(utts: list, seed: int = 0) -> list[tuple[str, list[np.ndarray], list
             [u.text for u in utts],
         ),
         (
-            f"one {sum(map(len, joined)) / audio_io.SAMPLE_RATE:.0f} s recording, pauses {GAPS[0]}-{GAPS[1]} s",
+            f"one {sum(map(len, joined)) / audio_io.SAMPLE_RATE:.0f} s recording, "
+            f"pauses {GAPS[0]}-{GAPS[1]} s",
             [np.concatenate(joined)],
             [" ".join(u.text for u in utts)],
         ),
@@ -172,15 +174,17 @@ def stream_table(
                 }
             )
             print(
-                f"  {model}, {name}: compute p50 {rows[-1]['compute p50']:.0f} ms, WER {rows[-1]['WER %']:.2f}%",
+                f"  {model}, {name}: compute p50 {rows[-1]['compute p50']:.0f} ms, "
+                f"WER {rows[-1]['WER %']:.2f}%",
                 file=sys.stderr,
             )
     import torch
 
     print(
-        f"{source}: replayed as live streams at 1x (simulated clock), {streaming.STEP_SECONDS} s partials, "
-        f"{streaming.ENDPOINT_SECONDS} s endpoint, {torch.get_num_threads()} threads; latency = wait + queue + "
-        f"compute, from a phrase's last sound to its final text; offline WER: `transcribe` of the same audio"
+        f"{source}: replayed as live streams at 1x (simulated clock), "
+        f"{streaming.STEP_SECONDS} s partials, {streaming.ENDPOINT_SECONDS} s endpoint, "
+        f"{torch.get_num_threads()} threads; latency = wait + queue + compute, "
+        f"from a phrase's last sound to its final text; offline WER: `transcribe` of the same audio"
     )
     print(transcribe.format_table(rows, columns=list(rows[0])))
     return rows

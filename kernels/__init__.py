@@ -36,7 +36,7 @@ def interpreting():
 
 try:
     # Triton is imported only where a kernel can run (a GPU, or its interpreter): on a CPU alone
-    # none would launch, and the import costs 0.1 s of every `transcribe` start-up.
+    # none would launch, and the import slows every `transcribe` start-up.
     if not (torch.cuda.is_available() or interpreting()):
         raise ImportError("no GPU and no interpreter")
     import triton
@@ -68,8 +68,8 @@ def use_triton(tensor, backend=None):
         return HAVE_TRITON and tensor.is_cuda
     if not HAVE_TRITON:
         raise ValueError(
-            f"{ENV_VAR}: backend 'triton' asked for, but triton is not installed (or, without a GPU, "
-            f"TRITON_INTERPRET=1 was not set before the import)"
+            f"{ENV_VAR}: backend 'triton' asked for, but triton is not installed "
+            f"(or, without a GPU, TRITON_INTERPRET=1 was not set before the import)"
         )
     if not tensor.is_cuda and not interpreting():
         raise ValueError(

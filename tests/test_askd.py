@@ -1,7 +1,7 @@
-"""askd.py: the loss against numbers worked out by hand, the schedules, the student, its trimmed input,
-bad data, and real training runs on real speech: end to end through the CLI, a run killed with
-SIGKILL and resumed (bit for bit the same as an uninterrupted one), and two gloo processes under
-torchrun (the same as one process accumulating two micro-batches).
+"""askd.py: the loss against numbers worked out by hand, the schedules, the student, its trimmed
+input, bad data, and real training runs on real speech: end to end through the CLI, a run killed
+with SIGKILL and resumed (bit for bit the same as an uninterrupted one), and two gloo processes
+under torchrun (the same as one process accumulating two micro-batches).
 """
 
 import json
@@ -239,7 +239,8 @@ def test_targets_and_labels(tiny):
     inputs, labels = askd.batch_targets([tokens, short, stamped], prompts, tok.eot)
     assert inputs[0].tolist() == tokens[:-1] + [tok.eot] * (len(stamped) - len(tokens))
 
-    # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding ignored
+    # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding
+    # ignored
     def pad(t):
         return [askd.IGNORE] * (len(stamped) - len(t))
 
@@ -738,8 +739,8 @@ def workspace(tmp_path_factory, asterisk, tiny):
 
 
 def train_cli(ws, name, *extra, nproc=1, **faults):
-    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, and any other
-    faults (kill=K, interrupt=K)."""
+    """`fastwhisper.py train` through tests/train_with_faults.py: a NaN loss in step 2, and any
+    other faults (kill=K, interrupt=K)."""
     faults = [f"{fault}={step}" for fault, step in {"nan": 2, **faults}.items()]
     command = [
         sys.executable,
@@ -778,7 +779,8 @@ def metrics(ws, name):
 
 @pytest.fixture(scope="module")
 def reference_run(workspace):
-    """One process accumulating 2 micro-batches per step, straight through, ending with the test table."""
+    """One process accumulating 2 micro-batches per step, straight through, ending with the test
+    table."""
     result = train_cli(
         workspace,
         "reference",
@@ -885,7 +887,8 @@ def cli(*args):
 
 
 def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
-    """transcribe --draft gives the teacher's own text; bench times every way of running both models."""
+    """transcribe --draft gives the teacher's own text; bench times every way of running both
+    models."""
     student = str(Path(workspace["runs"]) / "reference" / "student.pt")
     files = [u.audio for u in data.load_source(workspace["test"])]
     plain = cli(
@@ -966,8 +969,8 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
 
 
 def test_interrupted_run_saves_and_resumes(reference_run, workspace, ctrl_c):
-    """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume ends
-    exactly where the uninterrupted run did."""
+    """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume
+    ends exactly where the uninterrupted run did."""
     stopped = train_cli(workspace, "interrupted", "--accum", "2", interrupt=4)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "stopped at step 4 of 6; continue with the same command and --resume" in stopped.stderr
@@ -997,7 +1000,8 @@ def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
 
 def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, capsys):
     """A dev set with no transcribed utterance is left out with a warning; without dev data every
-    epoch's student is saved, so a run always ends with a student.pt, and results.json is valid JSON."""
+    epoch's student is saved, so a run always ends with a student.pt, and results.json is valid
+    JSON."""
     untranscribed = tmp_path / "dev.tsv"
     untranscribed.write_text(
         "audio\ttext\n"
@@ -1243,8 +1247,8 @@ def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkey
 
 
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
-    """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache); two dev
-    sets joined with '+' choose the student by the mean of their WERs."""
+    """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache);
+    two dev sets joined with '+' choose the student by the mean of their WERs."""
     dev = f"{workspace['dev']}+{workspace['test']}"
     cfg = askd.TrainConfig(
         train=workspace["train"],

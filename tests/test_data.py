@@ -1091,8 +1091,9 @@ def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_pat
 def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(
     asterisk, tmp_path, monkeypatch
 ):
-    """A perturbed copy of a real prompt: its length changed by one of the speed factors, a new level,
-    the same seed giving the same copy; perturbed_utterances keeps each text and writes once."""
+    """A perturbed copy of a real prompt: its length changed by one of the speed factors, a new
+    level, the same seed giving the same copy; perturbed_utterances keeps each text and writes
+    once."""
     monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
     utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:8]
     audio = audio_io.load_audio(utts[0].audio, cache=True)

@@ -1,9 +1,9 @@
 """Tests for kernels/: each Triton kernel, forward and backward, against its PyTorch twin.
 
 With a GPU the kernels run natively on it.  Without one they run in Triton's CPU interpreter,
-which must be switched on before triton is imported (conftest.py does it; so does this file, when run alone).
-The interpreter is slow, so the shapes are the awkward ones (lengths 1, 7, 1500; V = 51,864
-and 51,865; N = 1) with few rows and heads rather than big ones.
+which must be switched on before triton is imported (conftest.py does it; so does this file, when
+run alone). The interpreter is slow, so the shapes are the awkward ones (lengths 1, 7, 1500; V =
+51,864 and 51,865; N = 1) with few rows and heads rather than big ones.
 
 Tolerances: fp32 results agree with the twin to 1e-5 relative to the largest entry; fp16 and
 bf16 ones to atol 1e-2, as in Triton's own tutorials (plus rtol 1.6e-2 for bf16), against the
@@ -108,7 +108,8 @@ def test_attention_half_precision(name, dtype):
     q, k, v, d_out, kw = attention_case(name, dtype, std=0.5)  # Triton's tutorial draws N(0, 0.5)
     got = attention_and_grads(attention, q, k, v, d_out, backend="triton", **kw)
     want = attention_and_grads(attention_reference, *(x.float() for x in (q, k, v, d_out)), **kw)
-    # bf16 keeps 3 bits fewer than fp16: add torch.testing's default bf16 rtol to the tutorial's atol.
+    # bf16 keeps 3 bits fewer than fp16: add torch.testing's default bf16 rtol to the tutorial's
+    # atol.
     rtol = 1.6e-2 if dtype == torch.bfloat16 else 0.0
     for a, b, what in zip(got, want, ("out", "dq", "dk", "dv")):
         assert a.dtype == dtype
@@ -479,7 +480,8 @@ def test_twins_work_without_triton():
         "assert not kernels.HAVE_TRITON\n"
         "q = torch.randn(1, 2, 5, 16)\n"
         "assert kernels.attention(q, q, q, causal=True).shape == q.shape\n"
-        "loss = kernels.kd_loss(torch.randn(3, 11), torch.randn(3, 11), torch.tensor([1, 2, -100]), kd_weight=1.0)\n"
+        "loss = kernels.kd_loss(torch.randn(3, 11), torch.randn(3, 11), "
+        "torch.tensor([1, 2, -100]), kd_weight=1.0)\n"
         "assert torch.isfinite(loss)\n"
         "try:\n"
         "    kernels.attention(q, q, q, backend='triton')\n"
@@ -495,7 +497,8 @@ def test_twins_work_without_triton():
 
 
 def test_importing_kernels_leaves_the_environment_alone():
-    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the CPU."""
+    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the
+    CPU."""
     script = (
         "import os, torch, kernels\n"
         "assert 'TRITON_INTERPRET' not in os.environ\n"
@@ -516,8 +519,9 @@ def test_importing_kernels_leaves_the_environment_alone():
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_kd_loss_parts_come_from_one_pass(backend, monkeypatch):
-    """parts=True: one kernel launch gives the weighted loss and gradient, and each term's unweighted
-    mean, equal to what three separate calls (CE; T^2 KL to the teacher; to the self-teacher) give."""
+    """parts=True: one kernel launch gives the weighted loss and gradient, and each term's
+    unweighted mean, equal to what three separate calls (CE; T^2 KL to the teacher; to the
+    self-teacher) give."""
     module = sys.modules["kernels.kd_loss"]  # the attribute kernels.kd_loss is the function
     s, t, e, labels, _ = kd_inputs(6, 1000, ignored=(2,))
     w = torch.rand(6, generator=torch.Generator().manual_seed(1)).to(DEVICE)

@@ -38,7 +38,8 @@ def test_train_help_still_shows_the_training_defaults():
 
 def test_inference_modules_import_no_training_code():
     code = (
-        "import fastwhisper, transcribe, streaming, writers, weight_files, audio_io, decoding, tokenization\n"
+        "import fastwhisper, transcribe, streaming, writers, weight_files, audio_io, decoding, "
+        "tokenization\n"
         "import sys; print(' '.join(sorted(sys.modules)))"
     )
     r, modules = imported("-c", code)

@@ -42,7 +42,8 @@ def golden():
 
 
 def speech(golden):
-    """The prompts with speech (silence/3 is digital silence: its hallucinated tokens are fragile)."""
+    """The prompts with speech (silence/3 is digital silence: its hallucinated tokens are
+    fragile)."""
     return [p for p in golden["tiny.en"]["prompts"] if not p["name"].startswith("silence")]
 
 
@@ -296,9 +297,10 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
 def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, the same
     tokens. With bf16 (emulated, slowly, on a CPU without bf16 hardware) the encoder and the
-    cross-attention run in bf16 (the output projection too, above PACKED_FP16_MAX_ROWS rows): the same text tokens, and timestamps
-    within 0.06 s (bf16 keeps 8 bits of mantissa, so close timestamps may swap); the encoder's
-    weights, cast to bf16 once, give exactly what autocast gives casting them at every call."""
+    cross-attention run in bf16 (the output projection too, above PACKED_FP16_MAX_ROWS rows): the
+    same text tokens, and timestamps within 0.06 s (bf16 keeps 8 bits of mantissa, so close
+    timestamps may swap); the encoder's weights, cast to bf16 once, give exactly what autocast gives
+    casting them at every call."""
     packed = cpu.pack_for_cpu(weight_files.load_model("tiny.en"), bf16=bf16)
     assert (packed.encoder_autocast == torch.bfloat16) == bf16
     assert isinstance(packed.decoder.blocks[0].mlp[0], cpu.PackedLinear)
@@ -338,7 +340,8 @@ def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
 @pytest.fixture(scope="module")
 def drafts(tiny):
     """Drafts for speculative decoding: the model itself (every guess right) and an untrained
-    one-layer student on trimmed input (many guesses wrong), so both the keep and the reject paths run."""
+    one-layer student on trimmed input (many guesses wrong), so both the keep and the reject paths
+    run."""
     import askd
 
     student = askd.make_student(tiny, decoder_layers=1)
@@ -388,7 +391,8 @@ def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(
 ):
     """Speculative decoding with a text for a draft (what live transcription has: the phrase's
     text a moment ago): the model's own greedy tokens whether the draft is right, misses a word,
-    has a wrong one, or is another utterance's; a right draft takes a pass per 9 tokens, not per token."""
+    has a wrong one, or is another utterance's; a right draft takes a pass per 9 tokens, not per
+    token."""
     passes = []
     logits = tiny.logits
     monkeypatch.setattr(tiny, "logits", lambda *a, **k: passes.append(1) or logits(*a, **k))
@@ -891,7 +895,7 @@ def test_unknown_names_and_missing_paths(monkeypatch):
         weight_files.load_model("small.en")
 
 
-# ----- output files and the command line -----------------------------------------------------------
+# ----- output files and the command line ----------------------------------------------------------
 
 
 def test_subtitle_formats():
@@ -1018,7 +1022,8 @@ def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, 
 
 def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
     """Temperature > 0 draws from a generator seeded by DecodingOptions.seed: the same seed gives
-    the same tokens (a whole fallback transcript is then reproducible); another seed, other draws."""
+    the same tokens (a whole fallback transcript is then reproducible); another seed, other
+    draws."""
     items = speech(golden)[:4]
     mel = torch.stack(
         [
@@ -1250,7 +1255,7 @@ def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
 
 def test_packed_linear_multiplies_few_rows_in_fp16_and_many_in_bf16():
     """With a bf16 copy at hand, PackedLinear still takes fbgemm's fp16 product up to
-    PACKED_FP16_MAX_ROWS rows (faster there, measured) and the bf16 one above: each path's output
+    PACKED_FP16_MAX_ROWS rows (faster there) and the bf16 one above: each path's output
     equals that path computed directly."""
     torch.manual_seed(0)
     weight, bias = torch.randn(300, 64), torch.randn(300)

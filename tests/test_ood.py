@@ -45,14 +45,18 @@ needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite no
 # first cut short before its '|'), then made-up ones for an attribution after the quote, an
 # empty quote, and the licence text at the top of each file.
 WORDNET_LINES = {
-    "00022686 29 v 06 stimulate 0 arouse 0 brace 0 energize 0 energise 0 perk_up 1 018 @ 00019448 v 0000 "
-    '| cause to be alert and energetic; "Coffee and tea stimulate me"; "This herbal infusion doesn\'t '
-    'stimulate"  \n': ["Coffee and tea stimulate me", "This herbal infusion doesn't stimulate"],
-    "00023380 29 v 01 cathect 0 001 @ 00022686 v 0000 01 + 10 00 | inject with libidinal energy  \n": [],
-    '06598915 10 n 01 message 0 | a communication; "he sent a three-word message" - Mark Twain ; " "  \n': [
-        "he sent a three-word message"
+    "00022686 29 v 06 stimulate 0 arouse 0 brace 0 energize 0 energise 0 perk_up 1 018 @ "
+    '00019448 v 0000 | cause to be alert and energetic; "Coffee and tea stimulate me"; '
+    '"This herbal infusion doesn\'t stimulate"  \n': [
+        "Coffee and tea stimulate me",
+        "This herbal infusion doesn't stimulate",
     ],
-    '  1 This software and database is being provided to you, "the LICENSEE" | by  \n': [],  # licence
+    "00023380 29 v 01 cathect 0 001 @ 00022686 v 0000 01 + 10 00 | "
+    "inject with libidinal energy  \n": [],
+    "06598915 10 n 01 message 0 | a communication; "
+    '"he sent a three-word message" - Mark Twain ; " "  \n': ["he sent a three-word message"],
+    # licence
+    '  1 This software and database is being provided to you, "the LICENSEE" | by  \n': [],
 }
 
 
@@ -221,7 +225,8 @@ def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
         return {"start": a, "end": b, "text": t}
 
     reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
-    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0), the third none: the nearest
+    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0), the third none: the
+    # nearest
     errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
     assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
     assert np.isnan(longform.cue_error([], reference))

@@ -49,7 +49,8 @@ def phrases_of(audio, chunk=0.1, **options):
 
 
 def several_speakers(seconds=30.0):
-    """Real recordings of other people (real-speech-dev), one source after another, ~`seconds` long."""
+    """Real recordings of other people (real-speech-dev), one source after another, ~`seconds`
+    long."""
     by_source = {}
     for u in data.load_source("real-speech-dev"):
         by_source.setdefault(u.id.split("_")[0], []).append(u)
@@ -155,8 +156,9 @@ class Scripted:
 
 def test_noise_and_loops_are_not_shown(speech, tiny):
     """A click (0.15 s of sound) that the model reads with doubt ("you") is noise, neither a partial
-    nor a final; a prompt read with the same doubt still is a final. A partial whose text is a loop is not shown, the
-    next one is. Partials are greedy; finals are read with the fallback schedule."""
+    nor a final; a prompt read with the same doubt still is a final. A partial whose text is a loop
+    is not shown, the next one is. Partials are greedy; finals are read with the fallback
+    schedule."""
     audio, spans, texts = speech
     click = np.zeros(2 * SR, np.float32)
     click[SR // 2 : SR // 2 + round(0.15 * SR)] = 0.3 * np.sin(np.arange(round(0.15 * SR)) * 0.3)
@@ -241,7 +243,7 @@ def test_a_phrase_is_read_after_every_final_before_it_that_fits(speech, tiny, mo
         assert reads[2][0] == pytest.approx(finals[2]["end"] - begins, abs=0.01)
 
 
-# ----- the command ---------------------------------------------------------------------------------
+# ----- the command --------------------------------------------------------------------------------
 
 
 def run_stream(args, stdin=None, env=None, timeout=300):
@@ -435,7 +437,7 @@ def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
 
 
-# ----- the bench -----------------------------------------------------------------------------------
+# ----- the bench ----------------------------------------------------------------------------------
 
 
 def test_partial_stability_counts_words_the_final_changed():

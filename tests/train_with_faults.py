@@ -1,4 +1,5 @@
-"""`fastwhisper.py` with faults injected, for tests/test_askd.py (production code has no test hooks).
+"""`fastwhisper.py` with faults injected, for tests/test_askd.py (production code has no test
+hooks).
 
     python tests/train_with_faults.py [nan=K] [kill=K] [interrupt=K] train ARGS...
 
