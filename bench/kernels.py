@@ -1,6 +1,6 @@
 """Benchmark: the Triton kernels against PyTorch, at Whisper's shapes, on a GPU.
 
-    python fastwhisper.py bench kernels        (or: python bench/kernels.py)
+    python fastwhisper.py bench kernels        (or, from the repository: python -m bench.kernels)
 
 For each case it times the Triton kernel and its PyTorch counterpart (mean of REPS runs after a
 warm-up, with CUDA events) and measures the peak memory each allocates beyond its inputs
@@ -14,14 +14,8 @@ least 5x less peak memory at batch 64.  On a machine without a GPU it says so an
 """
 
 import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__":  # run as a script: bench/ must not hide the kernels/ package
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-    sys.path.insert(0, str(ROOT))
 
 DEVICE = "cuda"
 REPS = 10

@@ -32,13 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
-from bench.process import SOURCE, is_student, transcribe_process  # noqa: E402
+import audio_io
+import data
+import text_norm
+import transcribe
+from bench.process import SOURCE, is_student, transcribe_process
 
 GAPS = (0.3, 0.0)  # seconds of silence between recordings
 SHIFTS = (0.5, 3.0)  # seconds of silence before the recording, for the teacher against itself

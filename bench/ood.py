@@ -1,6 +1,7 @@
 """Out-of-domain WER: does a student distilled on the default corpus keep its teacher's generality?
 
     python fastwhisper.py bench ood --model tiny.en --model runs/askd/student.pt [--per-voice 30]
+    python -m bench.ood --model tiny.en --model runs/askd/student.pt  # the same, from the repo root
     python fastwhisper.py eval --model runs/askd/student.pt --data asterisk-gsm  # or tts, tts:VOICE
 
 The sets: the default corpus's test split (in domain: one speaker, 16 kHz G.722); real-speech-dev,
@@ -34,13 +35,11 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import fileio  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
+import audio_io
+import data
+import fileio
+import text_norm
+import transcribe
 
 ASTERISK_GSM_PACKAGE = "asterisk-core-sounds-en-gsm"
 GSM_BYTES_PER_SECOND = 1650  # GSM 06.10: one 33-byte frame per 20 ms of 8 kHz audio

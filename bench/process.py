@@ -24,13 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
-import writers  # noqa: E402
+import audio_io
+import data
+import text_norm
+import transcribe
+import writers
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "real-speech-dev"

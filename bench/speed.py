@@ -2,6 +2,7 @@
 
     python fastwhisper.py bench                   # the teacher and runs/askd/student.pt, if trained
     python fastwhisper.py bench --model tiny.en --model runs/askd/student.pt --batch-size 1
+    python -m bench.speed tiny.en runs/askd/student.pt    # from the repository's root
 
 Two inputs: `limit` files of the default corpus's test split (or the files given), and one long
 recording made by joining every test utterance (or every file given) with half a second of silence
@@ -28,12 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
+import audio_io
+import data
+import text_norm
+import transcribe
 
 DEFAULT_STUDENT = Path("runs/askd/student.pt")
 GAP_SECONDS = 0.5

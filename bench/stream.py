@@ -29,18 +29,15 @@ import difflib
 import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import streaming  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
+import audio_io
+import data
+import streaming
+import text_norm
+import transcribe
 
 SOURCE = "asterisk:test"
 LEAD, TRAIL = 0.3, 1.0  # seconds of silence around each utterance streamed alone
