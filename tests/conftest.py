@@ -2,8 +2,6 @@
 
 import os
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,6 @@ import torch
 # module imports kernels/ (the kernels are defined at import); the package itself sets nothing.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules
 
 
 @pytest.fixture(scope="session")

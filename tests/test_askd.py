@@ -19,20 +19,19 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import askd
+import audio_io
+import data
+import decoding
+import fileio
+import model as M
+import run_plumbing
+import text_norm
+import transcribe
+import weight_files
+import writers
 
-import askd  # noqa: E402
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import decoding  # noqa: E402
-import fileio  # noqa: E402
-import model as M  # noqa: E402
-import run_plumbing  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
-import weight_files  # noqa: E402
-import writers  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # ----- the loss, by hand ------------------------------------------------------------------------
 
@@ -762,7 +761,8 @@ def train_cli(ws, name, *extra, nproc=1, **faults):
     ]
     if nproc > 1:
         command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the child script imports the repository's modules from its root
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 

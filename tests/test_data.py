@@ -11,7 +11,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tarfile
 import threading
 import tracemalloc
@@ -22,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 
+import audio_io
+import data
+import fileio
+import text_norm
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import fileio  # noqa: E402
-import text_norm  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")

@@ -20,14 +20,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import pytest
+import torch.nn.functional as F
 
 from kernels import (
     attention,
     attention_reference,
     fused_linear_kd_loss,
-    kd_loss,  # noqa: E402
+    kd_loss,
     kd_loss_reference,
     use_triton,
 )

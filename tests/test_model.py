@@ -18,19 +18,18 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import audio_io
+import cpu
+import data
+import decoding
+import fileio
+import model as M
+import text_norm
+import transcribe
+import weight_files
+import writers
 
-import audio_io  # noqa: E402
-import cpu  # noqa: E402
-import data  # noqa: E402
-import decoding  # noqa: E402
-import fileio  # noqa: E402
-import model as M  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
-import weight_files  # noqa: E402
-import writers  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -1228,7 +1227,6 @@ def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
 def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
     """transcribe hands the model up to FILES_PER_BATCH batches of files at a time (or CHUNK_SECONDS
     of audio), every file once, in order; a bad file is an error line and costs only itself."""
-    sys.path.insert(0, str(ROOT))
     import fastwhisper
 
     class Bar:

@@ -2,19 +2,16 @@
 synthesised voices) on real packages, and the evaluation-source names."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import fileio  # noqa: E402
-import text_norm  # noqa: E402
-from bench import ood  # noqa: E402
+import audio_io
+import data
+import fileio
+import text_norm
+from bench import ood
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 

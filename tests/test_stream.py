@@ -14,14 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import audio_io
+import data
+import streaming
+import text_norm
+import transcribe
 
-import audio_io  # noqa: E402
-import data  # noqa: E402
-import streaming  # noqa: E402
-import text_norm  # noqa: E402
-import transcribe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SR = audio_io.SAMPLE_RATE
 

@@ -8,14 +8,13 @@ folders (tiny.en: English-only vocabulary, base: multilingual vocabulary).
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tokenization import LANGUAGES, tokenizer_from_folder, tokenizer_from_tiktoken
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tokenization import LANGUAGES, tokenizer_from_folder, tokenizer_from_tiktoken  # noqa: E402
 
 GOLDEN = json.loads(
     (ROOT / "tests" / "golden" / "tokenizer_golden.json").read_text(encoding="utf-8")

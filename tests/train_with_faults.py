@@ -12,12 +12,9 @@ the seam this script patches; it works under torchrun too.
 import os
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import askd  # noqa: E402
-import fastwhisper  # noqa: E402
+import askd
+import fastwhisper
 
 
 def inject(faults: dict) -> None:
