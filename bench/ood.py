@@ -357,8 +357,7 @@ def ood_table(
             file=sys.stderr,
         )
         if name not in (IN_DOMAIN, REAL_SPEECH):
-            # text_norm.wer is errors / reference words, so the errors come back exactly from the
-            # rate.
+            # text_norm.wer is errors / reference words: the errors come back exactly from the rate
             words = reference_words(utts)
             pooled_errors = [e + row[c] / 100 * words for e, c in zip(pooled_errors, columns)]
             pooled_words += words

@@ -241,8 +241,7 @@ def _kd_loss_kernel(
     n_vocab = tl.where(valid, V, 0)  # an ignored token skips pass 1 entirely
     offs = tl.arange(0, BLOCK_V)
     # Running max (m) and sum of exp(x - m) (z) for s, s/T, t/T, e/T; the teachers also keep a = sum
-    # exp(x - m) (x - s/T).  m starts at -1e30, not -inf: an all -inf block rescales by exp(0), not
-    # NaN.
+    # exp(x - m) (x - s/T). m starts at -1e30, not -inf: an all -inf block rescales by 1, not NaN
     m_s, z_s = -1e30, 0.0
     m_q, z_q = -1e30, 0.0
     m_t, z_t, a_t = -1e30, 0.0, 0.0

@@ -238,8 +238,7 @@ def test_targets_and_labels(tiny):
     inputs, labels = askd.batch_targets([tokens, short, stamped], prompts, tok.eot)
     assert inputs[0].tolist() == tokens[:-1] + [tok.eot] * (len(stamped) - len(tokens))
 
-    # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; padding
-    # ignored
+    # no loss on predicting <|notimestamps|>; then every text token and <|endoftext|>; no padding
     def pad(t):
         return [askd.IGNORE] * (len(stamped) - len(t))
 

@@ -108,8 +108,7 @@ def test_attention_half_precision(name, dtype):
     q, k, v, d_out, kw = attention_case(name, dtype, std=0.5)  # Triton's tutorial draws N(0, 0.5)
     got = attention_and_grads(attention, q, k, v, d_out, backend="triton", **kw)
     want = attention_and_grads(attention_reference, *(x.float() for x in (q, k, v, d_out)), **kw)
-    # bf16 keeps 3 bits fewer than fp16: add torch.testing's default bf16 rtol to the tutorial's
-    # atol.
+    # bf16 keeps 3 bits fewer than fp16: add torch.testing's default bf16 rtol to the tutorial atol
     rtol = 1.6e-2 if dtype == torch.bfloat16 else 0.0
     for a, b, what in zip(got, want, ("out", "dq", "dk", "dv")):
         assert a.dtype == dtype

@@ -222,8 +222,8 @@ def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
         return {"start": a, "end": b, "text": t}
 
     reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
-    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0), the third none: the
-    # nearest
+    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0); the third none:
+    # the nearest one counts
     errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
     assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
     assert np.isnan(longform.cue_error([], reference))
