@@ -53,8 +53,7 @@ class PackedLinear(nn.Module):
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags, from the 'flags' lines of /proc/cpuinfo (none where it cannot be
-    read)."""
+    """The CPU's feature flags, from /proc/cpuinfo's 'flags' lines (none if it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

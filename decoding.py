@@ -62,16 +62,14 @@ class DecodingResult:
 
 
 def compression_ratio(text: str) -> float:
-    """Bytes / zlib-compressed bytes: repetitive (looping) output compresses well and scores
-    high."""
+    """Bytes / zlib-compressed bytes: repetitive (looping) output compresses well, scores high."""
     raw = text.encode("utf-8")
     return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 @torch.inference_mode()
 def detect_language(model: M.Whisper, audio_features: Tensor) -> tuple[Tensor, list[dict]]:
-    """The most likely language token per audio, and each language's probability, from one decoder
-    step."""
+    """The likeliest language token per audio, and each language's probability, from one step."""
     tok = model.tokenizer
     if not model.is_multilingual:
         raise ValueError("this model is English-only: it has no language tokens to detect with")
@@ -524,8 +522,7 @@ class Draft:
     projections: dict = field(default_factory=dict, repr=False, compare=False)
 
     def encode(self, mel: Tensor, sizes: Sequence[int]) -> Draft:
-        """The draft's encoder output for windows mel [batch, n_mels, 3000] holding `sizes` frames
-        of audio."""
+        """The draft's encoder output for windows mel [batch, n_mels, 3000] of `sizes` frames."""
         frames = [
             audio_io.N_FRAMES
             if self.round_frames is None
@@ -590,8 +587,7 @@ class DraftRow:
         self.fed = 0  # how many of self.tokens are in the cache
 
     def guess(self, limit: int) -> list[int]:
-        """Up to `limit` tokens the draft expects next, one at a time (stopping at
-        <|endoftext|>)."""
+        """Up to `limit` tokens the draft expects next, one by one (stopping at <|endoftext|>)."""
         guesses = []
         while len(guesses) < limit:
             self.fed = min(

@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # annotations only: never at run time
 
 
 class ModelError(ValueError):
-    """A checkpoint or model name that cannot be used; the message names the file and the
-    problem."""
+    """A checkpoint or model name that cannot be used; the message names the file and problem."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,8 +167,7 @@ def check_weights(dims: ModelDims, state_dict, source) -> None:
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
-    """The encoder's fixed positional embedding: sin in the first half of the channels, cos in the
-    second."""
+    """The encoder's fixed positional embedding: sin in the first half of the channels, then cos."""
     half = channels // 2
     inv_timescales = torch.exp(-math.log(max_timescale) / (half - 1) * torch.arange(half))
     t = torch.arange(length)[:, None] * inv_timescales[None, :]
@@ -290,8 +288,7 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, t, self.n_head, -1).transpose(1, 2)
 
     def keys_and_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of the audio; with kv_dtype set, computed and kept in
-        it."""
+        """Cross-attention keys and values of the audio; with kv_dtype set, made and kept in it."""
         if self.kv_dtype is None:
             return self.split_heads(self.key(source)), self.split_heads(self.value(source))
         # contiguous per head: every decoding step multiplies by them (one_query_attention), and a
@@ -425,8 +422,7 @@ class TextDecoder(nn.Module):
         audio_lengths: Optional[Tensor] = None,
         cache: Optional[KVCache] = None,
     ) -> Tensor:
-        """tokens [batch, n] -> final hidden states [batch, n, n_state] (before the output
-        projection)."""
+        """tokens [batch, n] -> final hidden states [batch, n, n_state] (before the projection)."""
         offset = cache.offset if cache is not None else 0
         x = (
             self.token_embedding(tokens)

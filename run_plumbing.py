@@ -44,8 +44,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def setup_distributed(cfg: askd.TrainConfig):
-    """(rank, world size, device); under torchrun each process takes one GPU (or the CPU with
-    gloo)."""
+    """(rank, world size, device); under torchrun each process takes a GPU (or the CPU, gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -212,8 +211,7 @@ def save_student(student: M.Whisper, path: Path, cfg: askd.TrainConfig, extra: d
 
 
 def finite(value):
-    """`value` with every NaN or infinity inside it replaced by None: results.json stays valid
-    JSON."""
+    """`value` with every NaN or infinity in it replaced by None: results.json stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -234,8 +232,7 @@ def gather_objects(obj, world: int) -> list:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (the resumed run writes them
-    again)."""
+    """Drop log lines written after the checkpoint we resume from (the resumed run redoes them)."""
     if not path.exists():
         return
     kept = []

@@ -239,8 +239,7 @@ class Endpointer:
         return closed
 
     def _oldest(self) -> int:
-        """The first frame a new phrase may start at: the last phrase's end, or the history's
-        start."""
+        """The first frame a new phrase may start: the last phrase's end or the history's start."""
         return max(self.free, self.frames - len(self.db))
 
     def _levels(self, start: int, end: Optional[int] = None) -> np.ndarray:
@@ -322,8 +321,7 @@ LIVE_DECODING = transcribe.TranscribeOptions(without_timestamps=True, vad=False)
 
 
 def is_loop(text: str) -> bool:
-    """Whether a text repeats itself as a decoder stuck in a loop does (Whisper's compression
-    rule)."""
+    """Whether a text repeats itself as a looping decoder's does (Whisper's compression rule)."""
     return decoding.compression_ratio(text) > LIVE_DECODING.compression_ratio_threshold
 
 

@@ -84,8 +84,7 @@ class TranscribeOptions(decoding.DecodingOptions):
     vad: bool = True  # skip long silence (audio_io.sound_regions); off: Whisper
 
     def for_window(self, temperature: float, language: Optional[str]) -> decoding.DecodingOptions:
-        """The options of one try of one window: beam search at temperature 0, best_of samples
-        above."""
+        """Options of one try of one window: beam search at temperature 0, best_of samples above."""
         options = decoding.DecodingOptions(
             **{f.name: getattr(self, f.name) for f in fields(decoding.DecodingOptions)}
         )
@@ -459,8 +458,7 @@ class Recognizer:
         )
 
     def check(self, options: TranscribeOptions) -> None:
-        """Raise ValueError for options this model cannot honour (a Whisper model honours them
-        all)."""
+        """Raise ValueError for options this model cannot honour (a Whisper model honours all)."""
 
     def transcribe_text(self, audios: Sequence, batch_size: int = 1) -> list[str]:
         """Greedy, no timestamps, no fallback: the decoding every model is compared under."""

@@ -34,8 +34,7 @@ import tokenization
 
 
 def read_checkpoint(path: Path) -> tuple[M.ModelDims, dict[str, Tensor], dict]:
-    """(dims, state dict, the checkpoint's other entries: 'vocabulary', a student's 'fastwhisper',
-    ...)."""
+    """(dims, state dict, the checkpoint's other entries: 'vocabulary', 'fastwhisper', ...)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a pickle from elsewhere, ...
@@ -151,8 +150,7 @@ CT2_DTYPES = {
 
 
 class _Reader:
-    """Reads the pieces of a binary file held in memory, failing with the file's name when it runs
-    short."""
+    """Reads pieces of a binary file in memory, failing with the file's name if it runs short."""
 
     def __init__(self, buffer: bytes, path: Path):
         self.buffer, self.pos, self.path = memoryview(buffer), 0, path
@@ -312,8 +310,7 @@ def ct2_to_openai(v: dict[str, Tensor], path: Path):
 
 
 def read_ct2_folder(folder: Path, extra_folders: Sequence[Path] = ()):
-    """A faster-whisper folder: model.bin, or model.bin.part1, .part2, ... here or in
-    `extra_folders`."""
+    """A faster-whisper folder: model.bin, or model.bin.part1, ... here or in `extra_folders`."""
     parts = [folder / "model.bin"] if (folder / "model.bin").exists() else []
     if not parts:
         candidates = {
@@ -348,8 +345,7 @@ SAFETENSORS_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, then the
-    data."""
+    """safetensors: u64 header size, a JSON header {name: {dtype, shape, data_offsets}}, data."""
     raw = path.read_bytes()
     if len(raw) < 8:
         raise M.ModelError(f"{path}: truncated safetensors file")
@@ -496,8 +492,7 @@ def read_hf_folder(folder: Path):
 
 
 def openai_to_hf(model: M.Whisper) -> tuple[dict, dict[str, Tensor]]:
-    """Config and tensors of a Hugging Face folder for this model (the inverse of
-    read_hf_folder)."""
+    """Config and tensors of a Hugging Face folder for this model (read_hf_folder's inverse)."""
     d = model.dims
     config = {
         "model_type": "whisper",
@@ -564,8 +559,7 @@ def package_folders(name: str) -> Optional[list[Path]]:
 
 
 def download_openai(name: str, root: Path) -> Path:
-    """Fetch OpenAI's checkpoint and check its SHA-256; on any network failure, say what to do
-    instead."""
+    """Fetch OpenAI's checkpoint, check its SHA-256; on a network failure, say what to do."""
     url = OPENAI_BASE_URL + OPENAI_URLS[name]
     sha = OPENAI_URLS[name].split("/")[0]
     target = root / f"{name}.pt"
@@ -616,8 +610,7 @@ def resolve_model(name_or_path: str | Path) -> tuple[Path, list[Path]]:
 
 
 def read_weights(name_or_path: str | Path):
-    """(dims, state dict, vocabulary source, the checkpoint's extra entries) from any supported
-    format."""
+    """(dims, state dict, vocabulary source, the checkpoint's extra entries) from any format."""
     path, extra_folders = resolve_model(name_or_path)
     if path.is_dir():
         if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):

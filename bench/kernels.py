@@ -92,8 +92,7 @@ def attention_cases():
 
 
 def sdpa(q, k, v, causal=False, q_offset=0, k_lengths=None):
-    """PyTorch's attention with the same masking rules (a boolean mask where is_causal cannot say
-    it)."""
+    """PyTorch's attention, same masking rules (a boolean mask where is_causal cannot say it)."""
     import torch.nn.functional as F
 
     from kernels.attention import visible_keys

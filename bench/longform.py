@@ -43,8 +43,7 @@ SHIFTS = (0.5, 3.0)  # seconds of silence before the recording, for the teacher 
 
 
 def joined_recording(utts: list, gap: float) -> tuple[np.ndarray, str]:
-    """The utterances' audio one after another with `gap` seconds of silence between, and their
-    text."""
+    """The utterances' audio in a row, `gap` seconds of silence between them, and their text."""
     silence = np.zeros(round(gap * audio_io.SAMPLE_RATE), np.float32)
     audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
     return np.concatenate([x for a in audios for x in (a, silence)][:-1]), " ".join(
@@ -90,8 +89,7 @@ def runs_of(models: list[str]) -> list[tuple[str, str, list[str], float]]:
 
 
 def shifted_back(segments: list[dict], seconds: float) -> list[dict]:
-    """Segments of a recording that had `seconds` of silence put before it, in the recording's own
-    times."""
+    """Segments of a recording that had `seconds` of silence put before it, in its own times."""
     return [{**s, "start": s["start"] - seconds, "end": s["end"] - seconds} for s in segments]
 
 

@@ -61,8 +61,7 @@ def visible_keys(Lq, Lk, *, causal=False, q_offset=0, k_lengths=None, device=Non
 def attention_reference(
     q, k, v, *, causal=False, q_offset=0, k_lengths=None, scale=None, backend=None
 ):
-    """Plain PyTorch attention with the same arguments and result as `attention` (in fp32
-    inside)."""
+    """Plain PyTorch attention, same arguments and result as `attention` (fp32 inside)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     visible = visible_keys(
         q.shape[-2],
@@ -424,8 +423,7 @@ BLOCKS = {
 
 
 def _launch_config(kernel, q, L_own, L_walk):
-    """Block sizes (no larger than the lengths need: one query token gets a 16-row tile) and
-    options."""
+    """Block sizes (no larger than the lengths need: one query gets a 16-row tile) and options."""
     half = q.dtype != torch.float32
     own, walk, warps = BLOCKS[kernel, half, q.shape[-1] <= 64]
     fit = lambda block, L: max(16, min(block, triton.next_power_of_2(L)))  # noqa: E731

@@ -145,8 +145,7 @@ class _FusedLinearKDLoss(torch.autograd.Function):
 
 
 def default_chunk_size(V):
-    """Tokens per chunk so that a chunk's fp32 logits take about 256 MB (1024 tokens at V =
-    51,865)."""
+    """Tokens per chunk so a chunk's fp32 logits take about 256 MB (1024 tokens at V = 51,865)."""
     tokens = max(1, 2**26 // V)
     return 1 << (tokens.bit_length() - 1)  # rounded down to a power of two
 

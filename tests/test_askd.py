@@ -778,8 +778,7 @@ def metrics(ws, name):
 
 @pytest.fixture(scope="module")
 def reference_run(workspace):
-    """One process accumulating 2 micro-batches per step, straight through, ending with the test
-    table."""
+    """One process accumulating 2 micro-batches a step, straight through, then the test table."""
     result = train_cli(
         workspace,
         "reference",
@@ -886,8 +885,7 @@ def cli(*args):
 
 
 def test_cli_teacher_exact_mode_and_bench(reference_run, workspace):
-    """transcribe --draft gives the teacher's own text; bench times every way of running both
-    models."""
+    """transcribe --draft gives the teacher's own text; bench times every way of running both."""
     student = str(Path(workspace["runs"]) / "reference" / "student.pt")
     files = [u.audio for u in data.load_source(workspace["test"])]
     plain = cli(

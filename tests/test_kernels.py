@@ -496,8 +496,7 @@ def test_twins_work_without_triton():
 
 
 def test_importing_kernels_leaves_the_environment_alone():
-    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on the
-    CPU."""
+    """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on CPU."""
     script = (
         "import os, torch, kernels\n"
         "assert 'TRITON_INTERPRET' not in os.environ\n"

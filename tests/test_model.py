@@ -41,8 +41,7 @@ def golden():
 
 
 def speech(golden):
-    """The prompts with speech (silence/3 is digital silence: its hallucinated tokens are
-    fragile)."""
+    """The prompts with speech (silence/3 is digital silence: its hallucinations are fragile)."""
     return [p for p in golden["tiny.en"]["prompts"] if not p["name"].startswith("silence")]
 
 

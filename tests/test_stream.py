@@ -48,8 +48,7 @@ def phrases_of(audio, chunk=0.1, **options):
 
 
 def several_speakers(seconds=30.0):
-    """Real recordings of other people (real-speech-dev), one source after another, ~`seconds`
-    long."""
+    """Real recordings of other people (real-speech-dev), one after another, ~`seconds` long."""
     by_source = {}
     for u in data.load_source("real-speech-dev"):
         by_source.setdefault(u.id.split("_")[0], []).append(u)
