@@ -30,9 +30,7 @@ import transcribe
 
 LIVE_CHUNK = 0.1  # seconds of audio a live source reads at a time
 LIVE_MOST = 10.0  # and hands on at most, however far behind its listener is
-PHRASE_PAD = (
-    0.3  # sound kept before a phrase's first loud 10 ms and after its last: soft edges of words
-)
+PHRASE_PAD = 0.3  # sound kept before a phrase's first loud 10 ms and after its last: soft edges
 VAD_HISTORY = 30.0  # seconds of levels that set the quiet threshold (as loudness sets it)
 
 
@@ -303,19 +301,12 @@ class Endpointer:
 # 2. Live transcription: phrase by phrase, as they are spoken
 # ----------------------------------------------------------------------------------------------
 STEP_SECONDS = 0.5  # the open phrase is read again after this much more audio, for its partial text
-ENDPOINT_SECONDS = (
-    0.5  # this much quiet ends a phrase (streaming.Endpointer), which is then read for its final
-)
+ENDPOINT_SECONDS = 0.5  # this much quiet ends a phrase (Endpointer), then read for its final text
 PARTIAL_CUT = 0.3  # a partial reads up to the quietest 50 ms of this much of the newest audio
-NOISE_SECONDS = (
-    1.0  # a phrase with less sound than this, read with doubt, is noise (LiveTranscriber.read)
-)
-CONTEXT_SECONDS = (
-    10.0  # a phrase is read after the finals before it that fit in this with it, text forced
-)
-CONTEXT_SAMPLE_LEN = (
-    112  # tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
-)
+NOISE_SECONDS = 1.0  # less sound than this, read with doubt, is noise (LiveTranscriber.read)
+CONTEXT_SECONDS = 10.0  # a phrase is read after the earlier finals fitting in this, text forced
+# tokens a read after context may add: leaves Whisper's n_ctx / 2 - 112 for the forced text
+CONTEXT_SAMPLE_LEN = 112
 # text only; a final that loops falls back; the endpointer is the gate (a read spans pauses)
 LIVE_DECODING = transcribe.TranscribeOptions(without_timestamps=True, vad=False)
 

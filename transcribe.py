@@ -36,18 +36,12 @@ if TYPE_CHECKING:  # annotations only: never at run time
 WEIGHTS = ("auto", "fp32", "fp16")  # how a model is held for inference (load_recognizer)
 ROUND_FRAMES = 100  # trimmed input is cut at a whole number of seconds (100 mel frames)
 MAX_TOKENS_PER_SECOND = 10.0  # decoding stops there: people say ~3 tokens a second
-PIECE_SECONDS = (
-    30.0  # longer audio is cut at its pauses, a longer stretch of speech at its quietest,
-)
+PIECE_SECONDS = 30.0  # longer audio is cut at pauses, a longer stretch of speech at its quietest,
 JOIN_SECONDS = 20.0  # and neighbouring stretches read together up to this long, for context
-PADDED_PREFIX = (
-    "padded:"  # --model padded:STUDENT: a student read in 30 s windows, as other tools do
-)
+PADDED_PREFIX = "padded:"  # --model padded:STUDENT: a student read in 30 s windows, as Whisper is
 RESEEK_SECONDS = 1.0  # a piece whose text ends this long before the piece does, and before at
 RESEEK_SPEECH = 0.3  # least this many seconds of sound (audio_io.loudness), is read on from there
-NO_SPEECH = (
-    0.8  # a student's piece more likely silence than this has no text; speech stays well below
-)
+NO_SPEECH = 0.8  # a student's piece likelier silence than this has no text; speech stays well below
 
 
 # ----------------------------------------------------------------------------------------------
