@@ -1,8 +1,8 @@
-"""FastWhisper's command line: argument parsing only; the work is in the modules (docs/architecture.md).
+"""FastWhisper's command line: argument parsing; the work is in the modules (docs/architecture.md).
 
-python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
-python fastwhisper.py transcribe FILES... --model tiny.en --draft runs/askd/student.pt   # teacher-exact
-python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--model M] [--jsonl]
+python fastwhisper.py transcribe FILES... [--model tiny.en] [-f txt|srt|vtt|json|tsv|all]
+python fastwhisper.py transcribe FILES... --model tiny.en --draft STUDENT  # teacher-exact
+python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--jsonl]
 python fastwhisper.py bench [FILES...] [--model A --model B ...]
 python fastwhisper.py bench kernels
 python fastwhisper.py bench ood [--model A --model B ...]
@@ -10,7 +10,8 @@ python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
 python fastwhisper.py bench long [--model A --model B ...]
 python fastwhisper.py bench pieces [--model STUDENT]
 python fastwhisper.py bench stream [--model A --model B ...] [--data real-speech-dev]
-python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
+python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME]
+                            [--resume]
 python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
 
@@ -29,13 +30,13 @@ import typing
 import warnings
 
 WEIGHTS_HELP = (
-    "fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
+    "fp16: decoder weights packed in fp16 for the CPU (faster decoding); auto (default): "
     "fp16 for students, fp32 (OpenAI's exact tokens) for Whisper models"
 )
 
 # Files are read and handed to the model in chunks of up to FILES_PER_BATCH batches or CHUNK_SECONDS
-# of audio: the model sorts a chunk's pieces by length, so a bigger chunk pads less (measured on 196
-# short files: 14% less time for a student, 5% for Whisper), while memory stays bounded.
+# of audio: the model sorts a chunk's pieces by length, so a bigger chunk pads less and takes
+# less time, while memory stays bounded.
 FILES_PER_BATCH, CHUNK_SECONDS = 8, 1200
 
 
@@ -59,7 +60,8 @@ def set_up(args) -> str:
 
 
 def load(name: str, device: str, weights: str = "auto"):
-    """A transcribe.Recognizer (a Whisper model or a student that knows how it reads audio), or a one-line error."""
+    """A transcribe.Recognizer (a Whisper model or a student that knows how it reads audio), or a
+    one-line error."""
     import model
     import transcribe
 
@@ -121,7 +123,7 @@ def device(value: str) -> str:
 
 
 def schedule(value: str) -> str:
-    """A weight schedule of askd.Schedule (const:V, linear:A:B, cosine:A:B, exp:A:B), kept as text."""
+    """A weight schedule of askd.Schedule (const:V, linear:A:B, cosine:A:B, exp:A:B), as text."""
     import askd
 
     try:
@@ -309,7 +311,8 @@ def check_output_folder(folder: str) -> None:
 
 
 def read_in_chunks(paths: list, batch_size: int, bar):
-    """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error line."""
+    """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error
+    line."""
     import audio_io
     import fileio
 
@@ -456,9 +459,9 @@ def add_transcribe(sub) -> None:
     p.add_argument(
         "--model",
         default="tiny.en",
-        help="a name (tiny.en, base, ...) or a path: OpenAI .pt, "
-        "faster-whisper folder, Hugging Face folder, or a student from `train`; padded:STUDENT reads a "
-        "student in 30-second windows, as other Whisper tools do (default tiny.en)",
+        help="a name (tiny.en, base, ...) or a path: OpenAI .pt, faster-whisper folder, Hugging "
+        "Face folder, or a student from `train`; padded:STUDENT reads a student in 30-second "
+        "windows, as other Whisper tools do (default tiny.en)",
     )
     p.add_argument(
         "--language",
@@ -603,10 +606,10 @@ def add_bench(sub) -> None:
     p.add_argument(
         "files",
         nargs="*",
-        help="audio to time (default: the test split of the default corpus), "
-        "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole "
-        "transcribe processes on real speech, as a user waits for them), `long` (long recordings of "
-        "real speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
+        help="audio to time (default: the test split of the default corpus), or `kernels` (the "
+        "Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole transcribe "
+        "processes on real speech, as a user waits for them), `long` (long recordings of real "
+        "speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
         "split as live streams: latency after each phrase, partials, WER)",
     )
     p.add_argument(
