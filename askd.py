@@ -48,7 +48,7 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -263,17 +263,48 @@ def teacher_trust(teacher_logits: Tensor, labels: Tensor, kind: str = "prob") ->
 
 @dataclass
 class LossConfig:
-    """The output loss: which, and its knobs (their defaults live here only; TrainConfig extends this)."""
+    """The output loss: which, and its knobs. Each field's default, help and bounds are written
+    once, here or in TrainConfig (which extends this); fastwhisper.py makes train's options from
+    them."""
 
-    loss: str = "askd"
-    T: float = 2.0
-    alpha: str = (
-        "cosine:0.3:0"  # teacher weight over training (askd; 1 -> 0 loses generality: README)
+    loss: str = field(
+        default="askd",
+        metadata={
+            "group": "the loss",
+            "help": "ce: plain fine-tuning; kd: classic KD (CE and KL at temperature T); askd: "
+            "adaptive self-knowledge distillation",
+            "choices": LOSSES,
+        },
     )
-    beta: str = "linear:0:0.3"  # self-teacher weight over training (askd)
-    trust: str = "prob"  # c_i (askd)
-    kd_ce_weight: float = 0.8  # classic KD: fixed weights (distil-whisper's)
-    kd_weight: float = 1.0
+    T: float = field(
+        default=2.0,
+        metadata={"help": "distillation temperature", "above": 0, "aliases": ("--temperature",)},
+    )
+    # ends at 0: a teacher weight from 1 down to 0 loses generality
+    alpha: str = field(
+        default="cosine:0.3:0",
+        metadata={
+            "help": "askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or "
+            "exp:A:B",
+            "type": "schedule",
+        },
+    )
+    beta: str = field(
+        default="linear:0:0.3",
+        metadata={"help": "askd: self-teacher weight over training", "type": "schedule"},
+    )
+    # c_i of the method
+    trust: str = field(
+        default="prob",
+        metadata={
+            "help": "askd: per-token trust in the teacher: its probability of the right token, "
+            "whether its best guess is right, or none",
+            "choices": TRUSTS,
+        },
+    )
+    # classic KD: fixed weights (distil-whisper's)
+    kd_ce_weight: float = field(default=0.8, metadata={"help": "kd: CE weight", "low": 0})
+    kd_weight: float = field(default=1.0, metadata={"help": "kd: KL weight", "low": 0})
 
     def weights(self, s: float) -> tuple[float, float, float]:
         """(CE weight, teacher weight before trust, self-teacher weight) at progress s."""
@@ -772,70 +803,215 @@ class StudentStep(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+LR_SCHEDULES = ("linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig(LossConfig):
-    """A run's options: the loss's (LossConfig's fields come first) and these. Each default is written
-    once, here or in LossConfig; dataclasses.fields(TrainConfig) lists them all (the CLI's help)."""
+    """A run's options: the loss's (LossConfig's fields come first) and these, in the order and
+    groups of `train --help`. A field's metadata: its help, and where they apply its choices, its
+    bounds (low: >=, above: >, high: <=), a "type" the CLI parses it with, other flags ("aliases")
+    and the help group it starts ("group")."""
 
-    # what and where
-    teacher: str = "tiny.en"
-    train: str = "asterisk:train"
-    dev: Optional[str] = None  # default: asterisk:dev+real-speech-dev for the default corpus, else
-    # 10% of train
-    test: Optional[str] = None  # default: asterisk:test for the default corpus, else none
-    ood: Optional[str] = (
-        None  # out-of-domain data for the final table; default: real-speech-dev for
+    teacher: str = field(
+        default="tiny.en",
+        metadata={"group": "what and where", "help": "teacher model: a name or a path"},
     )
-    # the default corpus, else none ("" for none)
-    joined: float = 0.2  # long inputs, per training utterance: recordings of 15-28 s joined
-    # from training utterances (data.join_utterances); 0 for none
-    perturbed: float = 0.0  # copies in other rooms, microphones and rates, per training
-    # utterance (data.perturbed_utterances); 0 for none
-    timestamps: float = 0.5  # share of targets with timestamps (the teacher's, forced on the text:
-    # TeacherCache.timestamps), as Whisper trains; 0 for none
-    name: str = "askd"
-    runs_dir: str = "runs"
-    cache_dir: Optional[str] = None  # teacher cache; default fileio.cache_dir()
-    # the student
-    decoder_layers: Optional[int] = (
-        None  # default: all of the teacher's (2 of tiny.en's 4 loop; see README)
+    train: str = field(
+        default="asterisk:train",
+        metadata={
+            "help": "training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl "
+            "with audio and text columns; empty text = use the teacher's transcript) or a "
+            "LibriSpeech folder, each optionally :train, :dev or :test"
+        },
     )
-    encoder_layers: Optional[int] = None
-    input: str = "trimmed"
-    round_frames: int = transcribe.ROUND_FRAMES
-    train_embed: bool = (
-        False  # train the token embedding (= output projection); default: the teacher's
+    dev: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "data for the dev WER after each epoch, which chooses the student; join "
+            "several with + to choose by the mean of their WERs (none: "
+            "asterisk:dev+real-speech-dev, or 10% of a custom --train)"
+        },
     )
-    # the loss, besides LossConfig's
-    self_teacher: str = "ema"
-    ema_decay: float = 0.99
-    enc_weight: float = 1.0
-    # labels
-    labels: str = "auto"
-    max_label_wer: float = 0.2
-    # optimisation
-    epochs: int = 6
-    batch_size: int = 16
-    max_frames: Optional[int] = 8000
-    accum: int = 1
-    lr: float = 1e-4
-    warmup: float = 0.1  # fraction of the steps (< 1) or a number of steps
-    lr_schedule: str = "linear"  # decay after warmup: linear or cosine, to 0
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    spec_augment: bool = False
-    seed: int = 0
-    # machinery
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
-    threads: int = 0
-    save_every: int = 50  # steps between checkpoints (and at every epoch's end)
-    eval_batch_size: int = 8
-    max_bad_steps: int = 20  # consecutive non-finite steps before giving up
-    limit: Optional[int] = None  # use only the first N training utterances (quick runs)
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
+    test: Optional[str] = field(
+        default=None,
+        metadata={"help": "data for the final table (none: asterisk:test with the default corpus)"},
+    )
+    ood: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "out-of-domain data for the final table, a column beside --test's (none: "
+            "real-speech-dev, real speech of other people, with the default corpus; '' for no "
+            "column)"
+        },
+    )
+    limit: Optional[int] = field(
+        default=None, metadata={"help": "use only the first N training utterances", "low": 1}
+    )
+    joined: float = field(
+        default=0.2,
+        metadata={
+            "help": "long inputs per training utterance: recordings of 15-28 s joined from "
+            "training utterances with short pauses, so the student learns long speech (0: none)",
+            "low": 0,
+        },
+    )
+    perturbed: float = field(
+        default=0.0,
+        metadata={
+            "help": "copies per training utterance with speed, room (reverberation), noise and "
+            "level changed, so the student hears more than one recording setup (0: none)",
+            "low": 0,
+        },
+    )
+    timestamps: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of training targets written with timestamps (the teacher's times, "
+            "forced on the text), so the student can write subtitles and read long audio like "
+            "Whisper (0: none)",
+            "low": 0,
+            "high": 1,
+        },
+    )
+    name: str = field(default="askd", metadata={"help": "run name: files go to RUNS_DIR/NAME"})
+    runs_dir: str = field(default="runs", metadata={"help": "where runs go"})
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "
+            "~/.cache/fastwhisper)"
+        },
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue RUNS_DIR/NAME exactly where it stopped"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "start RUNS_DIR/NAME over"})
+
+    decoder_layers: Optional[int] = field(
+        default=None,
+        metadata={
+            "group": "the student",
+            "help": "decoder layers, maximally spaced teacher layers (4 -> 2: layers 0 and 3) "
+            "(none: all; on tiny.en, 2-layer students loop on unseen prompts)",
+            "low": 1,
+        },
+    )
+    encoder_layers: Optional[int] = field(
+        default=None, metadata={"help": "encoder layers (none: all of the teacher's)", "low": 1}
+    )
+    input: str = field(
+        default="trimmed",
+        metadata={
+            "help": "trimmed: the encoder reads the audio's real length and is trained toward the "
+            "teacher's states; padded: 30 s windows, frozen encoder (the classic setting)",
+            "choices": INPUTS,
+        },
+    )
+    round_frames: int = field(
+        default=transcribe.ROUND_FRAMES,
+        metadata={
+            "help": "trimmed input is rounded up to a multiple of this many mel frames (100 = 1 s)",
+            "low": 1,
+        },
+    )
+    train_embed: bool = field(
+        default=False,
+        metadata={
+            "help": "train the token embedding (which is also the output projection) too; by "
+            "default it stays the teacher's"
+        },
+    )
+    enc_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the MSE pulling the student's encoder states (trimmed input) toward "
+            "the teacher's (padded input)",
+            "low": 0,
+        },
+    )
+
+    self_teacher: str = field(
+        default="ema",
+        metadata={
+            "group": "the loss",
+            "help": "askd: the student's earlier self: an EMA of its weights or its snapshot from "
+            "the end of the last epoch",
+            "choices": SELF_TEACHERS,
+        },
+    )
+    ema_decay: float = field(
+        default=0.99,
+        metadata={"help": "decay of the EMA self-teacher", "low": 0, "high": 0.999999},
+    )
+    labels: str = field(
+        default="auto",
+        metadata={
+            "help": "targets: the reference text, the teacher's transcript, or auto: the reference "
+            "where there is one",
+            "choices": LABELS,
+        },
+    )
+    max_label_wer: float = field(
+        default=0.2,
+        metadata={
+            "help": "--labels pseudo: drop utterances whose pseudo-label is further than this WER "
+            "from their reference",
+            "low": 0,
+        },
+    )
+
+    epochs: int = field(
+        default=6,
+        metadata={"group": "optimisation", "help": "passes over the training data", "low": 1},
+    )
+    batch_size: int = field(default=16, metadata={"help": "utterances per micro-batch", "low": 1})
+    max_frames: Optional[int] = field(
+        default=8000, metadata={"help": "mel frames per micro-batch, padding included", "low": 1}
+    )
+    accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "low": 1})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate", "above": 0})
+    warmup: float = field(
+        default=0.1,
+        metadata={"help": "a fraction of the steps (< 1) or a number of steps", "low": 0},
+    )
+    lr_schedule: str = field(
+        default="linear", metadata={"help": "decay to 0 after warmup", "choices": LR_SCHEDULES}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "low": 0})
+    clip: float = field(default=1.0, metadata={"help": "gradient norm clipping", "above": 0})
+    spec_augment: bool = field(
+        default=False, metadata={"help": "SpecAugment on the student's input"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed", "low": 0})
+
+    device: str = field(
+        default="auto",
+        metadata={
+            "group": "machinery",
+            "help": "cpu, cuda, ... (auto: cuda if available); under torchrun each process takes "
+            "its LOCAL_RANK's GPU, or the CPU with gloo",
+            "type": "device",
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto: bf16 autocast on GPUs, fp32 on the CPU", "choices": PRECISIONS},
+    )
+    threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch (0: torch's choice)", "low": 0}
+    )
+    save_every: int = field(
+        default=50,
+        metadata={"help": "steps between checkpoints, besides every epoch's end", "low": 1},
+    )
+    eval_batch_size: int = field(default=8, metadata={"help": "dev-set decoding batch", "low": 1})
+    max_bad_steps: int = field(
+        default=20,
+        metadata={"help": "give up after this many non-finite steps in a row", "low": 1},
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bars", "aliases": ("-q",)})
 
     # changing these does not change what a resumed run computes
     RESUMABLE_CHANGES = (
@@ -860,14 +1036,13 @@ class TrainConfig(LossConfig):
             "trust": TRUSTS,
             "self_teacher": SELF_TEACHERS,
             "labels": LABELS,
-            "lr_schedule": ("linear", "cosine"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "lr_schedule": LR_SCHEDULES,
+            "precision": PRECISIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise run_plumbing.TrainError(
-                    f"--{name.replace('_', '-')} {getattr(self, name)}: use one of {', '.join(allowed)}"
-                )
+                value, flag = getattr(self, name), name.replace("_", "-")
+                raise run_plumbing.TrainError(f"--{flag} {value}: use one of {', '.join(allowed)}")
         for name in ("alpha", "beta"):
             Schedule.parse(getattr(self, name))
         positive = {

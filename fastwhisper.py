@@ -1,8 +1,8 @@
-"""FastWhisper's command line: argument parsing only; the work is in the modules (docs/architecture.md).
+"""FastWhisper's command line: argument parsing; the work is in the modules (docs/architecture.md).
 
-python fastwhisper.py transcribe FILES... [--model tiny.en] [--output-format txt|srt|vtt|json|tsv|all]
-python fastwhisper.py transcribe FILES... --model tiny.en --draft runs/askd/student.pt   # teacher-exact
-python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--model M] [--jsonl]
+python fastwhisper.py transcribe FILES... [--model tiny.en] [-f txt|srt|vtt|json|tsv|all]
+python fastwhisper.py transcribe FILES... --model tiny.en --draft STUDENT  # teacher-exact
+python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--jsonl]
 python fastwhisper.py bench [FILES...] [--model A --model B ...]
 python fastwhisper.py bench kernels
 python fastwhisper.py bench ood [--model A --model B ...]
@@ -10,7 +10,8 @@ python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
 python fastwhisper.py bench long [--model A --model B ...]
 python fastwhisper.py bench pieces [--model STUDENT]
 python fastwhisper.py bench stream [--model A --model B ...] [--data real-speech-dev]
-python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME] [--resume]
+python fastwhisper.py train [--loss ce|kd|askd] [--teacher tiny.en] [--train SOURCE] [--name NAME]
+                            [--resume]
 python fastwhisper.py eval [--model A --model B ...] [--data SOURCE]
 """
 
@@ -25,16 +26,17 @@ import re
 import signal
 import sys
 import threading
+import typing
 import warnings
 
 WEIGHTS_HELP = (
-    "fp16: decoder weights packed in fp16 for the CPU (about 2x faster decoding); auto (default): "
+    "fp16: decoder weights packed in fp16 for the CPU (faster decoding); auto (default): "
     "fp16 for students, fp32 (OpenAI's exact tokens) for Whisper models"
 )
 
 # Files are read and handed to the model in chunks of up to FILES_PER_BATCH batches or CHUNK_SECONDS
-# of audio: the model sorts a chunk's pieces by length, so a bigger chunk pads less (measured on 196
-# short files: 14% less time for a student, 5% for Whisper), while memory stays bounded.
+# of audio: the model sorts a chunk's pieces by length, so a bigger chunk pads less and takes
+# less time, while memory stays bounded.
 FILES_PER_BATCH, CHUNK_SECONDS = 8, 1200
 
 
@@ -58,7 +60,8 @@ def set_up(args) -> str:
 
 
 def load(name: str, device: str, weights: str = "auto"):
-    """A transcribe.Recognizer (a Whisper model or a student that knows how it reads audio), or a one-line error."""
+    """A transcribe.Recognizer (a Whisper model or a student that knows how it reads audio), or a
+    one-line error."""
     import model
     import transcribe
 
@@ -120,7 +123,7 @@ def device(value: str) -> str:
 
 
 def schedule(value: str) -> str:
-    """A weight schedule of askd.Schedule (const:V, linear:A:B, cosine:A:B, exp:A:B), kept as text."""
+    """A weight schedule of askd.Schedule (const:V, linear:A:B, cosine:A:B, exp:A:B), as text."""
     import askd
 
     try:
@@ -308,7 +311,8 @@ def check_output_folder(folder: str) -> None:
 
 
 def read_in_chunks(paths: list, batch_size: int, bar):
-    """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error line."""
+    """Yield (paths of the chunk, those that decode, their waveforms); each other one is an error
+    line."""
     import audio_io
     import fileio
 
@@ -455,9 +459,9 @@ def add_transcribe(sub) -> None:
     p.add_argument(
         "--model",
         default="tiny.en",
-        help="a name (tiny.en, base, ...) or a path: OpenAI .pt, "
-        "faster-whisper folder, Hugging Face folder, or a student from `train`; padded:STUDENT reads a "
-        "student in 30-second windows, as other Whisper tools do (default tiny.en)",
+        help="a name (tiny.en, base, ...) or a path: OpenAI .pt, faster-whisper folder, Hugging "
+        "Face folder, or a student from `train`; padded:STUDENT reads a student in 30-second "
+        "windows, as other Whisper tools do (default tiny.en)",
     )
     p.add_argument(
         "--language",
@@ -602,10 +606,10 @@ def add_bench(sub) -> None:
     p.add_argument(
         "files",
         nargs="*",
-        help="audio to time (default: the test split of the default corpus), "
-        "or `kernels` (the Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole "
-        "transcribe processes on real speech, as a user waits for them), `long` (long recordings of "
-        "real speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
+        help="audio to time (default: the test split of the default corpus), or `kernels` (the "
+        "Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole transcribe "
+        "processes on real speech, as a user waits for them), `long` (long recordings of real "
+        "speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
         "split as live streams: latency after each phrase, partials, WER)",
     )
     p.add_argument(
@@ -701,208 +705,29 @@ def add_machine(p, quiet: bool = False) -> None:
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-# train: an option left out keeps askd.TrainConfig's default (argparse.SUPPRESS), so the defaults
-# live in one place, and the help texts print them from there. Each group: (title, options), an
-# option being (flags, help, argparse keywords).
-TRAIN_OPTIONS = [
-    (
-        "what and where",
-        [
-            ("--teacher", "teacher model: a name or a path", {}),
-            (
-                "--train",
-                "training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl with audio and "
-                "text columns; empty text = use the teacher's transcript) or a LibriSpeech folder, each "
-                "optionally :train, :dev or :test",
-                {},
-            ),
-            (
-                "--dev",
-                "data for the dev WER after each epoch, which chooses the student; join several with + to "
-                "choose by the mean of their WERs (none: asterisk:dev+real-speech-dev, or 10%% of a custom "
-                "--train)",
-                {},
-            ),
-            (
-                "--test",
-                "data for the final table (none: asterisk:test with the default corpus)",
-                {},
-            ),
-            (
-                "--ood",
-                "out-of-domain data for the final table, a column beside --test's (none: real-speech-dev, "
-                "real speech of other people, with the default corpus; '' for no column)",
-                {},
-            ),
-            ("--limit", "use only the first N training utterances", {"type": COUNT}),
-            (
-                "--joined",
-                "long inputs per training utterance: recordings of 15-28 s joined from training utterances "
-                "with short pauses, so the student learns long speech (0: none)",
-                {"type": NON_NEGATIVE},
-            ),
-            (
-                "--perturbed",
-                "copies per training utterance with speed, room (reverberation), noise and level changed, "
-                "so the student hears more than one recording setup (0: none)",
-                {"type": NON_NEGATIVE},
-            ),
-            (
-                "--timestamps",
-                "share of training targets written with timestamps (the teacher's times, forced on the "
-                "text), so the student can write subtitles and read long audio like Whisper (0: none)",
-                {"type": FRACTION},
-            ),
-            ("--name", "run name: files go to RUNS_DIR/NAME", {}),
-            ("--runs-dir", "where runs go", {}),
-            (
-                "--cache-dir",
-                "where the teacher's outputs are cached (none: $FASTWHISPER_CACHE or "
-                "~/.cache/fastwhisper)",
-                {},
-            ),
-            (
-                "--resume",
-                "continue RUNS_DIR/NAME exactly where it stopped",
-                {"action": "store_true"},
-            ),
-            ("--overwrite", "start RUNS_DIR/NAME over", {"action": "store_true"}),
-        ],
-    ),
-    (
-        "the student",
-        [
-            (
-                "--decoder-layers",
-                "decoder layers, maximally spaced teacher layers (4 -> 2: layers 0 and 3) (none: "
-                "all; on tiny.en, 2-layer students loop on unseen prompts)",
-                {"type": COUNT},
-            ),
-            ("--encoder-layers", "encoder layers (none: all of the teacher's)", {"type": COUNT}),
-            (
-                "--input",
-                "trimmed: the encoder reads the audio's real length and is trained toward the teacher's "
-                "states; padded: 30 s windows, frozen encoder (the classic setting)",
-                {"choices": ("trimmed", "padded")},
-            ),
-            (
-                "--round-frames",
-                "trimmed input is rounded up to a multiple of this many mel frames (100 = 1 s)",
-                {"type": COUNT},
-            ),
-            (
-                "--train-embed",
-                "train the token embedding (which is also the output projection) too; by default it "
-                "stays the teacher's",
-                {"action": "store_true"},
-            ),
-            (
-                "--enc-weight",
-                "weight of the MSE pulling the student's encoder states (trimmed input) toward the "
-                "teacher's (padded input)",
-                {"type": NON_NEGATIVE},
-            ),
-        ],
-    ),
-    (
-        "the loss",
-        [
-            (
-                "--loss",
-                "ce: plain fine-tuning; kd: classic KD (CE and KL at temperature T); askd: adaptive "
-                "self-knowledge distillation",
-                {"choices": ("ce", "kd", "askd")},
-            ),
-            ("--T", "distillation temperature", {"type": POSITIVE}),
-            (
-                "--alpha",
-                "askd: teacher weight over training: const:V, linear:A:B, cosine:A:B or exp:A:B",
-                {"type": schedule},
-            ),
-            ("--beta", "askd: self-teacher weight over training", {"type": schedule}),
-            (
-                "--trust",
-                "askd: per-token trust in the teacher: its probability of the right token, whether its "
-                "best guess is right, or none",
-                {"choices": ("prob", "argmax", "none")},
-            ),
-            (
-                "--self-teacher",
-                "askd: the student's earlier self: an EMA of its weights or its snapshot from the "
-                "end of the last epoch",
-                {"choices": ("ema", "epoch")},
-            ),
-            (
-                "--ema-decay",
-                "decay of the EMA self-teacher",
-                {"type": number(float, low=0, high=0.999999)},
-            ),
-            ("--kd-ce-weight", "kd: CE weight", {"type": NON_NEGATIVE}),
-            ("--kd-weight", "kd: KL weight", {"type": NON_NEGATIVE}),
-            (
-                "--labels",
-                "targets: the reference text, the teacher's transcript, or auto: the reference where there "
-                "is one",
-                {"choices": ("auto", "reference", "pseudo")},
-            ),
-            (
-                "--max-label-wer",
-                "--labels pseudo: drop utterances whose pseudo-label is further than this WER from "
-                "their reference",
-                {"type": NON_NEGATIVE},
-            ),
-        ],
-    ),
-    (
-        "optimisation",
-        [
-            ("--epochs", "passes over the training data", {"type": COUNT}),
-            ("--batch-size", "utterances per micro-batch", {"type": COUNT}),
-            ("--max-frames", "mel frames per micro-batch, padding included", {"type": COUNT}),
-            ("--accum", "micro-batches per optimiser step", {"type": COUNT}),
-            ("--lr", "AdamW peak learning rate", {"type": POSITIVE}),
-            (
-                "--warmup",
-                "a fraction of the steps (< 1) or a number of steps",
-                {"type": NON_NEGATIVE},
-            ),
-            ("--lr-schedule", "decay to 0 after warmup", {"choices": ("linear", "cosine")}),
-            ("--weight-decay", "AdamW weight decay", {"type": NON_NEGATIVE}),
-            ("--clip", "gradient norm clipping", {"type": POSITIVE}),
-            ("--spec-augment", "SpecAugment on the student's input", {"action": "store_true"}),
-            ("--seed", "random seed", {"type": ZERO_OR_MORE}),
-        ],
-    ),
-    (
-        "machinery",
-        [
-            (
-                "--device",
-                "cpu, cuda, ... (auto: cuda if available); under torchrun each process takes its "
-                "LOCAL_RANK's GPU, or the CPU with gloo",
-                {"type": device},
-            ),
-            (
-                "--precision",
-                "auto: bf16 autocast on GPUs, fp32 on the CPU",
-                {"choices": ("auto", "fp32", "bf16", "fp16")},
-            ),
-            ("--threads", "CPU threads for torch (0: torch's choice)", {"type": ZERO_OR_MORE}),
-            (
-                "--save-every",
-                "steps between checkpoints, besides every epoch's end",
-                {"type": COUNT},
-            ),
-            ("--eval-batch-size", "dev-set decoding batch", {"type": COUNT}),
-            (
-                "--max-bad-steps",
-                "give up after this many non-finite steps in a row",
-                {"type": COUNT},
-            ),
-            ("--quiet", "no progress bars", {"action": "store_true"}),
-        ],
-    ),
-]
+# train's options come from askd.TrainConfig's fields: their help, choices and bounds are in each
+# field's metadata. An option left out keeps the field's default (argparse.SUPPRESS), so defaults
+# live in one place. Presentation only here: the help groups' order, the parsers named by "type".
+TRAIN_GROUPS = ("what and where", "the student", "the loss", "optimisation", "machinery")
+TRAIN_TYPES = {"schedule": schedule, "device": device}
+
+
+def train_option(f, kind) -> tuple[list, dict]:
+    """A TrainConfig field as (flags, argparse keywords)."""
+    meta = f.metadata
+    flags = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+    shown = "" if kind is bool or f.default is None else f" (default {f.default})"
+    keywords = {"dest": f.name, "help": meta["help"].replace("%", "%%") + shown}
+    if kind is bool:
+        keywords["action"] = "store_true"
+    elif "choices" in meta:
+        keywords["choices"] = meta["choices"]
+    elif "type" in meta:
+        keywords["type"] = TRAIN_TYPES[meta["type"]]
+    elif kind in (int, float):
+        bounds = {k: meta[k] for k in ("low", "above", "high") if k in meta}
+        keywords["type"] = number(kind, **bounds)
+    return flags, keywords
 
 
 def add_train(sub, options: bool = True) -> None:
@@ -912,31 +737,28 @@ def add_train(sub, options: bool = True) -> None:
         help="distil a teacher into a small, fast student (ASKD, KD or plain fine-tuning)",
         argument_default=argparse.SUPPRESS,
         description="With no arguments: the tiny.en teacher, the default corpus (Debian's Asterisk "
-        "prompts), about 13 minutes on a 2-core CPU, then a test table. Writes "
-        "runs/NAME/student.pt (use it with `transcribe --model`), last.pt (to --resume), "
-        "metrics.jsonl and results.json. Multi-GPU: torchrun --nproc-per-node N "
-        "fastwhisper.py train ...",
+        "prompts), then a test table; training takes a while on a CPU. Writes runs/NAME/student.pt "
+        "(use it with `transcribe --model`), last.pt (to --resume), metrics.jsonl and "
+        "results.json. Multi-GPU: torchrun --nproc-per-node N fastwhisper.py train ...",
     )
     p.set_defaults(run=cmd_train)
     if not options:
         return
     import askd
 
-    defaults = {f.name: f.default for f in dataclasses.fields(askd.TrainConfig)}
-    for title, group_options in TRAIN_OPTIONS:
+    hints = typing.get_type_hints(askd.TrainConfig)
+    grouped = {title: [] for title in TRAIN_GROUPS}
+    title = None
+    for f in dataclasses.fields(askd.TrainConfig):
+        title = f.metadata.get("group", title)
+        grouped[title].append(f)
+    for title, group_fields in grouped.items():  # added group by group, so usage lists them so
         group = p.add_argument_group(title)
-        for flag, text, keywords in group_options:
-            dest = flag[2:].replace("-", "_")
-            default = defaults[dest]
-            shown = (
-                ""
-                if keywords.get("action") == "store_true" or default is None
-                else f" (default {default})"
-            )
-            flags = [flag] + (
-                ["-q"] if flag == "--quiet" else ["--temperature"] if flag == "--T" else []
-            )
-            group.add_argument(*flags, dest=dest, help=text + shown, **keywords)
+        for f in group_fields:
+            hint = hints[f.name]  # Optional[X] -> X
+            kind = next(t for t in typing.get_args(hint) or [hint] if t is not type(None))
+            flags, keywords = train_option(f, kind)
+            group.add_argument(*flags, **keywords)
 
 
 def main(argv=None) -> int:

@@ -679,6 +679,37 @@ def test_config_errors():
         askd.TrainConfig(epochs=0).check()
 
 
+def test_train_options_are_made_from_train_config(capsys, monkeypatch):
+    """Each TrainConfig field is a train option with its metadata's help; a choice list is written
+    once: the CLI refuses what check() refuses, in one line."""
+    import dataclasses
+
+    import fastwhisper
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no help line wrapped inside a word
+    with pytest.raises(SystemExit):
+        fastwhisper.main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(askd.TrainConfig):
+        help = " ".join(f.metadata["help"].split())
+        assert f"--{f.name.replace('_', '-')}" in shown and help in shown, f.name
+    assert "--T T, --temperature T" in shown and "--quiet, -q" in shown
+    assert "(default 0.99)" in shown and "(default cosine:0.3:0)" in shown
+    with pytest.raises(
+        run_plumbing.TrainError, match="--lr-schedule step: use one of linear, cosine"
+    ):
+        askd.TrainConfig(lr_schedule="step").check()
+    for argv, said in [
+        (["--lr-schedule", "step"], "invalid choice: 'step' (choose from 'linear', 'cosine')"),
+        (["--ema-decay", "1"], "argument --ema-decay: 1: must be >= 0 and <= 0.999999"),
+        (["--epochs", "0"], "argument --epochs: 0: must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            fastwhisper.main(["train", *argv])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and err.splitlines()[-1].endswith(said), err
+
+
 # ----- training runs on real speech -------------------------------------------------------------
 # 12 short training prompts, micro-batches of 2, 2 epochs: 6 micro-batches an epoch, 3 steps of 2
 # accumulated micro-batches each. One training prompt has no transcript (the teacher labels it).
