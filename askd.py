@@ -295,8 +295,7 @@ class LossConfig:
 
 
 def kl_div(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) per row from log-probabilities; terms with p = 0 count 0 (even if log p is
-    -inf)."""
+    """KL(p || q) per row from log-probabilities; a term with p = 0 counts 0 (log p may be -inf)."""
     p = log_p.exp()
     return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
 
@@ -396,7 +395,7 @@ class SelfTeacher:
         self.kind, self.decay = kind, decay
 
     @classmethod
-    def for_run(cls, student: M.Whisper, cfg: LossConfig) -> Optional[SelfTeacher]:
+    def for_run(cls, student: M.Whisper, cfg: TrainConfig) -> Optional[SelfTeacher]:
         """One when the loss ever weighs it (askd with a beta that is not 0 throughout)."""
         beta = Schedule.parse(cfg.beta)
         if cfg.loss == "askd" and (beta.start != 0 or beta.end != 0):
