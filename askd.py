@@ -2,7 +2,8 @@
 
 For target token i at training progress s in [0, 1] (s = step / total steps) the student learns from
 
-    L_i = CE(y_i, p_S) + alpha(s) * c_i * T^2 * KL(p_T^T || p_S^T) + beta(s) * T^2 * KL(p_E^T || p_S^T)
+    L_i = CE(y_i, p_S) + alpha(s) * c_i * T^2 * KL(p_T^T || p_S^T)
+                       + beta(s) * T^2 * KL(p_E^T || p_S^T)
 
 p_S is the student, p_T the teacher, p_E the student's own earlier self (an exponential moving
 average of its weights, or last epoch's snapshot), all at temperature T. alpha(s) decays: the
@@ -12,18 +13,18 @@ whether its best guess is right), so the student does not copy the teacher's mis
 `--loss ce` (plain fine-tuning) and `--loss kd` (classic KD as in distil-whisper: 0.8 CE + 1.0 KL
 at T = 2) run through the same loop, so the three compare on equal terms.
 
-Where the speed comes from. Whisper's encoder always reads 30 s: a 3 s prompt spends 90% of the
-encoder on padding, and the encoder is half of the teacher's time. The student's encoder reads the
-audio's real length instead (the log-mel cut after the speech, rounded up to whole seconds), which
-makes it ~10x cheaper. An encoder that never saw trimmed input goes wrong on it (the teacher
-loops), so the student's encoder, a trainable copy of the teacher's, is pulled toward the
-teacher's states on the padded input, position by position, while the whole student learns:
+Where the speed comes from. Whisper's encoder always reads 30 s, so a short prompt spends most
+of the encoder on padding. The student's encoder reads the audio's real length instead (the
+log-mel cut after the speech, rounded up to whole seconds); docs/results.md has the figures. An
+encoder that never saw trimmed input goes wrong on it (the teacher loops), so the student's
+encoder, a trainable copy of the teacher's, is pulled toward the teacher's states on the padded
+input, position by position, while the whole student learns:
 
     L_enc = enc_weight * mean over positions t < T_i of || h_S(trimmed)_t - h_T(padded)_t ||^2 / d
 
-Its decoder keeps k of the teacher's layers (default: all). Fewer would be cheaper on a GPU, but on
-the CPU each token's 51,864-way output projection costs about as much as tiny.en's four decoder
-layers together, and on the default corpus 2-layer students loop on unseen prompts (README).
+Its decoder keeps k of the teacher's layers (default: all). Fewer would be cheaper on a GPU, but
+on the CPU each token's output projection over the whole vocabulary weighs as much as the decoder
+layers, and on the default corpus 2-layer students loop on unseen prompts.
 
 The teacher's padded encoder states and its teacher-forced decoder states are computed once per
 utterance and cached on disk (fp16 / fp32), so each training step costs the student alone.
@@ -31,9 +32,10 @@ utterance and cached on disk (fp16 / fp32), so each training step costs the stud
 
 The chapter follows a run: the student, its targets, the schedules and the loss, the data (with
 the teacher cache and pseudo-labels), batches, and training as a few named steps of a Trainer (set
-up or resume, one optimiser step, end of epoch, final table). Around it: run_plumbing.py holds a
-run's lock, checkpoints and torchrun; transcribe.py the student's trimmed input and the Recognizer
-/ Student that read audio (training uses them; they never use training).
+up or resume, one optimiser step, end of epoch, final table); `Trainer.train_step` reads one
+step straight down. Around it: run_plumbing.py holds a run's lock, checkpoints, torchrun and the
+step's DDP and out-of-memory handling; transcribe.py the student's trimmed input and the
+Recognizer / Student that read audio (training uses them; they never use training).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ import text_norm
 import tokenization
 import transcribe
 import weight_files
-from kernels import kd_loss
+from kernels import kd_loss, use_triton
 
 LOSSES = ("ce", "kd", "askd")
 INPUTS = ("trimmed", "padded")
@@ -74,10 +76,10 @@ TRUSTS = ("prob", "argmax", "none")
 SELF_TEACHERS = ("ema", "epoch")
 LABELS = ("auto", "reference", "pseudo")
 IGNORE = -100  # label of positions that carry no loss (the prompt, padding)
-KEEP_BYTES = (
-    2**30
-)  # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
+# encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
+KEEP_BYTES = 2**30
 CHECKPOINT_VERSION = 1
+LOGGED_PARTS = {"ce", "kd", "self", "trust", "enc", "loss", "tokens"}  # per step in metrics.jsonl
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,8 +103,8 @@ def spaced_layers(n: int, k: int) -> list[int]:
 def make_student(
     teacher: M.Whisper, decoder_layers: Optional[int] = None, encoder_layers: Optional[int] = None
 ) -> M.Whisper:
-    """A Whisper initialised from the teacher, with `decoder_layers` / `encoder_layers` of its layers
-    (None: all); every weight it shares with the teacher is copied."""
+    """A Whisper initialised from the teacher, with `decoder_layers` / `encoder_layers` of its
+    layers (None: all); every weight it shares with the teacher is copied."""
     d = teacher.dims
     decoder_layers = decoder_layers or d.n_text_layer
     encoder_layers = encoder_layers or d.n_audio_layer
@@ -169,8 +171,8 @@ def timestamped_tokens(tokenizer, parts: Sequence[tuple]) -> list[int]:
 
 
 def prompt_length(tokenizer, tokens: Sequence[int]) -> int:
-    """Tokens before the first one learnt: the start sequence, and <|notimestamps|> if the target has
-    no timestamps (a timestamped target's first timestamp is learnt)."""
+    """Tokens before the first one learnt: the start sequence, and <|notimestamps|> if the target
+    has no timestamps (a timestamped target's first timestamp is learnt)."""
     n = len(tokenizer.sot_sequence())
     return n + (tokens[n] == tokenizer.no_timestamps)
 
@@ -322,6 +324,12 @@ class LossConfig:
 # ----------------------------------------------------------------------------------------------
 
 
+def kl_div(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities; a term with p = 0 counts 0 (log p may be -inf)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+
+
 def distill_loss(
     student_logits: Tensor,
     labels: Tensor,
@@ -334,37 +342,59 @@ def distill_loss(
 
     student/teacher/self logits [N, V], labels [N] (IGNORE = no loss). Returns (loss, parts) where
     parts holds the unweighted means 'ce', 'kd', 'self' (T^2 KL), the mean trust and the weights
-    used. One pass of the fused kernel gives them all, with per-token weights w_ce, w_kd c_i, w_self.
+    used. Written out in PyTorch below; on a GPU the fused kernel (kernels.kd_loss) computes the
+    same in one pass over the vocabulary (tests/test_kernels.py holds it to this code).
     """
-    w_ce, w_kd, w_self = cfg.weights(s)
-    teacher = teacher_logits if w_kd != 0.0 else None
-    self_teacher = self_logits if w_self != 0.0 else None
-    trust = (
-        None
-        if teacher is None
-        else teacher_trust(teacher, labels, cfg.trust if cfg.loss == "askd" else "none")
-    )
-    loss, means = kd_loss(
+    w_ce, alpha, beta = cfg.weights(s)
+    use_teacher = teacher_logits is not None and alpha != 0.0
+    use_self = self_logits is not None and beta != 0.0
+    valid, T = labels != IGNORE, cfg.T
+    trust = None  # c_i: how far the teacher is right on token i
+    if use_teacher:
+        trust = teacher_trust(teacher_logits, labels, cfg.trust if cfg.loss == "askd" else "none")
+    if use_triton(student_logits):
+        loss, means = _fused_loss(
+            student_logits, labels, teacher_logits, self_logits, cfg, s, trust
+        )
+    else:  # the same floats as the kernel's PyTorch twin, operation for operation
+        student = student_logits.float()
+        ce = -F.log_softmax(student, -1).gather(1, labels.where(valid, 0)[:, None])[:, 0]
+        loss_i, means = w_ce * ce, {"ce": ce}
+        log_q = F.log_softmax(student / T, -1)  # p_S^T
+        if use_teacher:
+            log_p = F.log_softmax(teacher_logits.detach().float() / T, -1)  # p_T^T
+            kl_teacher = means["kd"] = T * T * kl_div(log_p, log_q)
+            loss_i = loss_i + alpha * trust * kl_teacher
+        if use_self:
+            log_p = F.log_softmax(self_logits.detach().float() / T, -1)  # p_E^T
+            kl_self = means["self"] = T * T * kl_div(log_p, log_q)
+            loss_i = loss_i + beta * kl_self
+        count = valid.sum().clamp(min=1)
+        loss = torch.where(valid, loss_i, 0.0).sum() / count
+        means = {k: torch.where(valid, v, 0.0).detach().sum() / count for k, v in means.items()}
+    parts = {"w_ce": w_ce, "w_kd": alpha, "w_self": beta}
+    parts.update(zip(means, torch.stack([*means.values()]).tolist()))
+    if trust is not None:
+        parts["trust"] = (trust.sum() / valid.sum().clamp(min=1)).item()
+    return loss, parts
+
+
+def _fused_loss(student_logits, labels, teacher_logits, self_logits, cfg, s, trust):
+    """distill_loss's (loss, unweighted means) from the fused kernel, in one pass."""
+    w_ce, alpha, beta = cfg.weights(s)
+    use_self = self_logits is not None and beta != 0.0
+    return kd_loss(
         student_logits,
-        teacher,
+        None if trust is None else teacher_logits,
         labels,
-        self_teacher=self_teacher,
+        self_teacher=self_logits if use_self else None,
         ce_weight=w_ce,
-        kd_weight=0.0 if trust is None else w_kd * trust,
-        self_weight=0.0 if self_teacher is None else w_self,
+        kd_weight=0.0 if trust is None else alpha * trust,
+        self_weight=beta if use_self else 0.0,
         T=cfg.T,
         ignore_index=IGNORE,
         parts=True,
     )
-    parts = {
-        "w_ce": w_ce,
-        "w_kd": w_kd,
-        "w_self": w_self,
-        **dict(zip(means, torch.stack([*means.values()]).tolist())),
-    }
-    if trust is not None:
-        parts["trust"] = (trust.sum() / (labels != IGNORE).sum().clamp(min=1)).item()
-    return loss, parts
 
 
 def encoder_loss(
@@ -384,6 +414,39 @@ def encoder_loss(
         )
         count += n * student_states.shape[-1]
     return total / max(count, 1)
+
+
+class SelfTeacher:
+    """p_E, the student's earlier self: a frozen copy of its weights, kept as their exponential
+    moving average (`update` after every step) or as last epoch's student (`snapshot`)."""
+
+    def __init__(self, student: M.Whisper, kind: str, decay: float):
+        self.model = copy.deepcopy(student).requires_grad_(False).eval()
+        self.kind, self.decay = kind, decay
+
+    @classmethod
+    def for_run(cls, student: M.Whisper, cfg: TrainConfig) -> Optional[SelfTeacher]:
+        """One when the loss ever weighs it (askd with a beta that is not 0 throughout)."""
+        beta = Schedule.parse(cfg.beta)
+        if cfg.loss == "askd" and (beta.start != 0 or beta.end != 0):
+            return cls(student, cfg.self_teacher, cfg.ema_decay)
+        return None
+
+    @torch.no_grad()
+    def logits(self, batch: Batch, autocast=None) -> Tensor:
+        """Its logits at the batch's labelled positions, from the student's own input."""
+        with autocast or contextlib.nullcontext():
+            return StudentStep(self.model)(*batch.student_inputs())[1]
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        """The EMA step (the epoch snapshot waits for `snapshot`)."""
+        if self.kind == "ema":
+            for e, p in zip(self.model.parameters(), student.parameters()):
+                e.lerp_(p.detach(), 1 - self.decay)
+
+    def snapshot(self, student: nn.Module) -> None:
+        self.model.load_state_dict(student.state_dict())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,8 +487,8 @@ def model_fingerprint(m: nn.Module) -> str:
 
 class TeacherCache:
     """Per-utterance teacher outputs on disk: encoder states on the padded input (fp16; the first
-    frames / 2 positions, or all 1500 for padded-input students), decoder hidden states under teacher
-    forcing on the targets (fp32, before the output projection), and pseudo-labels.
+    frames / 2 positions, or all 1500 for padded-input students), decoder hidden states under
+    teacher forcing on the targets (fp32, before the output projection), and pseudo-labels.
 
     One small file per utterance, written atomically: a killed run keeps what it had computed.
     """
@@ -434,7 +497,7 @@ class TeacherCache:
         self.teacher = teacher
         self.folder = Path(root) / "askd-teacher" / model_fingerprint(teacher)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.kept = {}  # audio key -> encoder states the forced timestamps computed, for `build` to reuse
+        self.kept = {}  # audio key -> encoder states the forced timestamps computed, for `build`
 
     def path(self, ex: Example, input_mode: str) -> Path:
         tok = hashlib.sha1(json.dumps(ex.tokens).encode()).hexdigest()[:12]
@@ -442,7 +505,8 @@ class TeacherCache:
         return self.folder / f"{ex.key}-{tok}-{span}.pt"
 
     def padded_mel(self, examples: Sequence[Example]) -> Tensor:
-        """The examples' log-mels as the teacher reads them: padded to 30 s, [batch, n_mels, 3000]."""
+        """The examples' log-mels as the teacher reads them: padded to 30 s, [batch, n_mels,
+        3000]."""
         t = self.teacher
         return torch.stack(
             [
@@ -498,8 +562,8 @@ class TeacherCache:
         self.kept.clear()
 
     def encoded(self, examples: Sequence[Example]) -> Tensor:
-        """The teacher's encoder states of the examples' padded audio, [batch, 1500, width]: those the
-        forced timestamps already computed are reused (the main job's teacher cache is ~40 s shorter)."""
+        """The teacher's encoder states of the examples' padded audio, [batch, 1500, width]: those
+        the forced timestamps already computed are reused, not computed twice."""
         todo = [ex for ex in examples if ex.key not in self.kept]
         fresh = iter(self.teacher.embed_audio(self.padded_mel(todo)) if todo else ())
         dtype = self.teacher.decoder.token_embedding.weight.dtype
@@ -548,7 +612,8 @@ class TeacherCache:
     def timestamps(
         self, examples: Sequence[Example], batch_size: int = 8, progress: bool = True, autocast=None
     ) -> dict:
-        """The teacher's times for each example's parts, {example id: [(start s, end s, text), ...]}.
+        """The teacher's times for each example's parts, {example id: [(start s, end s, text),
+        ...]}.
 
         The teacher reads the padded audio and is forced through the text, part by part, as if it
         were writing it with timestamps: where a part starts and where it ends it takes its most
@@ -559,10 +624,8 @@ class TeacherCache:
 
         out, todo = {}, []
         for ex in examples:
-            path = (
-                self.folder
-                / f"{ex.key}-{hashlib.sha1(json.dumps(ex.parts).encode()).hexdigest()[:12]}.times.json"
-            )
+            digest = hashlib.sha1(json.dumps(ex.parts).encode()).hexdigest()[:12]
+            path = self.folder / f"{ex.key}-{digest}.times.json"
             if path.exists():
                 out[ex.id] = [tuple(p) for p in json.loads(path.read_text())]
             else:
@@ -595,10 +658,16 @@ class TeacherCache:
         out = []
         for audio, ex in zip(features, examples):
             cache = M.KVCache(t, 1, audio.device, audio.dtype)
-            feed = lambda tokens: t.decoder.hidden(
-                torch.tensor([tokens], device=audio.device), audio[None], cache=cache
-            )[0, -1].float()
-            best = lambda hidden, lo, hi: lo + int((stamps[lo : hi + 1] @ hidden).argmax())
+
+            def feed(tokens, audio=audio, cache=cache):
+                """The teacher's last hidden state after these tokens, through the cache."""
+                tokens = torch.tensor([tokens], device=audio.device)
+                return t.decoder.hidden(tokens, audio[None], cache=cache)[0, -1].float()
+
+            def best(hidden, lo, hi):
+                """The likeliest timestamp in [lo, hi]."""
+                return lo + int((stamps[lo : hi + 1] @ hidden).argmax())
+
             hidden, times, last_end = feed(list(tok.sot_sequence())), [], 0
             limit = min(
                 tokenization.N_TIMESTAMPS - 1, round(ex.n_samples / audio_io.SAMPLE_RATE / step)
@@ -705,10 +774,10 @@ def epoch_batches(
     seed: int,
     group: int = 1,
 ) -> list[list[int]]:
-    """The epoch's micro-batches: bucketed by the length of the speech (trimmed frames, whatever the
-    input mode, so padded- and trimmed-input runs see the same batches), shuffled by (seed, epoch) so
-    a resumed run sees the same order; trimmed to a multiple of `group` (ranks x accumulation) so
-    every rank takes equal steps."""
+    """The epoch's micro-batches: bucketed by the length of the speech (trimmed frames, whatever
+    the input mode, so padded- and trimmed-input runs see the same batches), shuffled by (seed,
+    epoch) so a resumed run sees the same order; trimmed to a multiple of `group` (ranks x
+    accumulation) so every rank takes equal steps."""
     batches = data.bucket_batches(
         [ex.frames for ex in examples],
         batch_size=batch_size,
@@ -723,14 +792,30 @@ def epoch_batches(
 class Batch:
     mel: Optional[Tensor]  # [B, n_mels, frames] (trimmed input) or None (padded: cached features)
     mel_lengths: Optional[Tensor]
-    features: Optional[
-        Tensor
-    ]  # [B, 1500, d] teacher = frozen student encoder states (padded input)
+    # [B, 1500, d] teacher = frozen student encoder states (padded input)
+    features: Optional[Tensor]
     inputs: Tensor
     labels: Tensor  # [B, n]
     enc_targets: list  # teacher encoder states per item (trimmed input)
     teacher_hidden: Tensor  # [N, d] at the labelled positions, in row-major order
     ids: list
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch with its tensors on `device` (encoder_loss moves the encoder targets)."""
+        moved = {
+            name: None if x is None else x.to(device)
+            for name, x in vars(self).items()
+            if name not in ("enc_targets", "ids")
+        }
+        return Batch(**moved, enc_targets=self.enc_targets, ids=self.ids)
+
+    def student_inputs(self) -> tuple:
+        """StudentStep's arguments: the input, the decoder's tokens, the labelled positions."""
+        return self.mel, self.mel_lengths, self.features, self.inputs, self.labels != IGNORE
+
+    def enc_positions(self) -> list[int]:
+        """Encoder positions of each item's own audio (the encoder halves the frames)."""
+        return [int(n) // 2 for n in self.mel_lengths]
 
 
 def collate(
@@ -742,9 +827,9 @@ def collate(
     augment: bool = False,
     seed: int = 0,
 ) -> Batch:
-    """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time masks
-    at most a tenth of the speech) masks the student's input only, with masks drawn from `seed`, so a
-    resumed or multi-process run draws the same ones."""
+    """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time
+    masks at most a tenth of the speech) masks the student's input only, with masks drawn from
+    `seed`, so a resumed or multi-process run draws the same ones."""
     entries = [cache.load(ex, input_mode) for ex in examples]
     inputs, labels = batch_targets(
         [ex.tokens for ex in examples], [ex.prompt for ex in examples], pad
@@ -1102,7 +1187,8 @@ def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
             dev["real-speech-dev"] = data.load_source("real-speech-dev")
         except fileio.DataError as e:
             print(
-                f"warning: dev set without real-speech-dev, the student is chosen on asterisk:dev alone: {e}",
+                "warning: dev set without real-speech-dev, the student is chosen on asterisk:dev "
+                f"alone: {e}",
                 file=sys.stderr,
             )
     else:
@@ -1145,9 +1231,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.amp = _autocast(cfg, self.device)
-        self._make_student(
-            self._prepare_data(checkpoint)
-        )  # the teacher is not kept: the cache has it all
+        # the teacher is not kept: the cache has it all
+        self._make_student(self._prepare_data(checkpoint))
         self.step, self.best_wer, self.counters, self.bad_in_a_row = 0, math.inf, Counter(), 0
         if checkpoint is not None:
             self._resume(checkpoint)
@@ -1164,9 +1249,10 @@ class Trainer:
             )
         self.say(
             f"student: {self.student.dims.n_text_layer}-layer decoder, {cfg.input} input, "
-            f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} training "
-            f"utterances ({sum(self.skipped.values())} skipped), {sum(map(len, self.dev_sets.values()))} "
-            f"dev; {self.total_steps} steps ({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, "
+            f"{self.student.num_parameters() / 1e6:.1f} M parameters; {len(self.examples)} "
+            f"training utterances ({sum(self.skipped.values())} skipped), "
+            f"{sum(map(len, self.dev_sets.values()))} dev; {self.total_steps} steps "
+            f"({cfg.epochs} epochs x {self.steps_per_epoch}), loss {cfg.loss}, "
             f"{self.world} process(es), {self.device}"
         )
 
@@ -1182,7 +1268,8 @@ class Trainer:
     # --- set up or resume ---
 
     def _open_checkpoint(self) -> Optional[dict]:
-        """last.pt when resuming (checked against the options); a run is never silently overwritten."""
+        """last.pt when resuming (checked against the options); a run is never silently
+        overwritten."""
         cfg, path = self.cfg, self.last_path
         if cfg.resume and not path.exists():
             raise run_plumbing.TrainError(
@@ -1191,13 +1278,12 @@ class Trainer:
             )
         if not cfg.resume and path.exists() and not cfg.overwrite:
             raise run_plumbing.TrainError(
-                f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to start "
-                f"over, or --name for a new one"
+                f"{self.run_dir}: already holds a run; --resume to continue it, --overwrite to "
+                f"start over, or --name for a new one"
             )
         if not cfg.resume:
-            if (
-                cfg.overwrite and self.main
-            ):  # the old run's files go first: a folder never mixes two runs
+            # the old run's files go first: a folder never mixes two runs
+            if cfg.overwrite and self.main:
                 for name in (
                     "last.pt",
                     "student.pt",
@@ -1232,8 +1318,9 @@ class Trainer:
         return checkpoint
 
     def _prepare_data(self, checkpoint: Optional[dict]) -> M.Whisper:
-        """The teacher; the utterances; pseudo-labels where needed, the usable examples and the teacher
-        cache filled for them. With several processes each computes its share, then reads everyone's."""
+        """The teacher; the utterances; pseudo-labels where needed, the usable examples and the
+        teacher cache filled for them. With several processes each computes its share, then reads
+        everyone's."""
         cfg, rank, world, progress = (
             self.cfg,
             self.rank,
@@ -1338,16 +1425,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(cfg, self.total_steps)
         )
-        beta = Schedule.parse(cfg.beta)
-        uses_self = cfg.loss == "askd" and (beta.start != 0 or beta.end != 0)
-        self.earlier = copy.deepcopy(student).requires_grad_(False).eval() if uses_self else None
+        self.self_teacher = SelfTeacher.for_run(student, cfg)
 
     def _resume(self, checkpoint: dict) -> None:
         self.student.load_state_dict(checkpoint["student"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if self.earlier is not None:
-            self.earlier.load_state_dict(checkpoint["earlier"])
+        if self.self_teacher is not None:
+            self.self_teacher.model.load_state_dict(checkpoint["earlier"])
         self.step, self.best_wer = checkpoint["step"], checkpoint["best_wer"]
         self.counters = Counter(checkpoint["counters"])
         states = checkpoint["rng"]
@@ -1360,7 +1445,8 @@ class Trainer:
         self.say(f"resuming {self.run_dir} at step {self.step} of {self.total_steps}{best}")
 
     def save_checkpoint(self) -> None:
-        """last.pt, written atomically: everything `_resume` needs, every rank's random state included."""
+        """last.pt, written atomically: everything `_resume` needs, every rank's random state
+        included."""
         rng = run_plumbing.gather_objects(run_plumbing.rng_state(), self.world)
         if not self.main:
             return
@@ -1374,7 +1460,9 @@ class Trainer:
                     "student": self.student.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
-                    "earlier": self.earlier.state_dict() if self.earlier is not None else None,
+                    "earlier": None
+                    if self.self_teacher is None
+                    else self.self_teacher.model.state_dict(),
                     "rng": rng,
                     "best_wer": self.best_wer,
                     "counters": dict(self.counters),
@@ -1410,13 +1498,8 @@ class Trainer:
                 batches = epoch_batches(
                     self.examples, epoch, cfg.batch_size, cfg.max_frames, cfg.seed, self.group
                 )
-                if (
-                    cfg.self_teacher == "epoch"
-                    and self.earlier is not None
-                    and in_epoch == 0
-                    and epoch > 0
-                ):
-                    self.earlier.load_state_dict(self.student.state_dict())  # last epoch's self
+                if cfg.self_teacher == "epoch" and self.self_teacher and in_epoch == 0 and epoch:
+                    self.self_teacher.snapshot(self.student)  # last epoch's self
                 for in_epoch in range(in_epoch, self.steps_per_epoch):
                     self.train_step(batches, epoch, in_epoch)
                     stop_now = (
@@ -1441,32 +1524,65 @@ class Trainer:
         return self.final_table()
 
     def train_step(self, batches: list, epoch: int, in_epoch: int) -> None:
-        """One optimiser step: forward and backward over this rank's micro-batches, then the update,
-        or, on a non-finite gradient or out of GPU memory, no update (the step still counts)."""
-        cfg = self.cfg
-        grad_norm, why, sums, batch = self._accumulate(batches, epoch, in_epoch)
-        if why is None:
+        """One optimiser step over this rank's micro-batches: the update, or, on a non-finite
+        gradient or out of GPU memory, none (the step still counts)."""
+        cfg, s, sums, batch = self.cfg, self.step / self.total_steps, Counter(), None
+        beta = cfg.weights(s)[2]  # 0 when there is no self-teacher
+        try:
+            for a in range(cfg.accum):
+                index = (in_epoch * cfg.accum + a) * self.world + self.rank  # this rank's
+                batch = self.collate(batches[index], epoch, index).to(self.device)
+                labels = batch.labels[batch.labels != IGNORE]
+                last = a == cfg.accum - 1
+                with run_plumbing.accumulating(self.step_module, self.world, last):
+                    with self.amp or contextlib.nullcontext():
+                        states, logits = self.step_module(*batch.student_inputs())
+                    teacher_logits = F.linear(batch.teacher_hidden, self.teacher_out).float()
+                    self_logits = self.self_teacher.logits(batch, self.amp) if beta else None
+                    loss, parts = distill_loss(
+                        logits.float(), labels, teacher_logits, self_logits, cfg, s
+                    )
+                    if cfg.input == "trimmed" and cfg.enc_weight > 0:
+                        enc = encoder_loss(states, batch.enc_targets, batch.enc_positions())
+                        loss, parts["enc"] = loss + cfg.enc_weight * enc, enc.item()
+                    (loss / cfg.accum).backward()
+                parts.update(loss=loss.item(), tokens=float(labels.numel()))
+                for k in LOGGED_PARTS.intersection(parts):
+                    sums[k] += parts[k] / cfg.accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip).item()
+            why = "non-finite loss or gradient"
+        except torch.cuda.OutOfMemoryError as e:
+            grad_norm = math.nan
+            why = run_plumbing.out_of_memory(e, self.optimizer, self.world, batch)
+        if math.isfinite(grad_norm):
             self.optimizer.step()
             self.bad_in_a_row = 0
         else:
             self._skip(why, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        if self.earlier is not None and cfg.self_teacher == "ema" and math.isfinite(grad_norm):
-            _ema_update(self.earlier, self.student, cfg.ema_decay)
+        if self.self_teacher is not None and math.isfinite(grad_norm):
+            self.self_teacher.update(self.student)
         self.step += 1
-        keys = sorted(sums)
-        totals = dict(
-            zip(
-                keys,
-                [
-                    v / self.world
-                    for v in run_plumbing.all_reduce(
-                        [sums[k] for k in keys], self.world, self.device
-                    )
-                ],
-            )
+        self.log_step(epoch, grad_norm, run_plumbing.mean_over_ranks(sums, self.world, self.device))
+
+    def collate(self, micro_batch: list, epoch: int, index: int) -> Batch:
+        """Micro-batch `index` of the epoch; its SpecAugment masks come from (seed, epoch,
+        index)."""
+        cfg = self.cfg
+        return collate(
+            [self.examples[i] for i in micro_batch],
+            self.cache,
+            cfg.input,
+            self.student.dims.n_mels,
+            self.tok.eot,
+            cfg.spec_augment,
+            seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF,
         )
+
+    def log_step(self, epoch: int, grad_norm: float, totals: dict) -> None:
+        """The step's line in metrics.jsonl (the loss's parts averaged over micro-batches and
+        ranks) and the progress bar."""
         record = {
             "step": self.step,
             "epoch": epoch + 1,
@@ -1483,85 +1599,9 @@ class Trainer:
         )
         self.bar.update(1)
 
-    def _accumulate(self, batches: list, epoch: int, in_epoch: int):
-        """(gradient norm after clipping, why the update must be skipped or None, the log's parts
-        averaged over the micro-batches, the last micro-batch)."""
-        cfg, s, sums, batch = self.cfg, self.step / self.total_steps, Counter(), None
-        try:
-            for a in range(cfg.accum):
-                index = (
-                    in_epoch * cfg.accum + a
-                ) * self.world + self.rank  # this rank's micro-batch
-                batch = collate(
-                    [self.examples[i] for i in batches[index]],
-                    self.cache,
-                    cfg.input,
-                    self.student.dims.n_mels,
-                    self.tok.eot,
-                    cfg.spec_augment,
-                    seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF,
-                )
-                last = a == cfg.accum - 1  # DDP averages the gradients on the last micro-batch only
-                with (
-                    self.step_module.no_sync()
-                    if self.world > 1 and not last
-                    else contextlib.nullcontext()
-                ):
-                    loss, parts = self.micro_batch_loss(batch, s)
-                    (loss / cfg.accum).backward()
-                for k, v in parts.items():
-                    sums[k] += v / cfg.accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip).item()
-            return (
-                grad_norm,
-                None if math.isfinite(grad_norm) else "non-finite loss or gradient",
-                sums,
-                batch,
-            )
-        except torch.cuda.OutOfMemoryError:
-            if self.world > 1:  # the other ranks wait in an all-reduce this one will not reach
-                raise
-            self.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            return (
-                math.nan,
-                f"out of GPU memory ({len(batch.ids)} utterances, "
-                f"{0 if batch.mel is None else batch.mel.shape[-1]} frames; lower --max-frames)",
-                sums,
-                batch,
-            )
-
-    def micro_batch_loss(self, batch: Batch, s: float) -> tuple[Tensor, dict]:
-        """Loss of one micro-batch at progress s: the output loss over its labelled tokens plus the
-        encoder term; and its parts for the log."""
-        cfg, device = self.cfg, self.device
-        valid = (batch.labels != IGNORE).to(device)
-        mel, mel_lengths, features = (
-            None if x is None else x.to(device)
-            for x in (batch.mel, batch.mel_lengths, batch.features)
-        )
-        inputs, labels = batch.inputs.to(device), batch.labels.to(device)[valid]
-        with self.amp or contextlib.nullcontext():
-            states, logits = self.step_module(mel, mel_lengths, features, inputs, valid)
-        teacher_logits = F.linear(batch.teacher_hidden.to(device), self.teacher_out).float()
-        self_logits = None
-        if self.earlier is not None and cfg.weights(s)[2] != 0.0:
-            with torch.no_grad(), self.amp or contextlib.nullcontext():
-                _, self_logits = StudentStep(self.earlier)(
-                    mel, mel_lengths, features, inputs, valid
-                )
-        loss, parts = distill_loss(logits.float(), labels, teacher_logits, self_logits, cfg, s)
-        parts = {k: v for k, v in parts.items() if k in ("ce", "kd", "self", "trust")}
-        if cfg.input == "trimmed" and cfg.enc_weight > 0:
-            enc = encoder_loss(states, batch.enc_targets, [int(n) // 2 for n in batch.mel_lengths])
-            loss = loss + cfg.enc_weight * enc
-            parts["enc"] = enc.item()
-        parts["loss"] = loss.item()
-        parts["tokens"] = float(labels.numel())
-        return loss, parts
-
     def _skip(self, why: str, batch: Batch) -> None:
-        """Count a skipped update; too many in a row end the run (the last checkpoint stays good)."""
+        """Count a skipped update; too many in a row end the run (the last checkpoint stays
+        good)."""
         self.counters[f"steps skipped: {why.split(' (')[0]}"] += 1
         self.bad_in_a_row += 1
         if self.bad_in_a_row >= self.cfg.max_bad_steps:
@@ -1619,9 +1659,8 @@ class Trainer:
             self.bar.write(
                 f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}"
             )
-        self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[
-            0
-        ]  # rank 0's, on every rank
+        # rank 0's, on every rank
+        self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[0]
 
     def final_table(self) -> dict:
         """Teacher and best student on the test data (rank 0), as a table and in results.json."""
@@ -1639,8 +1678,8 @@ class Trainer:
                 self.say("; ".join(f"{v} {k}" for k, v in self.counters.items()))
             if self.test_utts:
                 self.say(
-                    f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and student one "
-                    f"utterance at a time"
+                    f"test: {self.test_label} ({len(self.test_utts)} utterances), teacher and "
+                    f"student one utterance at a time"
                 )
                 student = str(self.run_dir / "student.pt")
                 models = [
@@ -1701,7 +1740,8 @@ class Trainer:
 def dev_wer(
     recognizer: transcribe.Recognizer, utts: Sequence[data.Utterance], batch_size: int
 ) -> float:
-    """WER of a student on the transcribed, readable utterances of a dev set (inf if there are none)."""
+    """WER of a student on the transcribed, readable utterances of a dev set (inf if there are
+    none)."""
     audios, refs = transcribe.read_utterances(
         [u for u in utts if (u.text or "").strip()], warn=False
     )
@@ -1714,12 +1754,6 @@ def train(cfg: TrainConfig) -> dict:
         Path(cfg.runs_dir) / cfg.name, main=int(os.environ.get("RANK", "0")) == 0
     ):
         return Trainer(cfg).run()
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

@@ -4,6 +4,7 @@ resume from, the stop flag, metrics files, several processes (torchrun), and the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -72,6 +73,31 @@ def all_reduce(values: list[float], world: int, device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def mean_over_ranks(values: dict, world: int, device) -> dict:
+    """Each value averaged over the processes (keys in sorted order, the same on every rank)."""
+    keys = sorted(values)
+    totals = all_reduce([values[k] for k in keys], world, device)
+    return {k: v / world for k, v in zip(keys, totals)}
+
+
+def accumulating(module: torch.nn.Module, world: int, last: bool):
+    """Context for a micro-batch's forward and backward: DDP averages the gradients on the last
+    micro-batch of a step only."""
+    return module.no_sync() if world > 1 and not last else contextlib.nullcontext()
+
+
+def out_of_memory(error: Exception, optimizer, world: int, batch) -> str:
+    """Drop the step's gradients after a CUDA out-of-memory error and say why the update is
+    skipped; with several processes, re-raise (the others wait in an all-reduce)."""
+    if world > 1:
+        raise error
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    frames = 0 if batch is None or batch.mel is None else batch.mel.shape[-1]
+    size = 0 if batch is None else len(batch.ids)
+    return f"out of GPU memory ({size} utterances, {frames} frames; lower --max-frames)"
 
 
 def barrier(world: int) -> None:

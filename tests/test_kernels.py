@@ -240,6 +240,35 @@ def test_kd_loss_fp32_matches_twin(V, T, reduction):
     assert grad[0].abs().max() == 0  # the ignored token
 
 
+@pytest.mark.parametrize("logits", ["random", "real-ish"])
+def test_kd_loss_kernel_is_a_drop_in_for_askds_loss(logits, monkeypatch):
+    """askd.distill_loss writes the loss out in PyTorch; the kernel, switched on, gives the same
+    loss, gradient and logged parts."""
+    import askd
+
+    if logits == "random":
+        s, t, e, labels, _ = kd_inputs(5, 300, ignored=(1,))
+    else:  # a decoder's: one token far ahead of a long tail, the students near the teacher
+        V, top = 51864, torch.tensor([11, 50256, 220, 13])
+        t = randn(4, V, std=2.0, seed=3)
+        t[range(4), top.to(DEVICE)] += 12.0
+        s, e = (t + randn(4, V, std=1.0, seed=seed) for seed in (4, 5))
+        labels = torch.tensor([11, -100, 7, 13], device=DEVICE)  # token 2: the teacher is wrong
+    cfg = askd.LossConfig("askd", T=2.0, alpha="linear:1:0", beta="linear:0:1")
+    got = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("FASTWHISPER_KERNELS", backend)
+        x = s.detach().requires_grad_()
+        loss, parts = askd.distill_loss(x, labels, t, e, cfg, s=0.4)
+        got[backend] = loss, torch.autograd.grad(loss, x)[0], parts
+    (loss, grad, parts), (want_loss, want_grad, want_parts) = got["triton"], got["torch"]
+    assert_rel(loss, want_loss, 1e-5, "loss")
+    assert_rel(grad, want_grad, 1e-5, "grad")
+    assert parts.keys() == want_parts.keys() >= {"ce", "kd", "self", "trust"}
+    for name in want_parts:
+        assert parts[name] == pytest.approx(want_parts[name], rel=1e-5, abs=1e-6), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kd_loss_half_precision(dtype):
     s, t, e, labels, w = kd_inputs(3, 51865, dtype)

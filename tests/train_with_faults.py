@@ -5,8 +5,8 @@ hooks).
 
 nan=K: a NaN loss in rank 0's first micro-batch of step K (every rank must skip the step);
 kill=K: SIGKILL, like a killed job, as step K begins; interrupt=K: SIGINT (Ctrl-C) as step K
-begins (the run saves after that step and stops). They go in through askd.Trainer.micro_batch_loss,
-the seam this script patches; it works under torchrun too.
+begins (the run saves after that step and stops). They go in through askd.Trainer.train_step and
+askd.distill_loss, the seams this script patches; it works under torchrun too.
 """
 
 import os
@@ -18,24 +18,23 @@ import fastwhisper
 
 
 def inject(faults: dict) -> None:
-    loss_of, started = askd.Trainer.micro_batch_loss, set()
+    train_step, distill_loss, nan_next = askd.Trainer.train_step, askd.distill_loss, []
 
-    def micro_batch_loss(self, batch, s):
-        step, first = (
-            self.step + 1,
-            self.step + 1 not in started,
-        )  # first: the step's first micro-batch
-        started.add(step)
-        if first and step == faults.get("kill"):
+    def faulty_train_step(self, *args):
+        step = self.step + 1
+        if step == faults.get("kill"):
             os.kill(os.getpid(), signal.SIGKILL)
-        if first and step == faults.get("interrupt"):
+        if step == faults.get("interrupt"):
             os.kill(os.getpid(), signal.SIGINT)
-        loss, parts = loss_of(self, batch, s)
-        if first and step == faults.get("nan") and self.rank == 0:
-            loss = loss * float("nan")
-        return loss, parts
+        if step == faults.get("nan") and self.rank == 0:
+            nan_next.append(step)  # the step's first micro-batch
+        return train_step(self, *args)
 
-    askd.Trainer.micro_batch_loss = micro_batch_loss
+    def faulty_distill_loss(*args, **kwargs):
+        loss, parts = distill_loss(*args, **kwargs)
+        return (loss * float("nan") if nan_next and nan_next.pop() else loss), parts
+
+    askd.Trainer.train_step, askd.distill_loss = faulty_train_step, faulty_distill_loss
 
 
 if __name__ == "__main__":
