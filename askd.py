@@ -353,8 +353,17 @@ def distill_loss(
     if use_teacher:
         trust = teacher_trust(teacher_logits, labels, cfg.trust if cfg.loss == "askd" else "none")
     if use_triton(student_logits):
-        loss, means = _fused_loss(
-            student_logits, labels, teacher_logits, self_logits, cfg, s, trust
+        loss, means = kd_loss(  # the same terms in one pass over the vocabulary
+            student_logits,
+            teacher_logits if use_teacher else None,
+            labels,
+            self_teacher=self_logits if use_self else None,
+            ce_weight=w_ce,
+            kd_weight=alpha * trust if use_teacher else 0.0,
+            self_weight=beta if use_self else 0.0,
+            T=T,
+            ignore_index=IGNORE,
+            parts=True,
         )
     else:  # the same floats as the kernel's PyTorch twin, operation for operation
         student = student_logits.float()
@@ -377,24 +386,6 @@ def distill_loss(
     if trust is not None:
         parts["trust"] = (trust.sum() / valid.sum().clamp(min=1)).item()
     return loss, parts
-
-
-def _fused_loss(student_logits, labels, teacher_logits, self_logits, cfg, s, trust):
-    """distill_loss's (loss, unweighted means) from the fused kernel, in one pass."""
-    w_ce, alpha, beta = cfg.weights(s)
-    use_self = self_logits is not None and beta != 0.0
-    return kd_loss(
-        student_logits,
-        None if trust is None else teacher_logits,
-        labels,
-        self_teacher=self_logits if use_self else None,
-        ce_weight=w_ce,
-        kd_weight=0.0 if trust is None else alpha * trust,
-        self_weight=beta if use_self else 0.0,
-        T=cfg.T,
-        ignore_index=IGNORE,
-        parts=True,
-    )
 
 
 def encoder_loss(

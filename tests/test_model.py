@@ -62,18 +62,7 @@ def sounds(asterisk):
 
 
 def test_tiny_en_dims(tiny):
-    assert asdict(tiny.dims) == dict(
-        n_mels=80,
-        n_audio_ctx=1500,
-        n_audio_state=384,
-        n_audio_head=6,
-        n_audio_layer=4,
-        n_vocab=51864,
-        n_text_ctx=448,
-        n_text_state=384,
-        n_text_head=6,
-        n_text_layer=4,
-    )
+    assert asdict(tiny.dims) == TINY_DIMS
     assert not tiny.is_multilingual and tiny.num_languages == 99
     # the encoder's positional embedding in the file is exactly the sinusoids we compute
     assert torch.allclose(tiny.encoder.positional_embedding, M.sinusoids(1500, 384), atol=1e-3)
