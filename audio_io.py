@@ -402,28 +402,41 @@ def _resample_direct(
     return out
 
 
-def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """The audio's level in dB every 10 ms (each over 50 ms), and which 10 ms are quiet: 35 dB
-    below the recording's loud parts, or (noisy recordings) within 6 dB of its quietest tenth, both
-    measured over 110 ms. (The level's own window is short so as not to blur a pause's edges: 0.3 s
-    between two speakers must stay a pause.)"""
-    hop = sr // 100
+LEVEL_FRAMES = 5  # a level is the power over 50 ms: short, so 0.3 s between speakers stays a pause
+SLOW_FRAMES = 11  # what is quiet is judged from levels over 110 ms
+QUIET_UNDER_LOUD = 35.0  # dB under a recording's loud parts (its 95th percentile) is quiet,
+NOISE_FLOOR = (10, 6.0)  # and so is within 6 dB of its quietest tenth (a noisy recording)
+
+
+def frame_power(audio, hop: int) -> np.ndarray:
+    """The mean square of each whole `hop` samples of the audio (float64)."""
     frames = len(audio) // hop
-    if frames == 0:
+    x = np.asarray(audio[: frames * hop], dtype=np.float64)
+    return np.square(x).reshape(frames, hop).mean(axis=1)
+
+
+def decibels(power: np.ndarray, frames: int, mode: str = "same") -> np.ndarray:
+    """The level in dB of the power averaged over `frames` frames: centred ("same"), ending at
+    each frame ("full", as a live stream must), or only where all of them exist ("valid")."""
+    mean = np.convolve(power, np.ones(frames) / frames, mode=mode)[: len(power)]
+    return 10 * np.log10(mean + 1e-10)
+
+
+def quiet_threshold(slow: np.ndarray, noise_floor: tuple = NOISE_FLOOR) -> float:
+    """The level (dB) below which 10 ms is quiet, from levels over 110 ms: QUIET_UNDER_LOUD under
+    the loud parts, or `noise_floor` = (percentile, dB) over the quiet ones, whichever is higher."""
+    percentile, margin = noise_floor
+    return max(np.percentile(slow, 95) - QUIET_UNDER_LOUD, np.percentile(slow, percentile) + margin)
+
+
+def loudness(audio, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """The audio's level in dB every 10 ms (each over 50 ms), and which 10 ms are quiet
+    (quiet_threshold of its levels over 110 ms)."""
+    power = frame_power(audio, sr // 100)
+    if len(power) == 0:
         return np.zeros(0), np.zeros(0, bool)
-    power = (
-        np.square(np.asarray(audio[: frames * hop], dtype=np.float64))
-        .reshape(frames, hop)
-        .mean(axis=1)
-    )
-    level = 10 * np.log10(np.convolve(power, np.ones(5) / 5, mode="same") + 1e-10)
-    slow = 10 * np.log10(np.convolve(power, np.ones(11) / 11, mode="same") + 1e-10)
-    return level, level < quiet_threshold(slow)
-
-
-def quiet_threshold(slow: np.ndarray) -> float:
-    """The level (dB) below which 10 ms is quiet, from a recording's levels over 110 ms."""
-    return max(np.percentile(slow, 95) - 35, np.percentile(slow, 10) + 6)
+    level = decibels(power, LEVEL_FRAMES)
+    return level, level < quiet_threshold(decibels(power, SLOW_FRAMES))
 
 
 def split_at_pauses(

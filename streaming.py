@@ -31,6 +31,7 @@ import transcribe
 LIVE_CHUNK = 0.1  # seconds of audio a live source reads at a time
 LIVE_MOST = 10.0  # and hands on at most, however far behind its listener is
 PHRASE_PAD = 0.3  # sound kept before a phrase's first loud 10 ms and after its last: soft edges
+LIVE_NOISE_FLOOR = (0, 8.0)  # within 8 dB of the quietest 110 ms heard is quiet (audio_io.loudness)
 VAD_HISTORY = 30.0  # seconds of levels that set the quiet threshold (as loudness sets it)
 
 
@@ -159,7 +160,7 @@ def _read_pcm(fd: int, size: int, arrived: "queue.Queue") -> None:
 class Endpointer:
     """Cuts a live stream into phrases: voice-activity detection by loudness, online.
 
-    Each 10 ms is quiet or not by loudness()'s rule (with the quietest 110 ms as the noise floor),
+    Each 10 ms is quiet or not by audio_io.quiet_threshold (the quietest 110 ms the noise floor),
     its thresholds taken from the last VAD_HISTORY seconds. PHRASE_ONSET of sound in a row opens a
     phrase (from where that sound began, with PHRASE_PAD before it); `silence` seconds of quiet
     close it (PHRASE_PAD after its last sound kept). A phrase that reaches `max_seconds` is cut at
@@ -214,15 +215,14 @@ class Endpointer:
         self.tail = audio[n * self.hop :]
         if n == 0:
             return []
-        power = np.square(audio[: n * self.hop], dtype=np.float64).reshape(n, self.hop).mean(axis=1)
-        self.power = np.concatenate([self.power, power])[-self.keep :]
-        self.db = 10 * np.log10(np.convolve(self.power, np.ones(5) / 5)[: len(self.power)] + 1e-10)
-        slow = 10 * np.log10(np.convolve(self.power, np.ones(11) / 11, mode="valid") + 1e-10)
+        self.power = np.concatenate([self.power, audio_io.frame_power(audio, self.hop)])
+        self.power = self.power[-self.keep :]
+        self.db = audio_io.decibels(self.power, audio_io.LEVEL_FRAMES, "full")  # ends at each frame
+        slow = audio_io.decibels(self.power, audio_io.SLOW_FRAMES, "valid")
         slow = slow if len(slow) else self.db
-        # loudness()'s rule, but the noise floor is the quietest 110 ms, not the quietest tenth: a
-        # live history may hold little quiet (a fast talker; the stream's start), and then its
-        # quietest tenth is speech, and soft words go missing.
-        threshold = max(np.percentile(slow, 95) - 35, slow.min() + 8)
+        # The noise floor is the quietest 110 ms, not the quietest tenth: a live history may hold
+        # little quiet (a fast talker; the stream's start), and then its quietest tenth is speech.
+        threshold = audio_io.quiet_threshold(slow, noise_floor=LIVE_NOISE_FLOOR)
         # Between phrases, everything since the last one is looked at again by the new threshold: at
         # the start of a stream the threshold settles only once it has heard a pause.
         self.frames += n
