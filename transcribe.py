@@ -1,9 +1,10 @@
 """Transcription: a loaded model that knows how it reads audio.
 
-Whisper's long-form loop (30-second windows, temperature fallback, seeking by timestamps), a
-student's trimmed input, and the Recognizer (any Whisper) or Student (a model from `train`) that
-the command line, the bench and eval hold: load_recognizer, evaluate. Inference only: nothing here
-imports the training code (askd.py).
+One long-form driver (read_long) with two ways of reading: Whisper's 30-second windows (temperature
+fallback, seeking by timestamps) and a student's pieces of speech, each read at its own length
+(trimmed input). The Recognizer (any Whisper) or Student (a model from `train`) is what the command
+line, the bench and eval hold: load_recognizer, evaluate. Inference only: nothing here imports the
+training code (askd.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
@@ -45,12 +45,8 @@ NO_SPEECH = 0.8  # a student's piece likelier silence than this has no text; spe
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Transcription: long audio, window by window, into timed segments
+# 1. Options: how to read long audio
 # ----------------------------------------------------------------------------------------------
-# Whisper reads 30 s at a time. After each window it seeks to the last complete timestamp pair
-# (or past the window), so speech cut at a window edge is decoded again in the next window. The
-# text so far conditions the next window as a prompt. A window whose output looks wrong (too
-# repetitive, too improbable) is decoded again at the next temperature.
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -105,9 +101,87 @@ class TranscribeOptions(decoding.DecodingOptions):
         return self.no_speech_threshold is not None and r.no_speech_prob > self.no_speech_threshold
 
 
+# ----------------------------------------------------------------------------------------------
+# 2. One long-form driver: each input a track, read window by window by a reading strategy
+# ----------------------------------------------------------------------------------------------
+# A strategy says how a model reads audio: Whisper's 30 s windows one after another (Windows), or
+# a student's pieces of speech each at its own length (Pieces). The driver gathers the windows
+# every track has ready, decodes them in batches, and hands each input on once it is read.
+
+
+@torch.inference_mode()
+def read_long(
+    reading,
+    audios: Sequence,
+    batch_size: int = 1,
+    progress: bool = False,
+    done: Optional[Callable[[int, dict], None]] = None,
+) -> list[dict]:
+    """Read each input (path, waveform or, for Windows, log-mel) to its end with `reading` (Windows
+    or Pieces), the windows of different inputs decoded together `batch_size` at a time: per input
+    {'text', 'segments', 'language'}. `done(i, result)` is called as soon as input i is read to its
+    end, so a caller can keep each result before the others are decoded."""
+    from tqdm import tqdm
+
+    tracks = reading.start(audios, batch_size)
+    place = {id(t): i for i, t in enumerate(tracks)}  # by identity: tracks compare by value
+    results: list[Optional[dict]] = [None] * len(tracks)
+
+    def finish(ts: Sequence) -> None:
+        for t in ts:
+            i = place[id(t)]
+            if results[i] is None and reading.finished(t):
+                results[i] = reading.result(t)
+                if done is not None:
+                    done(i, results[i])
+
+    finish(tracks)  # inputs with nothing to read
+    total = sum(reading.left(t) for t in tracks)
+    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
+        # the windows of a round are gathered before any is read: what a read adds waits a round
+        while windows := [w for t in tracks for w in reading.windows(t)]:
+            for batch in reading.batches(windows, batch_size):
+                touched = list({id(w.track): w.track for w in batch}.values())
+                before = sum(reading.left(t) for t in touched)
+                reading.read(batch)
+                bar.update(before - sum(reading.left(t) for t in touched))
+                finish(touched)
+    return results
+
+
+def transcribe_many(
+    model: M.Whisper,
+    audios: Sequence,
+    options: TranscribeOptions = TranscribeOptions(),
+    *,
+    batch_size: int = 1,
+    progress: bool = False,
+    done: Optional[Callable[[int, dict], None]] = None,
+) -> list[dict]:
+    """Transcribe several inputs as Whisper does (read_long with Windows). With batch_size 1 this
+    is exactly Whisper's own transcribe loop, input after input."""
+    return read_long(Windows(model, options), audios, batch_size, progress, done)
+
+
+def transcribe_one(
+    model: M.Whisper, audio, options: TranscribeOptions = TranscribeOptions()
+) -> dict:
+    """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
+    return transcribe_many(model, [audio], options)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Whisper's reading: 30 s windows, seeking by timestamps
+# ----------------------------------------------------------------------------------------------
+# Whisper reads 30 s at a time. After each window it seeks to the last complete timestamp pair
+# (or past the window), so speech cut at a window edge is decoded again in the next window. The
+# text so far conditions the next window as a prompt. A window whose output looks wrong (too
+# repetitive, too improbable) is decoded again at the next temperature.
+
+
 @dataclass
 class _Track:
-    """One input's progress through transcription."""
+    """One input's progress through Whisper's reading; its window is the 30 s from its seek."""
 
     mel: Tensor  # log-mel of the whole input plus 30 s of padding
     content_frames: int
@@ -118,6 +192,10 @@ class _Track:
     prompt_reset_since: int = 0
     initial_prompt_tokens: list = field(default_factory=list)
     regions: Optional[list] = None  # (start, end) frames to read, the rest silence; None: all
+
+    @property
+    def track(self) -> "_Track":
+        return self  # a track is read one window at a time: the window is the track at its seek
 
     def region_end(self) -> int:
         """Where the stretch to read that holds the seek ends: no window reads past it."""
@@ -133,105 +211,82 @@ class _Track:
             self.seek = ahead[0] if ahead else self.content_frames
 
 
-def transcribe_one(
-    model: M.Whisper, audio, options: TranscribeOptions = TranscribeOptions()
-) -> dict:
-    """Transcribe one input (path, waveform or log-mel): {'text', 'segments', 'language'}."""
-    return transcribe_many(model, [audio], options)[0]
+class Windows:
+    """Whisper's reading of long audio, as a strategy for read_long.
 
-
-@torch.inference_mode()
-def transcribe_many(
-    model: M.Whisper,
-    audios: Sequence,
-    options: TranscribeOptions = TranscribeOptions(),
-    *,
-    batch_size: int = 1,
-    progress: bool = False,
-    done: Optional[Callable[[int, dict], None]] = None,
-) -> list[dict]:
-    """Transcribe several inputs; windows of different inputs are decoded together, `batch_size` at
-    a time.
-
-    With batch_size 1 this is exactly Whisper's own transcribe loop, input after input. Only with
-    options.vad (the default) the seek jumps over each silence of audio_io.SILENCE_GAP seconds or
-    more (audio_io.sound_regions), and no window reads into one; what is read is the whole input's
-    mel. (An input given as log-mel is read whole.)
-    `done(i, result)` is called as soon as input i is read to its end (the inputs whose last windows
-    share a batch together), so a caller can keep each result before the others are decoded.
+    Only with options.vad (the default) the seek jumps over each silence of audio_io.SILENCE_GAP
+    seconds or more (audio_io.sound_regions), and no window reads into one; what is read is the
+    whole input's mel. (An input given as log-mel is read whole.)
     """
-    from tqdm import tqdm
 
-    if options.task == "translate" and not model.is_multilingual:
-        raise ValueError(
-            "translate needs a multilingual model; English-only models can only transcribe"
-        )
-    options = replace(options, language=_language_code(model, options.language))
-    prompt = (
-        model.tokenizer.encode(" " + options.initial_prompt.strip())
-        if options.initial_prompt
-        else []
-    )
-    tracks = []
-    for audio in audios:
+    def __init__(self, model: M.Whisper, options: TranscribeOptions):
+        if options.task == "translate" and not model.is_multilingual:
+            raise ValueError(
+                "translate needs a multilingual model; English-only models can only transcribe"
+            )
+        self.model = model
+        self.options = replace(options, language=_language_code(model, options.language))
+        prompt = options.initial_prompt
+        self.prompt = model.tokenizer.encode(" " + prompt.strip()) if prompt else []
+
+    def start(self, audios: Sequence, batch_size: int) -> list[_Track]:
+        tracks = [self._track(audio) for audio in audios]
+        undetected = [t for t in tracks if t.language is None and t.seek < t.content_frames]
+        _detect_languages(self.model, undetected, batch_size)
+        return tracks
+
+    def _track(self, audio) -> _Track:
         regions = None
         if not (isinstance(audio, Tensor) and audio.ndim == 2):
             audio = audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
-            if options.vad:  # the silence gate; its 10 ms frames are the mel frames
+            if self.options.vad:  # the silence gate; its 10 ms frames are the mel frames
                 samples = audio.cpu().numpy() if isinstance(audio, Tensor) else audio
                 regions = [
                     (a // audio_io.HOP_LENGTH, b // audio_io.HOP_LENGTH)
                     for a, b in audio_io.sound_regions(samples)
                 ]
             audio = audio_io.log_mel_spectrogram(
-                audio, model.dims.n_mels, padding=audio_io.N_SAMPLES
+                audio, self.model.dims.n_mels, padding=audio_io.N_SAMPLES
             )
-        tracks.append(
-            _Track(
-                mel=audio,
-                content_frames=audio.shape[-1] - audio_io.N_FRAMES,
-                language=options.language,
-                all_tokens=list(prompt),
-                initial_prompt_tokens=prompt,
-                regions=regions,
-            )
+        track = _Track(
+            mel=audio,
+            content_frames=audio.shape[-1] - audio_io.N_FRAMES,
+            language=self.options.language,
+            all_tokens=list(self.prompt),
+            initial_prompt_tokens=self.prompt,
+            regions=regions,
         )
-        tracks[-1].skip_silence()
-    undetected = [t for t in tracks if t.language is None and t.seek < t.content_frames]
-    _detect_languages(model, undetected, batch_size)
-    results: list[Optional[dict]] = [None] * len(tracks)
-    place = {id(t): i for i, t in enumerate(tracks)}  # by identity: tracks compare by value
+        track.skip_silence()
+        return track
 
-    def finish(ts: Sequence[_Track]) -> None:
-        for t in ts:
-            i = place[id(t)]
-            if t.seek >= t.content_frames and results[i] is None:
-                text = model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens) :])
-                results[i] = {"text": text, "segments": t.segments, "language": t.language or "en"}
-                if done is not None:
-                    done(i, results[i])
+    def windows(self, t: _Track) -> list[_Track]:
+        return [t] if t.seek < t.content_frames else []
 
-    finish(tracks)  # inputs with nothing to decode
-    total = sum(t.content_frames - t.seek for t in tracks)
-    with tqdm(total=total, unit="frames", disable=not progress, leave=False) as bar:
-        while active := [t for t in tracks if t.seek < t.content_frames]:
-            # windows decode together when their prompts are equally long (one tensor of tokens)
-            groups: dict[tuple, list[_Track]] = {}
-            for t in active:
-                groups.setdefault(
-                    (len(_prompt_of(t, model.dims.n_text_ctx)), t.language), []
-                ).append(t)
-            for group in groups.values():
-                group.sort(
-                    key=lambda t: t.content_frames - t.seek
-                )  # similar lengths decode together
-                for i in range(0, len(group), batch_size):
-                    chunk = group[i : i + batch_size]
-                    before = sum(min(t.seek, t.content_frames) for t in chunk)
-                    _transcribe_windows(model, chunk, options)
-                    bar.update(sum(min(t.seek, t.content_frames) for t in chunk) - before)
-                    finish(chunk)
-    return results
+    def batches(self, windows: list[_Track], batch_size: int) -> list[list[_Track]]:
+        """Windows decode together when their prompts are equally long (one tensor of tokens) and
+        their language is the same; similar lengths side by side."""
+        groups: dict[tuple, list[_Track]] = {}
+        for t in windows:
+            key = (len(_prompt_of(t, self.model.dims.n_text_ctx)), t.language)
+            groups.setdefault(key, []).append(t)
+        batches = []
+        for group in groups.values():
+            group.sort(key=lambda t: t.content_frames - t.seek)
+            batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        return batches
+
+    def read(self, tracks: list[_Track]) -> None:
+        _transcribe_windows(self.model, tracks, self.options)
+
+    def finished(self, t: _Track) -> bool:
+        return t.seek >= t.content_frames
+
+    def left(self, t: _Track) -> int:
+        return t.content_frames - min(t.seek, t.content_frames)
+
+    def result(self, t: _Track) -> dict:
+        text = self.model.tokenizer.decode(t.all_tokens[len(t.initial_prompt_tokens) :])
+        return {"text": text, "segments": t.segments, "language": t.language or "en"}
 
 
 def _language_code(model: M.Whisper, language: Optional[str]) -> Optional[str]:
@@ -385,7 +440,7 @@ def _advance(
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The student's input: the log-mel cut after the speech
+# 4. A student's reading: pieces of speech, each read at its own length
 # ----------------------------------------------------------------------------------------------
 
 
@@ -408,8 +463,258 @@ def trimmed_mel(audio, n_mels: int, frames: int) -> Tensor:
     return mel[..., :frames]
 
 
+def cut_pieces(audio, vad: bool = True) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Where a student reads an audio (waveform): (start, end) samples of each piece, and which
+    10 ms of it are quiet (audio_io.loudness). With `vad`, long silence is left out
+    (audio_io.sound_regions), and all of an audio that holds no sound. A stretch longer than
+    PIECE_SECONDS is cut at its pauses (audio_io.split_at_pauses) into pieces of up to
+    JOIN_SECONDS, neighbouring stretches together: a lone phrase of another speaker is read worse
+    than the same phrase in its context."""
+    samples = np.asarray(audio)
+    hop = audio_io.SAMPLE_RATE // 100  # loudness every 10 ms
+    levels = audio_io.loudness(samples)
+    regions = audio_io.sound_regions(samples, levels=levels) if vad else [(0, len(samples))]
+    pieces = []
+    for a, b in regions:
+        spans = [(0, b - a)]
+        if b - a > PIECE_SECONDS * audio_io.SAMPLE_RATE:
+            levels_ab = tuple(x[a // hop : b // hop] for x in levels)
+            spans = audio_io.split_at_pauses(
+                samples[a:b], PIECE_SECONDS, join_up_to=JOIN_SECONDS, levels=levels_ab
+            )
+        pieces += [(a + start, a + end) for start, end in spans if end > start]
+    return pieces, levels[1]
+
+
+@dataclass
+class _Audio:
+    """One input's progress through a student's reading."""
+
+    audio: Tensor
+    quiet: np.ndarray  # which 10 ms are quiet
+    todo: list  # (start, end, round) of the pieces to read next
+    left: int = 0  # samples of its first pieces not yet read
+    reading: int = 0  # pieces handed out and not yet read
+    parts: list = field(default_factory=list)  # ((round, start), segments) of each piece read
+
+
+@dataclass
+class _Piece:
+    track: _Audio
+    start: int  # samples into the audio
+    end: int
+    round: int  # 0, or how many times the text stopped early before it
+
+    @property
+    def audio(self) -> Tensor:
+        return self.track.audio[self.start : self.end]
+
+
+class Pieces:
+    """A student's reading of long audio, as a strategy for read_long: each piece of speech
+    (cut_pieces) read whole at its own trimmed length, greedy, English; the pieces of every audio
+    decoded together, similar lengths side by side.
+
+    With `timestamps`, a piece of an audio longer than PIECE_SECONDS whose text stops well before
+    its sound does is read on from its last timestamp, as Whisper seeks (a student taught mostly on
+    single prompts may stop after the first of several). A piece whose greedy text is a loop is
+    decoded again at the next temperatures of the schedule (Whisper's fallback). Since a student
+    knows how long its audio is, a decoder stuck in a loop stops after MAX_TOKENS_PER_SECOND tokens
+    per second of audio (+ 16), far more than anyone says, not after Whisper's fixed 224.
+    """
+
+    def __init__(self, student: "Student", options: TranscribeOptions, timestamps: bool):
+        self.model, self.round_frames = student.model, student.round_frames
+        self.options, self.timestamps, self.name = options, timestamps, student.name
+
+    def start(self, audios: Sequence, batch_size: int) -> list[_Audio]:
+        tracks = []
+        for audio in audios:
+            audio = torch.as_tensor(
+                audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
+            )
+            pieces, quiet = cut_pieces(audio.numpy(), self.options.vad)
+            todo = [(a, b, 0) for a, b in pieces]
+            tracks.append(_Audio(audio, quiet, todo, left=sum(b - a for a, b in pieces)))
+        if self.options.prefix and sum(len(t.todo) for t in tracks) > 1:
+            raise ValueError(
+                f"{self.name}: a forced start of the text (prefix) needs audio of one piece, "
+                f"at most {PIECE_SECONDS:g} s"
+            )
+        return tracks
+
+    def windows(self, t: _Audio) -> list[_Piece]:
+        pieces, t.todo = [_Piece(t, *p) for p in t.todo], []
+        t.reading += len(pieces)
+        return pieces
+
+    def batches(self, pieces: list[_Piece], batch_size: int) -> list[list[_Piece]]:
+        """Similar lengths side by side, each batch longest first: short rows finish first, and
+        the rows that stay then need not move (KVCache.keep)."""
+        order = sorted(pieces, key=lambda p: self.frames(p))
+        return [order[i : i + batch_size][::-1] for i in range(0, len(order), batch_size)]
+
+    def frames(self, p: _Piece) -> int:
+        return trimmed_frames(p.end - p.start, self.round_frames)
+
+    def read(self, pieces: list[_Piece]) -> None:
+        decoded = self.decode(pieces, draft=self.options.draft)
+        decoded = self.fallback(pieces, decoded)
+        for p, r in zip(pieces, decoded):
+            self.advance(p, r)
+
+    def decode(
+        self,
+        pieces: list[_Piece],
+        temperature: float = 0.0,
+        best_of: Optional[int] = None,
+        draft: Optional[decoding.Draft] = None,
+    ) -> list[decoding.DecodingResult]:
+        """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
+        tokens if self.timestamps: greedy (sped up by `draft`, the same tokens), or at a
+        temperature the best of `best_of` samples; after options.prefix (forced text)."""
+        model, frames = self.model, [self.frames(p) for p in pieces]
+        seconds = max(p.end - p.start for p in pieces) / audio_io.SAMPLE_RATE
+        options = decoding.DecodingOptions(
+            language="en",
+            without_timestamps=not self.timestamps,
+            sample_len=min(
+                model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds)
+            ),
+            close_segments=True,
+            temperature=temperature,
+            prefix=self.options.prefix,
+            best_of=best_of if temperature > 0 else None,
+        )
+        mel = torch.stack([trimmed_mel(p.audio, model.dims.n_mels, max(frames)) for p in pieces])
+        features, lengths = M.embed_each(model, mel, frames)
+        return decoding.decode_batch(
+            model,
+            options=options,
+            audio_features=features,
+            audio_lengths=lengths,
+            # a model's draft would need an encoder pass of its own: text drafts only
+            draft=draft if isinstance(draft, decoding.TextDraft) else None,
+        )
+
+    def fallback(
+        self, pieces: list[_Piece], decoded: list[decoding.DecodingResult]
+    ) -> list[decoding.DecodingResult]:
+        """Whisper's temperature fallback, for the pieces whose greedy text is a loop (more
+        compressible than options.compression_ratio_threshold): decoded again at each next
+        temperature of the schedule, best of options.best_of samples, until it is not. Whisper's
+        other rule, an average log-probability under -1, is left out: a student's good pieces
+        often fall under it, and reading them again does not make them better."""
+        schedule = self.options.temperature
+        schedule = [] if isinstance(schedule, (int, float)) else list(schedule)[1:]
+        loops = replace(self.options, logprob_threshold=None)
+        for temperature in schedule:
+            redo = [j for j, r in enumerate(decoded) if loops.needs_fallback(r)]
+            if not redo:
+                break
+            again = self.decode([pieces[j] for j in redo], temperature, self.options.best_of)
+            for j, r in zip(redo, again):
+                decoded[j] = r
+        return decoded
+
+    def advance(self, p: _Piece, r: decoding.DecodingResult) -> None:
+        """Keep a decoded piece's segments; read it on from its last timestamp if its text stopped
+        RESEEK_SECONDS before the piece and RESEEK_SPEECH of sound did."""
+        t, n = p.track, p.end - p.start
+        segments, end = self.segments(r, n, p.start)
+        t.parts.append(((p.round, p.start), segments))
+        t.reading -= 1
+        t.left -= n if p.round == 0 else 0
+        hop = audio_io.SAMPLE_RATE // 100  # quiet every 10 ms
+        sound_after = (~t.quiet[(p.start + end) // hop : p.end // hop]).sum()
+        if (
+            self.timestamps
+            and len(t.quiet) > PIECE_SECONDS * 100  # a long audio (quiet: one flag per 10 ms)
+            and end
+            and n - end > RESEEK_SECONDS * audio_io.SAMPLE_RATE
+            and sound_after >= 100 * RESEEK_SPEECH
+        ):
+            t.todo.append((p.start + end, p.end, p.round + 1))
+
+    def segments(
+        self, r: decoding.DecodingResult, n_samples: int, offset: int
+    ) -> tuple[list[dict], int]:
+        """One decoded piece as Whisper's segments, times in seconds of the whole audio: one per
+        timestamp pair, or the whole piece (text only, or silence: no text); and where in the piece
+        its last segment ends (samples; 0 if that segment is empty, or the piece silence)."""
+        tok = self.model.tokenizer
+        seconds, start = n_samples / audio_io.SAMPLE_RATE, offset / audio_io.SAMPLE_RATE
+        timed = (
+            timed_segments(r.tokens, tok, seconds)
+            if self.timestamps
+            else [(0.0, seconds, r.tokens)]
+        )
+        if r.no_speech_prob > NO_SPEECH:
+            timed = [(0.0, seconds, [])]
+        segments = []
+        for a, b, tokens in timed:
+            text = tok.decode(tokens).strip()
+            if not any(c.isalnum() for c in text):  # "..." or "-" is not a transcript
+                text, tokens = "", []
+            segments.append(
+                {
+                    "seek": offset // audio_io.HOP_LENGTH,
+                    "start": start + a,
+                    "end": start + b,
+                    "text": " " + text if text else "",
+                    "tokens": tokens,
+                    "temperature": r.temperature,
+                    "avg_logprob": r.avg_logprob,
+                    "compression_ratio": r.compression_ratio,
+                    "no_speech_prob": r.no_speech_prob,
+                }
+            )
+        return segments, round(timed[-1][1] * audio_io.SAMPLE_RATE) if timed and timed[-1][2] else 0
+
+    def finished(self, t: _Audio) -> bool:
+        return not t.todo and not t.reading
+
+    def left(self, t: _Audio) -> int:
+        return t.left // audio_io.HOP_LENGTH
+
+    def result(self, t: _Audio) -> dict:
+        segments = [seg for _, segs in sorted(t.parts, key=lambda p: p[0]) for seg in segs]
+        segments.sort(key=lambda seg: seg["start"])
+        for i, seg in enumerate(segments):
+            seg["id"] = i
+        return {
+            "text": "".join(seg["text"] for seg in segments),
+            "segments": segments,
+            "language": "en",
+        }
+
+
+def timed_segments(
+    tokens: Sequence[int], tokenizer, seconds: float
+) -> list[tuple[float, float, list[int]]]:
+    """(start s, end s, text tokens) of each segment in one piece's timestamped tokens, Whisper's
+    pairs <|a|> text <|b|><|c|> text <|d|>: a timestamp after text closes a segment, one before text
+    opens it. Text after the last timestamp (the piece ended mid-segment) runs to the piece's end;
+    no time lies past it."""
+    begin, segments, start, last, text = tokenizer.timestamp_begin, [], None, 0.0, []
+    for x in tokens:
+        if x >= begin:
+            t = min(round((x - begin) * tokenization.TIMESTAMP_STEP, 2), seconds)
+            if text:
+                segments.append((last if start is None else start, t, text))
+                start, text = None, []
+            else:
+                start = t
+            last = t
+        elif x < tokenizer.eot:
+            text.append(x)
+    if text:
+        segments.append((last if start is None else start, seconds, text))
+    return segments
+
+
 # ----------------------------------------------------------------------------------------------
-# 3. Transcribing and evaluating: a loaded model knows how it reads audio
+# 5. Transcribing and evaluating: a loaded model knows how it reads audio
 # ----------------------------------------------------------------------------------------------
 
 
@@ -471,18 +776,8 @@ class Recognizer:
 
 class Student(Recognizer):
     """A student from `train`: it reads each audio at its own length (trimmed input), greedy,
-    English, with timestamps (its segments' real times) unless asked for text alone.
-
-    Audio longer than PIECE_SECONDS is cut at its pauses (audio_io.split_at_pauses) into pieces of
-    speech of up to JOIN_SECONDS (neighbouring stretches together: a student reads a lone phrase of
-    another speaker worse than the same phrase in its context), each read whole; the pieces of every
-    audio are decoded together, `batch_size` at a time, similar lengths side by side. With
-    timestamps, a piece whose text stops well before its sound does is read on from its last
-    timestamp, as Whisper seeks (a student taught mostly on single prompts may stop after the first
-    of several). Since the student knows how long its
-    audio is, a decoder stuck in a loop stops after MAX_TOKENS_PER_SECOND tokens per second of
-    audio (+ 16), far more than anyone says, not after Whisper's fixed 224.
-    """
+    English, with timestamps (its segments' real times) unless asked for text alone: read_long
+    with Pieces."""
 
     input = "trimmed"
     pack = True  # the decoder in fp16 for the CPU: about twice the decoding speed
@@ -491,7 +786,6 @@ class Student(Recognizer):
         super().__init__(model, name)
         self.round_frames = round_frames
 
-    @torch.inference_mode()
     def transcribe(
         self,
         audios: Sequence,
@@ -506,156 +800,11 @@ class Student(Recognizer):
         silence than NO_SPEECH keeps no text, as Whisper skips one.
 
         Timestamps are decoded only where they are used, for segment times (`times`: the caller
-        writes srt, vtt, tsv or json); then a piece of audio longer than PIECE_SECONDS that stopped
-        early is read on from its last timestamp. Otherwise text only, which is faster and on real
-        speech of other people no worse (timestamps make a student invent a word or two on odd
-        voices).
-
-        `done(i, result)`: called as soon as audio i is read to its end: when the batch that held
-        its last piece is decoded, unless a piece of it needs the temperature fallback or is read
-        on (then after those)."""
+        writes srt, vtt, tsv or json). Otherwise text only, which is faster and on real speech of
+        other people no worse (timestamps make a student invent a word or two on odd voices)."""
         self.check(options)
-        pieces, owners, offsets, quiet = self.pieces(audios, options.vad)
-        if options.prefix and len(pieces) > 1:
-            raise ValueError(
-                f"{self.name}: a forced start of the text (prefix) needs audio of one piece, "
-                f"at most {PIECE_SECONDS:g} s"
-            )
-        long = [len(q) > PIECE_SECONDS * 100 for q in quiet]  # q: one flag per 10 ms
         timestamps = times and not options.without_timestamps
-        out: list[Optional[dict]] = [None] * len(audios)
-        parts = [[] for _ in audios]  # ((round, piece), segments) of each audio
-        left = Counter(owners)  # pieces of each audio not read to their end
-        hop = audio_io.SAMPLE_RATE // 100  # loudness every 10 ms
-
-        def finish(owner: int) -> None:
-            segments = [seg for _, segs in sorted(parts[owner], key=lambda p: p[0]) for seg in segs]
-            segments.sort(key=lambda seg: seg["start"])
-            for i, seg in enumerate(segments):
-                seg["id"] = i
-            text = "".join(seg["text"] for seg in segments)
-            out[owner] = {"text": text, "segments": segments, "language": "en"}
-            if done is not None:
-                done(owner, out[owner])
-
-        for owner in range(len(audios)):
-            if not left[owner]:  # an empty audio: no piece to read
-                finish(owner)
-        loops = replace(options, logprob_threshold=None)  # as fallback() tells a loop
-        temperatures = options.temperature
-        falls_back = not isinstance(temperatures, (int, float)) and len(temperatures) > 1
-        looping = lambda r: falls_back and loops.needs_fallback(r)  # noqa: E731
-        round_ = 0
-        while pieces:
-            rest = {}  # piece -> (its unread end, owner, offset)
-
-            def read(j: int, r: decoding.DecodingResult) -> None:
-                piece, owner, offset = pieces[j], owners[j], offsets[j]
-                segments, end = self.segments(r, len(piece), offset, timestamps)
-                parts[owner].append(((round_, j), segments))
-                after = quiet[owner][(offset + end) // hop : (offset + len(piece)) // hop]
-                unread = len(piece) - end > RESEEK_SECONDS * audio_io.SAMPLE_RATE
-                if (
-                    timestamps
-                    and long[owner]
-                    and end
-                    and unread
-                    and (~after).sum() >= 100 * RESEEK_SPEECH
-                ):
-                    rest[j] = (piece[end:], owner, offset + end)  # it stopped before the speech did
-                    return
-                left[owner] -= 1
-                if not left[owner]:
-                    finish(owner)
-
-            def read_unless_looping(j: int, r: decoding.DecodingResult) -> None:
-                if not looping(r):  # a loop is read once the fallback has redone it
-                    read(j, r)
-
-            first = self.decode_pieces(
-                pieces,
-                batch_size,
-                timestamps,
-                prefix=options.prefix,
-                draft=options.draft,
-                each=read_unless_looping,
-            )
-            redo = [j for j, r in enumerate(first) if looping(r)]
-            decoded = self.fallback(pieces, first, options, batch_size, timestamps)
-            for j in redo:
-                read(j, decoded[j])
-            later = [rest[j] for j in sorted(rest)]
-            pieces, owners, offsets = (list(x) for x in zip(*later)) if later else ([], [], [])
-            round_ += 1
-        return out
-
-    def segments(
-        self, r: decoding.DecodingResult, n_samples: int, offset: int, timestamps: bool
-    ) -> tuple[list[dict], int]:
-        """One decoded piece as Whisper's segments, times in seconds of the whole audio: one per
-        timestamp pair, or the whole piece (text only, or silence: no text); and where in the piece
-        its last segment ends (samples; 0 if that segment is empty, or the piece silence)."""
-        tok, seconds, start = (
-            self.model.tokenizer,
-            n_samples / audio_io.SAMPLE_RATE,
-            offset / audio_io.SAMPLE_RATE,
-        )
-        timed = timed_segments(r.tokens, tok, seconds) if timestamps else [(0.0, seconds, r.tokens)]
-        if r.no_speech_prob > NO_SPEECH:
-            timed = [(0.0, seconds, [])]
-        segments = []
-        for a, b, tokens in timed:
-            text = tok.decode(tokens).strip()
-            if not any(c.isalnum() for c in text):  # "..." or "-" is not a transcript
-                text, tokens = "", []
-            segments.append(
-                {
-                    "seek": offset // audio_io.HOP_LENGTH,
-                    "start": start + a,
-                    "end": start + b,
-                    "text": " " + text if text else "",
-                    "tokens": tokens,
-                    "temperature": r.temperature,
-                    "avg_logprob": r.avg_logprob,
-                    "compression_ratio": r.compression_ratio,
-                    "no_speech_prob": r.no_speech_prob,
-                }
-            )
-        return segments, round(timed[-1][1] * audio_io.SAMPLE_RATE) if timed and timed[-1][2] else 0
-
-    def fallback(
-        self,
-        pieces: Sequence[Tensor],
-        decoded: list[decoding.DecodingResult],
-        options: TranscribeOptions,
-        batch_size: int,
-        timestamps: bool,
-    ) -> list[decoding.DecodingResult]:
-        """Whisper's temperature fallback, for the pieces whose greedy text is a loop (more
-        compressible than options.compression_ratio_threshold): decoded again at each next
-        temperature of the schedule, best of options.best_of samples, until it is not. One piece or
-        two of a long recording need it (a strange voice). Whisper's other rule, an average
-        log-probability under -1, is left out: on the real-speech long-form bench it re-read one or
-        two pieces more and changed the WER by -0.5 to +0.2 points, for up to 0.5 s."""
-        schedule = (
-            [] if isinstance(options.temperature, (int, float)) else list(options.temperature)[1:]
-        )
-        loops = replace(options, logprob_threshold=None)  # (see the docstring)
-        for temperature in schedule:
-            redo = [j for j, r in enumerate(decoded) if loops.needs_fallback(r)]
-            if not redo:
-                break
-            again = self.decode_pieces(
-                [pieces[j] for j in redo],
-                batch_size,
-                timestamps,
-                temperature,
-                options.best_of,
-                options.prefix,
-            )
-            for j, r in zip(redo, again):
-                decoded[j] = r
-        return decoded
+        return read_long(Pieces(self, options, timestamps), audios, batch_size, progress, done)
 
     def check(self, options: TranscribeOptions) -> None:
         first = (
@@ -680,96 +829,6 @@ class Student(Recognizer):
                 f"the next temperatures on a loop), so it cannot honour {', '.join(cannot)}"
             )
 
-    def pieces(
-        self, audios: Sequence, vad: bool = True
-    ) -> tuple[list[Tensor], list[int], list[int], list[np.ndarray]]:
-        """Waveform pieces, the audio each belongs to, where in it each starts (samples), and which
-        10 ms of each audio are quiet (audio_io.loudness). With `vad`, long silence is left out
-        (audio_io.sound_regions), and all of an audio that holds no sound."""
-        pieces, owners, offsets, quiet = [], [], [], []
-        hop = audio_io.SAMPLE_RATE // 100  # loudness every 10 ms
-        for i, audio in enumerate(audios):
-            audio = torch.as_tensor(
-                audio_io.load_audio(audio) if isinstance(audio, (str, os.PathLike)) else audio
-            )
-            levels = audio_io.loudness(audio.numpy())
-            quiet.append(levels[1])
-            regions = (
-                audio_io.sound_regions(audio.numpy(), levels=levels) if vad else [(0, len(audio))]
-            )
-            for a, b in regions:
-                spans = [(0, b - a)]
-                if b - a > PIECE_SECONDS * audio_io.SAMPLE_RATE:
-                    levels_ab = tuple(x[a // hop : b // hop] for x in levels)
-                    spans = audio_io.split_at_pauses(
-                        audio[a:b].numpy(), PIECE_SECONDS, join_up_to=JOIN_SECONDS, levels=levels_ab
-                    )
-                for start, end in spans:
-                    if end <= start:  # an empty file: nothing to decode
-                        continue
-                    pieces.append(audio[a + start : a + end])
-                    owners.append(i)
-                    offsets.append(a + start)
-        return pieces, owners, offsets, quiet
-
-    def decode_pieces(
-        self,
-        pieces: Sequence[Tensor],
-        batch_size: int,
-        timestamps: bool = False,
-        temperature: float = 0.0,
-        best_of: Optional[int] = None,
-        prefix: Optional[str] = None,
-        draft: Optional[decoding.TextDraft] = None,
-        each: Optional[Callable[[int, decoding.DecodingResult], None]] = None,
-    ) -> list[decoding.DecodingResult]:
-        """The tokens of each piece, each read at its own trimmed length, with Whisper's timestamp
-        tokens if `timestamps`: greedy (sped up by `draft`, the same tokens), or at a temperature
-        the best of `best_of` samples; after `prefix` (forced text, not returned) if given. `each(j,
-        result)` is called for every piece of a batch as soon as that batch is decoded."""
-        model = self.model
-        frames = [trimmed_frames(len(p), self.round_frames) for p in pieces]
-        order = sorted(
-            range(len(pieces)), key=lambda j: frames[j]
-        )  # similar lengths decode together
-        decoded: list[Optional[decoding.DecodingResult]] = [None] * len(pieces)
-        for b in range(0, len(order), batch_size):
-            chunk = order[b : b + batch_size][::-1]  # longest first: short rows finish first, and
-            # the rows that stay then need not move (KVCache.keep)
-            seconds = max(len(pieces[j]) for j in chunk) / audio_io.SAMPLE_RATE
-            sample_len = min(
-                model.dims.n_text_ctx // 2, 16 + math.ceil(MAX_TOKENS_PER_SECOND * seconds)
-            )
-            options = decoding.DecodingOptions(
-                language="en",
-                without_timestamps=not timestamps,
-                sample_len=sample_len,
-                close_segments=True,
-                temperature=temperature,
-                prefix=prefix,
-                best_of=best_of if temperature > 0 else None,
-            )
-            mel = torch.stack(
-                [
-                    trimmed_mel(pieces[j], model.dims.n_mels, max(frames[j] for j in chunk))
-                    for j in chunk
-                ]
-            )
-            features, lengths = M.embed_each(model, mel, [frames[j] for j in chunk])
-            results = decoding.decode_batch(
-                model,
-                options=options,
-                audio_features=features,
-                audio_lengths=lengths,
-                # a model's draft would need an encoder pass of its own: text drafts only
-                draft=draft if isinstance(draft, decoding.TextDraft) else None,
-            )
-            for j, r in zip(chunk, results):
-                decoded[j] = r
-                if each is not None:
-                    each(j, r)
-        return decoded
-
     def drafted_by(self, student: Recognizer) -> Recognizer:
         raise ValueError(
             f"{self.name}: the model to draft for must be a Whisper model, not a student"
@@ -777,30 +836,6 @@ class Student(Recognizer):
 
     def as_draft(self) -> decoding.Draft:
         return decoding.Draft(self.model, round_frames=self.round_frames)
-
-
-def timed_segments(
-    tokens: Sequence[int], tokenizer, seconds: float
-) -> list[tuple[float, float, list[int]]]:
-    """(start s, end s, text tokens) of each segment in one piece's timestamped tokens, Whisper's
-    pairs <|a|> text <|b|><|c|> text <|d|>: a timestamp after text closes a segment, one before text
-    opens it. Text after the last timestamp (the piece ended mid-segment) runs to the piece's end;
-    no time lies past it."""
-    begin, segments, start, last, text = tokenizer.timestamp_begin, [], None, 0.0, []
-    for x in tokens:
-        if x >= begin:
-            t = min(round((x - begin) * tokenization.TIMESTAMP_STEP, 2), seconds)
-            if text:
-                segments.append((last if start is None else start, t, text))
-                start, text = None, []
-            else:
-                start = t
-            last = t
-        elif x < tokenizer.eot:
-            text.append(x)
-    if text:
-        segments.append((last if start is None else start, seconds, text))
-    return segments
 
 
 def student_info(cfg) -> dict:

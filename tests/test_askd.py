@@ -542,13 +542,12 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
     one segment, the piece; the same prompt for srt (times=True) is decoded with timestamps.
     --without-timestamps is text only either way."""
     student = transcribe.Student(tiny, "s.pt", round_frames=3000)
-    decoded = []
-    real = student.decode_pieces
+    decoded, real = [], decoding.decode_batch
     monkeypatch.setattr(
-        student,
-        "decode_pieces",
-        lambda pieces, batch, stamped=False, *rest, **named: (
-            decoded.append(stamped) or real(pieces, batch, stamped, *rest, **named)
+        decoding,
+        "decode_batch",
+        lambda model, options, **named: (
+            decoded.append(not options.without_timestamps) or real(model, options=options, **named)
         ),
     )
     u = next(u for u in data.split_corpus(asterisk)["test"] if 3 < u.duration < 8)
@@ -687,16 +686,15 @@ def test_a_students_pieces_leave_out_long_silence(tiny, asterisk):
     ]
     joined = np.concatenate(parts)
     starts = np.cumsum([0] + [len(p) for p in parts])[::2]
-    pieces, owners, offsets, _ = student.pieces([joined])
-    assert len(pieces) == 3 and owners == [0, 0, 0]
-    for piece, offset, prompt, start in zip(pieces, offsets, prompts, starts):
-        assert offset <= start and start + len(prompt) <= offset + len(piece)
-        assert len(piece) <= len(prompt) + 2 * (audio_io.SILENCE_KEEP + 0.05) * sr
-        assert np.array_equal(piece.numpy(), joined[offset : offset + len(piece)])
-    pieces, _, offsets, _ = student.pieces([joined], vad=False)
-    assert offsets[0] == 0 and sum(map(len, pieces)) == len(joined)
+    pieces, _ = transcribe.cut_pieces(joined)
+    assert len(pieces) == 3
+    for (a, b), prompt, start in zip(pieces, prompts, starts):
+        assert a <= start and start + len(prompt) <= b
+        assert b - a <= len(prompt) + 2 * (audio_io.SILENCE_KEEP + 0.05) * sr
+    pieces, _ = transcribe.cut_pieces(joined, vad=False)
+    assert pieces[0][0] == 0 and sum(b - a for a, b in pieces) == len(joined)
     silent = [np.zeros(60 * sr, np.float32), rng.normal(0, 1e-3, 60 * sr).astype(np.float32)]
-    assert student.pieces(silent)[0] == []
+    assert all(transcribe.cut_pieces(x)[0] == [] for x in silent)
     assert student.transcribe(silent) == [{"text": "", "segments": [], "language": "en"}] * 2
 
 
