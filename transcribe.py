@@ -500,6 +500,8 @@ class _Audio:
 
 @dataclass
 class _Piece:
+    """A stretch of an audio to read: a window of Pieces."""
+
     track: _Audio
     start: int  # samples into the audio
     end: int
