@@ -5,7 +5,7 @@ python fastwhisper.py transcribe FILES... --model tiny.en --draft STUDENT  # tea
 python fastwhisper.py stream - | FILE [--realtime] | DEVICE --input-format pulse [--jsonl]
 python fastwhisper.py bench [FILES...] [--model A --model B ...]
 python fastwhisper.py bench kernels
-python fastwhisper.py bench ood [--model A --model B ...]
+python fastwhisper.py bench ood [--model A --model B ...] [--runs RUN1 RUN2 RUN3]
 python fastwhisper.py bench process [--model A --model B ...] [--repeat 4]
 python fastwhisper.py bench long [--model A --model B ...]
 python fastwhisper.py bench pieces [--model STUDENT]
@@ -28,6 +28,7 @@ import sys
 import threading
 import typing
 import warnings
+from pathlib import Path
 
 WEIGHTS_HELP = (
     "fp16: decoder weights packed in fp16 for the CPU (faster decoding); auto (default): "
@@ -366,9 +367,15 @@ def cmd_bench(args) -> int:
                 batch_size=args.batch_size,
             )
         elif args.files[:1] == ["ood"]:
-            from bench.ood import ood_table
+            from bench.ood import evidence_table, ood_table
 
-            ood_table(models, per_voice=args.per_voice, device=device, batch_size=args.batch_size)
+            if args.runs:
+                teacher = (args.model or ["tiny.en"])[0]
+                evidence_table(teacher, args.runs, device=device, batch_size=args.batch_size)
+            else:
+                ood_table(
+                    models, per_voice=args.per_voice, device=device, batch_size=args.batch_size
+                )
         else:
             from bench.speed import bench_models
 
@@ -638,6 +645,15 @@ def add_bench(sub) -> None:
         type=COUNT,
         default=30,
         help="bench ood: sentences per synthetic voice (default 30)",
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="bench ood: runs of one recipe, one seed each (runs/NAME): their students against the "
+        "teacher (the first --model, default tiny.en) on real-speech-dev:report, which none was "
+        "chosen on; mean and spread over the seeds",
     )
     p.add_argument(
         "--repeat",

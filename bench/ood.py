@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -377,6 +378,83 @@ def ood_table(
     return rows
 
 
+# ---------------------------------------------------------------------------
+# The evidence: students of several seeds on the part of real speech none was chosen on
+# ---------------------------------------------------------------------------
+
+REPORT = "real-speech-dev:report"
+SELECT = "real-speech-dev:select"
+
+
+def chosen_on(run: Path) -> list[str]:
+    """The dev sets a run chose its student on (results.json, written at the run's end)."""
+    path = run / "results.json"
+    try:
+        names = json.loads(path.read_text()).get("chosen on")
+    except (OSError, ValueError) as e:
+        raise fileio.DataError(f"{path}: cannot read it ({fileio.brief(e)}); is the run done?")
+    if not isinstance(names, list):
+        raise fileio.DataError(f"{path}: says nothing of the dev sets; train it again")
+    return names
+
+
+def check_not_chosen_on_report(run: Path) -> None:
+    """A student chosen on the report part (or on all of real-speech-dev) is no evidence there."""
+    for name in chosen_on(run):
+        if name == REAL_SPEECH or name.startswith(REPORT):
+            raise fileio.DataError(
+                f"{run}: its student was chosen on {name}, which holds {REPORT}: no evidence there "
+                f"(train with --dev asterisk:dev+{SELECT})"
+            )
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, standard deviation (over seeds, n - 1), lowest and highest."""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values)}
+
+
+def evidence_table(
+    teacher: str, runs: list[Path], device: str = "cpu", batch_size: int = 8
+) -> list[dict]:
+    """The teacher and the student of each run (one seed each) on the in-domain test split and on
+    both parts of real-speech-dev, students read trimmed and in 30 s windows (`padded:`), all
+    greedy and text only: WER of the teacher, the students' mean, sd, min and max, and the gap
+    (mean minus teacher, in points). Printed as a table; the rows are returned."""
+    for run in runs:
+        check_not_chosen_on_report(run)
+    students = [str(run / "student.pt") for run in runs]
+    rows = []
+    for name in (IN_DOMAIN, REPORT, SELECT):
+        utts = readable(data.load_source(name))
+        models = [teacher, *students, *(transcribe.PADDED_PREFIX + s for s in students)]
+        wers = [
+            r["WER %"]
+            for r in transcribe.evaluate(
+                models, utts, device=device, batch_size=batch_size, quiet=True, source=name
+            )
+        ]
+        for reading, values in (
+            ("trimmed", wers[1 : 1 + len(runs)]),
+            ("30 s", wers[1 + len(runs) :]),
+        ):
+            row = {"data set": name, "reading": reading, "utterances": len(utts)}
+            row["words"] = reference_words(utts)
+            row["teacher"] = wers[0]
+            row.update({f"student {k}": v for k, v in spread(values).items()})
+            row["gap"] = row["student mean"] - row["teacher"]
+            rows.append(row)
+    print(
+        f"WER %: {teacher} and the students of {len(runs)} seed(s) ({', '.join(map(str, runs))}); "
+        f"the evidence is {REPORT}: the students were chosen on {SELECT}, never on it"
+    )
+    columns = ["data set", "reading", "utterances", "words", "teacher"]
+    columns += [f"student {k}" for k in ("mean", "sd", "min", "max")] + ["gap"]
+    print(transcribe.format_table(rows, columns=columns))
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -390,9 +468,19 @@ def main(argv=None) -> list[dict]:
     p.add_argument(
         "--batch-size", type=int, default=8, help="utterances decoded together (default 8)"
     )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        help=f"runs of one recipe, one seed each: the evidence on {REPORT} instead (--model: the "
+        "teacher)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.runs:
+        teacher = (args.model or ["tiny.en"])[0]
+        return evidence_table(teacher, args.runs, args.device, args.batch_size)
     return ood_table(args.model or ["tiny.en"], args.per_voice, args.device, args.batch_size)
 
 
