@@ -907,7 +907,7 @@ class TrainConfig(LossConfig):
         metadata={
             "help": "data for the dev WER after each epoch, which chooses the student; join "
             "several with + to choose by the mean of their WERs (none: "
-            "asterisk:dev+real-speech-dev, or 10% of a custom --train)"
+            "asterisk:dev+real-speech-dev:select, or 10% of a custom --train)"
         },
     )
     test: Optional[str] = field(
@@ -918,8 +918,8 @@ class TrainConfig(LossConfig):
         default=None,
         metadata={
             "help": "out-of-domain data for the final table, a column beside --test's (none: "
-            "real-speech-dev, real speech of other people, with the default corpus; '' for no "
-            "column)"
+            "real-speech-dev:report, real speech of other people never chosen on, with the "
+            "default corpus; '' for no column)"
         },
     )
     limit: Optional[int] = field(
@@ -1174,8 +1174,8 @@ def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
         dev = {name: data.load_source(name) for name in cfg.dev.split("+")}
     elif cfg.train.startswith("asterisk"):
         dev = {"asterisk:dev": data.load_source("asterisk:dev")}
-        try:  # real speech of other people: choose the student that generalises
-            dev["real-speech-dev"] = data.load_source("real-speech-dev")
+        try:  # real speech of other people: choose the student that generalises (its select part)
+            dev["real-speech-dev:select"] = data.load_source("real-speech-dev:select")
         except fileio.DataError as e:
             print(
                 "warning: dev set without real-speech-dev, the student is chosen on asterisk:dev "
@@ -1662,6 +1662,7 @@ class Trainer:
             "skipped": dict(self.skipped),
             "counters": dict(self.counters),
             "best_dev_wer": self.best_wer,
+            "chosen on": list(self.dev_sets),  # bench ood --runs: no evidence on these
             "train_seconds": round(time.time() - self.started, 1),
         }
         if self.main:
@@ -1717,7 +1718,7 @@ class Trainer:
         label = (
             cfg.ood
             if cfg.ood is not None
-            else ("real-speech-dev" if cfg.train.startswith("asterisk") else "")
+            else ("real-speech-dev:report" if cfg.train.startswith("asterisk") else "")
         )
         if not label or label in self.dev_sets:
             return label, self.dev_sets.get(label, [])
