@@ -1,5 +1,4 @@
-"""Live transcription: phrases cut by the endpointer, `stream` fed by stdin PCM, a paced file and
-a device, its faults, and the stream bench. Real speech and real tiny.en weights throughout."""
+"""streaming.py: the endpointer, the live transcriber and `stream`, on real speech."""
 
 import json
 import os
@@ -21,6 +20,7 @@ import text_norm
 import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 SR = audio_io.SAMPLE_RATE
 
@@ -98,6 +98,9 @@ def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_clo
     assert (
         last[1] == len(cut) and last[2] > len(cut) - SR // 2
     )  # closed at the end, sound to the end
+
+
+# ----- the live transcriber -----------------------------------------------------------------------
 
 
 def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
@@ -433,29 +436,3 @@ def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
-
-
-# ----- the bench ----------------------------------------------------------------------------------
-
-
-def test_partial_stability_counts_words_the_final_changed():
-    from bench.stream import stability
-
-    events = [
-        {"type": "partial", "start": 0.0, "end": 1.0, "text": "please press"},
-        {"type": "partial", "start": 0.0, "end": 1.5, "text": "please dress one"},
-        {"type": "final", "start": 0.0, "end": 2.0, "text": "Please press 1 now."},
-        {"type": "partial", "start": 3.0, "end": 3.5, "text": "hello"},
-    ]  # its final was empty
-    assert stability(events) == (6, 2)
-
-
-def test_bench_stream_replays_the_test_split(tiny):
-    from bench.stream import stream_table
-
-    rows = stream_table(["tiny.en"], limit=2)
-    assert len(rows) == 2 and rows[0]["phrases"] == 2
-    for row in rows:
-        assert row["WER %"] <= 15 and row["offline WER %"] <= 15
-        assert row["latency p50 ms"] >= row["compute p50"] > 0 and row["wait p50"] >= 500
-        assert 0 <= row["revised %"] <= 100 and row["RTF"] > 0 and row["partial ms"] > 0

@@ -1,5 +1,4 @@
-"""bench/ood.py: the out-of-domain sets (the prompts through GSM, WordNet sentences read by
-synthesised voices) on real packages, and the evaluation-source names."""
+"""bench/: whole-process, long-form, pieces and stream benches, out-of-domain sets."""
 
 import shutil
 from pathlib import Path
@@ -14,6 +13,171 @@ import text_norm
 from bench import ood
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+
+
+# ----- whole processes (bench/process.py) ---------------------------------------------------------
+
+
+def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
+    """Each model transcribes the same real files (each given twice) in a process of its own; a
+    model decodes text only; the table has seconds, WER and speed-up."""
+    import askd
+    import run_plumbing
+    import weight_files
+    from bench import process
+
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
+    manifest = tmp_path / "three.tsv"
+    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
+    student = run_plumbing.save_student(
+        askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
+        tmp_path / "s.pt",
+        askd.TrainConfig(),
+        {"epoch": 1},
+    )
+    assert not process.is_student("tiny.en") and process.is_student(str(student))
+    rows = process.process_table(
+        ["tiny.en", str(student)], repeat=2, threads=1, source=str(manifest)
+    )
+    assert [r["files"] for r in rows] == [6, 6] and rows[0]["speed-up"] == 1.0
+    assert rows[0]["WER %"] <= 20 and all(r["seconds"] > 0 for r in rows)
+    assert "3 recordings x 2 = 6 files, whole `transcribe` processes" in capsys.readouterr().out
+
+
+# ----- long recordings and pieces (bench/longform.py) ---------------------------------------------
+
+
+def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
+    from bench import longform
+
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
+    audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
+    audio, text = longform.joined_recording(utts, 0.3)
+    assert len(audio) == sum(map(len, audios)) + 2 * round(0.3 * audio_io.SAMPLE_RATE)
+    np.testing.assert_array_equal(audio[: len(audios[0])], audios[0])
+    assert text == " ".join(u.text.strip() for u in utts)
+    assert len(longform.joined_recording(utts, 0.0)[0]) == sum(map(len, audios))
+
+    def seg(a, b, t="x"):
+        return {"start": a, "end": b, "text": t}
+
+    reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
+    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0); the third none:
+    # the nearest one counts
+    errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
+    assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
+    assert np.isnan(longform.cue_error([], reference))
+
+
+def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later(
+    asterisk, monkeypatch
+):
+    """bench long: the first model, a Whisper model, also reads each recording after SHIFTS seconds
+    of silence; its times are taken back by as much, so cues that follow the speech score 0."""
+    from bench import longform
+
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
+    monkeypatch.setattr(data, "load_source", lambda source: utts)
+    monkeypatch.setattr(longform, "is_student", lambda model: model.endswith(".pt"))
+    read = []
+
+    def transcribe_process(model, files, options, threads):
+        audio = audio_io.load_audio(files[0])
+        lead = (
+            int(np.argmax(np.abs(audio) > 1e-3)) / audio_io.SAMPLE_RATE
+        )  # the silence put before it
+        read.append((model, options, lead))
+        segments = [{"start": lead + 0.2, "end": lead + 1.0, "text": " x"}]
+        return 1.0, [{"text": " ".join(u.text for u in utts), "segments": segments}]
+
+    monkeypatch.setattr(longform, "transcribe_process", transcribe_process)
+    rows = longform.long_table(["tiny.en", "student.pt"])
+    modes = (
+        ["long-form", "text only"]
+        + [f"long-form, {s:g} s later" for s in longform.SHIFTS]
+        + ["timestamps (srt, json)", "text only (txt)"]
+    )
+    assert [r["mode"] for r in rows] == modes * len(longform.GAPS)
+    first_sound = (
+        float(np.argmax(np.abs(audio_io.load_audio(utts[0].audio, cache=True)) > 1e-3))
+        / audio_io.SAMPLE_RATE
+    )
+    leads = [lead - first_sound for _, _, lead in read[: len(modes)]]
+    assert leads == pytest.approx([0, 0, *longform.SHIFTS, 0, 0], abs=1e-3)
+    assert all(r["cue error s"] == pytest.approx(0) for r in rows)  # shifted back: the same times
+    assert all(
+        options == [] for model, options, _ in read[2 : 2 + len(longform.SHIFTS)]
+    )  # long-form
+
+
+def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(
+    asterisk, tmp_path, monkeypatch
+):
+    """bench pieces: one row per reading of each joined recording, the student's settings restored
+    afterwards; a Whisper model is refused (it has no pieces)."""
+    import askd
+    import run_plumbing
+    import transcribe
+    import weight_files
+    from bench import longform
+
+    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
+    manifest = tmp_path / "two.tsv"
+    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
+    student = run_plumbing.save_student(
+        askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
+        tmp_path / "s.pt",
+        askd.TrainConfig(),
+        {"epoch": 1},
+    )
+    monkeypatch.setattr(longform, "PIECE_LENGTHS", (0.0, 20.0))
+    monkeypatch.setattr(
+        transcribe, "TEMPERATURES", (0.0, 1.0)
+    )  # an untrained student loops: fall back once
+    rows = longform.pieces_table(str(student), source=str(manifest))
+    assert len(rows) == 2 * (2 + 3) and {r["recording"].split(", ")[1] for r in rows} == {
+        "gaps 0.3 s",
+        "gaps 0.0 s",
+    }
+    assert (
+        rows[0]["reading"] == "one piece per stretch of speech"
+        and rows[4]["reading"] == "default, text only"
+    )
+    assert all(r["seconds"] > 0 and r["WER %"] >= 0 for r in rows)
+    assert (transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS) == (20.0, 1.0)
+    with pytest.raises(ValueError, match="needs a student"):
+        longform.pieces_table("tiny.en", source=str(manifest))
+
+
+# ----- live streams (bench/stream.py) -------------------------------------------------------------
+
+
+def test_partial_stability_counts_words_the_final_changed():
+    from bench.stream import stability
+
+    events = [
+        {"type": "partial", "start": 0.0, "end": 1.0, "text": "please press"},
+        {"type": "partial", "start": 0.0, "end": 1.5, "text": "please dress one"},
+        {"type": "final", "start": 0.0, "end": 2.0, "text": "Please press 1 now."},
+        {"type": "partial", "start": 3.0, "end": 3.5, "text": "hello"},
+    ]  # its final was empty
+    assert stability(events) == (6, 2)
+
+
+def test_bench_stream_replays_the_test_split(tiny):
+    from bench.stream import stream_table
+
+    rows = stream_table(["tiny.en"], limit=2)
+    assert len(rows) == 2 and rows[0]["phrases"] == 2
+    for row in rows:
+        assert row["WER %"] <= 15 and row["offline WER %"] <= 15
+        assert row["latency p50 ms"] >= row["compute p50"] > 0 and row["wait p50"] >= 500
+        assert 0 <= row["revised %"] <= 100 and row["RTF"] > 0 and row["partial ms"] > 0
+
+
+# ----- out-of-domain sets (bench/ood.py): prompts through GSM, WordNet sentences read aloud -------
 
 
 def test_eval_sources_name_ood_sets_and_fall_back_to_data(asterisk, monkeypatch):
@@ -31,12 +195,6 @@ def test_eval_sources_name_ood_sets_and_fall_back_to_data(asterisk, monkeypatch)
     with pytest.raises(fileio.DataError, match="^tts-nope: no such manifest"):
         ood.load_eval_source("tts-nope")
 
-
-# ---------------------------------------------------------------------------
-# Out-of-domain speech: the prompts through GSM, WordNet sentences, synthesised voices
-# ---------------------------------------------------------------------------
-
-needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 
 # Lines of WordNet's data files (/usr/share/wordnet/data.*): two real ones from data.verb (the
 # first cut short before its '|'), then made-up ones for an attribution after the quote, an
@@ -174,136 +332,3 @@ def test_asterisk_gsm_corpus_is_the_test_split_through_a_phone_codec(asterisk):
             abs(len(audio) - len(original)) / audio_io.SAMPLE_RATE < 0.1
         )  # 8 kHz resampled to 16 kHz
         assert u.duration == pytest.approx(len(audio) / audio_io.SAMPLE_RATE, abs=0.03)
-
-
-# ---------------------------------------------------------------------------
-# Whole-process speed (bench/process.py)
-# ---------------------------------------------------------------------------
-
-
-def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
-    """Each model transcribes the same real files (each given twice) in a process of its own; a
-    model decodes text only; the table has seconds, WER and speed-up."""
-    import askd
-    import run_plumbing
-    import weight_files
-    from bench import process
-
-    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
-    manifest = tmp_path / "three.tsv"
-    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
-    student = run_plumbing.save_student(
-        askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
-        tmp_path / "s.pt",
-        askd.TrainConfig(),
-        {"epoch": 1},
-    )
-    assert not process.is_student("tiny.en") and process.is_student(str(student))
-    rows = process.process_table(
-        ["tiny.en", str(student)], repeat=2, threads=1, source=str(manifest)
-    )
-    assert [r["files"] for r in rows] == [6, 6] and rows[0]["speed-up"] == 1.0
-    assert rows[0]["WER %"] <= 20 and all(r["seconds"] > 0 for r in rows)
-    assert "3 recordings x 2 = 6 files, whole `transcribe` processes" in capsys.readouterr().out
-
-
-def test_long_bench_joins_real_recordings_and_measures_cue_times(asterisk):
-    from bench import longform
-
-    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:3]
-    audios = [audio_io.load_audio(u.audio, cache=True) for u in utts]
-    audio, text = longform.joined_recording(utts, 0.3)
-    assert len(audio) == sum(map(len, audios)) + 2 * round(0.3 * audio_io.SAMPLE_RATE)
-    np.testing.assert_array_equal(audio[: len(audios[0])], audios[0])
-    assert text == " ".join(u.text.strip() for u in utts)
-    assert len(longform.joined_recording(utts, 0.0)[0]) == sum(map(len, audios))
-
-    def seg(a, b, t="x"):
-        return {"start": a, "end": b, "text": t}
-
-    reference = [seg(0, 4), seg(4, 9), seg(9, 9.5, " ")]
-    # the first overlaps [0, 4] most (0.5, 1.0), the second [4, 9] (0.2, 0.0); the third none:
-    # the nearest one counts
-    errors = longform.cue_error([seg(0.5, 3.0), seg(4.2, 9.0), seg(12, 13)], reference)
-    assert errors == pytest.approx(np.median([0.5, 1.0, 0.2, 0.0, 8.0, 4.0]))
-    assert np.isnan(longform.cue_error([], reference))
-
-
-def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later(
-    asterisk, monkeypatch
-):
-    """bench long: the first model, a Whisper model, also reads each recording after SHIFTS seconds
-    of silence; its times are taken back by as much, so cues that follow the speech score 0."""
-    from bench import longform
-
-    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
-    monkeypatch.setattr(data, "load_source", lambda source: utts)
-    monkeypatch.setattr(longform, "is_student", lambda model: model.endswith(".pt"))
-    read = []
-
-    def transcribe_process(model, files, options, threads):
-        audio = audio_io.load_audio(files[0])
-        lead = (
-            int(np.argmax(np.abs(audio) > 1e-3)) / audio_io.SAMPLE_RATE
-        )  # the silence put before it
-        read.append((model, options, lead))
-        segments = [{"start": lead + 0.2, "end": lead + 1.0, "text": " x"}]
-        return 1.0, [{"text": " ".join(u.text for u in utts), "segments": segments}]
-
-    monkeypatch.setattr(longform, "transcribe_process", transcribe_process)
-    rows = longform.long_table(["tiny.en", "student.pt"])
-    modes = (
-        ["long-form", "text only"]
-        + [f"long-form, {s:g} s later" for s in longform.SHIFTS]
-        + ["timestamps (srt, json)", "text only (txt)"]
-    )
-    assert [r["mode"] for r in rows] == modes * len(longform.GAPS)
-    first_sound = (
-        float(np.argmax(np.abs(audio_io.load_audio(utts[0].audio, cache=True)) > 1e-3))
-        / audio_io.SAMPLE_RATE
-    )
-    leads = [lead - first_sound for _, _, lead in read[: len(modes)]]
-    assert leads == pytest.approx([0, 0, *longform.SHIFTS, 0, 0], abs=1e-3)
-    assert all(r["cue error s"] == pytest.approx(0) for r in rows)  # shifted back: the same times
-    assert all(
-        options == [] for model, options, _ in read[2 : 2 + len(longform.SHIFTS)]
-    )  # long-form
-
-
-def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(
-    asterisk, tmp_path, monkeypatch
-):
-    """bench pieces: one row per reading of each joined recording, the student's settings restored
-    afterwards; a Whisper model is refused (it has no pieces)."""
-    import askd
-    import run_plumbing
-    import transcribe
-    import weight_files
-    from bench import longform
-
-    utts = sorted(data.split_corpus(asterisk)["test"], key=lambda u: u.id)[:2]
-    manifest = tmp_path / "two.tsv"
-    manifest.write_text("audio\ttext\n" + "".join(f"{u.audio}\t{u.text}\n" for u in utts))
-    student = run_plumbing.save_student(
-        askd.make_student(weight_files.load_model("tiny.en"), decoder_layers=1),
-        tmp_path / "s.pt",
-        askd.TrainConfig(),
-        {"epoch": 1},
-    )
-    monkeypatch.setattr(longform, "PIECE_LENGTHS", (0.0, 20.0))
-    monkeypatch.setattr(
-        transcribe, "TEMPERATURES", (0.0, 1.0)
-    )  # an untrained student loops: fall back once
-    rows = longform.pieces_table(str(student), source=str(manifest))
-    assert len(rows) == 2 * (2 + 3) and {r["recording"].split(", ")[1] for r in rows} == {
-        "gaps 0.3 s",
-        "gaps 0.0 s",
-    }
-    assert (
-        rows[0]["reading"] == "one piece per stretch of speech"
-        and rows[4]["reading"] == "default, text only"
-    )
-    assert all(r["seconds"] > 0 and r["WER %"] >= 0 for r in rows)
-    assert (transcribe.JOIN_SECONDS, transcribe.RESEEK_SECONDS) == (20.0, 1.0)
-    with pytest.raises(ValueError, match="needs a student"):
-        longform.pieces_table("tiny.en", source=str(manifest))
