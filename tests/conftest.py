@@ -241,6 +241,17 @@ def metrics(ws, name):
     ]
 
 
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "fastwhisper.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 @pytest.fixture(scope="session")
 def reference_run(workspace):
     """One process accumulating 2 micro-batches a step, straight through, then the test table."""

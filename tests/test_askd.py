@@ -404,8 +404,9 @@ def test_config_errors():
 # ----- a training run through the command line (conftest.py's reference_run) ----------------------
 
 
-def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
-    run = Path(workspace["runs"]) / "reference"
+def test_the_run_prints_the_test_table(reference_run, workspace):
+    """The run ends with the test table on stdout: teacher and student, WER, speed-up, and the WER
+    on the out-of-domain set named by --ood."""
     table = reference_run.stdout
     assert (
         "teacher tiny.en" in table
@@ -414,22 +415,46 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
         and "speed-up" in table
     )
     assert f"OOD WER %: {workspace['dev']} (2 utterances" in table and "OOD WER %  s / utt" in table
+
+
+def test_the_nan_step_is_skipped_and_counted(reference_run, workspace):
+    """Step 2's NaN loss: that step is logged as skipped, with no gradient norm, every other step
+    of the 6 is taken, and results.json counts the one skipped step."""
     log = metrics(workspace, "reference")
     steps = [r for r in log if "loss" in r or r.get("skipped")]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert steps[1].get("skipped") and steps[1]["grad_norm"] is None  # the NaN step, skipped
     assert all(not r.get("skipped") for r in steps if r["step"] != 2)
-    assert steps[-1]["ce"] < steps[0]["ce"]  # it learns
-    assert [r["epoch"] for r in log if "dev_wer" in r] == [1, 2]
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((Path(workspace["runs"]) / "reference" / "results.json").read_text())
     assert (
         results["counters"] == {"steps skipped: non-finite loss or gradient": 1}
         and results["steps"] == 6
     )
-    # the untranscribed training utterance was labelled by the teacher (and cached)
+
+
+def test_the_student_learns(reference_run, workspace):
+    """The cross-entropy of the last step is below that of the first."""
+    steps = [r for r in metrics(workspace, "reference") if "loss" in r or r.get("skipped")]
+    assert steps[-1]["ce"] < steps[0]["ce"]
+
+
+def test_the_dev_wer_is_measured_after_each_epoch(reference_run, workspace):
+    """The student is scored on the dev set at the end of each of the two epochs."""
+    assert [r["epoch"] for r in metrics(workspace, "reference") if "dev_wer" in r] == [1, 2]
+
+
+def test_the_untranscribed_utterance_is_labelled_by_the_teacher(reference_run, workspace):
+    """The training utterance without a transcript takes the teacher's words as its target, and
+    that pseudo-label is cached."""
     labelled = [json.loads(p.read_text()) for p in Path(workspace["cache"]).rglob("*.pseudo.json")]
     assert [x["audio"] for x in labelled] == [workspace["untranscribed"].audio]
     assert text_norm.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
+
+
+def test_results_hold_the_test_table_rows(reference_run, workspace):
+    """results.json's test rows: the teacher, the student on trimmed input and the student on 30 s
+    windows, each with its WER on the out-of-domain set."""
+    results = json.loads((Path(workspace["runs"]) / "reference" / "results.json").read_text())
     assert [row["input"] for row in results["test"]] == ["padded", "trimmed", "padded"]
     assert [row["model"] for row in results["test"]] == [
         "teacher tiny.en",
@@ -440,8 +465,12 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
         results["test"][0]["OOD WER %"] <= 50 and results["test"][1]["OOD WER %"] >= 0
     )  # the teacher, the student
 
-    # the student is an ordinary Whisper checkpoint that says how it wants its input
-    student = transcribe.load_recognizer(run / "student.pt")
+
+def test_the_student_loads_as_a_trimmed_student_that_reads_pieces(reference_run, workspace):
+    """student.pt is an ordinary Whisper checkpoint that says how it wants its input: it loads as a
+    2-layer Student on trimmed input, reads each test file as one segment, cuts 31 s of silence
+    into two pieces when the gate is off and reads nothing there when it is on."""
+    student = transcribe.load_recognizer(Path(workspace["runs"]) / "reference" / "student.pt")
     assert student.model.dims.n_text_layer == 2 and student.input == "trimmed"
     test = data.load_source(workspace["test"])
     results = student.transcribe(
@@ -457,7 +486,10 @@ def test_end_to_end_train_then_eval(reference_run, workspace, tiny):
     assert student.transcribe([np.zeros(16000 * 31, np.float32)])[0]["segments"] == []  # the gate
     assert results[0]["text"] == "".join(s["text"] for s in results[0]["segments"])
 
-    # eval: any models on any manifest, as a table
+
+def test_eval_prints_a_table_of_the_teacher_and_the_student(reference_run, workspace):
+    """`eval` takes any models on any manifest and prints one table row for each."""
+    run = Path(workspace["runs"]) / "reference"
     result = subprocess.run(
         [
             sys.executable,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 
 import audio_io
 import data
@@ -15,6 +16,34 @@ from bench import ood
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+
+
+# ----- models side by side (bench/speed.py), a student of the reference run ---------------------
+
+
+def test_bench_times_every_way_of_running_the_teacher_and_a_student(reference_run, workspace):
+    """`bench` times tiny.en in fp32, with fp16 decoder weights and drafted by the student, and the
+    student in fp32 and fp16; drafted, every file and the long one read the same."""
+    student = str(Path(workspace["runs"]) / "reference" / "student.pt")
+    files = [u.audio for u in data.load_source(workspace["test"])]
+    bench = cli("bench", *files, "--model", "tiny.en", "--model", student, "--threads", "1")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    table = bench.stdout.splitlines()
+    assert (
+        table[0].split()[:4] == ["model", "weights", "input", "seconds"]
+        and "long speed-up" in table[0]
+    )
+    rows = [line.split() for line in table[1:]]
+    assert [r[:3] for r in rows] == [
+        ["tiny.en", "fp32", "padded"],
+        ["tiny.en", "fp16-dec", "padded"],
+        ["tiny.en", "+", "draft"],
+        [student, "fp32", "trimmed"],
+        [student, "fp16-dec", "trimmed"],
+    ]
+    assert (
+        rows[2][-1] == f"{len(files) + 1}/{len(files) + 1}"
+    )  # every file and the long one: the same text
 
 
 # ----- whole processes (bench/process.py) ---------------------------------------------------------
