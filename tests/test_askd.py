@@ -404,6 +404,7 @@ def test_config_errors():
 # ----- a training run through the command line (conftest.py's reference_run) ----------------------
 
 
+@pytest.mark.slow
 def test_the_run_prints_the_test_table(reference_run, workspace):
     """The run ends with the test table on stdout: teacher and student, WER, speed-up, and the WER
     on the out-of-domain set named by --ood."""
@@ -417,6 +418,7 @@ def test_the_run_prints_the_test_table(reference_run, workspace):
     assert f"OOD WER %: {workspace['dev']} (2 utterances" in table and "OOD WER %  s / utt" in table
 
 
+@pytest.mark.slow
 def test_the_nan_step_is_skipped_and_counted(reference_run, workspace):
     """Step 2's NaN loss: that step is logged as skipped, with no gradient norm, every other step
     of the 6 is taken, and results.json counts the one skipped step."""
@@ -432,17 +434,20 @@ def test_the_nan_step_is_skipped_and_counted(reference_run, workspace):
     )
 
 
+@pytest.mark.slow
 def test_the_student_learns(reference_run, workspace):
     """The cross-entropy of the last step is below that of the first."""
     steps = [r for r in metrics(workspace, "reference") if "loss" in r or r.get("skipped")]
     assert steps[-1]["ce"] < steps[0]["ce"]
 
 
+@pytest.mark.slow
 def test_the_dev_wer_is_measured_after_each_epoch(reference_run, workspace):
     """The student is scored on the dev set at the end of each of the two epochs."""
     assert [r["epoch"] for r in metrics(workspace, "reference") if "dev_wer" in r] == [1, 2]
 
 
+@pytest.mark.slow
 def test_the_untranscribed_utterance_is_labelled_by_the_teacher(reference_run, workspace):
     """The training utterance without a transcript takes the teacher's words as its target, and
     that pseudo-label is cached."""
@@ -451,6 +456,7 @@ def test_the_untranscribed_utterance_is_labelled_by_the_teacher(reference_run, w
     assert text_norm.wer(workspace["untranscribed"].text, labelled[0]["text"]) <= 0.5
 
 
+@pytest.mark.slow
 def test_results_hold_the_test_table_rows(reference_run, workspace):
     """results.json's test rows: the teacher, the student on trimmed input and the student on 30 s
     windows, each with its WER on the out-of-domain set."""
@@ -466,6 +472,7 @@ def test_results_hold_the_test_table_rows(reference_run, workspace):
     )  # the teacher, the student
 
 
+@pytest.mark.slow
 def test_the_student_loads_as_a_trimmed_student_that_reads_pieces(reference_run, workspace):
     """student.pt is an ordinary Whisper checkpoint that says how it wants its input: it loads as a
     2-layer Student on trimmed input, reads each test file as one segment, cuts 31 s of silence
@@ -487,6 +494,7 @@ def test_the_student_loads_as_a_trimmed_student_that_reads_pieces(reference_run,
     assert results[0]["text"] == "".join(s["text"] for s in results[0]["segments"])
 
 
+@pytest.mark.slow
 def test_eval_prints_a_table_of_the_teacher_and_the_student(reference_run, workspace):
     """`eval` takes any models on any manifest and prints one table row for each."""
     run = Path(workspace["runs"]) / "reference"
@@ -519,6 +527,7 @@ def test_eval_prints_a_table_of_the_teacher_and_the_student(reference_run, works
 # ----- training in process: more inputs, no dev data, padded input --------------------------------
 
 
+@pytest.mark.slow
 def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatch):
     """--joined and --perturbed (per training utterance) add long recordings and perturbed copies of
     the training prompts as ordinary examples, with the teacher's outputs cached for each."""
@@ -557,6 +566,7 @@ def test_training_adds_long_and_perturbed_inputs(workspace, tmp_path, monkeypatc
     assert trainer.cache.missing(trainer.examples, "trimmed") == []
 
 
+@pytest.mark.slow
 def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, capsys):
     """A dev set with no transcribed utterance is left out with a warning; without dev data every
     epoch's student is saved, so a run always ends with a student.pt, and results.json is valid
@@ -593,6 +603,7 @@ def test_without_dev_data_the_student_is_the_last_epochs(workspace, tmp_path, ca
     )
 
 
+@pytest.mark.slow
 def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     """--input padded: 30 s windows, the encoder frozen (its states come from the teacher cache);
     two dev sets joined with '+' choose the student by the mean of their WERs."""

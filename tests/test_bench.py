@@ -21,6 +21,7 @@ needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite no
 # ----- models side by side (bench/speed.py), a student of the reference run ---------------------
 
 
+@pytest.mark.slow
 def test_bench_times_every_way_of_running_the_teacher_and_a_student(reference_run, workspace):
     """`bench` times tiny.en in fp32, with fp16 decoder weights and drafted by the student, and the
     student in fp32 and fp16; drafted, every file and the long one read the same."""
@@ -49,6 +50,7 @@ def test_bench_times_every_way_of_running_the_teacher_and_a_student(reference_ru
 # ----- whole processes (bench/process.py) ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_process_times_whole_transcribe_runs(asterisk, tmp_path, capsys):
     """Each model transcribes the same real files (each given twice) in a process of its own; a
     model decodes text only; the table has seconds, WER and speed-up."""
@@ -141,6 +143,7 @@ def test_long_bench_times_the_teacher_against_itself_on_the_recording_read_later
     )  # long-form
 
 
+@pytest.mark.slow
 def test_pieces_bench_compares_the_ways_a_student_reads_a_long_recording(
     asterisk, tmp_path, monkeypatch
 ):
@@ -195,6 +198,7 @@ def test_partial_stability_counts_words_the_final_changed():
     assert stability(events) == (6, 2)
 
 
+@pytest.mark.slow
 def test_bench_stream_replays_the_test_split(tiny):
     from bench.stream import stream_table
 
@@ -290,6 +294,7 @@ def fake_sentences(monkeypatch, target, position):
     monkeypatch.setattr(ood, "tts_sentences", lambda: tuple(sentences))
 
 
+@pytest.mark.slow
 @needs_flite
 def test_tts_corpus_writes_a_wav_that_tiny_en_understands(tmp_path, monkeypatch):
     import wave

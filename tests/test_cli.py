@@ -95,6 +95,7 @@ def test_train_options_are_made_from_train_config(capsys, monkeypatch):
 # ----- transcribe: many files, bad ones, pipes, Ctrl-C --------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_path):
     item = speech(golden)[5]
     wav = tmp_path / "prompt.wav"
@@ -141,6 +142,7 @@ def test_cli_transcribes_files_and_survives_bad_ones(tiny, golden, sounds, tmp_p
     ]
 
 
+@pytest.mark.slow
 def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, sounds, tmp_path):
     """In one chunk of files: a WAV declaring 4294967291 Hz is one error line; `<(cat x.wav)` of a
     WAV whose data size is 0 (a crashed recorder) is read to its end with a warning; the other
@@ -199,6 +201,7 @@ def test_cli_reads_pipes_and_costs_an_absurd_header_only_its_file(tiny, golden, 
     assert len(list(out.iterdir())) == 2 and (out / "good.txt").read_text().strip() == text
 
 
+@pytest.mark.slow
 def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(
     tiny, golden, sounds, tmp_path
 ):
@@ -291,6 +294,7 @@ def test_cli_outputs_never_collide_and_bad_files_cost_only_themselves(
     assert proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
     """transcribe hands the model up to FILES_PER_BATCH batches of files at a time (or CHUNK_SECONDS
     of audio), every file once, in order; a bad file is an error line and costs only itself."""
@@ -318,6 +322,7 @@ def test_cli_reads_files_in_bounded_chunks(sounds, tmp_path, monkeypatch):
     assert len(list(fastwhisper.read_in_chunks(paths, 2, Bar()))) >= 10
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
     """Ctrl-C during `transcribe` of 10 real prompts, two to a batch: the files decoded so far are
     written, each whole and as an uninterrupted run writes it; one stderr line counts them; exit
@@ -372,6 +377,7 @@ def test_ctrl_c_keeps_every_file_transcribed_so_far(asterisk, tmp_path, ctrl_c):
 # ----- a trained student on the command line ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_teacher_exact_mode_with_a_student_draft(reference_run, workspace):
     """transcribe --draft STUDENT gives the teacher's own text; a student as the model with a draft
     is a one-line usage error."""

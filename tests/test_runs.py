@@ -83,6 +83,7 @@ def test_racing_runs_never_share_a_folder(tmp_path):
     assert not any((run / ".lock").exists() for run in runs)  # each holder took its lock away
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_locked_and_overwrite_clears_it(workspace, tmp_path, monkeypatch):
     """A live run's lock stops a second run; a dead one's is taken over; --overwrite removes the old
     run's files before anything else; a corrupt last.pt on --resume is a one-line error."""
@@ -147,6 +148,7 @@ def test_resuming_a_run_that_is_not_there_leaves_nothing(tmp_path, capsys):
 # ----- checkpoints, faults and resuming -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line(workspace, tmp_path, monkeypatch):
     cfg = askd.TrainConfig(
         train=workspace["train"],
@@ -181,6 +183,7 @@ def final_weights(ws, name):
     return torch.load(Path(ws["runs"]) / name / "last.pt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(reference_run, workspace):
     killed = train_cli(workspace, "killed", "--accum", "2", kill=5)
     assert killed.returncode == -9  # SIGKILL during step 5, mid-epoch 2
@@ -205,6 +208,7 @@ def test_killed_run_resumes_exactly(reference_run, workspace):
     assert changed.returncode != 0 and "lr (0.0001 -> 0.001)" in changed.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_saves_and_resumes(reference_run, workspace, ctrl_c):
     """Ctrl-C (SIGINT) during step 4: the step ends, last.pt is saved, exit status 130; --resume
     ends exactly where the uninterrupted run did."""
@@ -221,6 +225,7 @@ def test_interrupted_run_saves_and_resumes(reference_run, workspace, ctrl_c):
 # ----- DDP ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_accumulating(reference_run, workspace):
     """torchrun, 2 CPU processes: rank r takes micro-batch r of each pair, gradients are averaged
     (and the NaN that only rank 0 sees is skipped by both), which is what one process does with

@@ -103,6 +103,7 @@ def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_clo
 # ----- the live transcriber -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     """A student's reading (the teacher's weights, each phrase read at its own padded length) of the
     two prompts streamed 0.1 s at a time: one final per prompt, inside its span give or take the
@@ -266,6 +267,7 @@ def events_of(stdout: bytes) -> list[dict]:
     return [json.loads(line) for line in stdout.decode().splitlines()]
 
 
+@pytest.mark.slow
 def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
     """Raw PCM on stdin, --jsonl: every line an event; a final per prompt with the right words and
     its time in the stream (a pipe faster than real time is read as it comes: more audio per read,
@@ -295,6 +297,7 @@ def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
     assert finals[1]["end"] == pytest.approx(middle / SR, abs=0.01) and finals[1]["text"]
 
 
+@pytest.mark.slow
 def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path):
     """--realtime hands a file on no faster than it plays (and without it, at once); `stream FILE
     -o DIR -f srt` writes the finals as transcribe writes a file; paced, the phrase's partials come
@@ -323,6 +326,7 @@ def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path)
     )  # the final's line
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech, ctrl_c):
     """A live pipe that stops mid-phrase and stays open; Ctrl-C (SIGINT) gives that phrase's final
     text and exit status 0."""
@@ -391,6 +395,7 @@ def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(
     os.close(read)
 
 
+@pytest.mark.slow
 def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     """A bad device, a bad input format, no ffmpeg: one `error:` line, status 2. A reader that goes
     away (`| head -1`) ends the stream quietly, status 0."""

