@@ -1,4 +1,4 @@
-"""fastwhisper.py run as a process: options, many files, bad ones, pipes, Ctrl-C."""
+"""fastwhisper.py: its options and their errors, and `transcribe` run as a process on many files."""
 
 import json
 import signal
