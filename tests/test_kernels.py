@@ -90,6 +90,7 @@ def attention_case(name, dtype=torch.float32, std=1.0):
     return q, k, v, randn(B, H, Lq, D, dtype=dtype, seed=3), kw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ATTENTION_CASES))
 def test_attention_fp32_matches_twin(name):
     q, k, v, d_out, kw = attention_case(name)
@@ -100,6 +101,7 @@ def test_attention_fp32_matches_twin(name):
         assert_rel(a, b, 1e-5, f"{name} {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     "name", ["cross_448_over_1500", "causal_offset", "key_lengths_with_empty_row"]
@@ -225,6 +227,7 @@ def loss_and_grad(fn, student, teacher, labels, grad_out=None, **kw):
     return loss, torch.autograd.grad(loss, s, grad_out)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("T", [1.0, 2.0])
 @pytest.mark.parametrize("V", [51864, 51865])
@@ -240,6 +243,7 @@ def test_kd_loss_fp32_matches_twin(V, T, reduction):
     assert grad[0].abs().max() == 0  # the ignored token
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logits", ["random", "real-ish"])
 def test_kd_loss_kernel_is_a_drop_in_for_askds_loss(logits, monkeypatch):
     """askd.distill_loss writes the loss out in PyTorch; the kernel, switched on, gives the same
@@ -269,6 +273,7 @@ def test_kd_loss_kernel_is_a_drop_in_for_askds_loss(logits, monkeypatch):
         assert parts[name] == pytest.approx(want_parts[name], rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kd_loss_half_precision(dtype):
     s, t, e, labels, w = kd_inputs(3, 51865, dtype)
@@ -319,6 +324,7 @@ def test_kd_loss_all_ignored_is_zero(reduction):
     assert ref.item() == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_kd_loss_extreme_logits(dtype):
     """Logits of +-1e4 (and teachers far from the student) give finite, correct losses."""
@@ -415,6 +421,7 @@ def test_kd_loss_rejects_bad_arguments():
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("teacher_as", ["logits", "hidden_and_weight"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -439,6 +446,7 @@ def test_fused_linear_kd_loss_matches_twin(backend, teacher_as, reduction):
     assert_rel(grads[1], want_grads[1], 1e-5, "d weight")
 
 
+@pytest.mark.slow
 def test_fused_linear_kd_loss_half_precision_default_chunks():
     N, d, V = 5, 32, 51865
     hidden, weight = (
@@ -500,6 +508,7 @@ def test_dispatch_switch(monkeypatch):
         assert use_triton(torch.zeros(1, device="cuda")) is True
 
 
+@pytest.mark.slow
 def test_twins_work_without_triton():
     """With triton unimportable, kernels/ still imports and the twins run; 'triton' is refused."""
     script = (
@@ -524,6 +533,7 @@ def test_twins_work_without_triton():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_importing_kernels_leaves_the_environment_alone():
     """No process-wide switch on import: without TRITON_INTERPRET, 'auto' runs the twins on CPU."""
     script = (

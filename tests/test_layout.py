@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = {"askd", "run_plumbing"}
 
@@ -30,12 +32,14 @@ def test_transcribe_and_stream_help_import_no_training_code():
         assert not modules & (TRAINING | {"streaming"} if command == "transcribe" else TRAINING)
 
 
+@pytest.mark.slow
 def test_train_help_still_shows_the_training_defaults():
     r, modules = imported("fastwhisper.py", "train", "--help")
     assert r.returncode == 0 and "AdamW peak learning rate (default" in r.stdout
     assert "askd" in modules
 
 
+@pytest.mark.slow
 def test_inference_modules_import_no_training_code():
     code = (
         "import fastwhisper, transcribe, streaming, writers, weight_files, audio_io, decoding, "

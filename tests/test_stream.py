@@ -1,5 +1,4 @@
-"""Live transcription: phrases cut by the endpointer, `stream` fed by stdin PCM, a paced file and
-a device, its faults, and the stream bench. Real speech and real tiny.en weights throughout."""
+"""streaming.py: the endpointer, the live transcriber and `stream`, on real speech."""
 
 import json
 import os
@@ -21,6 +20,7 @@ import text_norm
 import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 SR = audio_io.SAMPLE_RATE
 
@@ -100,6 +100,10 @@ def test_a_long_phrase_is_cut_at_its_quietest_and_input_ending_mid_phrase_is_clo
     )  # closed at the end, sound to the end
 
 
+# ----- the live transcriber -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_live_transcriber_reads_phrases_as_a_student_reads(tiny, speech):
     """A student's reading (the teacher's weights, each phrase read at its own padded length) of the
     two prompts streamed 0.1 s at a time: one final per prompt, inside its span give or take the
@@ -263,6 +267,7 @@ def events_of(stdout: bytes) -> list[dict]:
     return [json.loads(line) for line in stdout.decode().splitlines()]
 
 
+@pytest.mark.slow
 def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
     """Raw PCM on stdin, --jsonl: every line an event; a final per prompt with the right words and
     its time in the stream (a pipe faster than real time is read as it comes: more audio per read,
@@ -292,6 +297,7 @@ def test_stream_reads_pcm_on_stdin_and_prints_jsonl_events(tiny, speech):
     assert finals[1]["end"] == pytest.approx(middle / SR, abs=0.01) and finals[1]["text"]
 
 
+@pytest.mark.slow
 def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path):
     """--realtime hands a file on no faster than it plays (and without it, at once); `stream FILE
     -o DIR -f srt` writes the finals as transcribe writes a file; paced, the phrase's partials come
@@ -320,6 +326,7 @@ def test_live_audio_paces_a_file_at_1x_and_stream_writes_files(speech, tmp_path)
     )  # the final's line
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_the_open_phrases_final_and_exits_0(tiny, speech, ctrl_c):
     """A live pipe that stops mid-phrase and stays open; Ctrl-C (SIGINT) gives that phrase's final
     text and exit status 0."""
@@ -388,6 +395,7 @@ def test_ctrl_c_that_lands_on_another_thread_still_stops_a_quiet_live_source(
     os.close(read)
 
 
+@pytest.mark.slow
 def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     """A bad device, a bad input format, no ffmpeg: one `error:` line, status 2. A reader that goes
     away (`| head -1`) ends the stream quietly, status 0."""
@@ -433,29 +441,3 @@ def test_stream_faults_are_one_line(tiny, speech, tmp_path):
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
-
-
-# ----- the bench ----------------------------------------------------------------------------------
-
-
-def test_partial_stability_counts_words_the_final_changed():
-    from bench.stream import stability
-
-    events = [
-        {"type": "partial", "start": 0.0, "end": 1.0, "text": "please press"},
-        {"type": "partial", "start": 0.0, "end": 1.5, "text": "please dress one"},
-        {"type": "final", "start": 0.0, "end": 2.0, "text": "Please press 1 now."},
-        {"type": "partial", "start": 3.0, "end": 3.5, "text": "hello"},
-    ]  # its final was empty
-    assert stability(events) == (6, 2)
-
-
-def test_bench_stream_replays_the_test_split(tiny):
-    from bench.stream import stream_table
-
-    rows = stream_table(["tiny.en"], limit=2)
-    assert len(rows) == 2 and rows[0]["phrases"] == 2
-    for row in rows:
-        assert row["WER %"] <= 15 and row["offline WER %"] <= 15
-        assert row["latency p50 ms"] >= row["compute p50"] > 0 and row["wait p50"] >= 500
-        assert 0 <= row["revised %"] <= 100 and row["RTF"] > 0 and row["partial ms"] > 0
