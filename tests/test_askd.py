@@ -448,6 +448,26 @@ def test_the_dev_wer_is_measured_after_each_epoch(reference_run, workspace):
 
 
 @pytest.mark.slow
+def test_results_name_the_dev_sets_the_student_was_chosen_on(reference_run, workspace):
+    """results.json says which dev sets chose the student (bench ood --runs checks them)."""
+    results = json.loads((Path(workspace["runs"]) / "reference" / "results.json").read_text())
+    assert results["chosen on"] == [workspace["dev"]]
+
+
+def test_the_default_run_chooses_on_the_select_part_and_reports_the_report_part():
+    """With the default corpus the student is chosen on asterisk:dev and real-speech-dev:select,
+    and the final table's out-of-domain column is real-speech-dev:report, which chose nothing."""
+    from types import SimpleNamespace
+
+    cfg = askd.TrainConfig()
+    _, dev, _, label = askd.default_sources(cfg)
+    assert list(dev) == ["asterisk:dev", "real-speech-dev:select"] and label == "asterisk:test"
+    name, utts = askd.Trainer.ood_utterances(SimpleNamespace(cfg=cfg, dev_sets=dev))
+    assert name == "real-speech-dev:report" and len(utts) == 35
+    assert not {u.id for u in utts} & {u.id for u in dev["real-speech-dev:select"]}
+
+
+@pytest.mark.slow
 def test_the_untranscribed_utterance_is_labelled_by_the_teacher(reference_run, workspace):
     """The training utterance without a transcript takes the teacher's words as its target, and
     that pseudo-label is cached."""

@@ -1,5 +1,6 @@
 """bench/: whole-process, long-form, pieces and stream benches, out-of-domain sets."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import audio_io
 import data
 import fileio
 import text_norm
+import weight_files
 from bench import ood
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -366,3 +368,59 @@ def test_asterisk_gsm_corpus_is_the_test_split_through_a_phone_codec(asterisk):
             abs(len(audio) - len(original)) / audio_io.SAMPLE_RATE < 0.1
         )  # 8 kHz resampled to 16 kHz
         assert u.duration == pytest.approx(len(audio) / audio_io.SAMPLE_RATE, abs=0.03)
+
+
+def finished_run(folder, chosen_on, student=None):
+    """A run folder as `train` leaves it: results.json naming its dev sets, and its student."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"chosen on": chosen_on}))
+    if student is not None:
+        info = {"input": "trimmed", "round_frames": 3000, "teacher": "tiny.en", "loss": "askd"}
+        weight_files.save_model(student, folder / "student.pt", extra={"fastwhisper": info})
+    return folder
+
+
+def test_evidence_refuses_a_student_chosen_on_the_report_part(tmp_path):
+    """bench ood --runs takes runs chosen on the select part; one chosen on all of real-speech-dev
+    or on its report part, or whose results.json is missing or silent, is one line naming it."""
+    ood.check_not_chosen_on_report(finished_run(tmp_path / "ok", ["asterisk:dev", ood.SELECT]))
+    for name, chosen in (("whole", ["asterisk:dev", "real-speech-dev"]), ("report", [ood.REPORT])):
+        run = finished_run(tmp_path / name, chosen)
+        with pytest.raises(fileio.DataError, match=rf"^{run}: its student was chosen on "):
+            ood.check_not_chosen_on_report(run)
+    with pytest.raises(fileio.DataError, match=r"results\.json: cannot read it .*is the run done"):
+        ood.check_not_chosen_on_report(tmp_path / "missing")
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    (silent / "results.json").write_text("{}")
+    with pytest.raises(fileio.DataError, match=r"says nothing of the dev sets"):
+        ood.check_not_chosen_on_report(silent)
+
+
+def test_spread_over_seeds():
+    assert ood.spread([20.0, 22.0, 24.0]) == {"mean": 22.0, "sd": 2.0, "min": 20.0, "max": 24.0}
+    assert ood.spread([5.0]) == {"mean": 5.0, "sd": 0, "min": 5.0, "max": 5.0}
+
+
+@pytest.mark.slow
+def test_evidence_table_pairs_each_reading_with_the_teacher(tiny, tmp_path, monkeypatch, capsys):
+    """Two "seeds" that are tiny.en itself, saved as a student that reads trimmed input: read in
+    30 s windows they are the teacher, so on every set that row's gap is 0, and the seeds agree
+    (sd 0); the table has a trimmed and a 30 s row for the in-domain set and both parts, with the
+    words counted on each set."""
+    runs = [finished_run(tmp_path / f"s{i}", ["asterisk:dev", ood.SELECT], tiny) for i in (0, 1)]
+    real = data.load_source
+    monkeypatch.setattr(data, "load_source", lambda spec: real(spec)[:2])
+    rows = ood.evidence_table("tiny.en", runs, batch_size=2)
+    assert [(r["data set"], r["reading"]) for r in rows] == [
+        (name, reading)
+        for name in (ood.IN_DOMAIN, ood.REPORT, ood.SELECT)
+        for reading in ("trimmed", "30 s")
+    ]
+    for row in rows:
+        assert row["student sd"] == 0 and row["student min"] == row["student max"]
+        assert row["words"] == ood.reference_words(real(row["data set"])[:2])
+        if row["reading"] == "30 s":
+            assert row["gap"] == 0 and row["student mean"] == row["teacher"]
+    out = capsys.readouterr().out
+    assert "the evidence is real-speech-dev:report" in out and "student mean" in out

@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 import tarfile
+import wave
 import zipfile
 from pathlib import Path
 
@@ -555,3 +556,36 @@ def test_perturbed_copies_still_say_the_same_words(asterisk, tmp_path, monkeypat
     clean_wer = text_norm.wer(clean_refs, teacher.transcribe_text(clean, 4))
     noisy_wer = text_norm.wer(noisy_refs, teacher.transcribe_text(noisy, 4))
     assert noisy_wer <= clean_wer + 0.25
+
+
+def test_real_speech_dev_has_a_select_and_a_report_part_by_source():
+    """real-speech-dev:select and :report split the 49 recordings by recording source: together
+    all of them, no recording and no source in both, over 150 words each."""
+    import csv
+
+    whole = data.load_source("real-speech-dev")
+    select = data.load_source("real-speech-dev:select")
+    report = data.load_source("real-speech-dev:report")
+    assert sorted(u.id for u in select + report) == sorted(u.id for u in whole)
+    assert not {u.id for u in select} & {u.id for u in report}
+    with open(ROOT / "bench" / "real-speech-dev.tsv", newline="") as f:
+        source = {r["id"]: r["source"] for r in csv.DictReader(f, delimiter="\t")}
+    assert not {source[u.id] for u in select} & {source[u.id] for u in report}
+    for part in (select, report):
+        assert sum(len(text_norm.normalize_text(u.text).split()) for u in part) > 150
+
+
+def test_a_manifests_part_column_names_its_parts(tmp_path):
+    """MANIFEST:select / :report take the rows whose `part` column says so; a manifest without
+    one has no such part (one line)."""
+    wav = tmp_path / "a.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(bytes(3200))
+    with_parts = tmp_path / "m.tsv"
+    with_parts.write_text("audio\ttext\tpart\na.wav\tone\tselect\na.wav\ttwo\treport\n")
+    assert [u.text for u in data.load_source(f"{with_parts}:report")] == ["two"]
+    assert [u.text for u in data.load_source(f"{with_parts}:select")] == ["one"]
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("audio\ttext\na.wav\tone\n")
+    with pytest.raises(fileio.DataError, match=r"plain\.tsv:report: no utterances$"):
+        data.load_source(f"{plain}:report")
