@@ -399,9 +399,11 @@ def chosen_on(run: Path) -> list[str]:
 
 
 def check_not_chosen_on_report(run: Path) -> None:
-    """A student chosen on the report part (or on all of real-speech-dev) is no evidence there."""
+    """A student chosen on a set that holds any recording of the report part (all of
+    real-speech-dev, the part itself, its manifest by path, a copy) is no evidence there."""
+    report = {u.id for u in data.load_source(REPORT)}
     for name in chosen_on(run):
-        if name == REAL_SPEECH or name.startswith(REPORT):
+        if report & {u.id for u in data.load_source(name)}:
             raise fileio.DataError(
                 f"{run}: its student was chosen on {name}, which holds {REPORT}: no evidence there "
                 f"(train with --dev asterisk:dev+{SELECT})"

@@ -382,9 +382,15 @@ def finished_run(folder, chosen_on, student=None):
 
 def test_evidence_refuses_a_student_chosen_on_the_report_part(tmp_path):
     """bench ood --runs takes runs chosen on the select part; one chosen on all of real-speech-dev
-    or on its report part, or whose results.json is missing or silent, is one line naming it."""
+    (by name or by its manifest's path) or on its report part, or whose results.json is missing or
+    silent, is one line naming it."""
     ood.check_not_chosen_on_report(finished_run(tmp_path / "ok", ["asterisk:dev", ood.SELECT]))
-    for name, chosen in (("whole", ["asterisk:dev", "real-speech-dev"]), ("report", [ood.REPORT])):
+    by_path = str(data.NAMED_MANIFESTS["real-speech-dev"])
+    for name, chosen in (
+        ("whole", ["asterisk:dev", "real-speech-dev"]),
+        ("report", [ood.REPORT]),
+        ("path", [by_path]),
+    ):
         run = finished_run(tmp_path / name, chosen)
         with pytest.raises(fileio.DataError, match=rf"^{run}: its student was chosen on "):
             ood.check_not_chosen_on_report(run)
