@@ -40,6 +40,8 @@ WEIGHTS_HELP = (
 # less time, while memory stays bounded.
 FILES_PER_BATCH, CHUNK_SECONDS = 8, 1200
 
+EXPORT_FORMATS = ("pt", "ct2", "ggml", "hf")  # export.FORMATS, without importing torch here
+
 
 def fail(message: str, code: int = 2):
     print(f"error: {message}", file=sys.stderr)
@@ -456,6 +458,19 @@ def cmd_eval(args) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def cmd_export(args) -> int:
+    import export
+    import model
+
+    try:
+        written = export.export(args.model, args.to, args.output, args.quantize)
+    except (export.ExportError, model.ModelError, OSError) as e:
+        fail(str(e))
+    for path in written:
+        print(path)
+    return 0
+
+
 def add_transcribe(sub) -> None:
     p = sub.add_parser("transcribe", help="speech to text (txt/srt/vtt/json/tsv)")
     p.add_argument(
@@ -704,6 +719,23 @@ def add_eval(sub) -> None:
     p.set_defaults(run=cmd_eval)
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a model (a student from train, or any Whisper weights) for another runtime: "
+        "pt (openai-whisper), ct2 (faster-whisper), ggml (whisper.cpp), hf (transformers)",
+    )
+    p.add_argument("model", help="a model name or path, as for transcribe --model")
+    p.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the format to write")
+    p.add_argument("-o", "--output", required=True, help="the file or folder to write (new)")
+    p.add_argument(
+        "--quantize",
+        help="weight type: pt and hf: float32 (default), float16; ct2: float16 (default), "
+        "float32, int8; ggml: f16 (default), f32",
+    )
+    p.set_defaults(run=cmd_export)
+
+
 def add_machine(p, quiet: bool = False) -> None:
     p.add_argument(
         "--device",
@@ -792,6 +824,7 @@ def main(argv=None) -> int:
     add_bench(sub)
     add_train(sub, options=command == "train")  # other commands never import the training code
     add_eval(sub)
+    add_export(sub)
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be at least 1")
