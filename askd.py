@@ -805,8 +805,9 @@ class Batch:
         return self.mel, self.mel_lengths, self.features, self.inputs, self.labels != IGNORE
 
     def enc_positions(self) -> list[int]:
-        """Encoder positions of each item's own audio (the encoder halves the frames)."""
-        return [int(n) // 2 for n in self.mel_lengths]
+        """Encoder positions of each item's own audio (the encoder halves the frames): those its
+        target covers, also when the input was padded to 30 s."""
+        return [len(t) for t in self.enc_targets]
 
 
 def collate(
@@ -817,10 +818,13 @@ def collate(
     pad: int,
     augment: bool = False,
     seed: int = 0,
+    padded: bool = False,
 ) -> Batch:
     """Tensors for one micro-batch. SpecAugment (if `augment`; data.spec_augment's masks, time
     masks at most a tenth of the speech) masks the student's input only, with masks drawn from
-    `seed`, so a resumed or multi-process run draws the same ones."""
+    `seed`, so a resumed or multi-process run draws the same ones. `padded`: trimmed-input
+    examples padded to 30 s, as other tools read a student (the encoder loss still covers the
+    speech only)."""
     entries = [cache.load(ex, input_mode) for ex in examples]
     inputs, labels = batch_targets(
         [ex.tokens for ex in examples], [ex.prompt for ex in examples], pad
@@ -832,7 +836,7 @@ def collate(
     if input_mode == "padded":
         features = torch.stack([e["enc"].float() for e in entries])
         return Batch(None, None, features, inputs, labels, [], hidden, [ex.id for ex in examples])
-    frames = max(ex.frames for ex in examples)
+    frames = audio_io.N_FRAMES if padded else max(ex.frames for ex in examples)
     generator = torch.Generator().manual_seed(seed)
     mels = []
     for ex in examples:
@@ -845,7 +849,7 @@ def collate(
         mels.append(mel)
     return Batch(
         torch.stack(mels),
-        torch.tensor([ex.frames for ex in examples]),
+        torch.tensor([frames if padded else ex.frames for ex in examples]),
         None,
         inputs,
         labels,
@@ -990,6 +994,15 @@ class TrainConfig(LossConfig):
         metadata={
             "help": "trimmed input is rounded up to a multiple of this many mel frames (100 = 1 s)",
             "low": 1,
+        },
+    )
+    padded_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "trimmed input: share of micro-batches the student reads padded to 30 s, as "
+            "other Whisper tools read it, so it keeps its accuracy there too (0: none)",
+            "low": 0,
+            "high": 1,
         },
     )
     train_embed: bool = field(
@@ -1561,6 +1574,8 @@ class Trainer:
         """Micro-batch `index` of the epoch; its SpecAugment masks come from (seed, epoch,
         index)."""
         cfg = self.cfg
+        seed = hash((cfg.seed, epoch, index)) & 0x7FFFFFFF
+        padded = cfg.input == "trimmed" and random.Random(seed).random() < cfg.padded_share
         return collate(
             [self.examples[i] for i in micro_batch],
             self.cache,
@@ -1568,7 +1583,8 @@ class Trainer:
             self.student.dims.n_mels,
             self.tok.eot,
             cfg.spec_augment,
-            seed=hash((cfg.seed, epoch, index)) & 0x7FFFFFFF,
+            seed=seed,
+            padded=padded,
         )
 
     def log_step(self, epoch: int, grad_norm: float, totals: dict) -> None:

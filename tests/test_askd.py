@@ -123,6 +123,33 @@ def test_timestamp_targets_are_the_teachers_times_on_real_speech(
         assert learnt == ex.tokens[1:] and sum(x >= begin for x in learnt) == 2 * len(ex.parts)
 
 
+def test_a_padded_batch_is_read_as_30_s_windows_and_its_encoder_target_fits(
+    tiny, asterisk, tmp_path, monkeypatch
+):
+    """--padded-share: the same examples padded to 30 s. The teacher's own encoder reading them
+    meets the encoder target (the teacher's padded states over the speech), which it misses when
+    it reads the trimmed input: what the share teaches the student."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path))
+    utts = sorted(data.split_corpus(asterisk)["train"], key=lambda u: u.id)[:3]
+    examples = askd.prepare_examples(utts, tiny.tokenizer, 100, tiny.dims.n_text_ctx)
+    cache = askd.TeacherCache(tmp_path / "teacher", tiny)
+    cache.build(examples, "trimmed", progress=False)
+    n_mels, eot = tiny.dims.n_mels, tiny.tokenizer.eot
+    trimmed = askd.collate(examples, cache, "trimmed", n_mels, eot)
+    padded = askd.collate(examples, cache, "trimmed", n_mels, eot, padded=True)
+    assert padded.mel.shape[-1] == audio_io.N_FRAMES > trimmed.mel.shape[-1]
+    assert padded.mel_lengths.tolist() == [audio_io.N_FRAMES] * len(examples)
+    assert padded.enc_positions() == trimmed.enc_positions() == [ex.frames // 2 for ex in examples]
+    for i, ex in enumerate(examples):  # the same speech, then 30 s of padding
+        assert torch.equal(padded.mel[i, :, : ex.frames], trimmed.mel[i, :, : ex.frames])
+    with torch.no_grad():
+        losses = [
+            askd.encoder_loss(tiny.encoder(b.mel, b.mel_lengths), b.enc_targets, b.enc_positions())
+            for b in (padded, trimmed)
+        ]
+    assert losses[0] < 1e-4 < losses[1]
+
+
 # ----- schedules ----------------------------------------------------------------------------------
 
 
