@@ -665,10 +665,11 @@ def add_bench(sub) -> None:
         "--runs",
         nargs="+",
         type=Path,
+        action="append",
         metavar="RUN",
         help="bench ood: runs of one recipe, one seed each (runs/NAME): their students against the "
         "teacher (the first --model, default tiny.en) on real-speech-dev:report, which none was "
-        "chosen on; mean and spread over the seeds",
+        "chosen on; mean and spread over the seeds; repeat --runs to compare recipes side by side",
     )
     p.add_argument(
         "--repeat",

@@ -418,12 +418,14 @@ def spread(values: list[float]) -> dict:
 
 
 def evidence_table(
-    teacher: str, runs: list[Path], device: str = "cpu", batch_size: int = 8
+    teacher: str, recipes: list[list[Path]], device: str = "cpu", batch_size: int = 8
 ) -> list[dict]:
-    """The teacher and the student of each run (one seed each) on the in-domain test split and on
-    both parts of real-speech-dev, students read trimmed and in 30 s windows (`padded:`), all
-    greedy and text only: WER of the teacher, the students' mean, sd, min and max, and the gap
-    (mean minus teacher, in points). Printed as a table; the rows are returned."""
+    """The teacher and the students of each recipe (its runs: one seed each) on the in-domain test
+    split and on both parts of real-speech-dev, students read trimmed and in 30 s windows
+    (`padded:`), all greedy and text only, in one pass side by side: WER of the teacher, each
+    recipe's mean, sd, min and max over its seeds, and the gap (mean minus teacher, in points).
+    Printed as a table; the rows are returned."""
+    runs = [run for recipe in recipes for run in recipe]
     for run in runs:
         check_not_chosen_on_report(run)
     students = [str(run / "student.pt") for run in runs]
@@ -437,24 +439,34 @@ def evidence_table(
                 models, utts, device=device, batch_size=batch_size, quiet=True, source=name
             )
         ]
-        for reading, values in (
-            ("trimmed", wers[1 : 1 + len(runs)]),
-            ("30 s", wers[1 + len(runs) :]),
-        ):
-            row = {"data set": name, "reading": reading, "utterances": len(utts)}
-            row["words"] = reference_words(utts)
-            row["teacher"] = wers[0]
-            row.update({f"student {k}": v for k, v in spread(values).items()})
-            row["gap"] = row["student mean"] - row["teacher"]
-            rows.append(row)
+        trimmed, padded = wers[1 : 1 + len(runs)], wers[1 + len(runs) :]
+        for reading, values in (("trimmed", trimmed), ("30 s", padded)):
+            start = 0
+            for recipe in recipes:
+                row = {"data set": name, "reading": reading, "recipe": recipe_name(recipe)}
+                row.update(utterances=len(utts), words=reference_words(utts), teacher=wers[0])
+                row.update(
+                    {
+                        f"student {k}": v
+                        for k, v in spread(values[start : start + len(recipe)]).items()
+                    }
+                )
+                row["gap"] = row["student mean"] - row["teacher"]
+                rows.append(row)
+                start += len(recipe)
     print(
-        f"WER %: {teacher} and the students of {len(runs)} seed(s) ({', '.join(map(str, runs))}); "
-        f"the evidence is {REPORT}: the students were chosen on {SELECT}, never on it"
+        f"WER %: {teacher} and the students of {len(runs)} run(s), one seed each; the evidence is "
+        f"{REPORT}: the students were chosen on {SELECT}, never on it"
     )
-    columns = ["data set", "reading", "utterances", "words", "teacher"]
+    columns = ["data set", "reading", "recipe", "utterances", "words", "teacher"]
     columns += [f"student {k}" for k in ("mean", "sd", "min", "max")] + ["gap"]
     print(transcribe.format_table(rows, columns=columns))
     return rows
+
+
+def recipe_name(runs: list[Path]) -> str:
+    """A recipe by its runs' names: 'askd s1 s2'."""
+    return " ".join(run.name for run in runs)
 
 
 def main(argv=None) -> list[dict]:
@@ -474,8 +486,9 @@ def main(argv=None) -> list[dict]:
         "--runs",
         nargs="+",
         type=Path,
+        action="append",
         help=f"runs of one recipe, one seed each: the evidence on {REPORT} instead (--model: the "
-        "teacher)",
+        "teacher); repeat --runs to compare recipes side by side",
     )
     args = p.parse_args(argv)
     if args.threads:

@@ -410,18 +410,19 @@ def test_spread_over_seeds():
 
 @pytest.mark.slow
 def test_evidence_table_pairs_each_reading_with_the_teacher(tiny, tmp_path, monkeypatch, capsys):
-    """Two "seeds" that are tiny.en itself, saved as a student that reads trimmed input: read in
-    30 s windows they are the teacher, so on every set that row's gap is 0, and the seeds agree
-    (sd 0); the table has a trimmed and a 30 s row for the in-domain set and both parts, with the
-    words counted on each set."""
+    """Two "seeds" that are tiny.en itself, saved as a student that reads trimmed input, as one
+    recipe, and the first alone as another: read in 30 s windows they are the teacher, so on every
+    set that row's gap is 0, and the seeds agree (sd 0); the table has a trimmed and a 30 s row of
+    each recipe for the in-domain set and both parts, with the words counted on each set."""
     runs = [finished_run(tmp_path / f"s{i}", ["asterisk:dev", ood.SELECT], tiny) for i in (0, 1)]
     real = data.load_source
     monkeypatch.setattr(data, "load_source", lambda spec: real(spec)[:2])
-    rows = ood.evidence_table("tiny.en", runs, batch_size=2)
-    assert [(r["data set"], r["reading"]) for r in rows] == [
-        (name, reading)
+    rows = ood.evidence_table("tiny.en", [runs, runs[:1]], batch_size=2)
+    assert [(r["data set"], r["reading"], r["recipe"]) for r in rows] == [
+        (name, reading, recipe)
         for name in (ood.IN_DOMAIN, ood.REPORT, ood.SELECT)
         for reading in ("trimmed", "30 s")
+        for recipe in ("s0 s1", "s0")
     ]
     for row in rows:
         assert row["student sd"] == 0 and row["student min"] == row["student max"]
