@@ -74,6 +74,7 @@ LOSSES = ("ce", "kd", "askd")
 INPUTS = ("trimmed", "padded")
 TRUSTS = ("prob", "argmax", "none")
 SELF_TEACHERS = ("ema", "epoch")
+PICKS = ("average", "best")
 LABELS = ("auto", "reference", "pseudo")
 IGNORE = -100  # label of positions that carry no loss (the prompt, padding)
 # encoder states the forced timestamps keep for the teacher cache (TeacherCache.kept)
@@ -1034,6 +1035,15 @@ class TrainConfig(LossConfig):
         default=0.99,
         metadata={"help": "decay of the EMA self-teacher", "low": 0, "high": 0.999999},
     )
+    pick: str = field(
+        default="average",
+        metadata={
+            "help": "student.pt: average: the EMA of the student's weights (--ema-decay) at the "
+            "end, a weight average no small dev set picks by chance; best: the epoch with the "
+            "lowest dev WER",
+            "choices": PICKS,
+        },
+    )
     labels: str = field(
         default="auto",
         metadata={
@@ -1430,6 +1440,11 @@ class Trainer:
             self.optimizer, _lr_lambda(cfg, self.total_steps)
         )
         self.self_teacher = SelfTeacher.for_run(student, cfg)
+        # --pick average: the weight average kept as the student (the EMA self-teacher or its own)
+        self.average = None
+        if cfg.pick == "average":
+            own = self.self_teacher is None or self.self_teacher.kind != "ema"
+            self.average = SelfTeacher(student, "ema", cfg.ema_decay) if own else self.self_teacher
 
     def _resume(self, checkpoint: dict) -> None:
         self.student.load_state_dict(checkpoint["student"])
@@ -1437,6 +1452,8 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.self_teacher is not None:
             self.self_teacher.model.load_state_dict(checkpoint["earlier"])
+        if self.average is not None and self.average is not self.self_teacher:
+            self.average.model.load_state_dict(checkpoint["average"])
         self.step, self.best_wer = checkpoint["step"], checkpoint["best_wer"]
         self.counters = Counter(checkpoint["counters"])
         states = checkpoint["rng"]
@@ -1467,6 +1484,9 @@ class Trainer:
                     "earlier": None
                     if self.self_teacher is None
                     else self.self_teacher.model.state_dict(),
+                    "average": None
+                    if self.average in (None, self.self_teacher)
+                    else self.average.model.state_dict(),
                     "rng": rng,
                     "best_wer": self.best_wer,
                     "counters": dict(self.counters),
@@ -1567,6 +1587,8 @@ class Trainer:
         self.scheduler.step()
         if self.self_teacher is not None and math.isfinite(grad_norm):
             self.self_teacher.update(self.student)
+        if self.average not in (None, self.self_teacher) and math.isfinite(grad_norm):
+            self.average.update(self.student)
         self.step += 1
         self.log_step(epoch, grad_norm, run_plumbing.mean_over_ranks(sums, self.world, self.device))
 
@@ -1627,22 +1649,25 @@ class Trainer:
     # --- the end of an epoch, the end of the run ---
 
     def end_of_epoch(self, epoch: int) -> None:
-        """Dev WER of the student (rank 0): the mean over the dev sets; the best student so far is
-        saved as student.pt (without dev data, the latest one)."""
+        """Dev WER of the student kept (rank 0): the mean over the dev sets. --pick average: the
+        weight average, saved as student.pt each epoch (the last one stays); best: the epoch's
+        student, saved when it is the best so far (without dev data, the latest one)."""
         cfg, path = self.cfg, self.run_dir / "student.pt"
+        kept = self.student if self.average is None else self.average.model
+        which = "the weight average" if self.average else "this epoch's student"
+        info = {"epoch": epoch, "step": self.step, "dev_wer": None, "pick": cfg.pick}
         if self.main and not self.dev_sets:
-            run_plumbing.save_student(
-                self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": None}
-            )
-            self.bar.write(f"epoch {epoch}: no dev data, student.pt is this epoch's student")
+            run_plumbing.save_student(kept, path, cfg, info)
+            self.bar.write(f"epoch {epoch}: no dev data, student.pt is {which}")
         elif self.main:
-            self.student.eval()
-            recognizer = transcribe.as_recognizer(self.student, transcribe.student_info(cfg))
+            training = kept.training
+            kept.eval()
+            recognizer = transcribe.as_recognizer(kept, transcribe.student_info(cfg))
             wers = {
                 name: dev_wer(recognizer, utts, cfg.eval_batch_size)
                 for name, utts in self.dev_sets.items()
             }
-            self.student.train()
+            kept.train(training)
             wer = sum(wers.values()) / len(wers)
             self.log(
                 {
@@ -1652,20 +1677,17 @@ class Trainer:
                     **({f"dev_wer {name}": w for name, w in wers.items()} if len(wers) > 1 else {}),
                 }
             )
-            better = wer < self.best_wer or not path.exists()
-            if better:
-                self.best_wer = wer
-                run_plumbing.save_student(
-                    self.student, path, cfg, {"epoch": epoch, "step": self.step, "dev_wer": wer}
-                )
+            save = self.average is not None or wer < self.best_wer or not path.exists()
+            if save:
+                self.best_wer = wer  # student.pt's
+                run_plumbing.save_student(kept, path, cfg, {**info, "dev_wer": wer})
             each = (
                 ""
                 if len(wers) == 1
                 else " (" + ", ".join(f"{n} {100 * w:.2f}%" for n, w in wers.items()) + ")"
             )
-            self.bar.write(
-                f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{' (best, saved)' if better else ''}"
-            )
+            said = f" ({which}, saved)" if self.average else " (best, saved)" if save else ""
+            self.bar.write(f"epoch {epoch}: dev WER {100 * wer:.2f}%{each}{said}")
         # rank 0's, on every rank
         self.best_wer = run_plumbing.gather_objects(self.best_wer, self.world)[0]
 

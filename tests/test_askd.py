@@ -496,6 +496,19 @@ def test_the_default_out_of_domain_column_is_the_report_part():
 
 
 @pytest.mark.slow
+def test_the_student_is_the_weight_average(reference_run, workspace):
+    """--pick average (the default): student.pt holds the EMA of the student's weights at the end
+    (the askd self-teacher's, last.pt's 'earlier'), not the last step's weights."""
+    run = Path(workspace["runs"]) / "reference"
+    last = torch.load(run / "last.pt", weights_only=True)
+    saved = torch.load(run / "student.pt", weights_only=True)
+    assert saved["fastwhisper"]["pick"] == "average" and saved["fastwhisper"]["epoch"] == 2
+    weights = saved["model_state_dict"]
+    assert all(torch.equal(weights[k], last["earlier"][k]) for k in weights)
+    assert not all(torch.equal(weights[k], last["student"][k]) for k in weights)
+
+
+@pytest.mark.slow
 def test_the_untranscribed_utterance_is_labelled_by_the_teacher(reference_run, workspace):
     """The training utterance without a transcript takes the teacher's words as its target, and
     that pseudo-label is cached."""
@@ -683,3 +696,6 @@ def test_classic_padded_student_keeps_the_teachers_encoder(workspace, tiny):
     t, s = tiny.state_dict(), student.state_dict()
     assert all(torch.equal(s[k], t[k]) for k in s if k.startswith("encoder."))
     assert not torch.equal(s["decoder.blocks.1.mlp.0.weight"], t["decoder.blocks.3.mlp.0.weight"])
+    # kd has no self-teacher: --pick average keeps a weight average of its own, saved for resuming
+    last = torch.load(path.parent / "last.pt", weights_only=True)
+    assert last["earlier"] is None and all(torch.equal(s[k], last["average"][k]) for k in s)
