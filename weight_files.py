@@ -229,7 +229,8 @@ def ct2_to_openai(v: dict[str, Tensor], path: Path):
     def weight(name: str) -> Tensor:
         w = v[name]
         if w.dtype == torch.int8:  # int8 models: one scale per output row, w = q / scale
-            w = w.float() / v[name.replace("/weight", "/weight_scale")].float().reshape(-1, 1)
+            scale = v[name.replace("/weight", "/weight_scale")].float()
+            w = w.float() / scale.reshape(-1, *[1] * (w.ndim - 1))  # a convolution's too
         return w.float() if w.dtype in (torch.int16, torch.int32) else w
 
     def linear(dst: str, src: str, sd: dict):
@@ -327,6 +328,16 @@ def read_ct2_folder(folder: Path, extra_folders: Sequence[Path] = ()):
             )
     dims, sd = ct2_to_openai(read_ct2_variables(parts), folder)
     return dims, sd, folder
+
+
+def ct2_extra(folder: Path) -> dict:
+    """{"fastwhisper": info} when the folder's config.json carries a student's info (export writes
+    it there), else {}: the same extra entries its .pt gave."""
+    try:
+        info = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("fastwhisper")
+    except (OSError, ValueError, AttributeError):  # no config, not JSON, not an object
+        return {}
+    return {"fastwhisper": info} if isinstance(info, dict) else {}
 
 
 # --- Hugging Face ------------------------------------------------------------------------------
@@ -614,14 +625,14 @@ def read_weights(name_or_path: str | Path):
     path, extra_folders = resolve_model(name_or_path)
     if path.is_dir():
         if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):
-            return *read_ct2_folder(path, extra_folders), {}
+            return *read_ct2_folder(path, extra_folders), ct2_extra(path)
         if (path / "config.json").exists():
             return *read_hf_folder(path), {}
         raise M.ModelError(
             f"{path}: folder holds neither a CTranslate2 model.bin nor a Hugging Face config.json"
         )
     if path.name == "model.bin":
-        return *read_ct2_folder(path.parent), {}
+        return *read_ct2_folder(path.parent), ct2_extra(path.parent)
     if path.suffix == ".safetensors":
         return *read_hf_folder(path.parent), {}
     if path.stat().st_size == 0:
