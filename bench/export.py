@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -52,13 +52,32 @@ def read_whispercpp(
     """Each audio's text as whisper.cpp reads the ggml file at `path`: greedy, no temperature
     fallback, English, no timestamps, one segment, Whisper's non-speech symbols suppressed.
 
-    Padded (default): 30 s windows, as Whisper. Trimmed: a student's reading, each audio at its
-    own length: whisper.cpp's audio_ctx set to the encoder positions the student reads for it
-    (its length rounded up to round_frames mel frames), and at most the tokens the student's
-    reading allows for that length.
+    Padded (default): 30 s windows, as Whisper. Trimmed: a student's reading: each piece of
+    speech of an audio (transcribe.cut_pieces: long silence left out, as the student's reading
+    does) read at its own length, whisper.cpp's audio_ctx set to the encoder positions the student
+    reads for it (its length rounded up to round_frames mel frames), with at most the tokens the
+    student's reading allows for that length; the pieces' texts joined.
 
     whisper.cpp runs in a process of its own (the whole process is what a user runs, its log
     stays out of ours, and a crash there is an error here, not the end of this process)."""
+    if trimmed:  # the student's pieces of speech (transcribe.cut_pieces), each read alone
+        owners, pieces = [], []
+        for i, audio in enumerate(audios):
+            for a, b in transcribe.cut_pieces(np.asarray(audio))[0]:
+                owners.append(i)
+                pieces.append(np.asarray(audio[a:b], np.float32))
+        texts = [[] for _ in audios]
+        for i, text in zip(owners, _run_whispercpp(path, pieces, round_frames, threads)):
+            texts[i].append(text)
+        return [" ".join(t for t in parts if t) for parts in texts]
+    return _run_whispercpp(path, audios, None, threads)
+
+
+def _run_whispercpp(
+    path: Path, audios: Sequence[np.ndarray], round_frames: Optional[int], threads: int
+) -> list[str]:
+    """whisper.cpp's text of each audio, read whole at its trimmed length if round_frames."""
+    trimmed = round_frames is not None
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.json"
         np.savez(Path(tmp) / "audio.npz", *[np.asarray(a, np.float32) for a in audios])
@@ -95,6 +114,8 @@ def _whispercpp_job(job_file: str) -> None:
     model = Model(
         job["model"],
         redirect_whispercpp_logs_to=None,
+        # whisper.cpp's flash attention (its default) drifts from Whisper, far more with audio_ctx
+        context_params={"flash_attn": False},
         n_threads=job["threads"],
         language="en",
         no_timestamps=True,
