@@ -732,7 +732,7 @@ def add_export(sub) -> None:
     p.add_argument(
         "--quantize",
         help="weight type: pt and hf: float32 (default), float16; ct2: float16 (default), "
-        "float32, int8; ggml: f16 (default), f32",
+        "float32, int8; ggml: f16 (default), q8_0",
     )
     p.set_defaults(run=cmd_export)
 

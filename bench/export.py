@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -93,3 +98,124 @@ def _ct2_trimmed(model, tok, start: list[int], audio: np.ndarray, round_frames: 
         if r.no_speech_prob <= transcribe.NO_SPEECH and any(c.isalnum() for c in text):
             texts.append(text)
     return " ".join(texts)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ----------------------------------------------------------------------------------------------
+# 3. whisper.cpp (a ggml file), through pywhispercpp
+# ----------------------------------------------------------------------------------------------
+
+WHISPERCPP_THREADS = 2
+
+
+def whispercpp_audio_ctx(n_samples: int, round_frames: int = transcribe.ROUND_FRAMES) -> int:
+    """whisper.cpp's audio_ctx for a student's trimmed reading of n_samples: the encoder
+    positions (half the mel frames) of the student's rounded length (transcribe.trimmed_frames)."""
+    return transcribe.trimmed_frames(n_samples, round_frames) // 2
+
+
+def whispercpp_max_tokens(n_samples: int) -> int:
+    """The tokens a student's reading allows a piece of n_samples (transcribe.Pieces.decode)."""
+    seconds = n_samples / audio_io.SAMPLE_RATE
+    return 16 + math.ceil(transcribe.MAX_TOKENS_PER_SECOND * seconds)
+
+
+def read_whispercpp(
+    path: Path,
+    audios: Sequence[np.ndarray],
+    trimmed: bool = False,
+    round_frames: int = transcribe.ROUND_FRAMES,
+    threads: int = WHISPERCPP_THREADS,
+) -> list[str]:
+    """Each audio's text as whisper.cpp reads the ggml file at `path`: greedy, no temperature
+    fallback, English, no timestamps, one segment, Whisper's non-speech symbols suppressed.
+
+    Padded (default): 30 s windows, as Whisper. Trimmed: a student's reading: each piece of
+    speech of an audio (transcribe.cut_pieces: long silence left out, as the student's reading
+    does) read at its own length, whisper.cpp's audio_ctx set to the encoder positions the student
+    reads for it (its length rounded up to round_frames mel frames), with at most the tokens the
+    student's reading allows for that length; the pieces' texts joined.
+
+    whisper.cpp runs in a process of its own (the whole process is what a user runs, its log
+    stays out of ours, and a crash there is an error here, not the end of this process)."""
+    if trimmed:  # the student's pieces of speech (transcribe.cut_pieces), each read alone
+        owners, pieces = [], []
+        for i, audio in enumerate(audios):
+            for a, b in transcribe.cut_pieces(np.asarray(audio))[0]:
+                owners.append(i)
+                pieces.append(np.asarray(audio[a:b], np.float32))
+        texts = [[] for _ in audios]
+        for i, text in zip(owners, _run_whispercpp(path, pieces, round_frames, threads)):
+            texts[i].append(text)
+        return [" ".join(t for t in parts if t) for parts in texts]
+    return _run_whispercpp(path, audios, None, threads)
+
+
+def _run_whispercpp(
+    path: Path, audios: Sequence[np.ndarray], round_frames: Optional[int], threads: int
+) -> list[str]:
+    """whisper.cpp's text of each audio, read whole at its trimmed length if round_frames."""
+    trimmed = round_frames is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        np.savez(Path(tmp) / "audio.npz", *[np.asarray(a, np.float32) for a in audios])
+        job.write_text(
+            json.dumps(
+                {
+                    "model": str(Path(path).resolve()),
+                    "audio": str(Path(tmp) / "audio.npz"),
+                    "audio_ctx": [
+                        whispercpp_audio_ctx(len(a), round_frames) if trimmed else 0 for a in audios
+                    ],
+                    "max_tokens": [whispercpp_max_tokens(len(a)) if trimmed else 0 for a in audios],
+                    "threads": threads,
+                    "out": str(Path(tmp) / "texts.json"),
+                }
+            )
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "bench.export", "--whispercpp-job", str(job)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            lines = [x for x in result.stderr.splitlines() if x.strip()] or ["no message"]
+            raise RuntimeError(
+                f"whisper.cpp failed on {path} (exit {result.returncode}): {lines[-1]}"
+            )
+        return json.loads((Path(tmp) / "texts.json").read_text())
+
+
+def _whispercpp_job(job_file: str) -> None:
+    """The reading read_whispercpp hands to a process of its own."""
+    from pywhispercpp.model import Model  # a test requirement, not the project's
+
+    job = json.loads(Path(job_file).read_text())
+    model = Model(
+        job["model"],
+        redirect_whispercpp_logs_to=None,
+        # whisper.cpp's flash attention (its default) drifts from Whisper, far more with audio_ctx
+        context_params={"flash_attn": False},
+        n_threads=job["threads"],
+        language="en",
+        no_timestamps=True,
+        single_segment=True,
+        no_context=True,
+        temperature=0.0,
+        temperature_inc=0.0,  # no fallback: the greedy text alone
+        suppress_nst=True,
+        print_progress=False,
+        print_realtime=False,
+        print_timestamps=False,
+    )
+    texts = []
+    with np.load(job["audio"]) as audios:
+        for i, (ctx, tokens) in enumerate(zip(job["audio_ctx"], job["max_tokens"])):
+            audio = np.ascontiguousarray(audios[f"arr_{i}"], np.float32)
+            segments = model.transcribe(audio, audio_ctx=ctx, max_tokens=tokens)
+            texts.append(" ".join(s.text.strip() for s in segments).strip())
+    Path(job["out"]).write_text(json.dumps(texts))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--whispercpp-job":
+        _whispercpp_job(sys.argv[2])
