@@ -499,7 +499,10 @@ def read_hf_folder(folder: Path):
             for old, new in HF_RENAMES:
                 name = name.replace(old, new)
             sd[name] = t
-    return dims, sd, folder
+    # a student exported by the project keeps how it reads audio (export.write_hf)
+    info = config.get("fastwhisper")
+    extra = {"fastwhisper": info} if isinstance(info, dict) else {}
+    return dims, sd, folder, extra
 
 
 def openai_to_hf(model: M.Whisper) -> tuple[dict, dict[str, Tensor]]:
@@ -627,14 +630,14 @@ def read_weights(name_or_path: str | Path):
         if (path / "model.bin").exists() or list(path.glob("model.bin.part*")):
             return *read_ct2_folder(path, extra_folders), ct2_extra(path)
         if (path / "config.json").exists():
-            return *read_hf_folder(path), {}
+            return read_hf_folder(path)
         raise M.ModelError(
             f"{path}: folder holds neither a CTranslate2 model.bin nor a Hugging Face config.json"
         )
     if path.name == "model.bin":
         return *read_ct2_folder(path.parent), ct2_extra(path.parent)
     if path.suffix == ".safetensors":
-        return *read_hf_folder(path.parent), {}
+        return read_hf_folder(path.parent)
     if path.stat().st_size == 0:
         raise M.ModelError(f"{path}: empty file")
     dims, sd, extra = read_checkpoint(path)

@@ -49,6 +49,7 @@ def test_round_trip_of_each_quantization(small, tmp_path):
             "config.json",
             "model.bin",
             "preprocessor_config.json",
+            "tokenizer.json",
             "vocabulary.json",
         ]
         got, extra, tok = read_back(tmp_path / q)
