@@ -368,6 +368,10 @@ def cmd_bench(args) -> int:
                 threads=args.threads,
                 batch_size=args.batch_size,
             )
+        elif args.files[:1] == ["export"]:
+            from bench.export import export_table
+
+            export_table(models[0], models[-1], limit=args.limit, threads=args.threads or 2)
         elif args.files[:1] == ["ood"]:
             from bench.ood import evidence_table, ood_table
 
@@ -389,7 +393,7 @@ def cmd_bench(args) -> int:
                 batch_size=args.batch_size,
                 long_audio=not args.no_long,
             )
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # RuntimeError: a runtime's process failed
         fail(str(e))
     return 0
 
@@ -632,7 +636,8 @@ def add_bench(sub) -> None:
         "Triton kernels), `ood` (WER on out-of-domain speech), `process` (whole transcribe "
         "processes on real speech, as a user waits for them), `long` (long recordings of real "
         "speech), `pieces` (how the last --model, a student, reads them) or `stream` (the test "
-        "split as live streams: latency after each phrase, partials, WER)",
+        "split as live streams: latency after each phrase, partials, WER) or `export` (the teacher "
+        "and the last --model exported to each runtime, read there by whole processes)",
     )
     p.add_argument(
         "--model",

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,6 +23,18 @@ import numpy as np
 import audio_io
 import tokenization
 import transcribe
+
+# ----------------------------------------------------------------------------------------------
+# 1. The project itself (export --to pt)
+# ----------------------------------------------------------------------------------------------
+
+
+def read_fastwhisper(path: Path, audios: list[np.ndarray], trimmed: bool = False) -> list[str]:
+    """The project's own reading of a .pt: a student trimmed (its pieces, fp16 decoder), or any
+    model in Whisper's 30 s windows (`padded:`), batch 8."""
+    spec = str(path) if trimmed else transcribe.PADDED_PREFIX + str(path)
+    return transcribe.load_recognizer(spec).transcribe_text(audios, 8)
+
 
 # ----------------------------------------------------------------------------------------------
 # 2. CTranslate2 (the engine of faster-whisper)
@@ -101,6 +115,33 @@ def _ct2_trimmed(model, tok, start: list[int], audio: np.ndarray, round_frames: 
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_faster_whisper(
+    path: Path, audios: list[np.ndarray], trimmed: bool = False, threads: int = 2
+) -> list[str]:
+    """faster-whisper's WhisperModel on the CTranslate2 folder (it reads tokenizer.json and
+    preprocessor_config.json there), as its users call it: greedy at temperature 0 only (no
+    fallback), English, no timestamps, no VAD; its own feature extractor, 30 s windows."""
+    from faster_whisper import WhisperModel  # a test requirement, not the project's
+
+    if trimmed:
+        raise ValueError("faster-whisper pads every input to 30 s: no trimmed reading")
+    model = WhisperModel(str(path), device="cpu", compute_type="default", cpu_threads=threads)
+    texts = []
+    for audio in audios:
+        segments, _ = model.transcribe(
+            np.asarray(audio, np.float32),
+            language="en",
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        texts.append(" ".join(segment.text.strip() for segment in segments).strip())
+    return texts
+
 
 # ----------------------------------------------------------------------------------------------
 # 3. whisper.cpp (a ggml file), through pywhispercpp
@@ -294,6 +335,149 @@ def whisper_window(audio: np.ndarray, n_mels: int):
     return audio_io.pad_or_trim(mel[:, :frames], audio_io.N_FRAMES)
 
 
+# ----------------------------------------------------------------------------------------------
+# 5. The table: each runtime x (teacher, student), whole processes, side by side
+# ----------------------------------------------------------------------------------------------
+# Each reading is one process, as a user runs it: start, import the runtime, load the exported
+# model, read the audio, write the texts; its wall time is the figure. The audio is decoded once,
+# before, so every process reads the same waveforms (audio_io's cache).
+
+DATA_SETS = ("real-speech-dev", "asterisk:test")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    format: str  # export --to
+    quantization: str
+    reader: str  # a read_<runtime> function of this module
+    trimmed: bool  # whether it reads a student at each input's own length
+    needs: str  # the package it imports
+
+
+RUNTIMES = (
+    Runtime("fastwhisper", "pt", "float32", "read_fastwhisper", True, "torch"),
+    Runtime("faster-whisper", "ct2", "float16", "read_faster_whisper", False, "faster_whisper"),
+    Runtime("ctranslate2", "ct2", "float16", "read_ctranslate2", True, "ctranslate2"),
+    Runtime("ctranslate2 int8", "ct2", "int8", "read_ctranslate2", True, "ctranslate2"),
+    Runtime("whisper.cpp", "ggml", "f16", "read_whispercpp", True, "pywhispercpp"),
+    Runtime("transformers", "hf", "float32", "read_transformers", False, "transformers"),
+)
+
+
+def timed_process(runtime: Runtime, model: Path, audio_files: list[str], trimmed: bool, threads):
+    """(seconds, texts) of one process reading the files with the runtime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        out = Path(tmp) / "texts.json"
+        job.write_text(
+            json.dumps(
+                {
+                    "reader": runtime.reader,
+                    "model": str(model),
+                    "audio": audio_files,
+                    "trimmed": trimmed,
+                    "out": str(out),
+                }
+            )
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "bench.export", "--job", str(job)]
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            lines = [x for x in result.stderr.splitlines() if x.strip()] or ["no message"]
+            raise RuntimeError(f"{runtime.name} failed on {model}: {lines[-1]}")
+        return seconds, json.loads(out.read_text())
+
+
+def _run_job(job_file: str) -> None:
+    """A process of timed_process: read the job's audio with its reader, write the texts."""
+    job = json.loads(Path(job_file).read_text())
+    audios = [audio_io.load_audio(a, cache=True) for a in job["audio"]]
+    texts = globals()[job["reader"]](Path(job["model"]), audios, trimmed=job["trimmed"])
+    Path(job["out"]).write_text(json.dumps(texts))
+
+
+def available(runtime: Runtime) -> Optional[str]:
+    """None, or why the runtime cannot run here (its package is not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec(runtime.needs) is None:
+        return f"{runtime.needs} is not installed (pip install -r requirements-test.txt)"
+    return None
+
+
+def export_table(
+    teacher: str = "tiny.en",
+    student: str = "runs/askd/student.pt",
+    runtimes: Sequence[Runtime] = RUNTIMES,
+    data_sets: Sequence[str] = DATA_SETS,
+    limit: Optional[int] = None,
+    threads: int = 2,
+) -> list[dict]:
+    """Teacher and student exported to each runtime and read there by whole processes, on each
+    data set: seconds and WER, the student's speed-up over the teacher in the same runtime.
+    Printed as a table; the rows are returned."""
+    import data
+    import export
+    import text_norm
+
+    sets = {}
+    for name in data_sets:
+        utts = [u for u in data.load_source(name) if text_norm.normalize_text(u.text or "")]
+        utts = utts[:limit] if limit else utts
+        transcribe.read_utterances(utts)  # decoded once, into the audio cache
+        sets[name] = ([u.audio for u in utts], [u.text for u in utts])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in runtimes:
+            why = available(runtime)
+            if why:
+                print(f"warning: {runtime.name} skipped: {why}", file=sys.stderr)
+                continue
+            readings = [("teacher", teacher, False), ("student", student, False)]
+            readings += [("student", student, True)] if runtime.trimmed else []
+            paths = {}
+            for role, source in (("teacher", teacher), ("student", student)):
+                suffix = {"pt": ".pt", "ggml": ".bin"}.get(runtime.format, "")
+                out = Path(tmp) / f"{role}-{runtime.format}-{runtime.quantization}{suffix}"
+                if not out.exists():
+                    export.export(source, runtime.format, out, runtime.quantization)
+                paths[role] = out
+            base = {}
+            for role, _, trimmed in readings:
+                row = {
+                    "runtime": runtime.name,
+                    "format": f"{runtime.format} {runtime.quantization}",
+                    "model": role,
+                    "reading": "trimmed" if trimmed else "30 s",
+                }
+                total = 0.0
+                for name, (files, refs) in sets.items():
+                    seconds, texts = timed_process(runtime, paths[role], files, trimmed, threads)
+                    row[f"s {name}"] = seconds
+                    row[f"WER % {name}"] = 100 * text_norm.wer(refs, texts)
+                    total += seconds
+                base.setdefault(runtime.name, total)  # the teacher's, read first
+                row["speed-up"] = base[runtime.name] / total
+                rows.append(row)
+    counts = ", ".join(f"{name} ({len(files)} files)" for name, (files, _) in sets.items())
+    print(
+        f"Whole processes, {threads} threads each, greedy, text only, English: {teacher} and "
+        f"{student} exported and read in each runtime, on {counts}; speed-up: against the "
+        "teacher in the same runtime"
+    )
+    columns = ["runtime", "format", "model", "reading"]
+    for name in sets:
+        columns += [f"s {name}", f"WER % {name}"]
+    print(transcribe.format_table(rows, columns=columns + ["speed-up"]))
+    return rows
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--whispercpp-job":
         _whispercpp_job(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--job":
+        _run_job(sys.argv[2])

@@ -431,3 +431,28 @@ def test_evidence_table_pairs_each_reading_with_the_teacher(tiny, tmp_path, monk
             assert row["gap"] == 0 and row["student mean"] == row["teacher"]
     out = capsys.readouterr().out
     assert "the evidence is real-speech-dev:report" in out and "student mean" in out
+
+
+@pytest.mark.slow
+def test_bench_export_reads_each_export_in_its_runtime(reference_run, workspace, capsys):
+    """bench export: the teacher and a student exported and read by whole processes in the
+    project and in ctranslate2, side by side: a row per runtime, model and reading, with seconds,
+    WER and the speed-up against the same runtime's teacher; ctranslate2 reads the float16 teacher
+    as the project reads its .pt."""
+    pytest.importorskip("ctranslate2", reason="ctranslate2 (a test requirement) is not installed")
+    from bench import export as bench_export
+
+    student = str(Path(workspace["runs"]) / "reference" / "student.pt")
+    runtimes = [r for r in bench_export.RUNTIMES if r.name in ("fastwhisper", "ctranslate2")]
+    rows = bench_export.export_table(
+        "tiny.en", student, runtimes, data_sets=("real-speech-dev",), limit=3, threads=1
+    )
+    assert [(r["runtime"], r["model"], r["reading"]) for r in rows] == [
+        (runtime, model, reading)
+        for runtime in ("fastwhisper", "ctranslate2")
+        for model, reading in (("teacher", "30 s"), ("student", "30 s"), ("student", "trimmed"))
+    ]
+    assert all(r["s real-speech-dev"] > 0 for r in rows)
+    assert rows[0]["speed-up"] == rows[3]["speed-up"] == 1.0
+    assert rows[3]["WER % real-speech-dev"] == rows[0]["WER % real-speech-dev"]
+    assert "Whole processes" in capsys.readouterr().out
