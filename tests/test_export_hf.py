@@ -173,7 +173,9 @@ def test_hf_tokenizer_encodes_and_decodes_as_the_project(name, tmp_path):
 @pytest.fixture(scope="module")
 def speech():
     """real-speech-dev's 49 recordings and their reference texts."""
-    return transcribe.read_utterances(data.load_source("real-speech-dev"))
+    return transcribe.read_utterances(
+        data.load_source("real-speech-dev")[::3]  # a third keeps CI short; bench export: all
+    )
 
 
 def agreement(ours, theirs):
