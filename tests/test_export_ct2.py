@@ -27,6 +27,8 @@ def small():
     dims = M.ModelDims(80, 1500, 64, 2, 1, 51864, 448, 64, 2, 2)
     torch.manual_seed(0)
     model = M.Whisper(dims).eval()
+    with torch.no_grad():  # Whisper leaves it uninitialised (weights fill it): random numbers here
+        model.decoder.positional_embedding.normal_(std=0.02)
     model.tokenizer = tokenization.tokenizer_from_folder(folders[0], dims.n_vocab)
     return model
 
@@ -202,7 +204,7 @@ def test_ctranslate2_reads_the_teacher_as_the_project_does(tiny, tmp_path):
 @pytest.mark.slow
 def test_ctranslate2_agrees_with_the_project_on_the_teacher(tmp_path):
     """tiny.en on a third of real-speech-dev, greedy, text only, 30 s windows: float16 gives the
-    project's text on at least 95% of utterances; int8 within 2 points of its WER."""
+    project's text on at least 95% of utterances; int8 within 3 words of its WER."""
     audios, refs = real_speech()
     export.export("tiny.en", "ct2", tmp_path / "f16")
     export.export("tiny.en", "ct2", tmp_path / "int8", "int8")
@@ -210,4 +212,5 @@ def test_ctranslate2_agrees_with_the_project_on_the_teacher(tmp_path):
     theirs = ctranslate2_reading(tmp_path / "f16", audios)
     assert agreement(theirs, ours) >= 0.95
     int8 = ctranslate2_reading(tmp_path / "int8", audios)
-    assert abs(text_norm.wer(refs, int8) - text_norm.wer(refs, ours)) <= 0.02
+    words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
+    assert abs(text_norm.wer(refs, int8) - text_norm.wer(refs, ours)) * words <= 3

@@ -166,11 +166,11 @@ def whispercpp():
 
 @pytest.fixture(scope="module")
 def speech():
-    """real-speech-dev: 49 recordings of other people, decoded once."""
+    """A third of real-speech-dev: 17 recordings of other people, decoded once."""
     audios, refs = transcribe.read_utterances(
         data.load_source("real-speech-dev")[::3]  # a third keeps CI short; bench export: all
     )
-    assert len(audios) == 49
+    assert len(audios) == 17
     return audios, refs
 
 
@@ -206,11 +206,12 @@ WER_POINTS = {"teacher": 0.01, "student padded": 0.03, "student trimmed": 0.01}
 @pytest.mark.slow
 def test_teacher_reads_alike_in_whisper_cpp(tmp_path, speech):
     """tiny.en exported f16: whisper.cpp's 30 s windows give the project's padded text on most
-    of real-speech-dev, and the same WER within a point."""
+    of a third of real-speech-dev, and its WER within 2 words."""
     bench = whispercpp()
     audios, refs = speech
     out = export.export("tiny.en", "ggml", tmp_path / "tiny.en.bin")[0]
     ours = transcribe.load_recognizer("padded:tiny.en").transcribe_text(audios, batch_size=8)
     theirs = bench.read_whispercpp(out, audios)
     assert agreement(ours, theirs) >= SAME_TEXTS["teacher"] * len(audios)
-    assert abs(text_norm.wer(refs, theirs) - text_norm.wer(refs, ours)) <= WER_POINTS["teacher"]
+    words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
+    assert abs(text_norm.wer(refs, theirs) - text_norm.wer(refs, ours)) * words <= 2

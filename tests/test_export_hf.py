@@ -186,8 +186,8 @@ def agreement(ours, theirs):
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_path, request):
     """Greedy, English, text only, 30 s windows: the same text as the project's padded reading on
-    at least 95% of real-speech-dev on Whisper's window; float16 within 1 point of WER; the
-    teacher with transformers' own front end (its padding differs from Whisper's) within 2."""
+    at least 95% of a third of real-speech-dev on Whisper's window; float16's WER within 2 words;
+    the teacher with transformers' own front end (its padding differs from Whisper's) within 3."""
     pytest.importorskip(
         "transformers", reason="transformers (requirements-test.txt) is not installed"
     )
@@ -204,17 +204,18 @@ def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_p
     audios, refs = speech
     ours = transcribe.load_recognizer(transcribe.PADDED_PREFIX + source).transcribe_text(audios)
     wer = {"project": text_norm.wer(refs, ours)}
+    words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
     for quantization in ("float32", "float16"):
         export.export(source, "hf", tmp_path / quantization, quantization)
     theirs = read_transformers(tmp_path / "float32", audios, frontend="whisper")
     assert agreement(ours, theirs) >= 0.95, [(a, b) for a, b in zip(ours, theirs) if a != b]
     half = read_transformers(tmp_path / "float16", audios, frontend="whisper")
     wer["float16"] = text_norm.wer(refs, half)
-    assert abs(wer["float16"] - text_norm.wer(refs, theirs)) <= 0.01, wer
+    assert abs(wer["float16"] - text_norm.wer(refs, theirs)) * words <= 2, wer
     if which == "teacher":  # a trained model: the padding changes words, not how many are right
         own = read_transformers(tmp_path / "float32", audios)
         wer["transformers' front end"] = text_norm.wer(refs, own)
-        assert abs(wer["transformers' front end"] - wer["project"]) <= 0.02, wer
+        assert abs(wer["transformers' front end"] - wer["project"]) * words <= 3, wer
 
 
 def test_multilingual_base_exports_its_language_tokens(tmp_path):
