@@ -244,9 +244,8 @@ def ct2_config(model: M.Whisper, extra: dict) -> dict:
 def ct2_vocabulary(tok) -> list[str]:
     """Every token as CTranslate2 names it: ordinary tokens in GPT-2's byte-level characters,
     special tokens by name (<|endoftext|>, ..., <|30.00|>)."""
-    to_char = {b: c for c, b in tokenization._BYTE_LEVEL_CHARS.items()}
     return [
-        "".join(to_char[b] for b in tok.token_bytes(i))
+        _byte_level(tok.token_bytes(i))  # section 4's byte-level characters
         if i < tok.eot
         else tok.token_bytes(i).decode()
         for i in range(tok.n_vocab)
