@@ -148,6 +148,9 @@ def read_faster_whisper(
 # ----------------------------------------------------------------------------------------------
 
 WHISPERCPP_THREADS = 2
+# whisper.cpp decodes at most half the text context less 4 tokens a window (Whisper: half), so a
+# loop stops 4 tokens sooner there
+WHISPERCPP_SAMPLE_LEN = 448 // 2 - 4
 
 
 def whispercpp_audio_ctx(n_samples: int, round_frames: int = transcribe.ROUND_FRAMES) -> int:
@@ -168,9 +171,16 @@ def read_whispercpp(
     trimmed: bool = False,
     round_frames: int = transcribe.ROUND_FRAMES,
     threads: int = WHISPERCPP_THREADS,
+    frontend: str = "whispercpp",
 ) -> list[str]:
     """Each audio's text as whisper.cpp reads the ggml file at `path`: greedy, no temperature
     fallback, English, no timestamps, one segment, Whisper's non-speech symbols suppressed.
+
+    frontend: "whispercpp", its own log-mel of the waveform, which it pads with 30 s of silence
+    first (as transformers' feature extractor does); "whisper", OpenAI's window (openai-whisper,
+    faster-whisper and this project): the project's log-mel of the audio alone, handed over with
+    whisper_set_mel, and whisper.cpp fills the rest of the 30 s window with zeros. The two
+    paddings differ after the speech, and greedy text follows the difference on some recordings.
 
     Padded (default): 30 s windows, as Whisper. Trimmed: a student's reading: each piece of
     speech of an audio (transcribe.cut_pieces: long silence left out, as the student's reading
@@ -180,6 +190,10 @@ def read_whispercpp(
 
     whisper.cpp runs in a process of its own (the whole process is what a user runs, its log
     stays out of ours, and a crash there is an error here, not the end of this process)."""
+    if frontend not in ("whispercpp", "whisper"):
+        raise ValueError(f"frontend {frontend!r}: use 'whispercpp' or 'whisper'")
+    if trimmed and frontend == "whisper":
+        raise ValueError("OpenAI's window is a 30 s reading: read trimmed with frontend whispercpp")
     if trimmed:  # the student's pieces of speech (transcribe.cut_pieces), each read alone
         owners, pieces = [], []
         for i, audio in enumerate(audios):
@@ -190,11 +204,15 @@ def read_whispercpp(
         for i, text in zip(owners, _run_whispercpp(path, pieces, round_frames, threads)):
             texts[i].append(text)
         return [" ".join(t for t in parts if t) for parts in texts]
-    return _run_whispercpp(path, audios, None, threads)
+    return _run_whispercpp(path, audios, None, threads, frontend)
 
 
 def _run_whispercpp(
-    path: Path, audios: Sequence[np.ndarray], round_frames: Optional[int], threads: int
+    path: Path,
+    audios: Sequence[np.ndarray],
+    round_frames: Optional[int],
+    threads: int,
+    frontend: str = "whispercpp",
 ) -> list[str]:
     """whisper.cpp's text of each audio, read whole at its trimmed length if round_frames."""
     trimmed = round_frames is not None
@@ -211,6 +229,7 @@ def _run_whispercpp(
                     ],
                     "max_tokens": [whispercpp_max_tokens(len(a)) if trimmed else 0 for a in audios],
                     "threads": threads,
+                    "frontend": frontend,
                     "out": str(Path(tmp) / "texts.json"),
                 }
             )
@@ -252,9 +271,31 @@ def _whispercpp_job(job_file: str) -> None:
     with np.load(job["audio"]) as audios:
         for i, (ctx, tokens) in enumerate(zip(job["audio_ctx"], job["max_tokens"])):
             audio = np.ascontiguousarray(audios[f"arr_{i}"], np.float32)
+            if job["frontend"] == "whisper":
+                texts.append(_whispercpp_window(model, audio))
+                continue
             segments = model.transcribe(audio, audio_ctx=ctx, max_tokens=tokens)
             texts.append(" ".join(s.text.strip() for s in segments).strip())
     Path(job["out"]).write_text(json.dumps(texts))
+
+
+def _whispercpp_window(model, audio: np.ndarray) -> str:
+    """whisper.cpp's text of OpenAI's window of the audio: the project's log-mel of the audio
+    alone (normalised with 30 s of silence after it, as Whisper computes it), set in its context;
+    whisper_full given no samples reads that log-mel instead of making its own."""
+    import _pywhispercpp as pw  # pywhispercpp's bindings of whisper.h
+
+    ctx = model._ctx
+    mel = audio_io.log_mel_spectrogram(audio, pw.whisper_model_n_mels(ctx), audio_io.N_SAMPLES)
+    mel = np.ascontiguousarray(mel[:, : len(audio) // audio_io.HOP_LENGTH].numpy(), np.float32)
+    if pw.whisper_set_mel(ctx, mel.ravel(), mel.shape[1], mel.shape[0]) != 0:
+        raise RuntimeError("whisper.cpp refused the log-mel (whisper_set_mel)")
+    if pw.whisper_full(ctx, model._params, np.zeros(0, np.float32), 0) != 0:
+        raise RuntimeError("whisper.cpp failed (whisper_full)")
+    texts = [
+        pw.whisper_full_get_segment_text(ctx, i) for i in range(pw.whisper_full_n_segments(ctx))
+    ]
+    return " ".join(t.decode("utf-8", "replace").strip() for t in texts).strip()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -193,25 +193,44 @@ def test_whisper_cpp_loads_a_small_student(english, tmp_path):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
-# whisper.cpp multiplies in f16 (activations rounded to f16 against f16 weights), so on odd voices
-# its greedy text drifts from the project's f32 reading where two tokens are close; its log-mel is
-# not the cause (fed the project's own, it gives the same texts). Its flash attention drifts far
-# more with audio_ctx, so read_whispercpp turns it off. Measured on real-speech-dev: tiny.en padded
-# 35/49 texts the same, WER 25.00% both; the main job's student padded 31/49, 28.01% against
-# 25.93% (a student trained on trimmed input is fragile read padded), trimmed 48/49, 22.45% both.
-SAME_TEXTS = {"teacher": 0.65, "student padded": 0.55, "student trimmed": 0.9}
-WER_POINTS = {"teacher": 0.01, "student padded": 0.03, "student trimmed": 0.01}
+# whisper.cpp makes its own log-mel of the waveform padded with 30 s of silence, where Whisper (and
+# the project's padded: reading) pads the log-mel of the audio alone with zeros; greedy text follows
+# that difference on some recordings. Fed OpenAI's window (frontend "whisper"), whisper.cpp gives
+# the project's texts: its f16 arithmetic changes none here. Its flash attention drifts far more
+# with audio_ctx, so read_whispercpp turns it off. The reference run's student is barely trained:
+# its logits are nearly flat, so small differences (f16 rounding; whisper.cpp's list of banned
+# non-speech tokens, whole tokens only) flip a few of its close calls; the main job's student gives
+# the project's text on every recording (docs/results.md).
+SAME_TEXTS = {"teacher": 0.95, "student": 0.7}
 
 
 @pytest.mark.slow
-def test_teacher_reads_alike_in_whisper_cpp(tmp_path, speech):
-    """tiny.en exported f16: whisper.cpp's 30 s windows give the project's padded text on most
-    of a third of real-speech-dev, and its WER within 2 words."""
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_whisper_cpp_reads_the_export_as_the_project(which, tmp_path, speech, request):
+    """Exported f16, greedy, text only, 30 s windows: on OpenAI's window whisper.cpp gives the
+    project's padded text on a third of real-speech-dev (the teacher: on at least 95% of it);
+    with its own front end (its padding differs) the teacher's WER within 2 words of ours."""
     bench = whispercpp()
+    if which == "teacher":
+        source = "tiny.en"
+    else:
+        request.getfixturevalue("reference_run")
+        source = str(
+            Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt"
+        )
     audios, refs = speech
-    out = export.export("tiny.en", "ggml", tmp_path / "tiny.en.bin")[0]
-    ours = transcribe.load_recognizer("padded:tiny.en").transcribe_text(audios, batch_size=8)
-    theirs = bench.read_whispercpp(out, audios)
-    assert agreement(ours, theirs) >= SAME_TEXTS["teacher"] * len(audios)
-    words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
-    assert abs(text_norm.wer(refs, theirs) - text_norm.wer(refs, ours)) * words <= 2
+    out = export.export(source, "ggml", tmp_path / "model.bin")[0]
+    # greedy, text only, and as many tokens a window as whisper.cpp allows (a loop stops there)
+    options = transcribe.TranscribeOptions(
+        temperature=0.0, without_timestamps=True, sample_len=bench.WHISPERCPP_SAMPLE_LEN
+    )
+    recognizer = transcribe.load_recognizer("padded:" + source)
+    ours = [r["text"].strip() for r in recognizer.transcribe(audios, options, batch_size=8)]
+    theirs = bench.read_whispercpp(out, audios, frontend="whisper")
+    assert agreement(ours, theirs) >= SAME_TEXTS[which] * len(audios), [
+        (a, b) for a, b in zip(ours, theirs) if a != b
+    ]
+    if which == "teacher":  # a trained model: the padding changes words, not how many are right
+        own = bench.read_whispercpp(out, audios)
+        words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
+        assert abs(text_norm.wer(refs, own) - text_norm.wer(refs, ours)) * words <= 2
