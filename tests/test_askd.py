@@ -418,6 +418,24 @@ def test_default_dev_sets_are_the_corpus_split_and_real_speech(asterisk, monkeyp
     assert "warning: dev set without real-speech-dev" in capsys.readouterr().err
 
 
+def test_train_joins_sources_each_with_its_own_labels(tiny, tmp_path):
+    """--train A+B reads both; a transcribed utterance keeps its reference, an untranscribed
+    one (as in `voices`) takes the teacher's transcript."""
+    for name, text in (("said", "Hello there."), ("heard", "")):
+        audio = write_wav(tmp_path / f"{name}.wav", 1)
+        (tmp_path / f"{name}.tsv").write_text(f"id\taudio\ttext\n{name}\t{audio}\t{text}\n")
+    cfg = askd.TrainConfig(train=f"{tmp_path}/said.tsv+{tmp_path}/heard.tsv", test="")
+    cfg.dev = f"{tmp_path}/said.tsv"  # a dev set given, so no 10% of --train is held out
+    train, _, _, _ = askd.default_sources(cfg)
+    assert [(u.id, u.text) for u in train] == [("said", "Hello there."), ("heard", "")]
+    pseudo = {train[1].audio: "The teacher's words."}
+    examples = askd.prepare_examples(train, tiny.tokenizer, 100, 448, "auto", pseudo)
+    assert [(e.id, e.text) for e in examples] == [
+        ("said", "Hello there."),
+        ("heard", "The teacher's words."),
+    ]
+
+
 # ----- training -----------------------------------------------------------------------------------
 
 

@@ -227,6 +227,52 @@ def test_asterisk_fetch_failures_say_how_to_get_the_prompts(tmp_path, monkeypatc
     assert not list((tmp_path / "cache").iterdir())  # the temporary download folder is gone
 
 
+def test_voices_are_converted_cut_and_filtered(tmp_path, monkeypatch):
+    """Each kept clip becomes a 16 kHz mono WAV of at most 30 s with empty text; clips shorter
+    than half a second, silent ones and packs outside VOICES_PACKS are left out."""
+    monkeypatch.setenv("FASTWHISPER_CACHE", str(tmp_path / "cache"))
+    sounds = tmp_path / "root" / data.VOICES_SOUNDS
+    tone = (0.3 * np.sin(np.arange(44100 * 35) * 0.05) * 32767).astype("<i2")
+    clips = {  # WAV bytes under .ogg names: the loader reads a WAV by its content
+        "British/Amazing.ogg": (tone[:44100], 44100),
+        "British/Hmm.ogg": (tone[:8000], 44100),  # 0.18 s
+        "Pirate/Silence.ogg": (np.zeros(44100, "<i2"), 44100),
+        "Pirate/Story.ogg": (tone, 44100),  # 35 s
+        "Robot/Amazing.ogg": (tone[:44100], 44100),
+    }
+    for name, (pcm, rate) in clips.items():
+        (sounds / name).parent.mkdir(parents=True, exist_ok=True)
+        write_wav(sounds / name, pcm.tobytes(), rate=rate)
+    monkeypatch.setenv("FASTWHISPER_VOICES", str(tmp_path / "root"))
+    utts = data.load_source("voices")
+    assert [u.id for u in utts] == ["British/Amazing", "Pirate/Story"]
+    assert all(u.text == "" for u in utts)
+    lengths = [len(audio_io.load_audio(u.audio)) for u in utts]
+    assert lengths == [16000, audio_io.N_SAMPLES]
+    assert [u.duration for u in utts] == [1.0, 30.0]
+    for clip in sounds.rglob("*.ogg"):  # the second read decodes nothing: the list is kept
+        clip.unlink()
+    assert [u.audio for u in data.voices_corpus()] == [u.audio for u in utts]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(fileio.DataError, match="empty.*hedgewars-data"):
+        data.read_voices(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_voices_source_is_real_speech_of_many_packs():
+    """The `voices` source fetched from Debian: hundreds of clips of speech with their audio."""
+    try:
+        utts = data.load_source("voices")
+    except fileio.DataError as e:
+        pytest.skip(f"hedgewars-data cannot be fetched here: {e}")
+    assert len(utts) >= 300 and all(u.text == "" for u in utts)
+    assert {u.id.split("/")[0] for u in utts} == set(data.VOICES_PACKS)
+    assert all(os.path.isfile(u.audio) and 0.5 <= u.duration <= 30 for u in utts)
+    assert sum(u.duration for u in utts) > 8 * 60
+    audio = audio_io.load_audio(utts[0].audio)
+    assert len(audio) == round(utts[0].duration * 16000) and np.abs(audio).max() > 0.01
+
+
 def test_split_is_deterministic_and_disjoint(asterisk):
     splits = data.split_corpus(asterisk)
     again = data.split_corpus(list(reversed(asterisk)))
