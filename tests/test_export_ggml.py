@@ -219,6 +219,8 @@ def test_whisper_cpp_reads_the_export_as_the_project(which, tmp_path, speech, re
             Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt"
         )
     audios, refs = speech
+    if which == "student":  # it loops to the token cap on most: half of the third keeps CI short
+        audios, refs = audios[::2], refs[::2]
     out = export.export(source, "ggml", tmp_path / "model.bin")[0]
     # greedy, text only, and as many tokens a window as whisper.cpp allows (a loop stops there)
     options = transcribe.TranscribeOptions(

@@ -202,6 +202,8 @@ def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_p
             Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt"
         )
     audios, refs = speech
+    if which == "student":  # it loops to the token cap on most: half of the third keeps CI short
+        audios, refs = audios[::2], refs[::2]
     ours = transcribe.load_recognizer(transcribe.PADDED_PREFIX + source).transcribe_text(audios)
     wer = {"project": text_norm.wer(refs, ours)}
     words = sum(len(text_norm.normalize_text(r).split()) for r in refs)
