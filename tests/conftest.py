@@ -267,3 +267,9 @@ def reference_run(workspace):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@pytest.fixture(scope="session")
+def reference_student(reference_run, workspace) -> str:
+    """The path of the reference run's student.pt (barely trained: it loops on most audio)."""
+    return str(Path(workspace["runs"]) / "reference" / "student.pt")

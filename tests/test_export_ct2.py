@@ -217,12 +217,11 @@ def test_ctranslate2_agrees_with_the_project_on_the_teacher(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctranslate2_agrees_with_the_project_on_a_student(tmp_path, request):
+def test_ctranslate2_agrees_with_the_project_on_a_student(tmp_path, reference_student):
     """The reference run's student on half the same third, float16, 30 s windows: the project's text
     on most recordings. It is barely trained (nearly flat logits, loops up to the token cap), so
     a few close calls may flip; the main job's student agrees on 48/49 (docs/results.md)."""
-    request.getfixturevalue("reference_run")
-    source = str(Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt")
+    source = reference_student
     audios = real_speech()[0][::2]  # it loops to the token cap on most: half keeps CI short
     export.export(source, "ct2", tmp_path / "student")
     ours = transcribe.load_recognizer("padded:" + source).transcribe_text(audios)

@@ -211,13 +211,7 @@ def test_whisper_cpp_reads_the_export_as_the_project(which, tmp_path, speech, re
     project's padded text on a third of real-speech-dev (the teacher: on at least 95% of it);
     with its own front end (its padding differs) the teacher's WER within 2 words of ours."""
     bench = whispercpp()
-    if which == "teacher":
-        source = "tiny.en"
-    else:
-        request.getfixturevalue("reference_run")
-        source = str(
-            Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt"
-        )
+    source = "tiny.en" if which == "teacher" else request.getfixturevalue("reference_student")
     audios, refs = speech
     if which == "student":  # it loops to the token cap on most: half of the third keeps CI short
         audios, refs = audios[::2], refs[::2]

@@ -2,7 +2,6 @@
 runtime, a test requirement) reads the Hugging Face folder as the project reads the model."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -194,13 +193,7 @@ def test_transformers_reads_the_export_as_the_project(which, tiny, speech, tmp_p
     from bench.export import read_transformers
 
     torch.set_num_threads(2)
-    if which == "teacher":
-        source = "tiny.en"
-    else:
-        request.getfixturevalue("reference_run")
-        source = str(
-            Path(request.getfixturevalue("workspace")["runs"]) / "reference" / "student.pt"
-        )
+    source = "tiny.en" if which == "teacher" else request.getfixturevalue("reference_student")
     audios, refs = speech
     if which == "student":  # it loops to the token cap on most: half of the third keeps CI short
         audios, refs = audios[::2], refs[::2]
