@@ -384,10 +384,8 @@ def read_voices(root) -> list:
                     rows.append(f"{pack}/{clip.stem}\t{pack}/{clip.stem}.wav\t\t{seconds}")
         if not rows:
             raise fileio.DataError(f"{sounds}: no clip of {', '.join(VOICES_PACKS)} with speech")
-        out.mkdir(parents=True, exist_ok=True)
-        part = out / f".voices-{os.getpid()}.tsv"
-        part.write_text("id\taudio\ttext\tduration\n" + "\n".join(rows) + "\n", encoding="utf-8")
-        os.replace(part, manifest)
+        table = "id\taudio\ttext\tduration\n" + "\n".join(rows) + "\n"
+        fileio.write_atomic(manifest, table.encode("utf-8"))
     return read_manifest(manifest)
 
 

@@ -286,8 +286,9 @@ def _whispercpp_window(model, audio: np.ndarray) -> str:
     import _pywhispercpp as pw  # pywhispercpp's bindings of whisper.h
 
     ctx = model._ctx
-    mel = audio_io.log_mel_spectrogram(audio, pw.whisper_model_n_mels(ctx), audio_io.N_SAMPLES)
-    mel = np.ascontiguousarray(mel[:, : len(audio) // audio_io.HOP_LENGTH].numpy(), np.float32)
+    mel = np.ascontiguousarray(
+        whisper_log_mel(audio, pw.whisper_model_n_mels(ctx)).numpy(), np.float32
+    )
     if pw.whisper_set_mel(ctx, mel.ravel(), mel.shape[1], mel.shape[0]) != 0:
         raise RuntimeError("whisper.cpp refused the log-mel (whisper_set_mel)")
     if pw.whisper_full(ctx, model._params, np.zeros(0, np.float32), 0) != 0:
@@ -368,12 +369,17 @@ def read_transformers(
     return texts
 
 
-def whisper_window(audio: np.ndarray, n_mels: int):
-    """OpenAI's 30 s window of audio up to 30 s long: its log-mel (normalised with 30 s of silence
-    after it, as Whisper's transcribe computes it), then zeros up to 3000 frames."""
+def whisper_log_mel(audio: np.ndarray, n_mels: int):
+    """The log-mel frames of the audio alone, normalised with 30 s of silence after it, as
+    Whisper's transcribe computes them."""
     mel = audio_io.log_mel_spectrogram(audio, n_mels, padding=audio_io.N_SAMPLES)
-    frames = len(audio) // audio_io.HOP_LENGTH
-    return audio_io.pad_or_trim(mel[:, :frames], audio_io.N_FRAMES)
+    return mel[:, : len(audio) // audio_io.HOP_LENGTH]
+
+
+def whisper_window(audio: np.ndarray, n_mels: int):
+    """OpenAI's 30 s window of audio up to 30 s long: whisper_log_mel, then zeros up to 3000
+    frames."""
+    return audio_io.pad_or_trim(whisper_log_mel(audio, n_mels), audio_io.N_FRAMES)
 
 
 # ----------------------------------------------------------------------------------------------
